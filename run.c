@@ -911,42 +911,94 @@ static void load_tokenizer(Tokenizer *t, const char *path) {
     t->owned = data;
 }
 
+static int is_id_separator(uint8_t c) { return c == ' ' || c == ',' || c == '\t' || c == '\r' || c == '\n'; }
+
+// Parses token ids separated by spaces, commas or newlines from text[0..n) (NUL-terminated).
+static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n) {
+    IdList ids = {0};
+    for (size_t i = 0; i < n;) {
+        if (is_id_separator(text[i])) { i++; continue; }
+        long long v = 0;
+        size_t j = i;
+        while (j < n && text[j] >= '0' && text[j] <= '9' && v < (1ll << 40)) v = 10 * v + (text[j++] - '0');
+        if (j == i || (j < n && !is_id_separator(text[j])))
+            die("--decode expects token ids separated by spaces, got '%.20s'", (const char *)text + i);
+        if (v >= t->n_vocab || !t->flags[v]) die("--decode: token id %lld is not in the vocabulary (0..%d)", v, t->n_vocab - 1);
+        push_id(&ids, (int)v);
+        i = j;
+    }
+    return ids;
+}
+
+static void print_id_list(const IdList *ids) {
+    for (int i = 0; i < ids->n; i++) printf(i ? " %d" : "%d", ids->ids[i]);
+    printf("\n");
+}
+
 // --encode: stdin text -> ids on one line, no BOS.
 static int encode_stdin(Tokenizer *t) {
     size_t n, n_bad;
     uint8_t *text = read_all(stdin, &n);
     IdList ids = encode(t, text, n, 0, &n_bad);
     if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the input replaced by U+FFFD\n", n_bad);
-    for (int i = 0; i < ids.n; i++) printf(i ? " %d" : "%d", ids.ids[i]);
-    printf("\n");
+    print_id_list(&ids);
     free(text);
     free(ids.ids);
     return 0;
 }
 
-// --decode: ids (separated by spaces, commas or newlines) on stdin -> the exact bytes of their tokens.
+// --decode: ids on stdin -> the exact bytes of their tokens.
 static int decode_stdin(Tokenizer *t) {
     size_t n;
     uint8_t *text = read_all(stdin, &n);
-    IdList ids = {0};
-    for (size_t i = 0; i < n;) {
-        if (text[i] == ' ' || text[i] == ',' || text[i] == '\n' || text[i] == '\r' || text[i] == '\t') { i++; continue; }
-        long long v = 0;
-        size_t j = i;
-        while (j < n && text[j] >= '0' && text[j] <= '9' && v < (1ll << 40)) v = 10 * v + (text[j++] - '0');
-        if (j == i || (j < n && text[j] >= '0' && text[j] <= '9'))
-            die("--decode expects token ids separated by spaces, got '%.20s'", (const char *)text + i);
-        if (j < n && !(text[j] == ' ' || text[j] == ',' || text[j] == '\n' || text[j] == '\r' || text[j] == '\t'))
-            die("--decode expects token ids separated by spaces, got '%.20s'", (const char *)text + i);
-        if (v >= t->n_vocab || !t->flags[v]) die("--decode: token id %lld is not in the vocabulary (0..%d)", v, t->n_vocab - 1);
-        push_id(&ids, (int)v);
-        i = j;
-    }
+    IdList ids = parse_ids(t, text, n);
     Decoder d = {0};
     for (int i = 0; i < ids.n; i++) decode_piece(t, &d, ids.ids[i], stdout);
     flush_decoder(&d, stdout);
     free(text);
     free(ids.ids);
+    return 0;
+}
+
+// --batch, for tests (one process instead of hundreds). With --encode, stdin holds records
+// "<byte length>\n<bytes>" and each prints one line of ids; with --decode, each stdin line of ids
+// prints a record "<byte length>\n<bytes>".
+static int batch_stdin(Tokenizer *t, int decode) {
+    size_t n;
+    uint8_t *in = read_all(stdin, &n);
+    for (size_t i = 0; i < n;) {
+        if (decode) {
+            size_t e = i;
+            while (e < n && in[e] != '\n') e++;
+            uint8_t saved = in[e];
+            in[e] = 0;
+            IdList ids = parse_ids(t, in + i, e - i);
+            in[e] = saved;
+            char *buf;
+            size_t len;
+            FILE *mem = open_memstream(&buf, &len);
+            if (!mem) die("out of memory");
+            Decoder d = {0};
+            for (int k = 0; k < ids.n; k++) decode_piece(t, &d, ids.ids[k], mem);
+            flush_decoder(&d, mem);
+            fclose(mem);
+            printf("%zu\n", len);
+            fwrite(buf, 1, len, stdout);
+            free(buf);
+            free(ids.ids);
+            i = e + 1;
+        } else {
+            size_t len = 0, j = i;
+            while (j < n && in[j] >= '0' && in[j] <= '9' && len < ((size_t)1 << 40)) len = 10 * len + (in[j++] - '0');
+            if (j == i || j >= n || in[j] != '\n' || len > n - j - 1) die("--batch: bad record header at byte %zu", i);
+            size_t n_bad;
+            IdList ids = encode(t, in + j + 1, len, 0, &n_bad);
+            print_id_list(&ids);
+            free(ids.ids);
+            i = j + 1 + len;
+        }
+    }
+    free(in);
     return 0;
 }
 
@@ -964,17 +1016,18 @@ static int decode_stdin(Tokenizer *t) {
 
 int main(int argc, char **argv) {
     const char *tokenizer_path = NULL;
-    int mode = 0;  // 1 --encode, 2 --decode
+    int mode = 0, batch = 0;  // mode 1 --encode, 2 --decode
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-z") && i + 1 < argc) tokenizer_path = argv[++i];
         else if (!strcmp(argv[i], "--encode")) mode = 1;
         else if (!strcmp(argv[i], "--decode")) mode = 2;
+        else if (!strcmp(argv[i], "--batch")) batch = 1;
         else die("unknown option '%s' (this build has only: run -z tokenizer.bin --encode|--decode)", argv[i]);
     }
     if (!tokenizer_path || !mode) die("usage: run -z tokenizer.bin --encode|--decode");
     Tokenizer tok;
     load_tokenizer(&tok, tokenizer_path);
-    int rc = mode == 1 ? encode_stdin(&tok) : decode_stdin(&tok);
+    int rc = batch ? batch_stdin(&tok, mode == 2) : mode == 1 ? encode_stdin(&tok) : decode_stdin(&tok);
     free_tokenizer(&tok);
     return rc;
 }
