@@ -1,0 +1,59 @@
+"""Shared fixtures: build ./run once, generate the random checkpoints once per session, export
+them on demand (cached per variant and dtype). Generated files live in pytest's tmp dir."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+sys.path.insert(0, TESTS)
+
+import gen_checkpoints  # noqa: E402
+
+VARIANTS = sorted(gen_checkpoints.VARIANTS)
+
+
+@pytest.fixture(scope="session")
+def run_bin() -> str:
+    """Path of ./run, built once with `make run`."""
+    r = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"make run failed:\n{r.stdout}\n{r.stderr}")
+    return os.path.join(ROOT, "run")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("seek"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(workdir):
+    """checkpoint(variant) -> HF directory, generated once (seed 0)."""
+    made = {}
+
+    def get(variant: str) -> str:
+        if variant not in made:
+            made[variant] = gen_checkpoints.write_checkpoint(variant, os.path.join(workdir, "hf", variant), seed=0)
+        return made[variant]
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(workdir, checkpoint):
+    """exported(variant, dtype) -> path of `export.py <hf> <out> --dtype dtype`, run once."""
+    made = {}
+
+    def get(variant: str, dtype: str) -> str:
+        key = (variant, dtype)
+        if key not in made:
+            out = os.path.join(workdir, f"{variant}-{dtype}.bin")
+            cmd = [sys.executable, os.path.join(ROOT, "export.py"), checkpoint(variant), out, "--dtype", dtype]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0 or not os.path.exists(out):
+                pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+            made[key] = out
+        return made[key]
+    return get
