@@ -1,5 +1,9 @@
 """Shared fixtures: build ./run once, generate the random checkpoints once per session, export
-them on demand (cached per variant and dtype). Generated files live in pytest's tmp dir."""
+them on demand (cached per variant and dtype). Generated files live in pytest's tmp dir.
+
+For mutation checks (break a copy of the engine on purpose and watch the tests fail):
+SEEK_RUN=/path/to/other/run skips `make` and uses that binary; SEEK_EXPORT=/path/to/export.py
+uses another exporter."""
 import os
 import subprocess
 import sys
@@ -17,7 +21,9 @@ VARIANTS = sorted(gen_checkpoints.VARIANTS)
 
 @pytest.fixture(scope="session")
 def run_bin() -> str:
-    """Path of ./run, built once with `make run`."""
+    """Path of ./run, built once with `make run` (or $SEEK_RUN as is)."""
+    if os.environ.get("SEEK_RUN"):
+        return os.path.abspath(os.environ["SEEK_RUN"])
     r = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"make run failed:\n{r.stdout}\n{r.stderr}")
@@ -50,7 +56,8 @@ def exported(workdir, checkpoint):
         key = (variant, dtype)
         if key not in made:
             out = os.path.join(workdir, f"{variant}-{dtype}.bin")
-            cmd = [sys.executable, os.path.join(ROOT, "export.py"), checkpoint(variant), out, "--dtype", dtype]
+            exporter = os.environ.get("SEEK_EXPORT") or os.path.join(ROOT, "export.py")
+            cmd = [sys.executable, exporter, checkpoint(variant), out, "--dtype", dtype]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0 or not os.path.exists(out):
                 pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")

@@ -1,0 +1,300 @@
+"""export.py + run.c against the independent numpy reference (tests/reference.py), for every
+generated checkpoint variant and every position of a 40-token prompt.
+
+Rules:
+- f32 export: run.c logits within 1e-4 (max abs) of the reference at every position, and the same
+  32-token greedy continuation (ids >= n_tokens masked, as run.c must never sample them).
+- bf16 export: the exporter rounds every 2-D weight except the router to bf16 (nearest even), so the
+  fair reference is the same forward pass on bf16-rounded weights (for BF16 sources that is the
+  checkpoint itself, the export being lossless). run.c's top-1 must equal that reference's top-1 at
+  every position, except where the reference's own top-2 margin is below BF16_TIE (1e-3): there
+  either of the near-tied ids is accepted. Against the unrounded (f32) reference, top-1 must agree at
+  every position t where that reference's top-2 margin exceeds 2 * max_v |ref_bf16[t, v] - ref_f32[t, v]|
+  (the logit change the rounding causes there, measured on the reference itself): only such positions
+  are decided independently of rounding (and at least half the positions must be).
+- negative controls: the reference with the YaRN mscale^2 softmax factor removed, with the expert
+  group limit removed, or with the correction bias ignored, disagrees with run.c by far more than the
+  tolerance: the comparison is sensitive to those features.
+- the exported header and tensor table follow format v1 (brief), and tensor data equals the
+  checkpoint's (dequantised) weights.
+"""
+import os
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+import gen_checkpoints as G
+import reference as R
+
+VARIANTS = sorted(G.VARIANTS)
+TOL = 1e-4
+BF16_TIE = 1e-3
+N_GEN = 32
+
+
+def prompt_ids(vocab: int, n: int = 40, seed: int = 7) -> list:
+    """n distinct ids spread over the whole vocabulary, including the last row."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(vocab - 1, n - 1, replace=False).tolist()
+    ids.insert(n // 2, vocab - 1)
+    return [int(i) for i in ids]
+
+
+# ---------------------------------------------------------------- model file (format v1)
+
+TYPES = {0: "F32", 1: "BF16", 2: "Q8", 3: "Q4", 16: "U8"}
+
+
+def read_model_file(path: str) -> dict:
+    with open(path, "rb") as f:
+        buf = f.read()
+    assert buf[:4] == b"SEEK", "bad magic"
+    version, n_config = struct.unpack_from("<II", buf, 4)
+    words = buf[12:12 + 4 * n_config]
+    ints = struct.unpack(f"<{n_config}i", words)
+    floats = struct.unpack(f"<{n_config}f", words)
+    off = 12 + 4 * n_config
+    (n_tensors,) = struct.unpack_from("<I", buf, off)
+    off += 4
+    tensors = []
+    for i in range(n_tensors):
+        name = buf[off:off + 96].split(b"\0")[0].decode()
+        assert buf[off + 95] == 0
+        typ, ndim, rows, cols, doff, nbytes = struct.unpack_from("<IIIIQQ", buf, off + 96)
+        tensors.append(dict(name=name, type=TYPES.get(typ, typ), ndim=ndim, rows=rows, cols=cols,
+                            offset=doff, nbytes=nbytes))
+        off += 128
+    return dict(version=version, n_config=n_config, ints=ints, floats=floats, tensors=tensors,
+                size=len(buf), buf=buf)
+
+
+def tensor_data(m: dict, t: dict) -> np.ndarray:
+    raw = m["buf"][t["offset"]:t["offset"] + t["nbytes"]]
+    if t["type"] == "F32":
+        x = np.frombuffer(raw, "<f4")
+    elif t["type"] == "BF16":
+        x = R.bf16_to_f32(np.frombuffer(raw, "<u2"))
+    else:
+        return np.frombuffer(raw, np.uint8)
+    return x.reshape(t["rows"], t["cols"]) if t["ndim"] == 2 else x
+
+
+def n_tokens_of(path: str) -> int:
+    return read_model_file(path)["ints"][35]
+
+
+def eos_of(path: str) -> int:
+    return read_model_file(path)["ints"][33]
+
+
+# ---------------------------------------------------------------- running the engine
+
+def run_logits(run_bin: str, model: str, toks: list, out: str) -> np.ndarray:
+    cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "--dump-logits", out]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{' '.join(cmd)}: rc {r.returncode}\n{r.stderr[-2000:]}"
+    x = np.fromfile(out, dtype="<f4")
+    V = read_model_file(model)["ints"][2]
+    assert x.size == len(toks) * V, f"dump has {x.size} floats, want {len(toks)} x {V}"
+    return x.reshape(len(toks), V).astype(np.float64)
+
+
+def run_greedy(run_bin: str, model: str, toks: list, n: int) -> list:
+    cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "-n", str(n), "-t", "0", "--print-ids"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{' '.join(cmd)}: rc {r.returncode}\n{r.stderr[-2000:]}"
+    return [int(s) for s in r.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def engine_logits(run_bin, exported, checkpoint, workdir):
+    """engine_logits(variant, dtype) -> (prompt, run.c logits), cached."""
+    made = {}
+
+    def get(variant: str, dtype: str):
+        if (variant, dtype) not in made:
+            model = exported(variant, dtype)
+            toks = prompt_ids(R.load(checkpoint(variant)).cfg["vocab_size"])
+            made[(variant, dtype)] = toks, run_logits(run_bin, model, toks,
+                                                      os.path.join(workdir, f"{variant}-{dtype}.logits"))
+        return made[(variant, dtype)]
+    return get
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    s = np.sort(logits, axis=-1)
+    return s[..., -1] - s[..., -2]
+
+
+# ---------------------------------------------------------------- f32
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_f32_logits_match_reference(variant, checkpoint, engine_logits):
+    toks, got = engine_logits(variant, "f32")
+    want = R.reference_logits(checkpoint(variant), toks)
+    diff = np.abs(got - want).max(axis=1)
+    bad = np.nonzero(diff > TOL)[0]
+    assert bad.size == 0, (f"max |run.c - reference| = {diff.max():.3g} > {TOL}; first bad positions "
+                           f"{bad[:8].tolist()} (diffs {np.round(diff[bad[:8]], 6).tolist()})")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_f32_greedy_continuation(variant, run_bin, exported, checkpoint):
+    model = exported(variant, "f32")
+    ref = R.load(checkpoint(variant))
+    toks = prompt_ids(ref.cfg["vocab_size"])
+    got = run_greedy(run_bin, model, toks, N_GEN)
+    eos = eos_of(model)
+    assert len(got) == N_GEN or (got and got[-1] == eos and len(got) < N_GEN), \
+        f"run.c printed {len(got)} ids: {got}"
+    want = ref.greedy(toks, len(got), n_tokens=n_tokens_of(model))
+    assert got == want, f"run.c {got}\n  ref {want}"
+
+
+# ---------------------------------------------------------------- bf16
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_top1(variant, checkpoint, engine_logits):
+    toks, got = engine_logits(variant, "bf16")
+    want = R.reference_logits(checkpoint(variant), toks, bf16_weights=True)
+    g, w = got.argmax(axis=1), want.argmax(axis=1)
+    near_tie = want[np.arange(len(toks)), g] >= want.max(axis=1) - BF16_TIE
+    bad = np.nonzero(~near_tie)[0]
+    assert bad.size == 0, (f"top-1 differs from the bf16-weight reference at positions {bad.tolist()}: "
+                           f"run.c {g[bad].tolist()} ref {w[bad].tolist()}; max |diff| "
+                           f"{np.abs(got - want).max():.3g}")
+    # and against the unrounded reference, where rounding cannot decide the winner
+    exact = R.reference_logits(checkpoint(variant), toks)
+    bound = 2 * np.abs(want - exact).max(axis=1)      # per position
+    decided = top2_margin(exact) > bound
+    assert decided.mean() > 0.5, f"too few decided positions (rounding effects {np.round(bound, 3)})"
+    bad = np.nonzero(decided & (g != exact.argmax(axis=1)))[0]
+    assert bad.size == 0, f"top-1 differs from the f32 reference at decided positions {bad.tolist()}"
+
+
+# ---------------------------------------------------------------- negative controls
+
+def control_diff(variant, checkpoint, engine_logits, **kw) -> tuple:
+    toks, got = engine_logits(variant, "f32")
+    hf = checkpoint(variant)
+    good = np.abs(got - R.reference_logits(hf, toks)).max()
+    bad = np.abs(got - R.reference_logits(hf, toks, **kw)).max()
+    return good, bad
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_control_without_yarn_mscale(variant, checkpoint, engine_logits):
+    good, bad = control_diff(variant, checkpoint, engine_logits, yarn_mscale=False)
+    assert good <= TOL and bad > 100 * TOL, f"with mscale {good:.3g}, without {bad:.3g}"
+
+
+@pytest.mark.parametrize("variant", ["v2", "v3", "v3fp8"])
+def test_control_without_group_limit(variant, checkpoint, engine_logits):
+    good, bad = control_diff(variant, checkpoint, engine_logits, group_limit=False)
+    assert good <= TOL and bad > 100 * TOL, f"with group limit {good:.3g}, without {bad:.3g}"
+
+
+@pytest.mark.parametrize("variant", ["v3", "v3fp8", "k2rp"])
+def test_control_without_bias(variant, checkpoint, engine_logits):
+    good, bad = control_diff(variant, checkpoint, engine_logits, use_bias=False)
+    assert good <= TOL and bad > 100 * TOL, f"with bias {good:.3g}, without {bad:.3g}"
+
+
+# ---------------------------------------------------------------- exported file
+
+TOPK = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
+
+
+def expected_tensors(cfg: dict, dtype: str) -> list:
+    """Canonical tensor order of format v1: (name, type, shape)."""
+    D, H, V = cfg["hidden_size"], cfg["num_attention_heads"], cfg["vocab_size"]
+    rq, r = cfg.get("q_lora_rank") or 0, cfg["kv_lora_rank"]
+    dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    E, S, Ie, I = (cfg["n_routed_experts"], cfg["n_shared_experts"], cfg["moe_intermediate_size"],
+                   cfg["intermediate_size"])
+    W = {"f32": "F32", "bf16": "BF16"}[dtype]
+    out = [("model.embed_tokens.weight", W, (V, D))]
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        out.append((p + "input_layernorm.weight", "F32", (D,)))
+        if rq:
+            out += [(p + "self_attn.q_a_proj.weight", W, (rq, D)),
+                    (p + "self_attn.q_a_layernorm.weight", "F32", (rq,)),
+                    (p + "self_attn.q_b_proj.weight", W, (H * (dn + dr), rq))]
+        else:
+            out.append((p + "self_attn.q_proj.weight", W, (H * (dn + dr), D)))
+        out += [(p + "self_attn.kv_a_proj_with_mqa.weight", W, (r + dr, D)),
+                (p + "self_attn.kv_a_layernorm.weight", "F32", (r,)),
+                (p + "self_attn.kv_b_proj.weight", W, (H * (dn + dv), r)),
+                (p + "self_attn.o_proj.weight", W, (D, H * dv)),
+                (p + "post_attention_layernorm.weight", "F32", (D,))]
+        if R.is_moe_layer(cfg, l):
+            out.append((p + "mlp.gate.weight", "F32", (E, D)))
+            if cfg["topk_method"] == "noaux_tc":
+                out.append((p + "mlp.gate.e_score_correction_bias", "F32", (E,)))
+            for e in range(E):
+                q = p + f"mlp.experts.{e}."
+                out += [(q + "gate_proj.weight", W, (Ie, D)), (q + "up_proj.weight", W, (Ie, D)),
+                        (q + "down_proj.weight", W, (D, Ie))]
+            if S:
+                q = p + "mlp.shared_experts."
+                out += [(q + "gate_proj.weight", W, (S * Ie, D)), (q + "up_proj.weight", W, (S * Ie, D)),
+                        (q + "down_proj.weight", W, (D, S * Ie))]
+        else:
+            out += [(p + "mlp.gate_proj.weight", W, (I, D)), (p + "mlp.up_proj.weight", W, (I, D)),
+                    (p + "mlp.down_proj.weight", W, (D, I))]
+    out += [("model.norm.weight", "F32", (D,)), ("lm_head.weight", W, (V, D))]
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_export_header(variant, exported, checkpoint):
+    m = read_model_file(exported(variant, "f32"))
+    cfg = R.load(checkpoint(variant)).cfg
+    rope = R.rope_config(cfg)
+    y = rope["yarn"] or {}
+    i, f = m["ints"], m["floats"]
+    assert m["version"] == 1 and m["n_config"] == 40
+    eos = cfg["eos_token_id"][0] if isinstance(cfg["eos_token_id"], list) else cfg["eos_token_id"]
+    want_i = {0: cfg["hidden_size"], 1: cfg["num_hidden_layers"], 2: cfg["vocab_size"],
+              3: cfg["num_attention_heads"], 4: cfg["q_lora_rank"] or 0, 5: cfg["kv_lora_rank"],
+              6: cfg["qk_nope_head_dim"], 7: cfg["qk_rope_head_dim"], 8: cfg["v_head_dim"],
+              9: cfg["intermediate_size"], 10: cfg["moe_intermediate_size"], 11: cfg["n_routed_experts"],
+              12: cfg["n_shared_experts"], 13: cfg["num_experts_per_tok"], 14: cfg["n_group"],
+              15: cfg["topk_group"], 16: TOPK[cfg["topk_method"]],
+              17: {"softmax": 0, "sigmoid": 1}[cfg["scoring_func"]], 18: int(cfg["norm_topk_prob"]),
+              20: cfg["first_k_dense_replace"], 21: cfg["moe_layer_freq"], 23: 1 if y else 0,
+              25: y.get("original_max_position_embeddings", 0), 31: cfg["max_position_embeddings"],
+              32: cfg["bos_token_id"], 33: eos, 34: 0}
+    want_f = {19: cfg["routed_scaling_factor"], 22: rope["theta"], 24: y.get("factor", 1.0),
+              26: y.get("beta_fast", 32), 27: y.get("beta_slow", 1), 28: y.get("mscale", 0),
+              29: y.get("mscale_all_dim", 0), 30: cfg["rms_norm_eps"]}
+    for k, v in want_i.items():
+        assert i[k] == v, f"config word {k}: {i[k]} != {v}"
+    for k, v in want_f.items():
+        assert f[k] == pytest.approx(v, rel=1e-6), f"config word {k}: {f[k]} != {v}"
+    assert 0 < i[35] <= cfg["vocab_size"]
+
+
+@pytest.mark.parametrize("variant,dtype", [(v, d) for v in VARIANTS for d in ("f32", "bf16")])
+def test_export_tensors(variant, dtype, exported, checkpoint):
+    """Canonical order, types, shapes, 64-byte alignment, exact end of file, and the data itself."""
+    m = read_model_file(exported(variant, dtype))
+    ref = R.load(checkpoint(variant), bf16_weights=(dtype == "bf16"))
+    want = expected_tensors(ref.cfg, dtype)
+    got = [t for t in m["tensors"] if t["name"] != "tokenizer"]
+    assert [t["name"] for t in got] == [w[0] for w in want]
+    end = 0
+    for t, (name, typ, shape) in zip(got, want):
+        assert t["type"] == typ, f"{name}: type {t['type']} != {typ}"
+        shp = (t["rows"],) if t["ndim"] == 1 else (t["rows"], t["cols"])
+        assert shp == shape and (t["ndim"] == 2 or t["cols"] == 1), f"{name}: shape {shp} != {shape}"
+        assert t["offset"] % 64 == 0 and t["offset"] >= end, f"{name}: offset {t['offset']}"
+        assert t["nbytes"] == int(np.prod(shape)) * (4 if typ == "F32" else 2)
+        end = t["offset"] + t["nbytes"]
+        x = tensor_data(m, t).astype(np.float64)
+        np.testing.assert_array_equal(x, ref.w[name], err_msg=name)
+    last = m["tensors"][-1]
+    assert m["size"] == last["offset"] + last["nbytes"]
