@@ -315,6 +315,14 @@ static const char *type_name(uint32_t type) {
     }
 }
 
+// A tensor name from the file, made safe to print: it may be any bytes.
+static const char *printable_name(char *buf, const uint8_t *name) {
+    int i = 0;
+    for (; i < TENSOR_NAME_BYTES - 1 && name[i]; i++) buf[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? (char)name[i] : '?';
+    buf[i] = 0;
+    return buf;
+}
+
 // Checks one entry and returns a pointer to its data. rows x cols is the
 // expected shape (cols = 0 for a 1-D tensor of length rows).
 static const void *walk_entry(TableWalker *tw, const char *name, uint32_t *out_type,
@@ -324,8 +332,9 @@ static const void *walk_entry(TableWalker *tw, const char *name, uint32_t *out_t
     uint32_t idx = tw->next++;
     const uint8_t *e = tw->table + (uint64_t)idx * TENSOR_ENTRY_BYTES;
     if (!memchr(e, 0, TENSOR_NAME_BYTES)) die("model file: tensor %u: name is not NUL-terminated", idx);
+    char shown[TENSOR_NAME_BYTES];
     if (strcmp((const char *)e, name) != 0)
-        die("model file: tensor %u is '%s', expected '%s'", idx, (const char *)e, name);
+        die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
     uint32_t type = word_u32(e + 96), ndim = word_u32(e + 100);
     uint32_t r = word_u32(e + 104), c = word_u32(e + 108);
     uint64_t offset = word_u64(e + 112), nbytes = word_u64(e + 120);
@@ -465,8 +474,8 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
     }
     if (tw->next != tw->n_tensors)
-        die("model file: %u unexpected extra tensors after '%s'", tw->n_tensors - tw->next,
-            (const char *)(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES));
+        die("model file: %u unexpected extra tensors in the table (the last expected one is '%s')",
+            tw->n_tensors - tw->next, hash ? "tokenizer" : "lm_head.weight");
     if (tw->data_end != tw->file_size)
         die("model file: %llu trailing bytes after the last tensor", (unsigned long long)(tw->file_size - tw->data_end));
 }
@@ -1197,12 +1206,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--dump-logits")) dump_path = v;
     }
     if (!model_path) die("no model file given (usage: run model.bin [options])");
-    if (steps < 0 || steps > INT32_MAX) die("-n must be >= 0, got %lld", steps);
+    if (steps < 0 || steps > INT32_MAX) die("-n must be in 0..%d, got %lld", INT32_MAX, steps);
     if (temperature < 0.0f) die("-t must be >= 0, got %g", temperature);
     if (topp < 0.0f || topp > 1.0f) die("-p must be in [0, 1], got %g", topp);
-    if (topk < 0 || topk > INT32_MAX) die("-k must be >= 0, got %lld", topk);
+    if (topk < 0 || topk > INT32_MAX) die("-k must be in 0..%d, got %lld", INT32_MAX, topk);
     if (seed < 0) die("-s must be >= 0, got %lld", seed);
-    if (context < 1 || context > INT32_MAX) die("-c must be >= 1, got %lld", context);
+    if (context < 1 || context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, context);
     if (prompt && tokens_arg) die("give either -i or --tokens, not both");
     if (prompt) die("text prompts (-i) need the tokenizer, which is not built in yet; pass ids with --tokens");
     if (dump_path && !tokens_arg) die("--dump-logits needs --tokens");
