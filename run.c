@@ -1087,8 +1087,9 @@ static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int
 }
 
 // Feeds the prompt, then samples up to `steps` new tokens, streaming each id
-// to stdout as soon as it exists. Stops early at the end-of-sequence token or
-// when the cache is full.
+// to stdout as soon as it exists. Stops early at the end-of-sequence token
+// (printed as the last id, so callers can tell why generation ended) or when
+// the cache is full.
 static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
                      int steps) {
     const Config *c = &m->config;
@@ -1099,11 +1100,10 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
     start = now_seconds();
     while (generated < steps) {
         token = sample(sp, logits);
-        if (token == c->eos_token_id) break;
         printf(generated ? " %d" : "%d", token);
         fflush(stdout);
         generated++;
-        if (generated == steps) break;
+        if (token == c->eos_token_id || generated == steps) break;
         if (pos >= s->context) {
             fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context);
             break;
