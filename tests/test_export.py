@@ -550,6 +550,17 @@ def test_tokenizer_hook_appends_blob_and_hash(tmp_path, monkeypatch):
     assert (tmp_path / "tok.bin").read_bytes() == blob
 
 
+def test_tied_embeddings_and_progress(tmp_path, monkeypatch, capsys):
+    cfg = dict(V2_CONFIG, tie_word_embeddings=True)
+    truth = make_checkpoint(tmp_path / "hf", cfg, drop=("lm_head.weight",))
+    truth["lm_head.weight"] = truth["model.embed_tokens.weight"]
+    monkeypatch.setattr(export, "PROGRESS_SECONDS", 0.0)
+    export.export_model(str(tmp_path / "hf"), str(tmp_path / "m.bin"), "bf16")
+    check_tensors(read_model(tmp_path / "m.bin"), cfg, truth, "bf16")
+    err = capsys.readouterr().err
+    assert "tensors," in err and "GB" in err and "wrote" in err
+
+
 # ---------------------------------------------------------------------------------------------
 # errors: non-zero exit, one line, no output file left behind
 
@@ -560,15 +571,16 @@ def break_config(hf, **changes):
     (hf / "config.json").write_text(json.dumps(cfg))
 
 
-def rewrite_with(hf, lie=None, dtype_of=None, extra=None):
-    """Rewrite model.safetensors of the V2 checkpoint: lie in the header, change a dtype, or
-    add an extra tensor."""
+def rewrite_with(hf, lie=None, dtype_of=None, extra=None, replace=None):
+    """Rewrite model.safetensors of the V2 checkpoint: lie in the header, change a dtype,
+    add an extra tensor or replace some."""
     truth = make_checkpoint(hf, V2_CONFIG)
     entries = {}
     for name, (_, values) in truth.items():
         entries[name] = st_entry("F32", values)
     if extra:
         entries[extra] = st_entry("F32", np.zeros(4, dtype=np.float32))
+    entries.update(replace or {})
     if dtype_of:
         name, dtype = dtype_of
         entries[name] = (dtype, entries[name][1], entries[name][2])
@@ -617,6 +629,18 @@ def case_bad_json_header(hf):
     p.write_bytes(bytes(data))
 
 
+def wrong_shape_in_header(header):
+    header["model.norm.weight"]["shape"] = [33]
+
+
+def case_index_lies(hf):
+    make_checkpoint(hf, V2_CONFIG, n_shards=2)
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    wm = index["weight_map"]
+    wm["model.norm.weight"] = next(f for f in set(wm.values()) if f != wm["model.norm.weight"])
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 ERROR_CASES = {
     "no_config": (case_no_config, "config.json not found"),
     "unknown_model_type": (lambda hf: (make_checkpoint(hf, V2_CONFIG),
@@ -631,6 +655,12 @@ ERROR_CASES = {
     "offsets_out_of_range": (lambda hf: rewrite_with(hf, lie=shift_offsets), "model.norm.weight"),
     "offsets_overlap": (lambda hf: rewrite_with(hf, lie=overlap_offsets), "overlap"),
     "bad_json_header": (case_bad_json_header, "JSON"),
+    "size_disagrees_with_shape": (lambda hf: rewrite_with(hf, lie=wrong_shape_in_header),
+                                  "model.norm.weight"),
+    "index_lies": (case_index_lies, "model.norm.weight"),
+    "fp8_without_scale": (lambda hf: rewrite_with(hf, replace={
+        "model.layers.0.mlp.down_proj.weight": st_entry("F8_E4M3", np.ones((32, 28), np.uint8))}),
+        "model.layers.0.mlp.down_proj.weight_scale_inv"),
     "missing_shard": (case_missing_shard, "model-00002-of-00003.safetensors"),
     "unknown_tensor": (lambda hf: rewrite_with(hf, extra="model.layers.1.self_attn.q_proj.bias"),
                        "model.layers.1.self_attn.q_proj.bias"),
