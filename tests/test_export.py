@@ -357,7 +357,9 @@ def test_export_mixed_source_dtypes(tmp_path, cfg, dtype):
     check_config_words(m, cfg, n_tokens=cfg["vocab_size"])
     check_tensors(m, cfg, truth, dtype)
     assert word_u(m, 36) == 0 and word_u(m, 37) == 0  # no tokenizer embedded
-    assert oct(os.stat(out).st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_default_dtype_is_f32_and_bf16_source_copied_bit_exact(tmp_path):
