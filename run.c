@@ -186,6 +186,11 @@ static void validate_config(const Config *c) {
         if (is_moe_layer(c, l)) has_moe = 1; else has_dense = 1;
     }
     check_range("intermediate_size", c->intermediate_size, has_dense ? 1 : 0, MAX_DIM);
+    // Checked even without MoE layers, because buffer sizes are derived from them.
+    check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);
+    check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
+    check_range("num_experts_per_tok", c->num_experts_per_tok, 0, 1 << 16);
+    check_range("n_group", c->n_group, 0, 1 << 16);
     if (has_moe) {
         int E = c->n_routed_experts;
         check_range("moe_intermediate_size", c->moe_intermediate_size, 1, MAX_DIM);
@@ -293,7 +298,9 @@ typedef struct {
     uint64_t data_end;           // end of the previous tensor's data (or of the header)
 } TableWalker;
 
-enum { KIND_MATRIX, KIND_F32 };  // matrices: F32 or BF16; norms, router, bias: F32
+// What an entry may hold: weight matrices take the export dtype (F32 or BF16,
+// later Q8/Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
+enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
 static int elem_bytes(int type) {
     switch (type) {
@@ -325,8 +332,8 @@ static const char *printable_name(char *buf, const uint8_t *name) {
 
 // Checks one entry and returns a pointer to its data. rows x cols is the
 // expected shape (cols = 0 for a 1-D tensor of length rows).
-static const void *walk_entry(TableWalker *tw, const char *name, uint32_t *out_type,
-                              int kind_u8, uint64_t rows, uint64_t cols) {
+static const void *walk_entry(TableWalker *tw, const char *name, int kind, uint64_t rows, uint64_t cols,
+                              uint32_t *type_out) {
     if (tw->next >= tw->n_tensors)
         die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
     uint32_t idx = tw->next++;
@@ -343,9 +350,9 @@ static const void *walk_entry(TableWalker *tw, const char *name, uint32_t *out_t
     if (r != rows || c != (cols ? cols : 1))
         die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c,
             (unsigned long long)rows, (unsigned long long)(cols ? cols : 1));
-    if (kind_u8) {
+    if (kind == KIND_U8) {
         if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
-    } else if (*out_type == KIND_F32) {
+    } else if (kind == KIND_F32) {
         if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
     } else if (type != TYPE_F32 && type != TYPE_BF16) {
         if (type == TYPE_Q8 || type == TYPE_Q4)
@@ -365,14 +372,14 @@ static const void *walk_entry(TableWalker *tw, const char *name, uint32_t *out_t
         die("model file: tensor '%s' (offset %llu, %llu bytes) runs past the end of the file (%llu bytes)", name,
             (unsigned long long)offset, (unsigned long long)nbytes, (unsigned long long)tw->file_size);
     tw->data_end = offset + nbytes;
-    *out_type = type;
+    *type_out = type;
     return tw->file + offset;
 }
 
 static Tensor walk_matrix(TableWalker *tw, const char *name, long long rows, long long cols) {
-    uint32_t type = KIND_MATRIX;
+    uint32_t type;
     Tensor t;
-    t.data = walk_entry(tw, name, &type, 0, (uint64_t)rows, (uint64_t)cols);
+    t.data = walk_entry(tw, name, KIND_MATRIX, (uint64_t)rows, (uint64_t)cols, &type);
     t.type = (int)type;
     t.rows = (int)rows;
     t.cols = (int)cols;
@@ -380,9 +387,9 @@ static Tensor walk_matrix(TableWalker *tw, const char *name, long long rows, lon
 }
 
 static Tensor walk_f32_matrix(TableWalker *tw, const char *name, long long rows, long long cols) {
-    uint32_t type = KIND_F32;
+    uint32_t type;
     Tensor t;
-    t.data = walk_entry(tw, name, &type, 0, (uint64_t)rows, (uint64_t)cols);
+    t.data = walk_entry(tw, name, KIND_F32, (uint64_t)rows, (uint64_t)cols, &type);
     t.type = TYPE_F32;
     t.rows = (int)rows;
     t.cols = (int)cols;
@@ -390,8 +397,8 @@ static Tensor walk_f32_matrix(TableWalker *tw, const char *name, long long rows,
 }
 
 static const float *walk_vector(TableWalker *tw, const char *name, long long len) {
-    uint32_t type = KIND_F32;
-    return (const float *)walk_entry(tw, name, &type, 0, (uint64_t)len, 0);
+    uint32_t type;
+    return (const float *)walk_entry(tw, name, KIND_F32, (uint64_t)len, 0, &type);
 }
 
 static MLPWeights walk_mlp(TableWalker *tw, const char *prefix, long long hidden, long long dim) {
@@ -468,8 +475,8 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         // let walk_entry check it like any other 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
         uint64_t len = word_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
-        uint32_t type = KIND_F32;
-        w->tokenizer = walk_entry(tw, "tokenizer", &type, 1, len, 0);
+        uint32_t type;
+        w->tokenizer = walk_entry(tw, "tokenizer", KIND_U8, len, 0, &type);
         w->tokenizer_bytes = len;
         if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
     }
