@@ -53,6 +53,8 @@ VARIANTS = {
         max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
         torch_dtype="bfloat16", _dtype="BF16"),
     # DeepSeek-V3-like: q LoRA, sigmoid noaux_tc with F32 bias, norm_topk_prob, rsf 2.5, BF16.
+    # Ships a tiny V3-style tokenizer.json (3 + 256 + 60 = 319 ids < vocab_size 600): rows 319..599
+    # are padding, and their lm_head rows are made large so that an engine that samples them fails.
     "v3": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=128, num_hidden_layers=4, vocab_size=600, num_attention_heads=4,
@@ -64,7 +66,7 @@ VARIANTS = {
         first_k_dense_replace=2, moe_layer_freq=1,
         rope_theta=10000.0, rope_scaling=dict(YARN_V3), rms_norm_eps=1e-6,
         max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
-        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16"),
+        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _tokenizer_merges=60),
     # DeepSeek-V3 FP8: e4m3 + 128x128 float32 weight_scale_inv (partial edge blocks: hidden 200),
     # 3 shards with an index, and the MTP layer (index num_hidden_layers) present in the files.
     "v3fp8": dict(
@@ -182,6 +184,99 @@ def write_safetensors(path: str, tensors: list) -> int:
 
 
 # ----------------------------------------------------------------------------
+# tokenizer (a miniature DeepSeek-V3 tokenizer.json: same pre-tokenizer, own BPE merges)
+
+V3_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": False},
+    {"type": "Split", "pattern": {"Regex": "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"},
+     "behavior": "Isolated", "invert": False},
+    {"type": "Split", "pattern": {"Regex": "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|"
+                                           "[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|"
+                                           "\\s*[\r\n]+|\\s+(?!\\S)|\\s+"},
+     "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+SPECIALS = ["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
+            "<\uff5c\u2581pad\u2581\uff5c>"]
+CORPUS = ("The quick brown fox jumps over the lazy dog. In the beginning the model reads the "
+          "tokens one at a time, and then it writes them out again. There are many things in the "
+          "world that the engine can learn, and the tests check them all. 12345 apples and 678 pears.")
+
+
+def byte_chars() -> list:
+    """GPT-2 ByteLevel table: character for each byte 0..255."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(0x100 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def tokenizer_size(cfg: dict) -> int:
+    n = cfg.get("_tokenizer_merges")
+    return cfg["vocab_size"] if n is None else len(SPECIALS) + 256 + n
+
+
+def train_merges(n: int) -> list:
+    """Plain BPE on CORPUS words (space attached to the following word, as ByteLevel does)."""
+    bc = byte_chars()
+    words = [" " + w if i else w for i, w in enumerate(CORPUS.split(" "))]
+    seqs = [[bc[b] for b in w.encode()] for w in words]
+    merges = []
+    while len(merges) < n:
+        counts = {}
+        for sq in seqs:
+            for a, b in zip(sq, sq[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        if not counts:
+            break
+        best = max(counts.items(), key=lambda kv: (kv[1], -len(merges)))[0]
+        best = sorted([p for p, c in counts.items() if c == counts[best]])[0]
+        merges.append(best)
+        for sq in seqs:
+            i = 0
+            while i < len(sq) - 1:
+                if (sq[i], sq[i + 1]) == best:
+                    sq[i:i + 2] = [sq[i] + sq[i + 1]]
+                i += 1
+    return merges
+
+
+def write_tokenizer(out_dir: str, n_merges: int) -> None:
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for ch in byte_chars():
+        vocab[ch] = len(vocab)
+    merges = train_merges(n_merges)
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    assert len(vocab) == len(SPECIALS) + 256 + n_merges
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, t in enumerate(SPECIALS)]
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+           "normalizer": {"type": "Sequence", "normalizers": []}, "pre_tokenizer": V3_PRE_TOKENIZER,
+           "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+           "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                     "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]}}
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tok, f, ensure_ascii=False, indent=1)
+
+    def added_token(t):
+        return {"__type": "AddedToken", "content": t, "lstrip": False, "normalized": True,
+                "rstrip": False, "single_word": False}
+    tc = {"add_bos_token": True, "add_eos_token": False, "bos_token": added_token(SPECIALS[0]),
+          "eos_token": added_token(SPECIALS[1]), "pad_token": added_token(SPECIALS[1]),
+          "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 131072,
+          "sp_model_kwargs": {}, "unk_token": None, "tokenizer_class": "LlamaTokenizerFast"}
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tc, f, ensure_ascii=False, indent=2)
+
+
+# ----------------------------------------------------------------------------
 # model
 
 
@@ -245,6 +340,8 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
         layer(f"model.layers.{l}.", l)
     norm("model.norm.weight", D)
     head = (rng.standard_normal((V, D)) * 3.0 / np.sqrt(D)).astype(np.float32)
+    n_tok = tokenizer_size(cfg)
+    head[n_tok:] *= 1.6  # padding rows win the unmasked argmax often
     out.append(("lm_head.weight", head, "other"))
     for m in range(cfg.get("num_nextn_predict_layers") or 0):  # MTP module (spec 2.2)
         p = f"model.layers.{L + m}."
@@ -292,6 +389,8 @@ def write_checkpoint(variant: str, out_dir: str, seed: int = 0) -> str:
             entries.append((name, dtype, x.shape, encode_tensor(x, dtype)))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config(cfg), f, indent=2)
+    if cfg.get("_tokenizer_merges"):
+        write_tokenizer(out_dir, cfg["_tokenizer_merges"])
     n_shards = cfg.get("_shards", 1)
     if n_shards == 1:
         write_safetensors(os.path.join(out_dir, "model.safetensors"), entries)

@@ -116,7 +116,7 @@ def engine_logits(run_bin, exported, checkpoint, workdir):
     def get(variant: str, dtype: str):
         if (variant, dtype) not in made:
             model = exported(variant, dtype)
-            toks = prompt_ids(R.load(checkpoint(variant)).cfg["vocab_size"])
+            toks = prompt_ids(n_tokens_of(model))
             made[(variant, dtype)] = toks, run_logits(run_bin, model, toks,
                                                       os.path.join(workdir, f"{variant}-{dtype}.logits"))
         return made[(variant, dtype)]
@@ -144,13 +144,27 @@ def test_f32_logits_match_reference(variant, checkpoint, engine_logits):
 def test_f32_greedy_continuation(variant, run_bin, exported, checkpoint):
     model = exported(variant, "f32")
     ref = R.load(checkpoint(variant))
-    toks = prompt_ids(ref.cfg["vocab_size"])
+    toks = prompt_ids(n_tokens_of(model))
     got = run_greedy(run_bin, model, toks, N_GEN)
     eos = eos_of(model)
     assert len(got) == N_GEN or (got and got[-1] == eos and len(got) < N_GEN), \
         f"run.c printed {len(got)} ids: {got}"
     want = ref.greedy(toks, len(got), n_tokens=n_tokens_of(model))
     assert got == want, f"run.c {got}\n  ref {want}"
+
+
+def test_padding_rows_are_masked(run_bin, exported, checkpoint):
+    """v3 ships a 319-id tokenizer.json with vocab_size 600, and its padding rows are made to win
+    the unmasked argmax: the greedy test above is only meaningful if that really happens."""
+    model = exported("v3", "f32")
+    n_tok = n_tokens_of(model)
+    assert n_tok == G.tokenizer_size(G.VARIANTS["v3"]) < G.VARIANTS["v3"]["vocab_size"]
+    ref = R.load(checkpoint("v3"))
+    toks = prompt_ids(n_tok)
+    gen = run_greedy(run_bin, model, toks, N_GEN)
+    assert all(0 <= t < n_tok for t in gen)
+    unmasked = ref.forward(toks + gen).argmax(axis=1)
+    assert np.mean(unmasked >= n_tok) > 0.3, "padding rows do not compete; the masking check is void"
 
 
 # ---------------------------------------------------------------- bf16

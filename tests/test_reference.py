@@ -218,3 +218,28 @@ def test_route_rules():
     # group max: g0 = p(3), g2 = p(2.5): keep groups 0, 2 -> experts 0, then 4 (tie 4/5: lowest index)
     assert idx.tolist() == [0, 4]
     np.testing.assert_allclose(w, 16 * p[[0, 4]])
+
+
+def test_rope_matches_hf_deinterleaved_form():
+    """HF permutes q_pe/k_pe to [x0, x2, ..., x1, x3, ...] and applies rotate_half with duplicated
+    cos/sin (spec 3.4): the vectors differ by that permutation, every q.k product is identical."""
+    rng = np.random.default_rng(1)
+    dr, T = 16, 9
+    theta, m = R.rope_frequencies({"theta": 1e4, "yarn": dict(YARN_DS, mscale=0.707, mscale_all_dim=0.707)}, dr)
+    pos = np.arange(T, dtype=np.float64) * 7
+    q, k = rng.standard_normal((T, dr)), rng.standard_normal((T, dr))
+
+    def hf(x):
+        x = np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1)          # de-interleave
+        ang = np.concatenate([pos[:, None] * theta] * 2, axis=1)
+        half = np.concatenate([-x[:, dr // 2:], x[:, :dr // 2]], axis=1)  # rotate_half
+        return x * np.cos(ang) * m + half * np.sin(ang) * m
+
+    ours_q, ours_k = R.apply_rope(q, pos, theta, m), R.apply_rope(k, pos, theta, m)
+    perm = np.r_[0:dr:2, 1:dr:2]
+    np.testing.assert_allclose(hf(q), ours_q[:, perm], atol=1e-12)
+    np.testing.assert_allclose(hf(q) @ hf(k).T, ours_q @ ours_k.T, atol=1e-12)
+    neox = lambda x: np.concatenate([x[:, :dr // 2], x[:, dr // 2:]], 1)  # noqa: E731  (no permutation)
+    ang = np.concatenate([pos[:, None] * theta] * 2, axis=1)
+    wrong = lambda x: neox(x) * np.cos(ang) + np.concatenate([-x[:, dr // 2:], x[:, :dr // 2]], 1) * np.sin(ang)  # noqa: E731
+    assert np.abs(wrong(q) @ wrong(k).T - ours_q @ ours_k.T).max() > 0.1  # NeoX on stored weights differs
