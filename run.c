@@ -1100,13 +1100,13 @@ static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int
 static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
                      int steps) {
     const Config *c = &m->config;
-    int pos = 0, generated = 0, token = prompt[0];
-    double start = 0.0;
+    int pos = 0, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
+    double t0 = now_seconds();
     float *logits = NULL;
     for (; pos < n_prompt; pos++) logits = forward(m, rope, s, prompt[pos], pos);
-    start = now_seconds();
+    double t1 = now_seconds();
     while (generated < steps) {
-        token = sample(sp, logits);
+        int token = sample(sp, logits);
         printf(generated ? " %d" : "%d", token);
         fflush(stdout);
         generated++;
@@ -1117,12 +1117,13 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
         }
         logits = forward(m, rope, s, token, pos);
         pos++;
+        decoded++;
     }
     printf("\n");
     fflush(stdout);
-    double elapsed = now_seconds() - start;
-    if (generated > 0 && elapsed > 0)
-        fprintf(stderr, "%d tokens, %.2f tok/s\n", generated, (double)generated / elapsed);
+    double t2 = now_seconds();
+    fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generated: %d tokens, %.2f tok/s\n", n_prompt,
+            n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, decoded / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
 }
 
 // ----------------------------------------------------------------------------
