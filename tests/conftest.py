@@ -37,27 +37,28 @@ def workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def checkpoint(workdir):
-    """checkpoint(variant) -> HF directory, generated once (seed 0)."""
+    """checkpoint(variant, seed=0) -> HF directory, generated once."""
     made = {}
 
-    def get(variant: str) -> str:
-        if variant not in made:
-            made[variant] = gen_checkpoints.write_checkpoint(variant, os.path.join(workdir, "hf", variant), seed=0)
-        return made[variant]
+    def get(variant: str, seed: int = 0) -> str:
+        if (variant, seed) not in made:
+            made[(variant, seed)] = gen_checkpoints.write_checkpoint(
+                variant, os.path.join(workdir, "hf", f"{variant}-s{seed}"), seed=seed)
+        return made[(variant, seed)]
     return get
 
 
 @pytest.fixture(scope="session")
 def exported(workdir, checkpoint):
-    """exported(variant, dtype) -> path of `export.py <hf> <out> --dtype dtype`, run once."""
+    """exported(variant, dtype, seed=0) -> path of `export.py <hf> <out> --dtype dtype`, run once."""
     made = {}
 
-    def get(variant: str, dtype: str) -> str:
-        key = (variant, dtype)
+    def get(variant: str, dtype: str, seed: int = 0) -> str:
+        key = (variant, dtype, seed)
         if key not in made:
-            out = os.path.join(workdir, f"{variant}-{dtype}.bin")
+            out = os.path.join(workdir, f"{variant}-s{seed}-{dtype}.bin")
             exporter = os.environ.get("SEEK_EXPORT") or os.path.join(ROOT, "export.py")
-            cmd = [sys.executable, exporter, checkpoint(variant), out, "--dtype", dtype]
+            cmd = [sys.executable, exporter, checkpoint(variant, seed), out, "--dtype", dtype]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0 or not os.path.exists(out):
                 pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")

@@ -140,6 +140,18 @@ def test_f32_logits_match_reference(variant, checkpoint, engine_logits):
                            f"{bad[:8].tolist()} (diffs {np.round(diff[bad[:8]], 6).tolist()})")
 
 
+@pytest.mark.parametrize("variant,seed", [(v, s) for v in VARIANTS for s in (1, 2)])
+def test_f32_logits_other_seeds(variant, seed, run_bin, exported, checkpoint, workdir):
+    """Other random weights and a longer prompt (64 tokens, repeats allowed)."""
+    model = exported(variant, "f32", seed)
+    rng = np.random.default_rng(100 + seed)
+    toks = rng.integers(0, n_tokens_of(model), 64).tolist()
+    got = run_logits(run_bin, model, toks, os.path.join(workdir, f"{variant}-s{seed}.logits"))
+    want = R.reference_logits(checkpoint(variant, seed), toks)
+    diff = np.abs(got - want).max(axis=1)
+    assert diff.max() <= TOL, f"max |run.c - reference| = {diff.max():.3g} at position {int(diff.argmax())}"
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_f32_greedy_continuation(variant, run_bin, exported, checkpoint):
     model = exported(variant, "f32")
@@ -312,3 +324,72 @@ def test_export_tensors(variant, dtype, exported, checkpoint):
         np.testing.assert_array_equal(x, ref.w[name], err_msg=name)
     last = m["tensors"][-1]
     assert m["size"] == last["offset"] + last["nbytes"]
+
+
+# ---------------------------------------------------------------- bad input to run.c
+
+def corrupt(src: str, dst: str, edit) -> str:
+    buf = bytearray(open(src, "rb").read())
+    out = edit(buf)
+    buf = buf if out is None else out
+    open(dst, "wb").write(bytes(buf))
+    return dst
+
+
+def entry_offset(i: int) -> int:
+    """File offset of tensor-table entry i (format v1 with 40 config words)."""
+    return 12 + 4 * 40 + 4 + 128 * i
+
+
+def set_u32(off: int, v: int):
+    def edit(b):
+        b[off:off + 4] = struct.pack("<I", v)
+    return edit
+
+
+def set_u64(off: int, v: int):
+    def edit(b):
+        b[off:off + 8] = struct.pack("<Q", v)
+    return edit
+
+
+BAD_FILES = {
+    "truncated": lambda b: b[:len(b) - 1000],
+    "header_only": lambda b: b[:100],
+    "empty": lambda b: bytearray(),
+    "bad_magic": lambda b: b"KEES" + b[4:],
+    "version_2": set_u32(4, 2),
+    "n_config_39": set_u32(8, 39),
+    "n_heads_0": set_u32(12 + 4 * 3, 0),
+    "dim_huge": set_u32(12, 1 << 30),
+    "tensor_past_end": set_u64(entry_offset(3) + 96 + 16, 1 << 40),
+    "tensor_misaligned": set_u64(entry_offset(3) + 96 + 16, 100),
+    "tensor_renamed": lambda b: b[:entry_offset(0)] + b"model.embed_tokens.weighX" + b[entry_offset(0) + 25:],
+    "tensor_wrong_type": set_u32(entry_offset(1) + 96, 1),   # input_layernorm as BF16
+    "tensor_wrong_shape": set_u32(entry_offset(0) + 96 + 8, 7),
+    "n_tensors_short": set_u32(12 + 4 * 40, 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_run_rejects_bad_model_file(case, run_bin, exported, workdir):
+    bad = corrupt(exported("v2", "f32"), os.path.join(workdir, f"bad-{case}.bin"), BAD_FILES[case])
+    r = subprocess.run([run_bin, bad, "--tokens", "1,2,3", "--dump-logits", os.path.join(workdir, "bad.f32")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode > 0, f"{case}: rc {r.returncode} (0 = accepted, < 0 = killed by a signal)\n{r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, f"{case}: want one clear error line, got {lines}"
+
+
+@pytest.mark.parametrize("args", [["--tokens", "1,2,100000"], ["--tokens", "1,-2"], ["--tokens", "1,x"],
+                                  ["--tokens", ""], ["-n", "-5", "--tokens", "1"]])
+def test_run_rejects_bad_arguments(args, run_bin, exported, workdir):
+    r = subprocess.run([run_bin, exported("v2", "f32")] + args + ["--dump-logits", os.path.join(workdir, "bad.f32")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode > 0, f"{args}: rc {r.returncode}\n{r.stderr}"
+
+
+def test_run_missing_file(run_bin, workdir):
+    r = subprocess.run([run_bin, os.path.join(workdir, "no-such.bin"), "--tokens", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode > 0 and r.stderr.strip()
