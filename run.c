@@ -191,6 +191,8 @@ static void validate_config(const Config *c) {
     check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
     check_range("num_experts_per_tok", c->num_experts_per_tok, 0, 1 << 16);
     check_range("n_group", c->n_group, 0, 1 << 16);
+    if ((long long)c->n_shared_experts * c->moe_intermediate_size > MAX_DIM)
+        die("model file: config n_shared_experts x moe_intermediate_size is too large");
     if (has_moe) {
         int E = c->n_routed_experts;
         check_range("moe_intermediate_size", c->moe_intermediate_size, 1, MAX_DIM);
@@ -212,8 +214,6 @@ static void validate_config(const Config *c) {
         // noaux_tc scores a group by the sum of its two best experts.
         if (c->topk_method == TOPK_NOAUX_TC && c->n_group > 1 && group_size < 2)
             die("model file: config noaux_tc needs >= 2 experts per group (got %d)", group_size);
-        if ((long long)c->n_shared_experts * c->moe_intermediate_size > MAX_DIM)
-            die("model file: config n_shared_experts x moe_intermediate_size too large");
     }
     check_float("rope_theta", c->rope_theta, 1.0001f, 1e30f);
     check_range("rope_type", c->rope_type, ROPE_NONE, ROPE_YARN);
