@@ -86,7 +86,9 @@ VARIANTS = {
         _dtype="BF16", _fp8=True, _shards=3),
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
-    # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4).
+    # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4). The embeddings and the latent rows of
+    # kv_a_proj are tiny (mean square ~1e-5), so using the wrong eps (rms_norm_eps 1e-5 for
+    # input_layernorm, 1e-6 for kv_a_layernorm as in HF; spec 3.1) shows in the logits.
     "k2rp": dict(
         model_type="kimi_k2", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=80, num_hidden_layers=4, vocab_size=333, num_attention_heads=5,
@@ -100,7 +102,7 @@ VARIANTS = {
                          "original_max_position_embeddings": 4096, "beta_fast": 32.0,
                          "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
         rms_norm_eps=1e-5, max_position_embeddings=131072, bos_token_id=2, eos_token_id=[3, 4],
-        num_nextn_predict_layers=0, torch_dtype="float16", _dtype="F16"),
+        num_nextn_predict_layers=0, torch_dtype="float16", _dtype="F16", _tiny_norm_inputs=True),
 }
 
 # ----------------------------------------------------------------------------
@@ -309,6 +311,8 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
         else:
             lin(p + "self_attn.q_proj.weight", H * (dn + dr), D, 1.5)
         lin(p + "self_attn.kv_a_proj_with_mqa.weight", r + dr, D, 1.5)
+        if cfg.get("_tiny_norm_inputs"):
+            out[-1][1][:r] *= 0.003
         norm(p + "self_attn.kv_a_layernorm.weight", r)
         lin(p + "self_attn.kv_b_proj.weight", H * (dn + dv), r)
         lin(p + "self_attn.o_proj.weight", D, H * dv)
@@ -334,6 +338,8 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
             lin(p + "mlp.down_proj.weight", D, I)
 
     embed = rng.standard_normal((V, D)).astype(np.float32)
+    if cfg.get("_tiny_norm_inputs"):
+        embed *= 0.003
     out.append(("model.embed_tokens.weight", embed, "other"))
     L = cfg["num_hidden_layers"]
     for l in range(L):
