@@ -694,6 +694,8 @@ static void alloc_run_state(RunState *s, const Config *c, int context) {
     s->rope_cos = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
     s->rope_sin = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
     s->logits = xcalloc((size_t)c->vocab_size, sizeof(float));
+    if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
+        die("the latent cache for %d positions does not fit in memory; lower -c", context);
     s->kv_cache = xcalloc((size_t)c->n_layers * (size_t)context * cache_row, sizeof(float));
 }
 
