@@ -69,6 +69,9 @@ VARIANTS = {
         num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _tokenizer_merges=60),
     # DeepSeek-V3 FP8: e4m3 + 128x128 float32 weight_scale_inv (partial edge blocks: hidden 200),
     # 3 shards with an index, and the MTP layer (index num_hidden_layers) present in the files.
+    # Its correction biases are all shifted by -1: selection is invariant to that shift when dropped
+    # groups are masked with -inf, but not when they are masked with 0 (spec 8.9): all biased scores
+    # are negative, so a 0 mask would pick experts from the dropped groups.
     "v3fp8": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=200, num_hidden_layers=3, vocab_size=700, num_attention_heads=4,
@@ -83,7 +86,7 @@ VARIANTS = {
         num_nextn_predict_layers=1, torch_dtype="bfloat16",
         quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
                              "quant_method": "fp8", "weight_block_size": [128, 128]},
-        _dtype="BF16", _fp8=True, _shards=3),
+        _dtype="BF16", _fp8=True, _shards=3, _bias_shift=-1.0),
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
     # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4). The embeddings and the latent rows of
@@ -322,7 +325,7 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
                         (rng.standard_normal((E, D)) * 1.5 / np.sqrt(D)).astype(np.float32), "other"))
             if cfg["topk_method"] == "noaux_tc":
                 out.append((p + "mlp.gate.e_score_correction_bias",
-                            rng.uniform(-0.15, 0.25, E).astype(np.float32), "bias"))
+                            (rng.uniform(-0.15, 0.25, E) + cfg.get("_bias_shift", 0.0)).astype(np.float32), "bias"))
             for e in range(E):
                 q = p + f"mlp.experts.{e}."
                 lin(q + "gate_proj.weight", Ie, D)

@@ -243,3 +243,36 @@ def test_rope_matches_hf_deinterleaved_form():
     ang = np.concatenate([pos[:, None] * theta] * 2, axis=1)
     wrong = lambda x: neox(x) * np.cos(ang) + np.concatenate([-x[:, dr // 2:], x[:, :dr // 2]], 1) * np.sin(ang)  # noqa: E731
     assert np.abs(wrong(q) @ wrong(k).T - ours_q @ ours_k.T).max() > 0.1  # NeoX on stored weights differs
+
+
+def test_bias_shift_invariance(checkpoint):
+    """v3fp8's biases are shifted by -1 (all biased scores negative): with -inf masking the
+    choices equal those of the unshifted biases; a 0 mask would choose differently."""
+    ref = R.load(checkpoint("v3fp8"))
+    toks = prompt_ids(ref.cfg["vocab_size"])
+    rt = []
+    ref.forward(toks, routing=rt)
+    w = ref.w
+    x_by_layer = {}
+    cfg = ref.cfg
+    for l in range(cfg["num_hidden_layers"]):
+        b = w.get(f"model.layers.{l}.mlp.gate.e_score_correction_bias")
+        if b is not None:
+            assert b.max() < -0.5
+            x_by_layer[l] = b
+    assert x_by_layer
+    rng = np.random.default_rng(0)
+    zero_mask_differs = 0
+    for _ in range(200):
+        z = rng.standard_normal(cfg["n_routed_experts"]) * 1.5
+        b = next(iter(x_by_layer.values()))
+        i1, w1 = R.route(cfg, z, b)
+        i2, w2 = R.route(cfg, z, b + 1.0)
+        assert sorted(i1) == sorted(i2)
+        c = 1 / (1 + np.exp(-z)) + b                 # the 0-mask variant (native HF before #45441)
+        per = cfg["n_routed_experts"] // cfg["n_group"]
+        g = np.sort(c.reshape(cfg["n_group"], per), axis=1)[:, -2:].sum(axis=1)
+        keep = np.argsort(-g, kind="stable")[:cfg["topk_group"]]
+        masked = np.where(np.isin(np.arange(len(c)) // per, keep), c, 0.0)
+        zero_mask_differs += sorted(np.argsort(-masked, kind="stable")[:cfg["num_experts_per_tok"]]) != sorted(i1)
+    assert zero_mask_differs > 150
