@@ -2,9 +2,10 @@
  * seek.c: inference for DeepSeek-V2/V3 Mixture-of-Experts models with
  * Multi-head Latent Attention, in one file of C11 (libc, libm, pthreads).
  *
- * Reads top to bottom like the papers: config, weights, run state, the blocks
- * (rmsnorm, rope, mla_attention, moe), forward, tokenizer, sampler,
- * generate/chat, benchmark, main.
+ * Reads top to bottom like the papers: config, weights, matmul (the only code
+ * that knows weight storage types), run state, the blocks (rmsnorm, rope,
+ * mla_attention, moe), forward, tokenizer, sampler, generate/chat, benchmark,
+ * main.
  *
  * The math follows the DeepSeek-V2 paper (MLA, DeepSeekMoE) and the V3 paper
  * (sigmoid router, auxiliary-loss-free bias); section numbers "spec §x" refer
