@@ -87,6 +87,20 @@ VARIANTS = {
         quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
                              "quant_method": "fp8", "weight_block_size": [128, 128]},
         _dtype="BF16", _fp8=True, _shards=3, _bias_shift=-1.0),
+    # Moonlight-like: no rope_scaling at all (plain RoPE, base 50000, scale 1/sqrt(dn+dr)), no q LoRA,
+    # n_group 1, 2 shared experts, and the correction bias stored as BF16 (as Moonlight does, pitfall 10).
+    "moonlight": dict(
+        model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
+        hidden_size=72, num_hidden_layers=3, vocab_size=350, num_attention_heads=3,
+        q_lora_rank=None, kv_lora_rank=20, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
+        intermediate_size=120, moe_intermediate_size=28,
+        n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
+        n_group=1, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid",
+        norm_topk_prob=True, routed_scaling_factor=2.446,
+        first_k_dense_replace=1, moe_layer_freq=1,
+        rope_theta=50000.0, rope_scaling=None, rms_norm_eps=1e-5,
+        max_position_embeddings=8192, bos_token_id=0, eos_token_id=1,
+        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _bias_dtype="BF16"),
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
     # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4). The embeddings and the latent rows of
@@ -389,7 +403,8 @@ def write_checkpoint(variant: str, out_dir: str, seed: int = 0) -> str:
     entries = []
     for name, x, kind in make_tensors(cfg, rng):
         if kind == "bias":
-            entries.append((name, "F32", x.shape, encode_tensor(x, "F32")))
+            bd = cfg.get("_bias_dtype", "F32")
+            entries.append((name, bd, x.shape, encode_tensor(x, bd)))
         elif kind == "linear" and fp8:
             q, s = quantize_fp8_blocks(x, rng)
             entries.append((name, "F8_E4M3", x.shape, encode_tensor(q, "U8")))

@@ -210,7 +210,7 @@ def control_diff(variant, checkpoint, engine_logits, **kw) -> tuple:
     return good, bad
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "moonlight"])  # moonlight: no YaRN
 def test_control_without_yarn_mscale(variant, checkpoint, engine_logits):
     good, bad = control_diff(variant, checkpoint, engine_logits, yarn_mscale=False)
     assert good <= TOL and bad > 100 * TOL, f"with mscale {good:.3g}, without {bad:.3g}"
@@ -222,7 +222,7 @@ def test_control_without_group_limit(variant, checkpoint, engine_logits):
     assert good <= TOL and bad > 100 * TOL, f"with group limit {good:.3g}, without {bad:.3g}"
 
 
-@pytest.mark.parametrize("variant", ["v3", "v3fp8", "k2rp"])
+@pytest.mark.parametrize("variant", ["v3", "v3fp8", "k2rp", "moonlight"])
 def test_control_without_bias(variant, checkpoint, engine_logits):
     good, bad = control_diff(variant, checkpoint, engine_logits, use_bias=False)
     assert good <= TOL and bad > 100 * TOL, f"with bias {good:.3g}, without {bad:.3g}"
@@ -295,8 +295,10 @@ def test_export_header(variant, exported, checkpoint):
               25: y.get("original_max_position_embeddings", 0), 31: cfg["max_position_embeddings"],
               32: cfg["bos_token_id"], 33: eos, 34: 0}
     want_f = {19: cfg["routed_scaling_factor"], 22: rope["theta"], 24: y.get("factor", 1.0),
-              26: y.get("beta_fast", 32), 27: y.get("beta_slow", 1), 28: y.get("mscale", 0),
-              29: y.get("mscale_all_dim", 0), 30: cfg["rms_norm_eps"]}
+              30: cfg["rms_norm_eps"]}
+    if y:  # the brief's contract leaves these words unspecified without YaRN
+        want_f.update({26: y.get("beta_fast", 32), 27: y.get("beta_slow", 1), 28: y.get("mscale", 0),
+                       29: y.get("mscale_all_dim", 0)})
     for k, v in want_i.items():
         assert i[k] == v, f"config word {k}: {i[k]} != {v}"
     for k, v in want_f.items():
