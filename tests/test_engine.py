@@ -395,3 +395,26 @@ def test_run_missing_file(run_bin, workdir):
     r = subprocess.run([run_bin, os.path.join(workdir, "no-such.bin"), "--tokens", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode > 0 and r.stderr.strip()
+
+
+# ---------------------------------------------------------------- edges
+
+@pytest.mark.parametrize("variant", ["v2", "v3fp8"])
+def test_f32_long_sequence(variant, run_bin, exported, checkpoint, workdir):
+    """256 positions: the latent cache grows well past the short prompts, YaRN angles get large."""
+    model = exported(variant, "f32")
+    toks = np.random.default_rng(5).integers(0, n_tokens_of(model), 256).tolist()
+    got = run_logits(run_bin, model, toks, os.path.join(workdir, f"{variant}-long.logits"))
+    want = R.reference_logits(checkpoint(variant), toks)
+    diff = np.abs(got - want).max(axis=1)
+    assert diff.max() <= TOL, f"max diff {diff.max():.3g} at position {int(diff.argmax())}"
+
+
+def test_single_token_and_determinism(run_bin, exported, checkpoint, workdir):
+    model = exported("v3", "f32")
+    got = run_logits(run_bin, model, [7], os.path.join(workdir, "one.logits"))
+    assert np.abs(got - R.reference_logits(checkpoint("v3"), [7])).max() <= TOL
+    toks = prompt_ids(n_tokens_of(model))
+    x = run_logits(run_bin, model, toks, os.path.join(workdir, "det1.f32"))
+    y = run_logits(run_bin, model, toks, os.path.join(workdir, "det2.f32"))
+    assert np.array_equal(x, y), "two identical runs gave different logits"
