@@ -160,8 +160,9 @@ def rope_words(raw: dict) -> dict:
                 default=get_int(raw, "max_position_embeddings")),
             rope_beta_fast=get_float(rope, "beta_fast", 32.0),
             rope_beta_slow=get_float(rope, "beta_slow", 1.0),
-            # absent mscale keys mean mscale(s, 0) = 1 (spec §3.5, pitfall 2)
-            rope_mscale=get_float(rope, "mscale", 0.0),
+            # Absent keys take the HF remote code's defaults (DeepseekV2YarnRotaryEmbedding:
+            # mscale=1, mscale_all_dim=0): cos/sin get 0.1*ln(s)+1, the softmax no factor.
+            rope_mscale=get_float(rope, "mscale", 1.0),
             rope_mscale_all_dim=get_float(rope, "mscale_all_dim", 0.0))
     elif kind == "default":
         words.update(rope_type=0, rope_factor=1.0, rope_original_max_pos=0, rope_beta_fast=0.0,

@@ -502,11 +502,11 @@ def test_rope_defaults_and_theta_inside_parameters(tmp_path):
     m = exported_words(tmp_path, cfg, "plain")
     assert word_f(m, 22) == 50000.0 and word_i(m, 23) == 0 and word_f(m, 24) == 1.0
     assert word_i(m, 25) == 0
-    # yarn without mscale keys: 0 (mscale(s, 0) = 1), betas 32 / 1
+    # yarn without mscale keys: the HF remote defaults mscale 1, mscale_all_dim 0; betas 32 / 1
     cfg = dict(V2_CONFIG, rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                         "original_max_position_embeddings": 128})
     m = exported_words(tmp_path, cfg, "yarn")
-    assert [word_f(m, k) for k in (24, 26, 27, 28, 29)] == [4.0, 32.0, 1.0, 0.0, 0.0]
+    assert [word_f(m, k) for k in (24, 26, 27, 28, 29)] == [4.0, 32.0, 1.0, 1.0, 0.0]
     assert word_i(m, 23) == 1 and word_i(m, 25) == 128
 
 
