@@ -12,11 +12,18 @@ Rules:
   every position t where that reference's top-2 margin exceeds 2 * max_v |ref_bf16[t, v] - ref_f32[t, v]|
   (the logit change the rounding causes there, measured on the reference itself): only such positions
   are decided independently of rounding (and at least half the positions must be).
+  Also bf16 logits must be within 1e-3 of that bf16-weight reference (fp32 arithmetic throughout).
 - negative controls: the reference with the YaRN mscale^2 softmax factor removed, with the expert
-  group limit removed, or with the correction bias ignored, disagrees with run.c by far more than the
-  tolerance: the comparison is sensitive to those features.
+  group limit removed, or with the correction bias ignored, disagrees with run.c by more than 100x
+  the tolerance: the comparison is sensitive to those features.
+- padding rows (ids >= n_tokens, v3 ships a tokenizer.json smaller than vocab_size) are never
+  generated, although their lm_head rows are made to win the unmasked argmax.
 - the exported header and tensor table follow format v1 (brief), and tensor data equals the
-  checkpoint's (dequantised) weights.
+  checkpoint's (dequantised, and for bf16 rounded) weights.
+- run.c rejects corrupt model files and bad arguments with one error line and a non-zero exit.
+
+To check that a test can fail, point it at a broken copy: SEEK_RUN=/tmp/run-broken pytest tests
+(or SEEK_EXPORT=/tmp/export-broken.py); see conftest.py.
 """
 import os
 import struct
