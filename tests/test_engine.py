@@ -437,3 +437,29 @@ def test_single_token_and_determinism(run_bin, exported, checkpoint, workdir):
     x = run_logits(run_bin, model, toks, os.path.join(workdir, "det1.f32"))
     y = run_logits(run_bin, model, toks, os.path.join(workdir, "det2.f32"))
     assert np.array_equal(x, y), "two identical runs gave different logits"
+
+
+# ---------------------------------------------------------------- sampling never leaves the real vocabulary
+
+def run_sample(run_bin, model, toks, *opts):
+    cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "-n", "24", "--print-ids"] + list(opts)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{' '.join(cmd)}: rc {r.returncode}\n{r.stderr[-2000:]}"
+    return [int(x) for x in r.stdout.split()]
+
+
+def test_sampling_masks_padding_and_is_seeded(run_bin, exported):
+    model = exported("v3", "f32")
+    n_tok = n_tokens_of(model)
+    toks = prompt_ids(n_tok)[:10]
+    outs = []
+    for seed in range(1, 7):
+        for opts in (["-t", "1.5", "-p", "1"], ["-t", "1.0", "-p", "0.95"], ["-t", "1.2", "-k", "50"]):
+            out = run_sample(run_bin, model, toks, "-s", str(seed), *opts)
+            assert all(0 <= t < n_tok for t in out), f"sampled a padding id with {opts} seed {seed}: {out}"
+            outs.append(out)
+    assert run_sample(run_bin, model, toks, "-s", "3", "-t", "1.0") == run_sample(run_bin, model, toks, "-s", "3", "-t", "1.0")
+    assert len({tuple(o) for o in outs}) > len(outs) // 2, "different seeds give the same samples"
+    # top-k 1 at any temperature is greedy
+    assert run_sample(run_bin, model, toks, "-s", "9", "-t", "1.0", "-k", "1", "-p", "1") == \
+        run_sample(run_bin, model, toks, "-t", "0")
