@@ -1,48 +1,271 @@
 #!/usr/bin/env python3
 """
-seek.c exporter, tokenizer part: HF tokenizer.json + tokenizer_config.json -> tokenizer file.
+Export a HuggingFace DeepSeek-V2/V3 checkpoint to one seek.c model file (format v1).
 
+    python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16]
     python3 export.py --tokenizer <hf_dir> <tokenizer.bin>
 
-Reads tokenizer.json directly (never through transformers' AutoTokenizer, spec §8 pitfall 17) and
-writes the format below. run.c re-implements HF `tokenizers` encoding on top of it (spec §6.3).
+Python 3 + numpy only: safetensors is parsed here (8-byte little-endian header length, a JSON
+header, then raw data whose offsets are relative to the end of the header). Tensors are streamed
+a block of rows at a time, so memory use does not grow with the model size.
 
-Tokenizer file, version 1 (all integers little-endian):
-  offset 0   4 bytes   magic "STOK"
-  offset 4   u32       version = 1
-  offset 8   u32       n_vocab: ids are 0 .. n_vocab-1
-  offset 12  u32       n_merges
-  offset 16  u32       n_added: number of added tokens (special or not)
-  offset 20  i32       bos_id (-1 if none)
-  offset 24  i32       eos_id (-1 if none)
-  offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json)
-  offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (spec §6.1),
-                                      2 = DeepSeek-V2 7-stage pipeline (spec §6.2)
-  offset 36  u32       chat template family: 0 raw (none/unknown), 1 deepseek_v2 ("User: ...\\n\\nAssistant:"),
-                                             2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1
-  offset 40  u32       template_nbytes: length of the verbatim chat_template string stored at the end
-  offset 44  u32       pool_nbytes: total length of all token byte strings
-  offset 48  (n_vocab+1) x u32   offsets into the pool: token i is pool[off[i] .. off[i+1]), off[0] = 0,
-                                 non-decreasing, off[n_vocab] = pool_nbytes
-             n_vocab x u8        token flags: bit 0 BPE token (byte-level vocab entry, may take part in
-                                 merges), bit 1 added token, bit 2 special (skip_special_tokens would drop
-                                 it), bit 3 added token matched after normalization (HF `normalized`);
-                                 flags 0 = an id with no token (a hole)
-             pool_nbytes bytes   token byte strings: for a BPE token, its vocab string mapped back through
-                                 the GPT-2 byte table; for an added token, its literal UTF-8 content
-             n_merges x 3 u32    merges (left id, right id, result id); rank = position in this list
-             n_added x u32       ids of the added tokens, in tokenizer.json order
-             template_nbytes     chat_template, UTF-8 (empty if none)
-  The file ends exactly there.
+File layout (all little-endian): "SEEK", u32 version, u32 n_config, n_config 4-byte config words,
+u32 n_tensors, n_tensors 128-byte table entries (name[96], type, ndim, rows, cols, u64 offset,
+u64 nbytes), then each tensor's data at a 64-byte aligned offset, in table order.
 """
+from __future__ import annotations
+
 import argparse
 import json
+import math
 import os
+import re
 import struct
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Optional
 
-MAGIC = b"STOK"
+import numpy as np
+
+MAGIC = b"SEEK"
 VERSION = 1
+ALIGN = 64
+NAME_BYTES = 96
+ENTRY_BYTES = 128
+
+# tensor types in the model file
+F32, BF16, U8 = 0, 1, 16
+TYPE_SIZE = {F32: 4, BF16: 2, U8: 1}
+
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")
+TOPK_METHODS = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
+SCORING_FUNCS = {"softmax": 0, "sigmoid": 1}
+
+# safetensors dtypes we can read, and their element sizes
+SOURCE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}
+# sizes of other safetensors dtypes, only to validate headers; reading them is an error
+OTHER_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
+                  "I8": 1, "U8": 1, "BOOL": 1, "F8_E5M2": 1}
+
+FP8_BLOCK = 128              # DeepSeek-V3 weight_block_size [128, 128]
+CHUNK_ELEMENTS = 1 << 20     # elements per streamed block of rows (4 MB as f32)
+PROGRESS_SECONDS = 5.0
+MAX_HEADER_BYTES = 100 << 20  # real headers are well under 10 MB
+
+
+class ExportError(Exception):
+    """A problem with the input that the user must fix; printed as one line."""
+
+
+def fail(msg: str) -> None:
+    raise ExportError(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json -> the 40 config words
+
+# (name, kind): kind "i" = int32, "f" = float32, "I" = uint32. Order = word index in the file.
+CONFIG_WORDS = [
+    ("dim", "i"), ("n_layers", "i"), ("vocab_size", "i"), ("n_heads", "i"),
+    ("q_lora_rank", "i"), ("kv_lora_rank", "i"), ("qk_nope_head_dim", "i"),
+    ("qk_rope_head_dim", "i"), ("v_head_dim", "i"), ("intermediate_size", "i"),
+    ("moe_intermediate_size", "i"), ("n_routed_experts", "i"), ("n_shared_experts", "i"),
+    ("num_experts_per_tok", "i"), ("n_group", "i"), ("topk_group", "i"), ("topk_method", "i"),
+    ("scoring_func", "i"), ("norm_topk_prob", "i"), ("routed_scaling_factor", "f"),
+    ("first_k_dense_replace", "i"), ("moe_layer_freq", "i"), ("rope_theta", "f"),
+    ("rope_type", "i"), ("rope_factor", "f"), ("rope_original_max_pos", "i"),
+    ("rope_beta_fast", "f"), ("rope_beta_slow", "f"), ("rope_mscale", "f"),
+    ("rope_mscale_all_dim", "f"), ("rms_norm_eps", "f"), ("max_position_embeddings", "i"),
+    ("bos_token_id", "i"), ("eos_token_id", "i"), ("n_mtp_layers", "i"), ("n_tokens", "i"),
+    ("tokenizer_hash_lo", "I"), ("tokenizer_hash_hi", "I"), ("reserved0", "i"), ("reserved1", "i"),
+]
+N_CONFIG = len(CONFIG_WORDS)  # 40
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        fail(f"{what} not found: {path}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"cannot read {what} {path}: {e}")
+    if not isinstance(value, dict):
+        fail(f"{what} {path}: expected a JSON object")
+    return value
+
+
+def get_int(raw: dict, key: str, default: Optional[int] = None, null: Optional[int] = None) -> int:
+    """raw[key] as an int; `default` if absent, `null` if present but null."""
+    value = raw.get(key, default)
+    if key in raw and raw[key] is None:
+        value = null
+    if value is None:
+        fail(f"config.json: missing or null '{key}'")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        fail(f"config.json: '{key}' must be an integer, got {value!r}")
+    return int(value)
+
+
+def get_float(raw: dict, key: str, default: Optional[float] = None) -> float:
+    value = raw.get(key)
+    if value is None:
+        value = default
+    if value is None:
+        fail(f"config.json: missing '{key}'")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(f"config.json: '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def get_choice(raw: dict, key: str, choices: dict, default: str) -> int:
+    value = raw.get(key)
+    if value is None:
+        value = default
+    if value not in choices:
+        fail(f"config.json: unsupported {key} {value!r} (supported: {', '.join(choices)})")
+    return choices[value]
+
+
+def first_token_id(raw: dict, key: str) -> int:
+    """bos/eos may be missing (-1), an int, or a list (use the first)."""
+    value = raw.get(key)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return -1
+    return get_int({key: value}, key)
+
+
+def rope_words(raw: dict) -> dict:
+    """RoPE/YaRN words. Older configs say rope_scaling {type: ...}; transformers re-saves them as
+    rope_parameters {rope_type: ..., rope_theta: ...}. Spec §1.1 and §3.5."""
+    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        fail("config.json: rope_scaling / rope_parameters must be an object or null")
+    theta = raw.get("rope_theta")
+    for params in (raw.get("rope_parameters"), rope):
+        if theta is None and isinstance(params, dict):
+            theta = params.get("rope_theta")
+    words = {"rope_theta": get_float({"rope_theta": theta}, "rope_theta", 10000.0)}
+    kind = rope.get("type", rope.get("rope_type")) or "default"
+    if kind == "yarn":
+        words.update(
+            rope_type=1,
+            rope_factor=get_float(rope, "factor", 1.0),
+            rope_original_max_pos=get_int(
+                rope, "original_max_position_embeddings",
+                default=get_int(raw, "max_position_embeddings")),
+            rope_beta_fast=get_float(rope, "beta_fast", 32.0),
+            rope_beta_slow=get_float(rope, "beta_slow", 1.0),
+            # Absent keys take the HF remote code's defaults (DeepseekV2YarnRotaryEmbedding:
+            # mscale=1, mscale_all_dim=0): cos/sin get 0.1*ln(s)+1, the softmax no factor.
+            rope_mscale=get_float(rope, "mscale", 1.0),
+            rope_mscale_all_dim=get_float(rope, "mscale_all_dim", 0.0))
+    elif kind == "default":
+        words.update(rope_type=0, rope_factor=1.0, rope_original_max_pos=0, rope_beta_fast=0.0,
+                     rope_beta_slow=0.0, rope_mscale=0.0, rope_mscale_all_dim=0.0)
+    else:
+        fail(f"config.json: unsupported rope scaling type {kind!r} (supported: yarn, none)")
+    return words
+
+
+def load_config(hf_dir: str) -> dict:
+    """Read config.json into a dict with one key per config word (n_tokens and the tokenizer
+    hash are filled in later). Defaults for absent values follow the team brief."""
+    raw = read_json(os.path.join(hf_dir, "config.json"), "config.json")
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        fail(f"config.json: unsupported model_type {model_type!r} "
+             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    c = {
+        "dim": get_int(raw, "hidden_size"),
+        "n_layers": get_int(raw, "num_hidden_layers"),
+        "vocab_size": get_int(raw, "vocab_size"),
+        "n_heads": get_int(raw, "num_attention_heads"),
+        "q_lora_rank": get_int(raw, "q_lora_rank", default=0, null=0),
+        "kv_lora_rank": get_int(raw, "kv_lora_rank"),
+        "qk_nope_head_dim": get_int(raw, "qk_nope_head_dim"),
+        "qk_rope_head_dim": get_int(raw, "qk_rope_head_dim"),
+        "v_head_dim": get_int(raw, "v_head_dim"),
+        "intermediate_size": get_int(raw, "intermediate_size"),
+        "moe_intermediate_size": get_int(raw, "moe_intermediate_size", default=0, null=0),
+        "n_routed_experts": get_int(raw, "n_routed_experts", default=0, null=0),
+        "n_shared_experts": get_int(raw, "n_shared_experts", default=0, null=0),
+        "num_experts_per_tok": get_int(raw, "num_experts_per_tok", default=0, null=0),
+        "n_group": get_int(raw, "n_group", default=1, null=1),
+        "topk_group": get_int(raw, "topk_group", default=1, null=1),
+        "topk_method": get_choice(raw, "topk_method", TOPK_METHODS, "greedy"),
+        "scoring_func": get_choice(raw, "scoring_func", SCORING_FUNCS, "softmax"),
+        "norm_topk_prob": int(bool(raw.get("norm_topk_prob", False))),
+        "routed_scaling_factor": get_float(raw, "routed_scaling_factor", 1.0),
+        "first_k_dense_replace": get_int(raw, "first_k_dense_replace", default=0, null=0),
+        "moe_layer_freq": get_int(raw, "moe_layer_freq", default=1, null=1),
+        **rope_words(raw),
+        "rms_norm_eps": get_float(raw, "rms_norm_eps", 1e-6),
+        "max_position_embeddings": get_int(raw, "max_position_embeddings"),
+        "bos_token_id": first_token_id(raw, "bos_token_id"),
+        "eos_token_id": first_token_id(raw, "eos_token_id"),
+        "n_mtp_layers": 0,  # MTP layers (index >= n_layers) are skipped for now
+        "n_tokens": 0, "tokenizer_hash_lo": 0, "tokenizer_hash_hi": 0,
+        "reserved0": 0, "reserved1": 0,
+    }
+    c["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings", False))  # not a config word
+    check_config(c)
+    return c
+
+
+def check_config(c: dict) -> None:
+    for key in ("dim", "n_layers", "vocab_size", "n_heads", "kv_lora_rank", "qk_nope_head_dim",
+                "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
+        if not 0 < c[key] < 2**31:
+            fail(f"config.json: {key} = {c[key]} is out of range")
+    for key in ("q_lora_rank", "intermediate_size", "moe_intermediate_size", "n_routed_experts",
+                "n_shared_experts", "num_experts_per_tok", "first_k_dense_replace"):
+        if not 0 <= c[key] < 2**31:
+            fail(f"config.json: {key} = {c[key]} is out of range")
+    if c["moe_layer_freq"] < 1:
+        fail(f"config.json: moe_layer_freq = {c['moe_layer_freq']} must be >= 1")
+    if c["n_routed_experts"] > 0 and c["moe_intermediate_size"] <= 0:
+        fail("config.json: n_routed_experts is set but moe_intermediate_size is not")
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer: n_tokens, the embedded blob and its hash
+
+
+# Tokenizer file, version 1 (all integers little-endian):
+#   offset 0   4 bytes   magic "STOK"
+#   offset 4   u32       version = 1
+#   offset 8   u32       n_vocab: ids are 0 .. n_vocab-1
+#   offset 12  u32       n_merges
+#   offset 16  u32       n_added: number of added tokens (special or not)
+#   offset 20  i32       bos_id (-1 if none)
+#   offset 24  i32       eos_id (-1 if none)
+#   offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json)
+#   offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (spec §6.1),
+#                                       2 = DeepSeek-V2 7-stage pipeline (spec §6.2)
+#   offset 36  u32       chat template family: 0 raw (none/unknown), 1 deepseek_v2 ("User: ...\n\nAssistant:"),
+#                                              2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1
+#   offset 40  u32       template_nbytes: length of the verbatim chat_template string stored at the end
+#   offset 44  u32       pool_nbytes: total length of all token byte strings
+#   offset 48  (n_vocab+1) x u32   offsets into the pool: token i is pool[off[i] .. off[i+1]), off[0] = 0,
+#                                  non-decreasing, off[n_vocab] = pool_nbytes
+#              n_vocab x u8        token flags: bit 0 BPE token (byte-level vocab entry, may take part in
+#                                  merges), bit 1 added token, bit 2 special (skip_special_tokens would drop
+#                                  it), bit 3 added token matched after normalization (HF `normalized`);
+#                                  flags 0 = an id with no token (a hole)
+#              pool_nbytes bytes   token byte strings: for a BPE token, its vocab string mapped back through
+#                                  the GPT-2 byte table; for an added token, its literal UTF-8 content
+#              n_merges x 3 u32    merges (left id, right id, result id); rank = position in this list
+#              n_added x u32       ids of the added tokens, in tokenizer.json order
+#              template_nbytes     chat_template, UTF-8 (empty if none)
+#   The file ends exactly there.
+
+TOKENIZER_MAGIC = b"STOK"
+TOKENIZER_VERSION = 1
 
 PRETOK_V3 = 1
 PRETOK_V2 = 2
@@ -95,15 +318,13 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def fail(msg: str) -> None:
-    raise ValueError(msg)
-
-
 def split_patterns(pre: dict, where: str) -> tuple[list[str], list[dict]]:
     """Regexes of the leading Split(Isolated, not inverted) stages, and the remaining stages."""
-    if pre is None or pre.get("type") != "Sequence":
-        fail(f"{where}: pre_tokenizer must be a Sequence (got {pre and pre.get('type')})")
-    stages = pre.get("pretokenizers", [])
+    if not isinstance(pre, dict) or pre.get("type") != "Sequence":
+        fail(f"{where}: pre_tokenizer must be a Sequence")
+    stages = pre.get("pretokenizers")
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        fail(f"{where}: pretokenizers must be a list of objects")
     pats = []
     i = 0
     while i < len(stages) and stages[i].get("type") == "Split":
@@ -163,7 +384,9 @@ def expand_escapes(p: str) -> str:
 
 
 def check_model_and_normalizer(tj: dict) -> None:
-    m = tj.get("model", {})
+    m = tj.get("model")
+    if not isinstance(m, dict):
+        fail("tokenizer.json: no model object")
     if m.get("type") != "BPE":
         fail(f"tokenizer.json: model type must be BPE (got {m.get('type')})")
     if m.get("byte_fallback") or m.get("dropout") not in (None, 0, 0.0) or m.get("ignore_merges"):
@@ -175,7 +398,7 @@ def check_model_and_normalizer(tj: dict) -> None:
         fail(f"tokenizer.json: only an empty normalizer is supported (got {norm.get('type')})")
 
 
-def chat_family(template: str | None) -> int:
+def chat_family(template: Optional[str]) -> int:
     """Which fixed chat rendering (spec §6.5) the template string is."""
     if not template:
         return CHAT_RAW
@@ -191,13 +414,13 @@ def chat_family(template: str | None) -> int:
     return CHAT_RAW
 
 
-def token_content(tok) -> str | None:
+def token_content(tok) -> Optional[str]:
     if tok is None or isinstance(tok, str):
         return tok
     return tok.get("content")
 
 
-def read_chat_template(hf_dir: str, cfg: dict) -> str | None:
+def read_chat_template(hf_dir: str, cfg: dict) -> Optional[str]:
     t = cfg.get("chat_template")
     if isinstance(t, list):  # [{"name": ..., "template": ...}, ...]
         named = {d.get("name"): d.get("template") for d in t}
@@ -209,25 +432,37 @@ def read_chat_template(hf_dir: str, cfg: dict) -> str | None:
     return t
 
 
-def tokenizer_blob(hf_dir: str) -> bytes | None:
+def tokenizer_blob(hf_dir: str) -> Optional[bytes]:
+    """The tokenizer to embed in a model file, or None if hf_dir has no tokenizer.json or one run.c cannot
+    reproduce exactly (then the model exports without text support, with a warning saying why)."""
+    try:
+        return build_tokenizer(hf_dir)
+    except ExportError as e:
+        print(f"export.py: warning: tokenizer not supported, none embedded: {e}", file=sys.stderr)
+        return None
+
+
+def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     """The tokenizer file for the checkpoint in hf_dir, or None if it has no tokenizer.json."""
     path = os.path.join(hf_dir, "tokenizer.json")
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        tj = json.load(f)
-    cfg = {}
+    tj = read_json(path, "tokenizer.json")
     cfg_path = os.path.join(hf_dir, "tokenizer_config.json")
-    if os.path.exists(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
+    cfg = read_json(cfg_path, "tokenizer_config.json") if os.path.exists(cfg_path) else {}
 
     check_model_and_normalizer(tj)
     pretok = detect_pre_tokenizer(tj.get("pre_tokenizer"))
 
-    vocab: dict[str, int] = tj["model"]["vocab"]
-    added = tj.get("added_tokens", [])
+    vocab: dict[str, int] = tj["model"].get("vocab")
+    added = tj.get("added_tokens") or []
+    if not isinstance(vocab, dict) or not isinstance(tj["model"].get("merges"), list):
+        fail("tokenizer.json: BPE model without a vocab object and a merges list")
+    if not all(isinstance(i, int) for i in vocab.values()):
+        fail("tokenizer.json: vocab ids must be integers")
     for a in added:
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not isinstance(a.get("id"), int):
+            fail("tokenizer.json: added_tokens entries need a string content and an integer id")
         if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
             fail(f"tokenizer.json: added token {a['content']!r} uses lstrip/rstrip/single_word (unsupported)")
         if not a["content"]:
@@ -304,8 +539,8 @@ def tokenizer_blob(hf_dir: str) -> bytes | None:
     offsets = [0]
     for t in tokens:
         offsets.append(offsets[-1] + len(t))
-    out = [MAGIC, struct.pack("<IIIIiiIIIII", VERSION, n_vocab, len(merges), len(added), bos_id, eos_id,
-                              cfg_flags, pretok, family, len(tbytes), len(pool))]
+    out = [TOKENIZER_MAGIC, struct.pack("<IIIIiiIIIII", TOKENIZER_VERSION, n_vocab, len(merges), len(added),
+                                        bos_id, eos_id, cfg_flags, pretok, family, len(tbytes), len(pool))]
     out.append(struct.pack(f"<{n_vocab + 1}I", *offsets))
     out.append(bytes(flags))
     out.append(pool)
@@ -315,21 +550,550 @@ def tokenizer_blob(hf_dir: str) -> bytes | None:
     return b"".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Export a HF DeepSeek checkpoint's tokenizer for seek.c")
-    ap.add_argument("--tokenizer", nargs=2, metavar=("HF_DIR", "OUT"), required=True,
-                    help="write only the tokenizer file of HF_DIR to OUT")
-    args = ap.parse_args()
-    hf_dir, out_path = args.tokenizer
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def count_tokens(hf_dir: str, vocab_size: int) -> int:
+    """n_tokens = 1 + the largest id in tokenizer.json (model.vocab and added_tokens); without
+    a tokenizer.json every row of the embedding counts. Ids >= n_tokens are padding rows."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.exists(path):
+        return vocab_size
+    tok = read_json(path, "tokenizer.json")
+    vocab = (tok.get("model") or {}).get("vocab") or {}
+    if isinstance(vocab, dict):      # BPE / WordPiece: token -> id
+        ids = [i for i in vocab.values() if isinstance(i, int)]
+    elif isinstance(vocab, list):    # Unigram: [[piece, score], ...], id = position
+        ids = [len(vocab) - 1] if vocab else []
+    else:
+        fail(f"tokenizer.json: unexpected model.vocab of type {type(vocab).__name__}")
+    ids += [t.get("id") for t in tok.get("added_tokens") or []
+            if isinstance(t, dict) and isinstance(t.get("id"), int)]
+    if not ids:
+        return vocab_size
+    n_tokens = 1 + max(ids)
+    if n_tokens > vocab_size:
+        print(f"export.py: warning: tokenizer.json has ids up to {n_tokens - 1} but vocab_size "
+              f"is {vocab_size}; using n_tokens = {vocab_size}", file=sys.stderr)
+        n_tokens = vocab_size
+    return n_tokens
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors reading
+
+
+@dataclass
+class SourceTensor:
+    """One tensor inside a safetensors file."""
+    name: str
+    path: str
+    dtype: str
+    shape: tuple
+    start: int    # absolute offset of the data in the file
+    nbytes: int
+
+
+def read_safetensors_header(path: str) -> dict:
+    """Parse and validate the header; returns name -> SourceTensor. Every range is checked
+    against the file size, so a truncated file or a lying header is caught here."""
     try:
-        blob = tokenizer_blob(hf_dir)
-    except (ValueError, KeyError, json.JSONDecodeError) as e:
-        sys.exit(f"export.py: error: {e}")
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                fail(f"{path}: not a safetensors file (only {size} bytes)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len < 2 or header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                fail(f"{path}: bad safetensors header length {header_len} (file has {size} bytes;"
+                     f" truncated or not a safetensors file)")
+            header_bytes = f.read(header_len)
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror or e}")
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"{path}: safetensors header is not valid JSON ({e})")
+    if not isinstance(header, dict):
+        fail(f"{path}: safetensors header is not a JSON object")
+    base = 8 + header_len
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        tensors[name] = parse_header_entry(path, name, info, base, size)
+    check_no_overlap(path, tensors)
+    return tensors
+
+
+def parse_header_entry(path: str, name: str, info, base: int, size: int) -> SourceTensor:
+    where = f"{path}: tensor {name}"
+    if not isinstance(info, dict):
+        fail(f"{where}: header entry is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        fail(f"{where}: missing dtype")
+    if (not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        fail(f"{where}: bad shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        fail(f"{where}: bad data_offsets {offsets!r}")
+    start, end = base + offsets[0], base + offsets[1]
+    if end > size:
+        fail(f"{where}: data ends at byte {end} but the file has only {size} bytes "
+             f"(truncated file or bad offsets)")
+    itemsize = SOURCE_ITEMSIZE.get(dtype, OTHER_ITEMSIZE.get(dtype))
+    if itemsize is not None and math.prod(shape) * itemsize != end - start:
+        fail(f"{where}: {dtype}{shape} needs {math.prod(shape) * itemsize} bytes but "
+             f"data_offsets give {end - start}")
+    return SourceTensor(name, path, dtype, tuple(shape), start, end - start)
+
+
+def check_no_overlap(path: str, tensors: dict) -> None:
+    spans = sorted((t.start, t.start + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            fail(f"{path}: tensors {name_a} and {name_b} overlap in the file")
+
+
+def shard_path(hf_dir: str, filename) -> str:
+    if not isinstance(filename, str) or os.path.basename(filename) != filename or not filename:
+        fail(f"model.safetensors.index.json: bad shard file name {filename!r}")
+    return os.path.join(hf_dir, filename)
+
+
+def load_checkpoint(hf_dir: str) -> dict:
+    """All tensors of the checkpoint, name -> SourceTensor (headers only, no data)."""
+    index_path = os.path.join(hf_dir, "model.safetensors.index.json")
+    single_path = os.path.join(hf_dir, "model.safetensors")
+    if not os.path.exists(index_path):
+        if not os.path.exists(single_path):
+            fail(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+        return read_safetensors_header(single_path)
+    weight_map = read_json(index_path, "model.safetensors.index.json").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        fail(f"{index_path}: missing or empty weight_map")
+    shards = {}
+    for filename in sorted(set(weight_map.values()), key=str):
+        path = shard_path(hf_dir, filename)
+        if not os.path.isfile(path):
+            fail(f"missing shard {filename} (listed in model.safetensors.index.json)")
+        shards[filename] = read_safetensors_header(path)
+    tensors = {}
+    for name, filename in weight_map.items():
+        if name not in shards[filename]:
+            fail(f"model.safetensors.index.json puts {name} in {filename}, but it is not there")
+    for filename, shard in shards.items():
+        for name, tensor in shard.items():
+            if name in tensors:
+                fail(f"tensor {name} appears in two shards ({tensors[name].path}, {filename})")
+            tensors[name] = tensor
+    return tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# the canonical tensor order (team brief, "Tensor order")
+
+
+def is_moe_layer(c: dict, layer: int) -> bool:
+    return (c["n_routed_experts"] > 0 and layer >= c["first_k_dense_replace"]
+            and layer % c["moe_layer_freq"] == 0)
+
+
+def layer_tensors(c: dict, layer: int) -> list:
+    """[(name, shape, always_f32)] of one decoder layer. MTP layers (index >= n_layers) reuse
+    this plus their extra tensors once they are stored (config word n_mtp_layers)."""
+    D, H, r = c["dim"], c["n_heads"], c["kv_lora_rank"]
+    rq, dn, dr, dv = c["q_lora_rank"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    P = f"model.layers.{layer}."
+    out = [(P + "input_layernorm.weight", (D,), True)]
+    if rq > 0:
+        out += [(P + "self_attn.q_a_proj.weight", (rq, D), False),
+                (P + "self_attn.q_a_layernorm.weight", (rq,), True),
+                (P + "self_attn.q_b_proj.weight", (H * (dn + dr), rq), False)]
+    else:
+        out += [(P + "self_attn.q_proj.weight", (H * (dn + dr), D), False)]
+    out += [(P + "self_attn.kv_a_proj_with_mqa.weight", (r + dr, D), False),
+            (P + "self_attn.kv_a_layernorm.weight", (r,), True),
+            (P + "self_attn.kv_b_proj.weight", (H * (dn + dv), r), False),
+            (P + "self_attn.o_proj.weight", (D, H * dv), False),
+            (P + "post_attention_layernorm.weight", (D,), True)]
+    if is_moe_layer(c, layer):
+        E, S, Ie = c["n_routed_experts"], c["n_shared_experts"], c["moe_intermediate_size"]
+        out += [(P + "mlp.gate.weight", (E, D), True)]  # the router runs in fp32
+        if c["topk_method"] == TOPK_METHODS["noaux_tc"]:
+            out += [(P + "mlp.gate.e_score_correction_bias", (E,), True)]
+        for e in range(E):
+            out += [(P + f"mlp.experts.{e}.gate_proj.weight", (Ie, D), False),
+                    (P + f"mlp.experts.{e}.up_proj.weight", (Ie, D), False),
+                    (P + f"mlp.experts.{e}.down_proj.weight", (D, Ie), False)]
+        if S > 0:
+            out += [(P + "mlp.shared_experts.gate_proj.weight", (S * Ie, D), False),
+                    (P + "mlp.shared_experts.up_proj.weight", (S * Ie, D), False),
+                    (P + "mlp.shared_experts.down_proj.weight", (D, S * Ie), False)]
+    else:
+        I = c["intermediate_size"]
+        out += [(P + "mlp.gate_proj.weight", (I, D), False),
+                (P + "mlp.up_proj.weight", (I, D), False),
+                (P + "mlp.down_proj.weight", (D, I), False)]
+    return out
+
+
+def model_tensors(c: dict) -> list:
+    V, D = c["vocab_size"], c["dim"]
+    out = [("model.embed_tokens.weight", (V, D), False)]
+    for layer in range(c["n_layers"]):
+        out += layer_tensors(c, layer)
+    out += [("model.norm.weight", (D,), True), ("lm_head.weight", (V, D), False)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# export plan: every output tensor with its source, type, offset and size
+
+
+@dataclass
+class OutTensor:
+    name: str
+    type: int
+    shape: tuple                          # (n,) or (rows, cols)
+    source: Optional[SourceTensor] = None
+    scale: Optional[SourceTensor] = None  # FP8 block scales (multiplied)
+    data: Optional[bytes] = None          # raw bytes (the tokenizer blob)
+    offset: int = 0
+    nbytes: int = 0
+
+
+LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed
+SCALE_SUFFIX = "_scale_inv"
+
+
+def is_skipped(c: dict, name: str) -> bool:
+    """Tensors of layers >= n_layers (the MTP module, spec §2.2) are not stored yet."""
+    m = LAYER_RE.match(name)
+    return (m is not None and int(m.group(1)) >= c["n_layers"]) or name.endswith(IGNORED_SUFFIXES)
+
+
+def check_names(c: dict, wanted: dict, tensors: dict) -> None:
+    """Every checkpoint tensor must be used, be an FP8 scale of a used tensor, or be skipped."""
+    for name in tensors:
+        if name in wanted or is_skipped(c, name):
+            continue
+        if name.endswith(SCALE_SUFFIX) and name[:-len(SCALE_SUFFIX)] in wanted:
+            continue
+        fail(f"unknown tensor {name} in {tensors[name].path} (not part of a {c['n_layers']}-layer"
+             f" DeepSeek model as described by config.json)")
+
+
+def plan_tensor(name: str, shape: tuple, always_f32: bool, out_type: int,
+                tensors: dict, c: dict) -> OutTensor:
+    source = tensors.get(name)
+    if source is None and name == "lm_head.weight" and c["tie_word_embeddings"]:
+        source = tensors.get("model.embed_tokens.weight")
+    if source is None:
+        fail(f"missing tensor {name} (expected shape {list(shape)})")
+    if source.dtype not in SOURCE_ITEMSIZE:
+        fail(f"tensor {name} has unsupported dtype {source.dtype} "
+             f"(supported: {', '.join(SOURCE_ITEMSIZE)})")
+    if source.shape != shape:
+        fail(f"tensor {name} has shape {list(source.shape)}, expected {list(shape)}")
+    scale = tensors.get(name + SCALE_SUFFIX)
+    if source.dtype == "F8_E4M3":
+        scale = check_fp8_scale(name, shape, scale)
+    elif scale is not None:
+        fail(f"tensor {name} is {source.dtype} but has a {SCALE_SUFFIX} companion")
+    ttype = F32 if always_f32 or len(shape) == 1 else out_type
+    return OutTensor(name, ttype, shape, source, scale)
+
+
+def check_fp8_scale(name: str, shape: tuple, scale: Optional[SourceTensor]) -> SourceTensor:
+    if len(shape) != 2:
+        fail(f"tensor {name}: FP8 is only supported for 2-D weights")
+    if scale is None:
+        fail(f"FP8 tensor {name} has no {name}{SCALE_SUFFIX}")
+    blocks = (-(-shape[0] // FP8_BLOCK), -(-shape[1] // FP8_BLOCK))
+    if scale.shape != blocks:
+        fail(f"{name}{SCALE_SUFFIX} has shape {list(scale.shape)}, expected {list(blocks)} "
+             f"({FP8_BLOCK}x{FP8_BLOCK} blocks)")
+    if scale.dtype not in ("F32", "BF16", "F16"):
+        fail(f"{name}{SCALE_SUFFIX} has unsupported dtype {scale.dtype}")
+    return scale
+
+
+def plan_export(c: dict, tensors: dict, out_type: int, blob: Optional[bytes]) -> list:
+    expected = model_tensors(c)
+    wanted = {name: shape for name, shape, _ in expected}
+    check_names(c, wanted, tensors)
+    plan = [plan_tensor(name, shape, f32, out_type, tensors, c) for name, shape, f32 in expected]
+    if blob is not None:
+        plan.append(OutTensor("tokenizer", U8, (len(blob),), data=blob))
+    for t in plan:
+        t.nbytes = math.prod(t.shape) * TYPE_SIZE[t.type]
+    return plan
+
+
+def assign_offsets(plan: list) -> int:
+    """Lay the data out after the header, each tensor 64-byte aligned; returns the file size."""
+    pos = 12 + 4 * N_CONFIG + 4 + ENTRY_BYTES * len(plan)
+    for t in plan:
+        pos = -(-pos // ALIGN) * ALIGN
+        t.offset = pos
+        pos += t.nbytes
+    return pos
+
+
+# ----------------------------------------------------------------------------------------------
+# header bytes
+
+
+def pack_config(c: dict) -> bytes:
+    out = bytearray()
+    for key, kind in CONFIG_WORDS:
+        value = c[key]
+        if kind == "i" and not -2**31 <= value < 2**31:
+            fail(f"config value {key} = {value} does not fit in int32")
+        out += struct.pack("<" + kind, value)
+    return bytes(out)
+
+
+def pack_entry(t: OutTensor) -> bytes:
+    name = t.name.encode("utf-8")
+    if len(name) >= NAME_BYTES:
+        fail(f"tensor name too long for the file format: {t.name}")
+    rows, cols = (t.shape[0], 1) if len(t.shape) == 1 else t.shape
+    if rows >= 2**32 or cols >= 2**32:
+        fail(f"tensor {t.name}: dimension too large for the file format")
+    return struct.pack("<96sIIIIQQ", name, t.type, len(t.shape), rows, cols, t.offset, t.nbytes)
+
+
+def pack_header(c: dict, plan: list) -> bytes:
+    head = MAGIC + struct.pack("<II", VERSION, N_CONFIG) + pack_config(c)
+    head += struct.pack("<I", len(plan)) + b"".join(pack_entry(t) for t in plan)
+    return head
+
+
+# ----------------------------------------------------------------------------------------------
+# tensor data: decode, dequantise, convert; a block of rows at a time
+
+
+def fp8_e4m3_table() -> np.ndarray:
+    """float8_e4m3fn byte -> float32 (spec §2.3): no infinities, 0x7f/0xff are NaN."""
+    b = np.arange(256)
+    sign, exp, man = b >> 7, (b >> 3) & 15, b & 7
+    mag = np.where(exp == 0, np.ldexp(man / 8.0, -6), np.ldexp(1.0 + man / 8.0, exp - 7))
+    value = np.where(sign == 1, -mag, mag)
+    value[(exp == 15) & (man == 7)] = np.nan
+    return value.astype(np.float32)
+
+
+FP8_TABLE = fp8_e4m3_table()
+NUMPY_DTYPE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+               "F8_E4M3": np.dtype("u1")}
+
+
+def read_raw(f: BinaryIO, t: SourceTensor, first_row: int, n_rows: int) -> bytes:
+    row_bytes = t.nbytes // t.shape[0] if t.shape and t.shape[0] else 0
+    f.seek(t.start + first_row * row_bytes)
+    data = f.read(n_rows * row_bytes)
+    if len(data) != n_rows * row_bytes:
+        fail(f"{t.path}: unexpected end of file while reading {t.name} (file changed?)")
+    return data
+
+
+def decode(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
+    """Source bytes -> float32 array of `shape`."""
+    x = np.frombuffer(raw, dtype=NUMPY_DTYPE[dtype]).reshape(shape)
+    if dtype == "F32":
+        return x
+    if dtype == "F16":
+        return x.astype(np.float32)
+    if dtype == "BF16":  # bf16 is the high half of an fp32 word
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return FP8_TABLE[x]
+
+
+def block_scales(scale: np.ndarray, first_row: int, n_rows: int, n_cols: int) -> np.ndarray:
+    """Per-element scale for rows [first_row, first_row + n_rows): S[i // 128][j // 128].
+    first_row is a multiple of 128; edge blocks are partial."""
+    b0 = first_row // FP8_BLOCK
+    b1 = -(-(first_row + n_rows) // FP8_BLOCK)
+    s = np.repeat(np.repeat(scale[b0:b1], FP8_BLOCK, axis=0), FP8_BLOCK, axis=1)
+    return s[:n_rows, :n_cols]
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def rows_per_chunk(t: OutTensor) -> int:
+    cols = t.shape[1] if len(t.shape) == 2 else 1
+    rows = max(1, CHUNK_ELEMENTS // cols)
+    if t.scale is not None:  # whole FP8 row blocks per chunk
+        rows = max(FP8_BLOCK, rows // FP8_BLOCK * FP8_BLOCK)
+    return rows
+
+
+def tensor_chunks(t: OutTensor) -> Iterator[bytes]:
+    """The output bytes of one tensor, a block of rows at a time."""
+    if t.data is not None:
+        yield t.data
+        return
+    src = t.source
+    rows = t.shape[0]
+    cols = t.shape[1] if len(t.shape) == 2 else 1
+    copy_bits = t.type == BF16 and src.dtype == "BF16" and t.scale is None
+    scale = None
+    if t.scale is not None:
+        with open(t.scale.path, "rb") as f:
+            raw = read_raw(f, t.scale, 0, t.scale.shape[0])
+        scale = decode(raw, t.scale.dtype, t.scale.shape)
+    step = rows_per_chunk(t)
+    with open(src.path, "rb") as f:
+        for r0 in range(0, rows, step):
+            n = min(step, rows - r0)
+            raw = read_raw(f, src, r0, n)
+            if copy_bits:  # bf16 -> bf16 is a bit-exact copy
+                yield raw
+                continue
+            x = decode(raw, src.dtype, (n, cols))
+            if scale is not None:
+                x = x * block_scales(scale, r0, n, cols)  # DeepSeek's scale_inv is multiplied
+            yield (x.astype("<f4", copy=False) if t.type == F32 else to_bf16(x)).tobytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+class Progress:
+    """A line on stderr every few seconds: tensors and bytes done."""
+
+    def __init__(self, n_tensors: int, total_bytes: int):
+        self.n_tensors, self.total = n_tensors, total_bytes
+        self.start = self.last = time.monotonic()
+
+    def update(self, tensors_done: int, bytes_done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            print(f"export: {tensors_done}/{self.n_tensors} tensors, "
+                  f"{bytes_done / 1e9:.2f}/{self.total / 1e9:.2f} GB, {now - self.start:.0f} s",
+                  file=sys.stderr, flush=True)
+
+
+def write_atomically(path: str, write) -> None:
+    """Call write(f) on a temporary file next to `path`, then rename it to `path`. On any
+    error (or Ctrl-C) the temporary file is removed and `path` is left untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        fail(f"output path is a directory: {path}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
+                                   suffix=".tmp")
+    except OSError as e:
+        fail(f"cannot create a file in {directory}: {e.strerror or e}")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_model(f: BinaryIO, header: bytes, plan: list, file_size: int) -> None:
+    f.write(header)
+    pos = len(header)
+    progress = Progress(len(plan), file_size)
+    for i, t in enumerate(plan):
+        f.write(b"\0" * (t.offset - pos))
+        written = 0
+        for chunk in tensor_chunks(t):
+            f.write(chunk)
+            written += len(chunk)
+            progress.update(i, t.offset + written)
+        if written != t.nbytes:
+            fail(f"internal error: wrote {written} bytes for {t.name}, expected {t.nbytes}")
+        pos = t.offset + t.nbytes
+    if pos != file_size:
+        fail(f"internal error: file size {pos}, expected {file_size}")
+
+
+def export_model(hf_dir: str, out_path: str, dtype: str) -> None:
+    c = load_config(hf_dir)
+    tensors = load_checkpoint(hf_dir)
+    blob = tokenizer_blob(hf_dir)
+    c["n_tokens"] = count_tokens(hf_dir, c["vocab_size"])
+    if blob is not None:
+        h = fnv1a64(blob)
+        c["tokenizer_hash_lo"], c["tokenizer_hash_hi"] = h & 0xFFFFFFFF, h >> 32
+    plan = plan_export(c, tensors, BF16 if dtype == "bf16" else F32, blob)
+    file_size = assign_offsets(plan)
+    header = pack_header(c, plan)
+    start = time.monotonic()
+    write_atomically(out_path, lambda f: write_model(f, header, plan, file_size))
+    print(f"export: wrote {out_path}: {len(plan)} tensors, {file_size / 1e6:.1f} MB, {dtype}, "
+          f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+
+
+def export_tokenizer(hf_dir: str, out_path: str) -> None:
+    blob = tokenizer_blob(hf_dir)
     if blob is None:
-        sys.exit(f"export.py: error: no tokenizer.json in {hf_dir}")
-    with open(out_path, "wb") as f:
-        f.write(blob)
-    print(f"wrote {out_path} ({len(blob)} bytes)")
+        fail(f"no tokenizer could be exported from {hf_dir}")
+    write_atomically(out_path, lambda f: f.write(blob))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a HuggingFace DeepSeek-V2/V3 checkpoint to a seek.c model file.")
+    parser.add_argument("hf_dir", help="directory with config.json and *.safetensors")
+    parser.add_argument("out", help="output file (model.bin, or tokenizer.bin with --tokenizer)")
+    parser.add_argument("--dtype", choices=("f32", "bf16"), default="f32",
+                        help="type of the 2-D weight matrices (default f32)")
+    parser.add_argument("--tokenizer", action="store_true",
+                        help="write only the tokenizer file")
+    args = parser.parse_args()
+    try:
+        if not os.path.isdir(args.hf_dir):
+            fail(f"not a directory: {args.hf_dir}")
+        if args.tokenizer:
+            export_tokenizer(args.hf_dir, args.out)
+        else:
+            export_model(args.hf_dir, args.out, args.dtype)
+    except ExportError as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"export.py: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except MemoryError:
+        print("export.py: error: out of memory", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("export.py: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

