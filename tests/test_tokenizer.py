@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-RUN = ROOT / "run"
+RUN = Path(os.environ.get("SEEK_RUN") or ROOT / "run")  # SEEK_RUN: test another build (mutation checks)
 TOKENIZER = ROOT / "tokenizer.bin"
 NODE_PATH = os.environ.get("NODE_PATH", "/tmp/npmtok/node_modules")
 V3_HF_DIR = Path(NODE_PATH) / "@lenml" / "tokenizer-deepseek_v3" / "models"
@@ -27,7 +28,7 @@ import export  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def built_run():
-    if not RUN.exists() or RUN.stat().st_mtime < (ROOT / "run.c").stat().st_mtime:
+    if not os.environ.get("SEEK_RUN") and (not RUN.exists() or RUN.stat().st_mtime < (ROOT / "run.c").stat().st_mtime):
         subprocess.run(["make", "-C", str(ROOT), "run"], check=True, capture_output=True)
 
 
@@ -147,6 +148,28 @@ def test_decode_of_expected_ids_and_no_bos():
     assert p.returncode == 0 and p.stdout == b"\n"
 
 
+def byte_token_ids(path: Path) -> dict[int, int]:
+    """byte -> id of its single-byte BPE token, read from a tokenizer file (format: export.py)."""
+    blob = path.read_bytes()
+    n_vocab = struct.unpack_from("<I", blob, 8)[0]
+    offsets = struct.unpack_from(f"<{n_vocab + 1}I", blob, 48)
+    flags = blob[48 + 4 * (n_vocab + 1):48 + 4 * (n_vocab + 1) + n_vocab]
+    pool = 48 + 4 * (n_vocab + 1) + n_vocab
+    return {blob[pool + offsets[i]]: i for i in range(n_vocab) if flags[i] & 1 and offsets[i + 1] - offsets[i] == 1}
+
+
+def test_decode_joins_characters_split_across_tokens():
+    b = byte_token_ids(TOKENIZER)
+    assert len(b) == 256
+    cases = [(b"\xe4\xb8\xad", [0xE4, 0xB8, 0xAD]),  # one character in three tokens
+             (b"\xe4\xb8", [0xE4, 0xB8]),  # incomplete at the end: still every byte
+             (b"\xe4a\xf0\x9f\x98\x80", [0xE4, ord("a"), 0xF0, 0x9F, 0x98, 0x80]),
+             (b"\xed\xa0\x80\xff", [0xED, 0xA0, 0x80, 0xFF])]  # never valid: passed through
+    for want, seq in cases:
+        p = run(["-z", str(TOKENIZER), "--decode"], " ".join(str(b[x]) for x in seq).encode())
+        assert p.returncode == 0 and p.stdout == want
+
+
 @pytest.mark.parametrize("ids", [b"128815", b"129279", b"-1", b"abc", b"12 x", b"99999999999999999999", b"1.5"])
 def test_decode_rejects_bad_ids(ids):
     p = run(["-z", str(TOKENIZER), "--decode"], ids)
@@ -246,3 +269,27 @@ def test_unicode_table_matches_generator():
     p = subprocess.run(["node", str(ROOT / "tests" / "gen_unicode_tables.js")], capture_output=True,
                        env={**os.environ, "NODE_PATH": NODE_PATH}, check=True)
     assert p.stdout.decode() in (ROOT / "run.c").read_text(encoding="utf-8")
+
+
+def test_text_prompt_uses_the_models_tokenizer(exported, checkpoint, run_bin, tmp_path):
+    """-i encodes with BOS through the embedded tokenizer; generated text is the decode of the generated ids."""
+    model = exported("v3", "f32")  # tests/gen_checkpoints.py: a tiny V3-style tokenizer, BOS 0, EOS 1
+    text = "Hello world, 12345!\n"
+    tok = tmp_path / "v3tok.bin"
+    subprocess.run([sys.executable, str(ROOT / "export.py"), "--tokenizer", checkpoint("v3"), str(tok)], check=True)
+    enc = subprocess.run([run_bin, model, "--encode"], input=text.encode(), capture_output=True, check=True)
+    ids = [int(x) for x in enc.stdout.split()]
+    assert run(["-z", str(tok), "--encode"], text.encode()).stdout == enc.stdout  # embedded == file
+    by_text = subprocess.run([run_bin, model, "-i", text, "-n", "12", "-t", "0", "--print-ids"], capture_output=True)
+    by_ids = subprocess.run([run_bin, model, "--tokens", ",".join(map(str, [0] + ids)), "-n", "12", "-t", "0",
+                             "--print-ids"], capture_output=True)
+    assert by_text.returncode == 0 and by_text.stdout == by_ids.stdout
+    gen = [int(x) for x in by_ids.stdout.split()]
+    as_text = subprocess.run([run_bin, model, "-i", text, "-n", "12", "-t", "0"], capture_output=True)
+    want = run(["-z", str(tok), "--decode"], " ".join(str(i) for i in gen if i != 1).encode()).stdout
+    assert as_text.returncode == 0 and as_text.stdout == want + b"\n"
+    # with -z, the file must be the model's own tokenizer
+    ok = subprocess.run([run_bin, model, "-z", str(tok), "-i", text, "-n", "12", "-t", "0"], capture_output=True)
+    assert ok.returncode == 0 and ok.stdout == as_text.stdout
+    p = subprocess.run([run_bin, model, "-z", str(TOKENIZER), "-i", "hi", "-n", "2"], capture_output=True)
+    assert p.returncode == 1 and b"not this model's tokenizer" in p.stderr
