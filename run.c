@@ -1447,6 +1447,19 @@ static int compare_token_bytes(const void *pa, const void *pb) {
     return c ? c : (la > lb) - (la < lb);
 }
 
+static int utf8_sequence(const uint8_t *s, size_t n, uint32_t *cp, int *bad);
+
+// Well-formed UTF-8 only: an added token can then only match whole characters of the (repaired) text.
+static int is_utf8(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
+        if (!len) return 0;
+        i += (size_t)len;
+    }
+    return 1;
+}
+
 // Parses and fully validates a tokenizer file held in data[0..size) (which must outlive the tokenizer):
 // any inconsistency is a one-line error naming `what`, never a crash later on.
 static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const char *what) {
@@ -1522,6 +1535,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         uint32_t id = read_u32(p);
         if (id >= n_vocab || !(t->flags[id] & TOK_ADDED)) die("%s: added token %u has a bad id", what, i);
         if (listed[id]++) die("%s: added token id %u is listed twice", what, id);
+        if (!is_utf8(token_bytes(t, (int)id), token_len(t, (int)id))) die("%s: added token %u is not UTF-8", what, id);
         int set = (t->flags[id] & TOK_NORMALIZED) ? 1 : 0;
         t->added[set][t->n_added[set]++] = (int)id;
         t->added_first[set][token_bytes(t, (int)id)[0]] = 1;
@@ -1650,8 +1664,8 @@ static MergeCandidate heap_pop(MergeCandidate *h, int *n) {
 }
 
 static void push_pair(Tokenizer *t, int *n_heap, int i) {
+    if (i < 0 || t->next[i] < 0) return;
     int j = t->next[i];
-    if (i < 0 || j < 0) return;
     const Merge *m = find_merge(t, (uint32_t)t->sym[i], (uint32_t)t->sym[j]);
     if (m) heap_push(t->heap, n_heap, (MergeCandidate){m->rank, i, j, t->sym[i], t->sym[j], (int)m->result});
 }
@@ -1759,6 +1773,7 @@ static void encode_span(Tokenizer *t, const uint8_t *s, size_t a, size_t b, int 
 static IdList encode(Tokenizer *t, const uint8_t *text, size_t len, int bos, size_t *n_replaced) {
     IdList out = {0};
     size_t n;
+    if (len > ((size_t)1 << 28)) die("text too long to encode (%zu bytes; the limit is 256 MiB)", len);
     uint8_t *s = utf8_lossy(text, len, &n, n_replaced);
     if (bos && t->add_bos) push_id(&out, t->bos_id);
     encode_span(t, s, 0, n, 0, &out);

@@ -32,6 +32,20 @@ def built_run():
         subprocess.run(["make", "-C", str(ROOT), "run"], check=True, capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def checked_run(tmp_path_factory) -> Path:
+    """./run built with AddressSanitizer and UBSan when the compiler has them (bad memory accesses then
+    fail the tests instead of passing silently), else ./run itself."""
+    if os.environ.get("SEEK_RUN"):
+        return RUN
+    out = tmp_path_factory.mktemp("asan") / "run-asan"
+    cc = os.environ.get("CC", "cc")
+    p = subprocess.run([cc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                        "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-o", str(out), str(ROOT / "run.c"), "-lm", "-lpthread"],
+                       capture_output=True)
+    return out if p.returncode == 0 else RUN
+
+
 def load_cases(name: str) -> list[dict]:
     with open(DATA / name, encoding="utf-8") as f:
         return json.load(f)["cases"]
@@ -46,12 +60,12 @@ def expected_text(case: dict) -> bytes:
     return raw_bytes(case).decode("utf-8", errors="replace").encode("utf-8")
 
 
-def run(args: list[str], data: bytes) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RUN), *args], input=data, capture_output=True, timeout=120)
+def run(args: list[str], data: bytes, binary: Path = RUN) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *args], input=data, capture_output=True, timeout=120)
 
 
-def encode_batch(tok: Path, texts: list[bytes]) -> list[list[int]]:
-    p = run(["-z", str(tok), "--encode", "--batch"], b"".join(b"%d\n" % len(t) + t for t in texts))
+def encode_batch(tok: Path, texts: list[bytes], binary: Path = RUN) -> list[list[int]]:
+    p = run(["-z", str(tok), "--encode", "--batch"], b"".join(b"%d\n" % len(t) + t for t in texts), binary)
     assert p.returncode == 0, p.stderr.decode()
     lines = p.stdout.decode().split("\n")
     assert len(lines) == len(texts) + 1 and lines[-1] == ""
@@ -108,6 +122,12 @@ def test_fixture_is_big_and_varied():
 
 def test_v3_ids_match_hf_tokenizers():
     check_fixture(TOKENIZER, load_cases("tokenizer_v3_fixture.json"))
+
+
+def test_sanitized_build_on_fixtures(checked_run, v2_tokenizer):
+    for tok, name in ((TOKENIZER, "tokenizer_v3_fixture.json"), (v2_tokenizer, "tokenizer_v2_fixture.json")):
+        cases = load_cases(name)
+        assert encode_batch(tok, [raw_bytes(c) for c in cases], checked_run) == [c["ids"] for c in cases]
 
 
 def test_v2_ids_match_hf_tokenizers(v2_tokenizer):
@@ -177,18 +197,20 @@ def test_decode_rejects_bad_ids(ids):
     assert p.stderr.startswith(b"error: ") and p.stderr.count(b"\n") == 1, p.stderr
 
 
-def corrupt_and_run(blob: bytes, path: Path) -> subprocess.CompletedProcess:
+def corrupt_and_run(blob: bytes, path: Path, binary: Path = RUN) -> list[subprocess.CompletedProcess]:
     path.write_bytes(blob)
-    return run(["-z", str(path), "--encode"], b"Hello <|EOT|> 12345 \xe4\xb8\xad\xe6\x96\x87\n")
+    return [run(["-z", str(path), "--encode"], "Hello <|EOT|> <｜User｜> 12345 中文\u2029  \n\xff".encode("utf-8", "surrogateescape") + b"\xe4", binary),
+            run(["-z", str(path), "--decode"], b"0 1 2 3 100 200 300 1000 5000", binary)]
 
 
 def assert_clean(p: subprocess.CompletedProcess) -> None:
+    assert b"Sanitizer" not in p.stderr and b"runtime error" not in p.stderr, p.stderr[-2000:].decode(errors="replace")
     assert p.returncode in (0, 1), f"crashed with {p.returncode}: {p.stderr[:200]!r}"
     if p.returncode == 1:
         assert p.stderr.startswith(b"error: ") and p.stderr.count(b"\n") == 1, p.stderr
 
 
-def test_corrupt_tokenizer_files_fail_cleanly(tmp_path, v2_tokenizer):
+def test_corrupt_tokenizer_files_fail_cleanly(tmp_path, v2_tokenizer, checked_run):
     good = v2_tokenizer.read_bytes()
     targeted = {
         "empty": b"",
@@ -203,23 +225,24 @@ def test_corrupt_tokenizer_files_fail_cleanly(tmp_path, v2_tokenizer):
         "first offset": good[:48] + (5).to_bytes(4, "little") + good[52:],
     }
     for name, blob in targeted.items():
-        p = corrupt_and_run(blob, tmp_path / "t.bin")
-        assert p.returncode == 1, name
-        assert_clean(p)
+        for p in corrupt_and_run(blob, tmp_path / "t.bin"):
+            assert p.returncode == 1, name
+            assert_clean(p)
     # Random byte flips and truncations anywhere; accepted files must still encode without crashing.
     rnd = random.Random(1234)
     blobs = []
-    for k in range(80):
+    for k in range(60):
         b = bytearray(good)
         if k % 4 == 0:
             b = b[:rnd.randrange(len(b))]
         else:
             for _ in range(rnd.randint(1, 4)):
-                b[rnd.randrange(min(len(b), 48 + 4 * 1500) if k % 2 else len(b))] = rnd.randrange(256)
+                b[rnd.randrange(48 if k % 4 == 1 else min(len(b), 48 + 5 * 300) if k % 4 == 2 else len(b))] = rnd.randrange(256)
         blobs.append(bytes(b))
 
     def one(i):
-        assert_clean(corrupt_and_run(blobs[i], tmp_path / f"f{i}.bin"))
+        for p in corrupt_and_run(blobs[i], tmp_path / f"f{i}.bin", checked_run):
+            assert_clean(p)
 
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
         list(ex.map(one, range(len(blobs))))
