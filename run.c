@@ -2064,11 +2064,11 @@ static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int
     if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
 }
 
-// Feeds the prompt, then samples up to `steps` new tokens, streaming each id
-// to stdout as soon as it exists. Stops early at the end-of-sequence token
-// (printed as the last id, so callers can tell why generation ended) or when
-// the cache is full.
-// Prints the generated tokens as text through the streaming decoder, or as ids when tok is NULL.
+// Feeds the prompt, then samples up to `steps` new tokens, streaming each one
+// to stdout as soon as it exists: as text through the streaming decoder, or as
+// ids when tok is NULL. Stops early at the end-of-sequence token (printed as the
+// last id, so callers can tell why generation ended; not printed as text) or
+// when the cache is full.
 static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
                      int steps, const Tokenizer *tok) {
     const Config *c = &m->config;
@@ -2101,6 +2101,97 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
             n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, decoded / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
 }
 
+// One line of stdin without its line ending, or NULL at end of input.
+static char *read_line(FILE *f) {
+    size_t cap = 256, n = 0;
+    char *line = malloc(cap);
+    if (!line) die("out of memory");
+    int ch;
+    while ((ch = fgetc(f)) != EOF && ch != '\n') {
+        if (n + 1 == cap) { cap *= 2; line = realloc(line, cap); if (!line) die("out of memory"); }
+        line[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0) { free(line); return NULL; }
+    if (n > 0 && line[n - 1] == '\r') n--;
+    line[n] = 0;
+    return line;
+}
+
+// The text of one user turn in the model's own chat template (spec §6.5), ending with the generation
+// prompt. The first turn also carries the BOS text and the system prompt. Assistant turns need no text:
+// the sampled tokens and the closing end-of-sentence token are already in the cache.
+static char *render_turn(const Tokenizer *tok, int first, const char *system, const char *user) {
+    const char *bos = "";
+    char bos_text[256] = "";
+    if (first && tok->bos_id >= 0 && token_len(tok, tok->bos_id) < sizeof(bos_text)) {
+        memcpy(bos_text, token_bytes(tok, tok->bos_id), token_len(tok, tok->bos_id));
+        bos = bos_text;
+    }
+    const char *sys = first && system ? system : "";
+    size_t size = strlen(bos) + strlen(sys) + strlen(user) + 64;
+    char *text = xcalloc(size, 1);
+    switch (tok->chat_family) {
+    case CHAT_DEEPSEEK_V2:  // "User: {u}\n\nAssistant:" after "{system}\n\n"; the reply starts with a space
+        snprintf(text, size, "%s%s%sUser: %s\n\nAssistant:", bos, sys, *sys ? "\n\n" : "", user);
+        break;
+    case CHAT_DEEPSEEK_R1:  // forced thinking: the generation prompt opens the <think> section
+        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜><think>\n", bos, sys, user);
+        break;
+    case CHAT_DEEPSEEK_V3_1:  // non-thinking mode: the think section is closed before it starts
+        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜></think>", bos, sys, user);
+        break;
+    default:  // CHAT_DEEPSEEK_V3
+        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜>", bos, sys, user);
+    }
+    return text;
+}
+
+// Multi-turn chat on stdin/stdout. The KV cache is kept across turns, so history is never prefilled again;
+// each turn's text is encoded on its own, which cuts it exactly where encoding the whole conversation would,
+// since turns meet at added tokens (or, for V2, at the end-of-sentence token). Unlike the R1 template, which
+// drops earlier <think> sections from the history, the cache keeps them.
+static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const Tokenizer *tok,
+                 const char *system, int steps, int print_ids) {
+    int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
+    if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template (spec §6.5); use -i");
+    if (eos < 0) die("chat needs an end-of-sentence token");
+    int pos = 0;
+    float *logits = NULL;
+    for (int turn = 0;; turn++) {
+        fprintf(stderr, "User: ");
+        char *user = read_line(stdin);
+        if (!user) break;
+        char *text = render_turn(tok, turn == 0, system, user);
+        size_t n_bad;
+        IdList ids = encode((Tokenizer *)tok, (const uint8_t *)text, strlen(text), 0, &n_bad);
+        if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) replaced by U+FFFD\n", n_bad);
+        if (pos + ids.n + 1 >= s->context) {
+            fprintf(stderr, "\nthe context of %d tokens is full; ending the chat\n", s->context);
+            free(user); free(text); free(ids.ids);
+            break;
+        }
+        for (int i = 0; i < ids.n; i++) logits = forward(m, rope, s, ids.ids[i], pos++);
+        fprintf(stderr, "Assistant: ");
+        Decoder d = {0};
+        for (int g = 0; g < steps && pos + 1 < s->context; g++) {  // keep room for the closing EOS
+            int token = sample(sp, logits);
+            if (print_ids) printf(g ? " %d" : "%d", token);
+            if (token == eos) break;
+            if (!print_ids) decode_piece(tok, &d, token, stdout);
+            fflush(stdout);
+            logits = forward(m, rope, s, token, pos++);
+        }
+        flush_decoder(&d, stdout);
+        printf("\n");
+        fflush(stdout);
+        // The template ends every assistant turn with the end-of-sentence token (sampled, but not yet fed).
+        logits = forward(m, rope, s, eos, pos++);
+        free(user);
+        free(text);
+        free(ids.ids);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // Benchmark
 
@@ -2120,6 +2211,8 @@ static void usage(void) {
             "  -s <int>           random seed, 0 = time-based (default 0)\n"
             "  -c <int>           context length cap (default 4096; also capped by the model)\n"
             "  --print-ids        print generated ids instead of text\n"
+            "  -m <mode>          generate (default) or chat: turns from stdin, in the model's chat template\n"
+            "  -y <string>        system prompt for chat\n"
             "  --dump-logits <f>  teacher-force --tokens and write (T, vocab) float32 logits to f\n"
             "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
             "  --encode           stdin UTF-8 text -> ids on one line (no BOS)\n"
@@ -2167,6 +2260,7 @@ static int *parse_tokens(const char *v, int vocab_size, int *n_out) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *tokens_arg = NULL, *dump_path = NULL, *tokenizer_path = NULL;
+    const char *mode = "generate", *system_prompt = NULL;
     long long steps = 256, topk = 0, seed = 0, context = 4096;
     float temperature = 1.0f, topp = 0.9f;
     int print_ids = 0, tokenizer_mode = 0, batch = 0;  // tokenizer_mode 1 --encode, 2 --decode
@@ -2181,7 +2275,8 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--batch")) { batch = 1; continue; }
         int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
                           !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
-                          !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z");
+                          !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
+                          !strcmp(a, "-m") || !strcmp(a, "-y");
         if (!takes_value) die("unknown option '%s' (run with -h for usage)", a);
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
@@ -2195,7 +2290,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) tokens_arg = v;
         else if (!strcmp(a, "--dump-logits")) dump_path = v;
         else if (!strcmp(a, "-z")) tokenizer_path = v;
+        else if (!strcmp(a, "-m")) mode = v;
+        else if (!strcmp(a, "-y")) system_prompt = v;
     }
+    int chat_mode = !strcmp(mode, "chat");
+    if (!chat_mode && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
+    if (chat_mode && (prompt || tokens_arg || dump_path)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
+    if (system_prompt && !chat_mode) die("-y (system prompt) goes with -m chat");
     if (batch && !tokenizer_mode) die("--batch goes with --encode or --decode");
     if (tokenizer_mode) {
         if (!model_path && !tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
@@ -2227,7 +2328,7 @@ int main(int argc, char **argv) {
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
     int have_tok = 0;
-    if (prompt || (!print_ids && !dump_path && (tokenizer_path || model.weights.tokenizer))) {
+    if (prompt || chat_mode || (!print_ids && !dump_path && (tokenizer_path || model.weights.tokenizer))) {
         model_tokenizer(&tok, &model, tokenizer_path);
         have_tok = 1;
     }
@@ -2243,7 +2344,7 @@ int main(int argc, char **argv) {
         n_prompt = ids.n;
     } else if (tokens_arg) {
         prompt_ids = parse_tokens(tokens_arg, c->vocab_size, &n_prompt);
-    } else {
+    } else if (!chat_mode) {
         if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
         prompt_ids = xcalloc(1, sizeof(int));
         prompt_ids[0] = c->bos_token_id;
@@ -2259,6 +2360,13 @@ int main(int argc, char **argv) {
     alloc_run_state(&state, c, (int)context);
     if (dump_path) {
         dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
+    } else if (chat_mode) {
+        uint64_t s = (uint64_t)seed;
+        if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
+        Sampler sampler;
+        init_sampler(&sampler, c->n_tokens, temperature, topp, (int)topk, s);
+        chat(&model, &rope, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
+        free(sampler.candidates);
     } else {
         uint64_t s = (uint64_t)seed;
         if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);

@@ -316,3 +316,36 @@ def test_text_prompt_uses_the_models_tokenizer(exported, checkpoint, run_bin, tm
     assert ok.returncode == 0 and ok.stdout == as_text.stdout
     p = subprocess.run([run_bin, model, "-z", str(TOKENIZER), "-i", "hi", "-n", "2"], capture_output=True)
     assert p.returncode == 1 and b"not this model's tokenizer" in p.stderr
+
+
+def test_chat_feeds_the_templates_turns(checkpoint, run_bin, tmp_path):
+    """-m chat feeds, per user turn, exactly the text the Jinja template adds (tests/data/chat_fixture.json),
+    keeps the cache across turns (reply + EOS stay in it), and stops each reply at EOS or -n."""
+    with open(DATA / "chat_fixture.json", encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    models = {}
+    for case in cases:
+        if case["family"] not in models:
+            hf = tmp_path / case["family"]
+            shutil.copytree(checkpoint("v3"), hf)
+            cfg = json.loads((hf / "tokenizer_config.json").read_text(encoding="utf-8"))
+            cfg["chat_template"] = case["template"]
+            (hf / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+            models[case["family"]] = str(hf / "m.bin")
+            subprocess.run([sys.executable, str(ROOT / "export.py"), str(hf), models[case["family"]]], check=True,
+                           capture_output=True)
+        model, eos = models[case["family"]], 1
+        args = [run_bin, model, "-m", "chat", "-t", "0", "-n", "5", "--print-ids"]
+        args += ["-y", case["system"]] if case["system"] else []
+        chat = subprocess.run(args, input="\n".join(case["users"]).encode() + b"\n", capture_output=True)
+        assert chat.returncode == 0, chat.stderr
+        replies = [[int(x) for x in line.split()] for line in chat.stdout.decode().splitlines()]
+        assert len(replies) == len(case["users"])
+        fed: list[int] = []
+        for text, reply in zip(case["turn_texts"], replies):
+            enc = subprocess.run([run_bin, model, "--encode"], input=text.encode(), capture_output=True, check=True)
+            fed += [int(x) for x in enc.stdout.split()]
+            want = subprocess.run([run_bin, model, "--tokens", ",".join(map(str, fed)), "-n", "5", "-t", "0",
+                                   "--print-ids"], capture_output=True, check=True)
+            assert reply == [int(x) for x in want.stdout.split()], (case["family"], text)
+            fed += [t for t in reply if t != eos] + [eos]
