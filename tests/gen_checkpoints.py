@@ -103,7 +103,9 @@ VARIANTS = {
         num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _bias_dtype="BF16"),
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
-    # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4). The embeddings and the latent rows of
+    # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4), mscale != mscale_all_dim (so the
+    # cos/sin multiplier mscale(s, mscale) / mscale(s, mscale_all_dim) = 1.040, spec 3.5 step 5,
+    # is not 1; no released model does this, the formula does). The embeddings and the latent rows of
     # kv_a_proj are tiny (mean square ~1e-5), so using the wrong eps (rms_norm_eps 1e-5 for
     # input_layernorm, 1e-6 for kv_a_layernorm as in HF; spec 3.1) shows in the logits.
     "k2rp": dict(
@@ -117,7 +119,7 @@ VARIANTS = {
         first_k_dense_replace=1, moe_layer_freq=2,
         rope_parameters={"rope_type": "yarn", "rope_theta": 50000.0, "factor": 32.0,
                          "original_max_position_embeddings": 4096, "beta_fast": 32.0,
-                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.85},
         rms_norm_eps=1e-5, max_position_embeddings=131072, bos_token_id=2, eos_token_id=[3, 4],
         num_nextn_predict_layers=0, torch_dtype="float16", _dtype="F16", _tiny_norm_inputs=True),
 }

@@ -463,3 +463,29 @@ def test_sampling_masks_padding_and_is_seeded(run_bin, exported):
     # top-k 1 at any temperature is greedy
     assert run_sample(run_bin, model, toks, "-s", "9", "-t", "1.0", "-k", "1", "-p", "1") == \
         run_sample(run_bin, model, toks, "-t", "0")
+
+
+# ---------------------------------------------------------------- YaRN configs missing mscale keys
+
+@pytest.mark.parametrize("drop", [("mscale", "mscale_all_dim"), ("mscale",)])
+def test_yarn_missing_mscale_keys(drop, run_bin, workdir):
+    """HF remote defaults are mscale=1, mscale_all_dim=0: with both keys absent cos/sin get
+    0.1 ln(s) + 1 and the softmax no factor; with only mscale absent cos/sin get
+    mscale(s, 1) / mscale(s, mscale_all_dim) (spec 8.2). The reference follows the HF code."""
+    import json
+    import sys
+    hf = G.write_checkpoint("v2lite", os.path.join(workdir, "hf", "nomscale-" + "-".join(drop)), seed=3)
+    path = os.path.join(hf, "config.json")
+    cfg = json.load(open(path))
+    for k in drop:
+        del cfg["rope_scaling"][k]
+    json.dump(cfg, open(path, "w"), indent=2)
+    out = hf + ".bin"
+    exporter = os.environ.get("SEEK_EXPORT") or os.path.join(os.path.dirname(R.__file__), "..", "export.py")
+    r = subprocess.run([sys.executable, exporter, hf, out, "--dtype", "f32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    toks = prompt_ids(cfg["vocab_size"])
+    got = run_logits(run_bin, out, toks, out + ".logits")
+    ref = R.Reference(hf)
+    assert R.rope_frequencies(ref.rope, 16)[1] != 1.0
+    assert np.abs(got - ref.forward(toks)).max() <= TOL
