@@ -2150,7 +2150,7 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
 // each turn's text is encoded on its own, which cuts it exactly where encoding the whole conversation would,
 // since turns meet at added tokens (or, for V2, at the end-of-sentence token). Unlike the R1 template, which
 // drops earlier <think> sections from the history, the cache keeps them.
-static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const Tokenizer *tok,
+static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tokenizer *tok,
                  const char *system, int steps, int print_ids) {
     int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
     if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template (spec §6.5); use -i");
@@ -2163,7 +2163,7 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, con
         if (!user) break;
         char *text = render_turn(tok, turn == 0, system, user);
         size_t n_bad;
-        IdList ids = encode((Tokenizer *)tok, (const uint8_t *)text, strlen(text), 0, &n_bad);
+        IdList ids = encode(tok, (const uint8_t *)text, strlen(text), 0, &n_bad);
         if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) replaced by U+FFFD\n", n_bad);
         if (pos + ids.n + 1 >= s->context) {
             fprintf(stderr, "\nthe context of %d tokens is full; ending the chat\n", s->context);
@@ -2360,20 +2360,14 @@ int main(int argc, char **argv) {
     alloc_run_state(&state, c, (int)context);
     if (dump_path) {
         dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
-    } else if (chat_mode) {
-        uint64_t s = (uint64_t)seed;
-        if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
-        Sampler sampler;
-        init_sampler(&sampler, c->n_tokens, temperature, topp, (int)topk, s);
-        chat(&model, &rope, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
-        free(sampler.candidates);
     } else {
         uint64_t s = (uint64_t)seed;
         if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
         Sampler sampler;
         init_sampler(&sampler, c->n_tokens, temperature, topp, (int)topk, s);
-        generate(&model, &rope, &state, &sampler, prompt_ids, n_prompt, (int)steps,
-                 have_tok && !print_ids ? &tok : NULL);
+        if (chat_mode) chat(&model, &rope, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
+        else generate(&model, &rope, &state, &sampler, prompt_ids, n_prompt, (int)steps,
+                      have_tok && !print_ids ? &tok : NULL);
         free(sampler.candidates);
     }
     free(prompt_ids);
