@@ -2172,6 +2172,8 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
         }
         for (int i = 0; i < ids.n; i++) logits = forward(m, rope, s, ids.ids[i], pos++);
         fprintf(stderr, "Assistant: ");
+        // R1's generation prompt opens the thinking section; show it, since what follows is inside it
+        if (tok->chat_family == CHAT_DEEPSEEK_R1 && !print_ids) printf("<think>\n");
         Decoder d = {0};
         for (int g = 0; g < steps && pos + 1 < s->context; g++) {  // keep room for the closing EOS
             int token = sample(sp, logits);
