@@ -9,15 +9,61 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3 python; do $$p -c 'import nu
 
 MODEL ?= models/shakespeare.bin
 
-.PHONY: all run test clean
+# Sanitized builds (make test runs the C-facing tests and the fuzz corpora under them).
+SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+           -std=c11 -D_POSIX_C_SOURCE=200809L
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ = tests/fuzz
+HARNESSES = model tokenizer
+
+.PHONY: all run test test-asan fuzz-replay fuzz-smoke clean
 all: run
 
 run: run.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test: run
+# ./run with AddressSanitizer + UBSan; any report aborts the process.
+run-asan: run.c
+	$(CC) $(SANFLAGS) -o $@ $< $(LDLIBS)
+
+test: run run-asan
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke
+
+# The tests that drive the C binary, again against ./run-asan.
+test-asan: run-asan
+	SEEK_RUN=./run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py
+
+# Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
+# built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.
+build/replay-%: $(FUZZ)/fuzz_%.c $(FUZZ)/replay.c run.c
+	@mkdir -p build
+	$(CC) $(SANFLAGS) -DSEEK_FUZZ -o $@ $(FUZZ)/replay.c $< $(LDLIBS)
+
+fuzz-replay: $(foreach h,$(HARNESSES),build/replay-$(h))
+	@for h in $(HARNESSES); do \
+	  out=$$(./build/replay-$$h $$(find $(FUZZ)/corpus-$$h $(FUZZ)/regressions/$$h -type f 2>/dev/null)) || exit 1; \
+	  echo "fuzz-replay $$h: $$out"; done
+
+# A short libFuzzer run per harness (FUZZ_SECONDS each, on a scratch copy of the corpus), when
+# clang's fuzzer runtime is installed (Debian: clang libclang-rt-14-dev); else it says it is skipped.
+build/fuzz-%: $(FUZZ)/fuzz_%.c run.c
+	@mkdir -p build
+	$(FUZZ_CC) $(SANFLAGS) -fsanitize=fuzzer -DSEEK_FUZZ -o $@ $< $(LDLIBS)
+
+fuzz-smoke:
+	@if echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' | \
+	    $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1; then \
+	  for h in $(HARNESSES); do \
+	    $(MAKE) --no-print-directory build/fuzz-$$h || exit 1; \
+	    work=$$(mktemp -d) && cp $$(find $(FUZZ)/corpus-$$h $(FUZZ)/regressions/$$h -type f 2>/dev/null) $$work/ && \
+	    ./build/fuzz-$$h -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/ $$work > $$work.log 2>&1; \
+	    rc=$$?; tail -n 1 $$work.log | sed "s/^/fuzz-smoke $$h: /"; \
+	    if [ $$rc -ne 0 ]; then tail -n 60 $$work.log; rm -rf $$work $$work.log; exit 1; fi; \
+	    rm -rf $$work $$work.log; done; \
+	else echo "fuzz-smoke: skipped ($(FUZZ_CC) with libFuzzer not found; apt-get install clang libclang-rt-14-dev)"; fi
 
 clean:
-	rm -f run
+	rm -f run run-asan build/replay-* build/fuzz-*

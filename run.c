@@ -27,10 +27,25 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#ifdef SEEK_FUZZ
+// The fuzz harnesses (tests/fuzz/) compile this file in and point this at a
+// jmp_buf, so that a rejected input returns to the harness instead of exiting.
+#include <setjmp.h>
+static jmp_buf *fuzz_on_error;
+#endif
+
 // Every way a run can fail ends here: one line on stderr, exit status 1.
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+#ifdef SEEK_FUZZ
+    if (fuzz_on_error) {  // format the message anyway: its arguments must be valid too
+        char msg[1024];
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        longjmp(*fuzz_on_error, 1);
+    }
+#endif
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
@@ -502,22 +517,30 @@ static int host_is_little_endian(void) {
     return b == 1;
 }
 
+static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path);
+
 static void load_model(Model *m, const char *path) {
     if (!host_is_little_endian()) die("this build assumes a little-endian host");
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
     if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) die("cannot stat %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) die("%s is not a regular file", path);
     uint64_t size = (uint64_t)st.st_size;
-    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
+    if (size == 0) die("%s is empty, not a model file", path);  // (mmap cannot map 0 bytes)
     if (size > SIZE_MAX) die("%s is too large to map", path);
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
     close(fd);
-    const uint8_t *f = map;
+    parse_model(m, map, size, path);
+}
+
+// Validates the whole file held in f[0..size) (header, config, every table
+// entry) and points the weights into it. The fuzz harness calls this directly.
+static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
     m->file = f;
     m->file_size = (size_t)size;
+    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
     uint32_t version = word_u32(f + 4);
     if (version != SEEK_VERSION) die("%s has format version %u, this build reads version %d", path, version, SEEK_VERSION);

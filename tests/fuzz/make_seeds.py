@@ -1,0 +1,70 @@
+"""Writes the seed corpora of the fuzz harnesses (tests/fuzz/corpus-model, corpus-tokenizer).
+
+The seeds are tiny but valid inputs, so that mutations start deep inside the format:
+model files exported by export.py from miniature checkpoints of tests/gen_checkpoints.py (a V2-style
+and a V3-style router, F32 and BF16, one with an embedded tokenizer), and tokenizer-harness inputs
+(see fuzz_tokenizer.c: u16 text length, text, tokenizer file). Run from anywhere:
+    /usr/bin/python3 tests/fuzz/make_seeds.py
+"""
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+import export  # noqa: E402
+import gen_checkpoints as G  # noqa: E402
+
+TINY = dict(hidden_size=8, num_hidden_layers=2, vocab_size=32, num_attention_heads=2,
+            kv_lora_rank=4, qk_nope_head_dim=4, qk_rope_head_dim=2, v_head_dim=4,
+            intermediate_size=8, moe_intermediate_size=4, n_routed_experts=4, n_shared_experts=1,
+            num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+            max_position_embeddings=64)
+
+SEEDS = {
+    # name: (base variant, overrides, export dtype)
+    "v2-bf16": ("v2", dict(TINY, q_lora_rank=4), "bf16"),
+    "v2lite-f32": ("v2lite", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1), "f32"),
+    "v3-bf16-tok": ("v3", dict(TINY, q_lora_rank=4, vocab_size=300, _tokenizer_merges=12), "bf16"),
+    "moonlight-f32": ("moonlight", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1,
+                                        moe_layer_freq=2, first_k_dense_replace=0), "f32"),
+}
+
+TEXTS = [b"Hello world, 12345!\n", "  中文 テキスト\u2029 x".encode(), b"\xff\xe4\xb8 a\r\n\tb",
+         b"<|EOT|> <\xef\xbd\x9cUser\xef\xbd\x9c> abc", b"0 1 2 3 255 256 300"]
+
+
+def export_seed(name: str, base: str, overrides: dict, dtype: str, tmp: str) -> bytes:
+    G.VARIANTS[name] = dict(G.VARIANTS[base], **overrides)
+    hf = G.write_checkpoint(name, os.path.join(tmp, name))
+    out = os.path.join(tmp, name + ".bin")
+    subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), hf, out, "--dtype", dtype],
+                   check=True, capture_output=True)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def main() -> None:
+    model_dir = os.path.join(HERE, "corpus-model")
+    tok_dir = os.path.join(HERE, "corpus-tokenizer")
+    os.makedirs(model_dir, exist_ok=True)
+    os.makedirs(tok_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (base, overrides, dtype) in SEEDS.items():
+            blob = export_seed(name, base, overrides, dtype, tmp)
+            with open(os.path.join(model_dir, f"seed-{name}.bin"), "wb") as f:
+                f.write(blob)
+        tok = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
+    for i, text in enumerate(TEXTS):
+        with open(os.path.join(tok_dir, f"seed-{i}.bin"), "wb") as f:
+            f.write(struct.pack("<H", len(text)) + text + tok)
+    print(f"wrote {len(SEEDS)} model seeds to {model_dir}, {len(TEXTS)} tokenizer seeds to {tok_dir}")
+
+
+if __name__ == "__main__":
+    main()
