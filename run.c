@@ -538,6 +538,7 @@ static void load_model(Model *m, const char *path) {
 // Validates the whole file held in f[0..size) (header, config, every table
 // entry) and points the weights into it. The fuzz harness calls this directly.
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
+    memset(m, 0, sizeof *m);  // e.g. weights.tokenizer stays NULL when there is none
     m->file = f;
     m->file_size = (size_t)size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
@@ -1851,7 +1852,7 @@ static uint8_t *read_all(FILE *f, size_t *n) {
         if (got == 0) break;
         len += got;
     }
-    if (ferror(f)) die("read error");
+    if (ferror(f)) die("read error: %s", strerror(errno));
     if (len == cap) { buf = realloc(buf, cap + 1); if (!buf) die("out of memory"); }
     buf[len] = 0;  // so error messages may quote it as a string
     *n = len;
@@ -1868,6 +1869,8 @@ static void model_tokenizer(Tokenizer *t, const Model *m, const char *path) {
     } else {
         FILE *f = fopen(path, "rb");
         if (!f) die("cannot open tokenizer %s: %s", path, strerror(errno));
+        struct stat st;  // fopen accepts a directory; reading it would fail with a vague error
+        if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) die("%s is a directory, not a tokenizer file", path);
         size_t n;
         uint8_t *data = read_all(f, &n);
         fclose(f);
