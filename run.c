@@ -2055,8 +2055,14 @@ static int sample_filtered(Sampler *sp, const float *probs, float coin) {
 
 static int sample(Sampler *sp, float *logits) {
     int n = sp->n;
-    if (sp->temperature == 0.0f) return sample_argmax(logits, n);
-    for (int i = 0; i < n; i++) logits[i] /= sp->temperature;
+    // A NaN or inf logit comes from broken weights; sampling it would be silent garbage.
+    for (int i = 0; i < n; i++)
+        if (!isfinite(logits[i])) die("the model produced a non-finite logit (%g for id %d); are its weights corrupt?", logits[i], i);
+    int best = sample_argmax(logits, n);
+    if (sp->temperature == 0.0f) return best;
+    // Shift by the max before scaling: with a tiny temperature logit/t alone overflows to inf (inf - inf = NaN).
+    float max = logits[best];
+    for (int i = 0; i < n; i++) logits[i] = (logits[i] - max) / sp->temperature;
     softmax(logits, n);
     float coin = random_f32(&sp->rng_state);
     if (sp->topk > 0 || (sp->topp > 0.0f && sp->topp < 1.0f)) return sample_filtered(sp, logits, coin);

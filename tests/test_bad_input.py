@@ -328,6 +328,25 @@ def test_edge_values_are_accepted(run_bin, v3):
     assert p.returncode == 0 and len(p.stdout.split()) == 1 and b"context limit" in p.stderr
 
 
+def test_tiny_temperature_is_greedy(run_bin, v3):
+    """logit / 1.2e-38 overflows to inf (and inf - inf = NaN in the softmax) unless the max is
+    subtracted first; the limit t -> 0 is greedy."""
+    greedy = gen_ids(run_bin, v3, "-t", "0")
+    for opts in (["-p", "1"], ["-p", "0.5"], ["-k", "3", "-p", "1"]):
+        assert gen_ids(run_bin, v3, "-t", "1.2e-38", "-s", "1", *opts) == greedy, opts
+
+
+def test_nan_weights_are_an_error_not_garbage(run_bin, v2, tmp_path):
+    """A NaN in lm_head makes a NaN logit: sampling stops with an error instead of printing garbage."""
+    name, _, _, _, _, off, _ = table(v2)[-1]
+    assert name == "lm_head.weight"
+    bad = edited(v2, tmp_path / "nan.bin", [(off + 4 * 112 * 5 + 8, f32(math.nan))])  # row 5 (D = 112)
+    for t in ("0", "0.8"):
+        p = run(run_bin, bad, "--tokens", "5,6", "-n", "3", "-t", t, "--print-ids")
+        assert p.returncode == 1 and p.stderr.decode().strip().splitlines()[-1].startswith("error: "), p.stderr
+        assert b"non-finite logit" in p.stderr and b"Sanitizer" not in p.stderr
+
+
 # ---------------------------------------------------------------- prompts
 
 def test_invalid_utf8_prompt_is_repaired_with_a_warning(run_bin, v3):
