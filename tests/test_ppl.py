@@ -13,6 +13,7 @@ Rules:
   window (default context) and for many short windows (-c); token and character counts exact.
 - expert_load counts equal, per MoE layer, the number of times the reference router chose each
   expert over every fed position (BOS included, the last token of a window is never fed).
+- without -c, the window is YaRN's original_max_position_embeddings (train.py's training context).
 - the `ppl ...` line is the last line of stdout.
 - bad input (missing file, ill-formed UTF-8, empty file, -c 1, no tokenizer, --ppl with -i) is one
   error line on stderr and a non-zero exit.
@@ -41,8 +42,8 @@ def run(run_bin: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([run_bin, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def run_ppl(run_bin: str, model: str, path: str, *opts) -> tuple[dict, dict]:
-    """-> (fields of the last line, {layer: counts}) of `run model --ppl path`."""
+def run_ppl(run_bin: str, model: str, path: str, *opts) -> tuple[dict, dict, str]:
+    """-> (fields of the last line, {layer: counts}, stderr) of `run model --ppl path`."""
     r = run(run_bin, model, "--ppl", path, *opts)
     assert r.returncode == 0, f"--ppl {path} {opts}: rc {r.returncode}\n{r.stderr[-2000:]}"
     lines = r.stdout.strip().splitlines()
@@ -65,7 +66,7 @@ def run_ppl(run_bin: str, model: str, path: str, *opts) -> tuple[dict, dict]:
         else:
             assert e.group(6) == "inf"
         load[int(e.group(1))] = counts
-    return fields, load
+    return fields, load, r.stderr
 
 
 def encode(run_bin: str, model: str, text: str) -> list:
@@ -113,10 +114,13 @@ def text_file(workdir) -> str:
 
 @pytest.mark.parametrize("context", [None, 2, 9])
 def test_ppl_matches_reference(context, run_bin, exported, checkpoint, text_file):
-    """One window (the default context, YaRN's original 4096), windows of 1 and of 8 text tokens."""
+    """One window (the default context, YaRN's original 4096), windows of 1 and of 8 text tokens
+    (each after BOS, so 2 and 9 positions)."""
     model, hf = exported("v3", "f32"), checkpoint("v3")
     opts = ["-c", str(context)] if context else []
-    got, load = run_ppl(run_bin, model, text_file, *opts)
+    got, load, err = run_ppl(run_bin, model, text_file, *opts)
+    # the default window is YaRN's original context (4096 here), not max_position_embeddings
+    assert f"windows of up to {context or 4096} tokens" in err, err
     ids = encode(run_bin, model, TEXT)
     assert len(ids) > 20
     nll, n, counts = expected(hf, ids, context or 4096, bos=0)
@@ -126,23 +130,49 @@ def test_ppl_matches_reference(context, run_bin, exported, checkpoint, text_file
         assert np.array_equal(load[layer], counts[layer]), f"layer {layer}: {load[layer]} vs {counts[layer]}"
 
 
-def test_ppl_without_bos(run_bin, checkpoint, workdir, text_file):
-    """A tokenizer without add_bos_token: the previous token starts each window; the first is unscored."""
-    hf = os.path.join(workdir, "hf", "v3-nobos")
+def derived_model(checkpoint, workdir: str, name: str, edit: dict) -> tuple[str, str]:
+    """A copy of the v3 checkpoint with {file: {key: value}} edits to its JSON files, exported (f32)."""
+    hf = os.path.join(workdir, "hf", name)
     if not os.path.exists(hf):
         shutil.copytree(checkpoint("v3"), hf)
-        tc_path = os.path.join(hf, "tokenizer_config.json")
-        tc = json.load(open(tc_path))
-        tc["add_bos_token"] = False
-        json.dump(tc, open(tc_path, "w"))
-    model = os.path.join(workdir, "v3-nobos.bin")
-    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(R.__file__), "..", "export.py"), hf, model,
-                        "--dtype", "f32"], capture_output=True, text=True)
+        for fname, changes in edit.items():
+            path = os.path.join(hf, fname)
+            d = json.load(open(path))
+            for k, v in changes.items():
+                if isinstance(v, dict):
+                    d[k].update(v)
+                else:
+                    d[k] = v
+            json.dump(d, open(path, "w"))
+    model = os.path.join(workdir, name + ".bin")
+    exporter = os.environ.get("SEEK_EXPORT") or os.path.join(os.path.dirname(R.__file__), "..", "export.py")
+    r = subprocess.run([sys.executable, exporter, hf, model, "--dtype", "f32"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    got, load = run_ppl(run_bin, model, text_file, "-c", "6")
+    return hf, model
+
+
+def test_ppl_without_bos(run_bin, checkpoint, workdir, text_file):
+    """A tokenizer without add_bos_token: the previous token starts each window; the first is unscored."""
+    hf, model = derived_model(checkpoint, workdir, "v3-nobos", {"tokenizer_config.json": {"add_bos_token": False}})
+    got, load, _ = run_ppl(run_bin, model, text_file, "-c", "6")
     ids = encode(run_bin, model, TEXT)
     nll, n, counts = expected(hf, ids, 6, bos=None)
     assert n == len(ids) - 1
+    check(got, nll, n, len(TEXT))
+    for layer in counts:
+        assert np.array_equal(load[layer], counts[layer])
+
+
+def test_ppl_default_context_is_yarn_original(run_bin, checkpoint, workdir, text_file):
+    """original_max_position_embeddings 32 (max_position_embeddings stays 163840): windows of 31 tokens
+    after BOS without -c, as train.py validates at its training context."""
+    hf, model = derived_model(checkpoint, workdir, "v3-ctx32",
+                              {"config.json": {"rope_scaling": {"original_max_position_embeddings": 32}}})
+    got, load, err = run_ppl(run_bin, model, text_file)
+    assert "windows of up to 32 tokens" in err, err
+    ids = encode(run_bin, model, TEXT)
+    assert len(ids) > 2 * 31
+    nll, n, counts = expected(hf, ids, 32, bos=0)
     check(got, nll, n, len(TEXT))
     for layer in counts:
         assert np.array_equal(load[layer], counts[layer])
