@@ -1,6 +1,8 @@
 # seek.c build. `make` builds ./run; `make test` builds and runs every test; `make run` talks.
 CC ?= cc
-CFLAGS ?= -O3 -march=native
+# -march=native where the compiler knows it (older Apple clang on arm64 does not).
+NATIVE := $(shell $(CC) -march=native -E -x c /dev/null >/dev/null 2>&1 && echo -march=native)
+CFLAGS ?= -O3 $(NATIVE)
 CFLAGS += -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L
 LDLIBS = -lm -lpthread
 
@@ -8,6 +10,7 @@ LDLIBS = -lm -lpthread
 PYTHON ?= $(shell for p in /usr/bin/python3 python3 python; do $$p -c 'import numpy' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
 MODEL ?= models/shakespeare.bin
+PROMPT ?= ROMEO:
 
 # Sanitized builds (make test runs the C-facing tests and the fuzz corpora under them).
 SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
@@ -17,11 +20,17 @@ FUZZ_SECONDS ?= 30
 FUZZ = tests/fuzz
 HARNESSES = model tokenizer
 
-.PHONY: all run test test-asan fuzz-replay fuzz-smoke clean
+.PHONY: all test test-asan fuzz-replay fuzz-smoke clean
 all: run
 
+# As a prerequisite, `run` is the binary. As the goal (`make run`, the README's first command)
+# it is always rebuilt and then lets the shipped model write about 200 tokens.
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+.PHONY: run
+endif
 run: run.c
-	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ run.c $(LDLIBS)
+	@if [ -n "$(filter run,$(MAKECMDGOALS))" ]; then ./run $(MODEL) -n 200 -t 0.8 -i "$(PROMPT)"; fi
 
 # ./run with AddressSanitizer + UBSan; any report aborts the process.
 run-asan: run.c
