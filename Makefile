@@ -43,7 +43,7 @@ test: run run-asan
 
 # The tests that drive the C binary, again against ./run-asan.
 test-asan: run-asan
-	SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py
+	SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
 # built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.
