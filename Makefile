@@ -18,7 +18,7 @@ SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 30
 FUZZ = tests/fuzz
-HARNESSES = model tokenizer
+HARNESSES = model config tokenizer
 
 .PHONY: all test test-asan fuzz-replay fuzz-smoke clean
 all: run

@@ -1,9 +1,10 @@
-"""Writes the seed corpora of the fuzz harnesses (tests/fuzz/corpus-model, corpus-tokenizer).
+"""Writes the seed corpora of the fuzz harnesses (tests/fuzz/corpus-model, -config, -tokenizer).
 
 The seeds are tiny but valid inputs, so that mutations start deep inside the format:
 model files exported by export.py from miniature checkpoints of tests/gen_checkpoints.py (a V2-style
 and a V3-style router, F32 and BF16, one with an embedded tokenizer), and tokenizer-harness inputs
-(see fuzz_tokenizer.c: u16 text length, text, tokenizer file). Run from anywhere:
+(see fuzz_tokenizer.c: u16 text length, text, tokenizer file), and fuzz_config.c inputs (the config words
+of each model seed, a type byte, some weight bytes). Run from anywhere:
     /usr/bin/python3 tests/fuzz/make_seeds.py
 """
 import os
@@ -52,6 +53,8 @@ def export_seed(name: str, base: str, overrides: dict, dtype: str, tmp: str) -> 
 def main() -> None:
     model_dir = os.path.join(HERE, "corpus-model")
     tok_dir = os.path.join(HERE, "corpus-tokenizer")
+    config_dir = os.path.join(HERE, "corpus-config")
+    os.makedirs(config_dir, exist_ok=True)
     os.makedirs(model_dir, exist_ok=True)
     os.makedirs(tok_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,11 +62,14 @@ def main() -> None:
             blob = export_seed(name, base, overrides, dtype, tmp)
             with open(os.path.join(model_dir, f"seed-{name}.bin"), "wb") as f:
                 f.write(blob)
+            words = blob[12:12 + 160]
+            with open(os.path.join(config_dir, f"seed-{name}.bin"), "wb") as f:
+                f.write(words + bytes([dtype == "bf16"]) + blob[-301:-1])
         tok = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
     for i, text in enumerate(TEXTS):
         with open(os.path.join(tok_dir, f"seed-{i}.bin"), "wb") as f:
             f.write(struct.pack("<H", len(text)) + text + tok)
-    print(f"wrote {len(SEEDS)} model seeds to {model_dir}, {len(TEXTS)} tokenizer seeds to {tok_dir}")
+    print(f"wrote {len(SEEDS)} model and config seeds, {len(TEXTS)} tokenizer seeds")
 
 
 if __name__ == "__main__":
