@@ -68,7 +68,7 @@ fuzz-smoke:
 	  for h in $(HARNESSES); do \
 	    $(MAKE) --no-print-directory build/fuzz-$$h || exit 1; \
 	    work=$$(mktemp -d) && cp $$(find $(FUZZ)/corpus-$$h $(FUZZ)/regressions/$$h -type f 2>/dev/null) $$work/ && \
-	    ./build/fuzz-$$h -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/ $$work > $$work.log 2>&1; \
+	    ./build/fuzz-$$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -artifact_prefix=build/ $$work > $$work.log 2>&1; \
 	    rc=$$?; tail -n 1 $$work.log | sed "s/^/fuzz-smoke $$h: /"; \
 	    if [ $$rc -ne 0 ]; then tail -n 60 $$work.log; rm -rf $$work $$work.log; exit 1; fi; \
 	    rm -rf $$work $$work.log; done; \

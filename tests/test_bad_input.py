@@ -262,7 +262,7 @@ def test_text_prompt_without_any_tokenizer(run_bin, v2):
 
 
 def test_tokenizer_path_is_a_directory(run_bin, tmp_path):
-    assert_one_error(run(run_bin, "-z", tmp_path, "--encode", stdin=b"x"), "directory")
+    assert_one_error(run(run_bin, "-z", tmp_path, "--encode", stdin=b"x"), "is a directory, not a tokenizer file")
 
 
 def test_decode_id_beyond_the_models_tokens(run_bin, v3):
