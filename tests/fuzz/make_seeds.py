@@ -67,8 +67,12 @@ def main() -> None:
                 f.write(words + bytes([dtype == "bf16"]) + blob[-301:-1])
         tok = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
     for i, text in enumerate(TEXTS):
+        # the same vocabulary with each pre-tokenizer (V3 1, V2 2) and chat family (0..4) in turn
+        variant = bytearray(tok)
+        variant[32:36] = struct.pack("<I", 1 + i % 2)
+        variant[36:40] = struct.pack("<I", i % 5)
         with open(os.path.join(tok_dir, f"seed-{i}.bin"), "wb") as f:
-            f.write(struct.pack("<H", len(text)) + text + tok)
+            f.write(struct.pack("<H", len(text)) + text + bytes(variant))
     print(f"wrote {len(SEEDS)} model and config seeds, {len(TEXTS)} tokenizer seeds")
 
 
