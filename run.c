@@ -520,6 +520,7 @@ static int host_is_little_endian(void) {
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path);
 
 static void load_model(Model *m, const char *path) {
+    memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
     if (!host_is_little_endian()) die("this build assumes a little-endian host");
     int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
     if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
@@ -527,7 +528,7 @@ static void load_model(Model *m, const char *path) {
     if (fstat(fd, &st) != 0) die("cannot stat %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) die("%s is not a regular file", path);
     uint64_t size = (uint64_t)st.st_size;
-    if (size == 0) die("%s is empty, not a model file", path);  // (mmap cannot map 0 bytes)
+    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
@@ -538,7 +539,6 @@ static void load_model(Model *m, const char *path) {
 // Validates the whole file held in f[0..size) (header, config, every table
 // entry) and points the weights into it. The fuzz harness calls this directly.
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
-    memset(m, 0, sizeof *m);  // e.g. weights.tokenizer stays NULL when there is none
     m->file = f;
     m->file_size = (size_t)size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
