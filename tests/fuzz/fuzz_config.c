@@ -20,13 +20,16 @@ typedef struct {
 } Entry;
 
 static Entry entries[MAX_TENSORS];
+
+static uint64_t type_bytes(uint32_t type) { return type == TYPE_BF16 ? 2 : 4; }  // the F32 or BF16 this writes
+
 static int n_entries;
 static uint64_t data_end;
 
 // Appends an entry; returns 0 once the file would be too big.
 static int add(const char *name, uint32_t type, uint64_t rows, uint64_t cols) {
     if (n_entries == MAX_TENSORS || rows > MAX_FILE || cols > MAX_FILE) return 0;
-    uint64_t nbytes = rows * (cols ? cols : 1) * (uint64_t)elem_bytes((int)type);
+    uint64_t nbytes = rows * (cols ? cols : 1) * type_bytes(type);
     Entry *e = &entries[n_entries++];
     snprintf(e->name, sizeof e->name, "%s", name);
     e->type = type;
@@ -128,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         memcpy(t + 112, &off, 8);
         memcpy(t + 120, &e->nbytes, 8);
         // Weights in [-2, 2) from the pool, so that accepted configs run to the end.
-        for (uint64_t j = 0; j < e->nbytes / (uint64_t)elem_bytes((int)e->type); j++) {
+        for (uint64_t j = 0; j < e->nbytes / type_bytes(e->type); j++) {
             float v = pool_n ? ((float)pool[k++ % pool_n] - 128.0f) / 64.0f : 0.25f;
             if (e->type == TYPE_BF16) {
                 uint32_t bits;
