@@ -467,6 +467,9 @@ def valgrind(binary, *args, stdin=b""):
 
 def test_valgrind_generate(vg_run, v3, exported):
     valgrind(vg_run, v3, "-i", "Hello world", "-n", "4", "-t", "0.8", "-p", "0.9", "-k", "20", "-s", "3")
+    shipped = os.path.join(ROOT, "models", "shakespeare.bin")
+    if os.path.exists(shipped):
+        valgrind(vg_run, shipped, "-i", "ROMEO:", "-n", "6", "-t", "0.8", "-s", "5")
     # no tokenizer and no --print-ids: ids are printed after checking that there is no tokenizer
     valgrind(vg_run, exported("v2", "bf16"), "--tokens", "5,6,7", "-n", "3", "-t", "0")
 
