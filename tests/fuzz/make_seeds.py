@@ -36,6 +36,13 @@ SEEDS = {
                                         moe_layer_freq=2, first_k_dense_replace=0), "f32"),
 }
 
+# Quantized types (once export.py has them): block-quantized matrices need inputs of 32k columns.
+TINY32 = dict(TINY, hidden_size=32, kv_lora_rank=32, qk_nope_head_dim=8, v_head_dim=16, intermediate_size=32,
+              moe_intermediate_size=32, q_lora_rank=32)
+for q in ("q8", "q4"):
+    if q in getattr(export, "DTYPES", {}):
+        SEEDS[f"v3-{q}"] = ("v3", dict(TINY32, vocab_size=300, _tokenizer_merges=12), q)
+
 TEXTS = [b"Hello world, 12345!\n", "  中文 テキスト\u2029 x".encode(), b"\xff\xe4\xb8 a\r\n\tb",
          b"<|EOT|> <\xef\xbd\x9cUser\xef\xbd\x9c> abc", b"0 1 2 3 255 256 300"]
 
