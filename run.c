@@ -26,6 +26,11 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 // Every way a run can fail ends here: one line on stderr, exit status 1.
 static void die(const char *fmt, ...) {
@@ -50,6 +55,13 @@ static void *xcalloc(size_t n, size_t size) {
 // File format v1 (shared contract with export.py): "SEEK", u32 version, u32
 // n_config, n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table
 // entries, then 64-byte-aligned tensor data. All little-endian.
+//
+// Quantized matrices (types Q8 and Q4; see the Matmul section): each row is cut
+// into ceil(cols / 32) groups of 32 values, the last one zero-padded, and each
+// group is stored as one block, rows back to back:
+//   Q8: bf16 scale d, 32 x int8 q;           value = d * q        (34 bytes)
+//   Q4: bf16 scale d, 16 bytes of nibbles;   value = d * (q - 8)  (18 bytes)
+//       byte j holds q_j (low nibble) and q_{j+16} (high nibble).
 
 #define SEEK_VERSION 1
 #define SEEK_N_CONFIG 40
@@ -299,18 +311,29 @@ typedef struct {
     uint64_t data_end;           // end of the previous tensor's data (or of the header)
 } TableWalker;
 
-// What an entry may hold: weight matrices take the export dtype (F32 or BF16,
-// later Q8/Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
+// What an entry may hold: weight matrices take the export dtype (F32, BF16, Q8
+// or Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
 enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
-static int elem_bytes(int type) {
+#define QK 32  // values per quantization group (one scale each), along a row
+
+// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
+// for Q8/Q4 one block of QK values.
+static int unit_bytes(int type) {
     switch (type) {
     case TYPE_F32: return 4;
     case TYPE_BF16: return 2;
+    case TYPE_Q8: return 2 + QK;
+    case TYPE_Q4: return 2 + QK / 2;
     case TYPE_U8: return 1;
     default: return 0;
     }
 }
+
+static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
+
+// Units in one row of `cols` values (blocks of a quantized row round up).
+static uint64_t row_units(int type, uint64_t cols) { return is_quantized(type) ? (cols + QK - 1) / QK : cols; }
 
 static const char *type_name(uint32_t type) {
     switch (type) {
@@ -355,14 +378,12 @@ static const void *walk_entry(TableWalker *tw, const char *name, int kind, uint6
         if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
     } else if (kind == KIND_F32) {
         if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
-    } else if (type != TYPE_F32 && type != TYPE_BF16) {
-        if (type == TYPE_Q8 || type == TYPE_Q4)
-            die("model file: tensor '%s' has type %s, which this build does not support yet", name, type_name(type));
-        die("model file: tensor '%s' has type %s (%u), expected F32 or BF16", name, type_name(type), type);
+    } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
+        die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
     }
-    // r and c are u32, so r*c < 2^64; check before multiplying by the element size.
-    uint64_t elems = (uint64_t)r * (uint64_t)c;
-    uint64_t esize = (uint64_t)elem_bytes((int)type);
+    // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
+    uint64_t elems = (uint64_t)r * row_units((int)type, c);
+    uint64_t esize = (uint64_t)unit_bytes((int)type);
     if (elems > UINT64_MAX / esize || elems * esize != nbytes)
         die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
             (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
@@ -548,10 +569,108 @@ static void free_model(Model *m) {
 // ----------------------------------------------------------------------------
 // Matmul
 //
-// Every weight-times-vector product goes through this family, which dispatches
-// on the weight's element type so that the model code never sees storage
-// formats. Inner loops keep 8 independent partial sums so gcc/clang vectorise
-// them without -ffast-math (a single running sum would forbid reassociation).
+// Every product of a weight matrix with activations goes through matmuls(),
+// the only code that knows weight storage types. It takes a batch of jobs, each
+// a matrix times n activation rows (n = 1 when decoding, a prompt chunk when
+// prefilling, the tokens routed to one expert in a MoE layer), and splits every
+// job's rows over the thread pool in one dispatch, so each weight row is read
+// once per batch.
+//
+// Q8/Q4 weights are multiplied llama.cpp-style: the activation row is quantized
+// once to int8 per group of QK (scale d_x), each group's dot product is an
+// int32 sum, then scaled by d_w * d_x in fp32. Loops are written so gcc/clang
+// vectorise the portable path; x86 gets AVX2 versions of the two hot loops.
+
+// A pool of n_threads - 1 workers plus the calling thread, created once. A
+// dispatch bumps `generation`; workers spin on it for a short while (a token's
+// matmuls follow each other within microseconds), then sleep on `wake`.
+typedef struct {
+    int n_threads;
+    pthread_t *workers;                                 // (n_threads - 1)
+    void (*task)(void *ctx, int thread, int n_threads);
+    void *ctx;
+    atomic_uint generation;
+    atomic_int pending;                                 // workers still in the current task
+    int stop;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+} Pool;
+
+static Pool pool = {.n_threads = 1};
+
+#define POOL_SPIN 50000  // pause instructions before a waiting worker sleeps (about 1 ms)
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *pool_worker(void *arg) {
+    int id = (int)(intptr_t)arg;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = seen;
+        for (int i = 0; i < POOL_SPIN && g == seen; i++) {
+            cpu_relax();
+            g = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool.lock);
+            while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&pool.wake, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = g;
+        if (pool.stop) return NULL;
+        pool.task(pool.ctx, id, pool.n_threads);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+}
+
+// Runs task(ctx, i, n) for i = 0 .. n-1, one per thread, and returns when all are done.
+static void pool_run(void (*task)(void *, int, int), void *ctx) {
+    if (pool.n_threads == 1) { task(ctx, 0, 1); return; }
+    pool.task = task;
+    pool.ctx = ctx;
+    atomic_store_explicit(&pool.pending, pool.n_threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&pool.lock);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    task(ctx, 0, pool.n_threads);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cpu_relax();
+}
+
+static void pool_start(int n_threads) {
+    pool.n_threads = n_threads;
+    if (n_threads == 1) return;
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.workers = xcalloc((size_t)n_threads - 1, sizeof(pthread_t));
+    for (int i = 1; i < n_threads; i++)
+        if (pthread_create(&pool.workers[i - 1], NULL, pool_worker, (void *)(intptr_t)i) != 0)
+            die("cannot start thread %d of %d", i, n_threads);
+}
+
+static void pool_stop(void) {
+    if (pool.n_threads == 1) return;
+    pthread_mutex_lock(&pool.lock);
+    pool.stop = 1;
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 1; i < pool.n_threads; i++) pthread_join(pool.workers[i - 1], NULL);
+    free(pool.workers);
+    pool.n_threads = 1;
+}
+
+typedef struct { uint16_t d; int8_t q[QK]; } BlockQ8;          // weights: d (bf16) * q
+typedef struct { uint16_t d; uint8_t q[QK / 2]; } BlockQ4;     // weights: d (bf16) * (nibble - 8)
+typedef struct { float d; float dsum; int8_t q[QK]; } BlockX8; // an activation group: d * q, dsum = d * Σq
+_Static_assert(sizeof(BlockQ8) == 2 + QK && sizeof(BlockQ4) == 2 + QK / 2, "blocks must be packed as in the file");
 
 static float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -560,6 +679,8 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+// Inner loops keep 8 independent partial sums so gcc/clang vectorise them
+// without -ffast-math (a single running sum would forbid reassociation).
 static float dot_f32(const float *w, const float *x, int n) {
     float acc[8] = {0};
     int j = 0;
@@ -582,119 +703,323 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-// y (n) = W[row0 : row0+n, :] x, with x (W.cols)
-static void matmul_rows(float *y, const Tensor *w, int row0, int n, const float *x) {
-    size_t cols = (size_t)w->cols;
-    if (w->type == TYPE_F32) {
-        const float *base = (const float *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) y[i] = dot_f32(base + (size_t)i * cols, x, (int)cols);
-    } else {
-        const uint16_t *base = (const uint16_t *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) y[i] = dot_bf16(base + (size_t)i * cols, x, (int)cols);
+// x (n) -> ceil(n / QK) groups, d = max|x| / 127 (the padding of the last group is 0).
+static void quantize_row(BlockX8 *out, const float *x, int n) {
+    for (int b = 0; b * QK < n; b++) {
+        float v[QK], amax = 0.0f;
+        for (int k = 0; k < QK; k++) {
+            v[k] = b * QK + k < n ? x[b * QK + k] : 0.0f;
+            amax = fmaxf(amax, fabsf(v[k]));
+        }
+        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int k = 0; k < QK; k++) {
+            int q = (int)roundf(v[k] * inv);
+            out[b].q[k] = (int8_t)q;
+            sum += q;
+        }
+        out[b].d = d;
+        out[b].dsum = d * (float)sum;
     }
 }
 
-// y (W.rows) = W x
-static void matmul(float *y, const Tensor *w, const float *x) {
-    matmul_rows(y, w, 0, w->rows, x);
+#if defined(__AVX2__) && defined(__FMA__)
+static float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
-// y (W.cols) = W[row0 : row0+n, :]^T x, with x (n). Used to fold W_UK into the
-// query (spec §3.7) without materialising a transposed copy.
-static void matmul_t_rows(float *y, const Tensor *w, int row0, int n, const float *x) {
-    int cols = w->cols;
-    for (int j = 0; j < cols; j++) y[j] = 0.0f;
-    if (w->type == TYPE_F32) {
-        const float *base = (const float *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) {
-            const float *row = base + (size_t)i * cols;
-            float xi = x[i];
-            for (int j = 0; j < cols; j++) y[j] += xi * row[j];
-        }
-    } else {
-        const uint16_t *base = (const uint16_t *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) {
-            const uint16_t *row = base + (size_t)i * cols;
-            float xi = x[i];
-            for (int j = 0; j < cols; j++) y[j] += xi * bf16_to_f32(row[j]);
-        }
+// maddubs multiplies unsigned by signed bytes: |w| times x carrying w's sign.
+static float dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i wq = _mm256_loadu_si256((const __m256i *)w[b].q);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
+        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+        __m256i p32 = _mm256_madd_epi16(p16, ones);
+        __m256 d = _mm256_set1_ps(bf16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc);
     }
+    return hsum256(acc);
 }
 
-// y (W.cols) = row `row` of W, as f32 (the embedding lookup).
+// Σ (nib - 8) x = Σ nib x - 8 Σ x: the nibbles go into maddubs unsigned as they are.
+static float dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb) {
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        __m128i packed = _mm_loadu_si128((const __m128i *)w[b].q);
+        __m256i nib = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(packed),
+                                                               _mm_srli_epi16(packed, 4), 1), low4);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
+        __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, xq), ones);
+        float dw = bf16_to_f32(w[b].d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw * x[b].d), acc);
+        offset += dw * x[b].dsum;
+    }
+    return hsum256(acc) - 8.0f * offset;
+}
+#else
+static float dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb) {
+    float s = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int k = 0; k < QK; k++) acc += (int32_t)w[b].q[k] * (int32_t)x[b].q[k];
+        s += (float)acc * bf16_to_f32(w[b].d) * x[b].d;
+    }
+    return s;
+}
+
+static float dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb) {
+    float s = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int k = 0; k < QK / 2; k++)
+            acc += (int32_t)(w[b].q[k] & 15) * x[b].q[k] + (int32_t)(w[b].q[k] >> 4) * x[b].q[k + QK / 2];
+        s += bf16_to_f32(w[b].d) * ((float)acc * x[b].d - 8.0f * x[b].dsum);
+    }
+    return s;
+}
+#endif
+
+static size_t row_bytes(const Tensor *w) { return (size_t)row_units(w->type, (uint64_t)w->cols) * (size_t)unit_bytes(w->type); }
+
+// Rows [row0, row0 + n) of w as a matrix of their own (rows are contiguous in every type).
+static Tensor tensor_rows(const Tensor *w, int row0, int n) {
+    Tensor t = *w;
+    t.data = (const uint8_t *)w->data + (size_t)row0 * row_bytes(w);
+    t.rows = n;
+    return t;
+}
+
+// y (W.cols) = row `row` of W, as f32 (the embedding lookup; dequantisation).
 static void tensor_row(float *y, const Tensor *w, int row) {
-    size_t cols = (size_t)w->cols;
+    int cols = w->cols;
+    const uint8_t *src = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
     if (w->type == TYPE_F32) {
-        memcpy(y, (const float *)w->data + (size_t)row * cols, cols * sizeof(float));
+        memcpy(y, src, (size_t)cols * sizeof(float));
+    } else if (w->type == TYPE_BF16) {
+        for (int j = 0; j < cols; j++) { uint16_t h; memcpy(&h, src + 2 * j, 2); y[j] = bf16_to_f32(h); }
+    } else if (w->type == TYPE_Q8) {
+        const BlockQ8 *b = (const BlockQ8 *)src;
+        for (int j = 0; j < cols; j++) y[j] = bf16_to_f32(b[j / QK].d) * b[j / QK].q[j % QK];
     } else {
-        const uint16_t *src = (const uint16_t *)w->data + (size_t)row * cols;
-        for (size_t j = 0; j < cols; j++) y[j] = bf16_to_f32(src[j]);
+        const BlockQ4 *b = (const BlockQ4 *)src;
+        for (int j = 0; j < cols; j++) {
+            int k = j % QK, nib = k < QK / 2 ? b[j / QK].q[k] & 15 : b[j / QK].q[k - QK / 2] >> 4;
+            y[j] = bf16_to_f32(b[j / QK].d) * (float)(nib - 8);
+        }
+    }
+}
+
+// One product in a batch: y = x W^T over n rows of activations.
+typedef struct {
+    float *y;           // (n, y_stride): row t gets W.rows outputs
+    Tensor w;           // (rows, cols)
+    const float *x;     // (n, x_stride): row t holds W.cols inputs
+    int n, x_stride, y_stride;
+    const BlockX8 *xq;  // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
+} MatmulJob;
+
+static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
+    MatmulJob j = {y, w, x, n, w.cols, w.rows, NULL};
+    return j;
+}
+
+typedef struct { const MatmulJob *jobs; int n_jobs; } MatmulBatch;
+
+static float dot_row(const Tensor *w, int row, const float *x, const BlockX8 *xq) {
+    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    int nb = (w->cols + QK - 1) / QK;
+    switch (w->type) {
+    case TYPE_F32: return dot_f32((const float *)r, x, w->cols);
+    case TYPE_BF16: return dot_bf16((const uint16_t *)r, x, w->cols);
+    case TYPE_Q8: return dot_q8((const BlockQ8 *)r, xq, nb);
+    default: return dot_q4((const BlockQ4 *)r, xq, nb);
+    }
+}
+
+// Thread `thread` computes its share of every job's rows, for all n activation rows.
+static void matmul_task(void *ctx, int thread, int n_threads) {
+    const MatmulBatch *batch = ctx;
+    for (int j = 0; j < batch->n_jobs; j++) {
+        const MatmulJob *job = &batch->jobs[j];
+        int rows = job->w.rows, nb = (job->w.cols + QK - 1) / QK;
+        int r0 = (int)((long long)rows * thread / n_threads), r1 = (int)((long long)rows * (thread + 1) / n_threads);
+        for (int i = r0; i < r1; i++)
+            for (int t = 0; t < job->n; t++)
+                job->y[(size_t)t * job->y_stride + i] =
+                    dot_row(&job->w, i, job->x + (size_t)t * job->x_stride, job->xq ? job->xq + (size_t)t * nb : NULL);
+    }
+}
+
+static struct { BlockX8 *xq; size_t cap; float *row; size_t row_cap; } scratch;  // grown on demand
+
+static void *grow_buffer(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return p;
+    p = realloc(p, need * elem);
+    if (!p) die("out of memory (%zu x %zu bytes)", need, elem);
+    *cap = need;
+    return p;
+}
+
+// Runs all jobs in one dispatch. Jobs that follow each other with the same
+// input share its quantization.
+static void matmuls(MatmulJob *jobs, int n_jobs) {
+    size_t need = 0;
+    for (int j = 0; j < n_jobs; j++)
+        if (is_quantized(jobs[j].w.type)) need += (size_t)jobs[j].n * (size_t)((jobs[j].w.cols + QK - 1) / QK);
+    scratch.xq = grow_buffer(scratch.xq, &scratch.cap, need, sizeof(BlockX8));
+    size_t used = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        MatmulJob *job = &jobs[j];
+        if (!is_quantized(job->w.type)) continue;
+        const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
+        if (prev && prev->xq && prev->x == job->x && prev->n == job->n && prev->x_stride == job->x_stride &&
+            prev->w.cols == job->w.cols) {
+            job->xq = prev->xq;
+            continue;
+        }
+        int nb = (job->w.cols + QK - 1) / QK;
+        BlockX8 *xq = scratch.xq + used;
+        for (int t = 0; t < job->n; t++) quantize_row(xq + (size_t)t * nb, job->x + (size_t)t * job->x_stride, job->w.cols);
+        job->xq = xq;
+        used += (size_t)job->n * (size_t)nb;
+    }
+    MatmulBatch batch = {jobs, n_jobs};
+    pool_run(matmul_task, &batch);
+}
+
+// y (n, W.rows) = x (n, W.cols) W^T
+static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
+    MatmulJob job = matmul_job(y, *w, x, n);
+    matmuls(&job, 1);
+}
+
+static void matmul(float *y, const Tensor *w, const float *x) { matmul_n(y, w, x, 1); }
+
+// y (n, W.cols) = x (n, W.rows) W, row t of x at x + t * x_stride, of y at
+// y + t * y_stride. Folds W_UK into the query (spec §3.7) without a transposed
+// copy: each row of W is decoded once and added into every y row.
+static void matmul_t_n(float *y, int y_stride, const Tensor *w, const float *x, int x_stride, int n) {
+    int cols = w->cols;
+    scratch.row = grow_buffer(scratch.row, &scratch.row_cap, (size_t)cols, sizeof(float));
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < cols; j++) y[(size_t)t * y_stride + j] = 0.0f;
+    for (int i = 0; i < w->rows; i++) {
+        tensor_row(scratch.row, w, i);
+        for (int t = 0; t < n; t++) {
+            float xi = x[(size_t)t * x_stride + i], *yt = y + (size_t)t * y_stride;
+            for (int j = 0; j < cols; j++) yt[j] += xi * scratch.row[j];
+        }
     }
 }
 
 // ----------------------------------------------------------------------------
 // Run state
+//
+// Activations are matrices of up to `chunk` rows, one per token: a prompt goes
+// through each layer a chunk at a time, so every weight is read once per chunk
+// (decoding is the one-row case).
+
+#define PREFILL_CHUNK 64
+
+// One SwiGLU MLP applied to n rows: a dense FFN, a routed expert or the shared experts.
+typedef struct {
+    const MLPWeights *mlp;
+    const float *x;       // (n, D)
+    float *out;           // (n, D)
+    int n;
+} FFNCall;
 
 typedef struct {
     int context;          // max positions held by the cache
-    float *x;             // (D) residual stream
-    float *xn;            // (D) normalised residual, input of a block
-    float *block_out;     // (D) output of attention or FFN before the residual add
-    float *q_latent;      // (rq) compressed query c_Q
-    float *q;             // (H, dn+dr) per head [q_nope; q_pe]
-    float *kv_a;          // (r+dr) [c_KV raw; k_pe]
-    float *q_absorbed;    // (H, r) W_UK^T q_nope per head
-    float *scores;        // (context) attention scores of one head
-    float *u;             // (r) attention-weighted latent of one head
-    float *o;             // (H, dv) per-head attention output, input of o_proj
-    float *ffn_hidden;    // (max(I, Ie, S*Ie)) silu(gate) * up
-    float *ffn_up;        // (max(I, Ie, S*Ie)) up projection
-    float *expert_out;    // (D) output of one expert
+    int chunk;            // max tokens per forward pass
+    float *x;             // (chunk, D) residual stream
+    float *xn;            // (chunk, D) normalised residual, input of a block
+    float *block_out;     // (chunk, D) output of attention or FFN before the residual add
+    float *q_latent;      // (chunk, rq) compressed query c_Q
+    float *q;             // (chunk, H, dn+dr) per head [q_nope; q_pe]
+    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe]
+    float *q_absorbed;    // (chunk, H, r) W_UK^T q_nope per head
+    float *scores;        // (threads, context) attention scores of one head, per thread
+    float *u;             // (chunk, H, r) attention-weighted latent per head
+    float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
+    float *ffn_in;        // (chunk*K, D) expert inputs, grouped by expert
+    float *ffn_hidden;    // (ffn_rows) silu(gate) * up of every MLP of a layer, back to back
+    float *ffn_up;        // (ffn_rows) up projections
+    float *ffn_out;       // (chunk*(K+1), D) expert outputs, grouped by expert, then the shared ones
     float *router_logits; // (E)
     float *router_scores; // (E) s: softmax or sigmoid of the logits
     float *router_choice; // (E) scores used to choose experts (s + bias), -inf once masked
     float *group_scores;  // (n_group)
     int *group_kept;      // (n_group) 1 if the group survives the group limit
-    int *topk_idx;        // (K) chosen experts
-    float *topk_w;        // (K) their weights
-    float *rope_cos;      // (dr/2) cos(p θ_i) * YaRN cos/sin multiplier
-    float *rope_sin;      // (dr/2)
-    float *logits;        // (V)
+    int *topk_idx;        // (chunk, K) chosen experts
+    float *topk_w;        // (chunk, K) their weights
+    int *expert_first;    // (E+1) first (token, expert) pair of each expert
+    int *expert_fill;     // (E)
+    int *pair_token;      // (chunk*K) token of each pair, pairs grouped by expert
+    float *pair_weight;   // (chunk*K)
+    FFNCall *ffn_calls;   // (E+1)
+    MatmulJob *jobs;      // (max(2(E+1), H))
+    float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
+    float *rope_sin;      // (chunk, dr/2)
+    float *logits;        // (chunk, V)
     float *kv_cache;      // (L, context, r+dr) normalised latent c_t and rotated k_pe_t
 } RunState;
 
-static void alloc_run_state(RunState *s, const Config *c, int context) {
-    int hidden = c->intermediate_size;
-    if (c->moe_intermediate_size > hidden) hidden = c->moe_intermediate_size;
-    if (c->n_shared_experts * c->moe_intermediate_size > hidden) hidden = c->n_shared_experts * c->moe_intermediate_size;
+static float *alloc_floats(size_t a, size_t b) {
+    if (b && a > SIZE_MAX / sizeof(float) / b) die("out of memory (%zu x %zu floats)", a, b);
+    return xcalloc(a * b > 0 ? a * b : 1, sizeof(float));
+}
+
+static void alloc_run_state(RunState *s, const Config *c, int context, int chunk) {
     int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
     int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
     int G = c->n_group > 0 ? c->n_group : 1;
-    size_t cache_row = (size_t)c->kv_lora_rank + (size_t)c->qk_rope_head_dim;
+    size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank;
+    size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
+    if (chunk > context) chunk = context;
+    size_t n = (size_t)chunk;
+    size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
+                      n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
+    size_t ffn_rows = n * (size_t)c->intermediate_size > moe_rows ? n * (size_t)c->intermediate_size : moe_rows;
     s->context = context;
-    s->x = xcalloc((size_t)c->dim, sizeof(float));
-    s->xn = xcalloc((size_t)c->dim, sizeof(float));
-    s->block_out = xcalloc((size_t)c->dim, sizeof(float));
-    s->q_latent = xcalloc((size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1), sizeof(float));
-    s->q = xcalloc((size_t)c->n_heads * (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim), sizeof(float));
-    s->kv_a = xcalloc(cache_row, sizeof(float));
-    s->q_absorbed = xcalloc((size_t)c->n_heads * (size_t)c->kv_lora_rank, sizeof(float));
-    s->scores = xcalloc((size_t)context, sizeof(float));
-    s->u = xcalloc((size_t)c->kv_lora_rank, sizeof(float));
-    s->o = xcalloc((size_t)c->n_heads * (size_t)c->v_head_dim, sizeof(float));
-    s->ffn_hidden = xcalloc((size_t)hidden, sizeof(float));
-    s->ffn_up = xcalloc((size_t)hidden, sizeof(float));
-    s->expert_out = xcalloc((size_t)c->dim, sizeof(float));
-    s->router_logits = xcalloc((size_t)E, sizeof(float));
-    s->router_scores = xcalloc((size_t)E, sizeof(float));
-    s->router_choice = xcalloc((size_t)E, sizeof(float));
-    s->group_scores = xcalloc((size_t)G, sizeof(float));
+    s->chunk = chunk;
+    s->x = alloc_floats(n, D);
+    s->xn = alloc_floats(n, D);
+    s->block_out = alloc_floats(n, D);
+    s->q_latent = alloc_floats(n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1));
+    s->q = alloc_floats(n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    s->kv_a = alloc_floats(n, cache_row);
+    s->q_absorbed = alloc_floats(n * H, r);
+    s->scores = alloc_floats((size_t)pool.n_threads, (size_t)context);
+    s->u = alloc_floats(n * H, r);
+    s->o = alloc_floats(n * H, (size_t)c->v_head_dim);
+    s->ffn_in = alloc_floats(n * (size_t)K, D);
+    s->ffn_hidden = alloc_floats(ffn_rows, 1);
+    s->ffn_up = alloc_floats(ffn_rows, 1);
+    s->ffn_out = alloc_floats(n * (size_t)(K + 1), D);
+    s->router_logits = alloc_floats((size_t)E, 1);
+    s->router_scores = alloc_floats((size_t)E, 1);
+    s->router_choice = alloc_floats((size_t)E, 1);
+    s->group_scores = alloc_floats((size_t)G, 1);
     s->group_kept = xcalloc((size_t)G, sizeof(int));
-    s->topk_idx = xcalloc((size_t)K, sizeof(int));
-    s->topk_w = xcalloc((size_t)K, sizeof(float));
-    s->rope_cos = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
-    s->rope_sin = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
-    s->logits = xcalloc((size_t)c->vocab_size, sizeof(float));
+    s->topk_idx = xcalloc(n * (size_t)K, sizeof(int));
+    s->topk_w = alloc_floats(n, (size_t)K);
+    s->expert_first = xcalloc((size_t)E + 1, sizeof(int));
+    s->expert_fill = xcalloc((size_t)E, sizeof(int));
+    s->pair_token = xcalloc(n * (size_t)K, sizeof(int));
+    s->pair_weight = alloc_floats(n, (size_t)K);
+    s->ffn_calls = xcalloc((size_t)E + 1, sizeof(FFNCall));
+    s->jobs = xcalloc(2 * ((size_t)E + 1) + H, sizeof(MatmulJob));
+    s->rope_cos = alloc_floats(n, half);
+    s->rope_sin = alloc_floats(n, half);
+    s->logits = alloc_floats(n, (size_t)c->vocab_size);
     if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
     s->kv_cache = xcalloc((size_t)c->n_layers * (size_t)context * cache_row, sizeof(float));
@@ -702,10 +1027,11 @@ static void alloc_run_state(RunState *s, const Config *c, int context) {
 
 static void free_run_state(RunState *s) {
     free(s->x); free(s->xn); free(s->block_out); free(s->q_latent); free(s->q); free(s->kv_a);
-    free(s->q_absorbed); free(s->scores); free(s->u); free(s->o); free(s->ffn_hidden); free(s->ffn_up);
-    free(s->expert_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
-    free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->rope_cos); free(s->rope_sin);
-    free(s->logits); free(s->kv_cache);
+    free(s->q_absorbed); free(s->scores); free(s->u); free(s->o); free(s->ffn_in); free(s->ffn_hidden);
+    free(s->ffn_up); free(s->ffn_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
+    free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->expert_first);
+    free(s->expert_fill); free(s->pair_token); free(s->pair_weight); free(s->ffn_calls); free(s->jobs);
+    free(s->rope_cos); free(s->rope_sin); free(s->logits); free(s->kv_cache);
 }
 
 // ----------------------------------------------------------------------------
@@ -778,11 +1104,11 @@ static void init_rope(Rope *rope, const Config *c) {
     rope->softmax_scale = (float)scale;
 }
 
-static void rope_tables(RunState *s, const Rope *rope, int half, int pos) {
+static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, int pos) {
     for (int i = 0; i < half; i++) {
         double angle = (double)pos * rope->theta[i];
-        s->rope_cos[i] = (float)cos(angle) * rope->cs_mult;
-        s->rope_sin[i] = (float)sin(angle) * rope->cs_mult;
+        cos_t[i] = (float)cos(angle) * rope->cs_mult;
+        sin_t[i] = (float)sin(angle) * rope->cs_mult;
     }
 }
 
@@ -798,67 +1124,119 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int ha
 
 static float dot(const float *a, const float *b, int n) { return dot_f32(a, b, n); }
 
-// Multi-head Latent Attention for one token at position pos (spec §3.3, §3.7).
-// Input s->xn (D), output s->block_out (D). Only the normalised latent c (r)
-// and the rotated shared k_pe (dr) are cached; keys and values are never
-// expanded per position. Instead W_UK is folded into the query and W_UV is
-// applied once to the attention-weighted latent.
+// Attention of one query (one head of one token) at position pos over the
+// cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
+// Writes u (r) = Σ_t p_t c_t; scores (pos+1) is scratch.
+static void attend(const Config *c, const Rope *rope, const float *cache, const float *q_abs, const float *q_pe,
+                   int pos, float *scores, float *u) {
+    int r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    size_t row = (size_t)r + (size_t)dr;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        scores[t] = rope->softmax_scale * (dot(q_abs, ct, r) + dot(q_pe, ct + r, dr));
+    }
+    softmax(scores, pos + 1);
+    for (int i = 0; i < r; i++) u[i] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        float p = scores[t];
+        for (int i = 0; i < r; i++) u[i] += p * ct[i];
+    }
+}
+
+typedef struct {
+    const Config *c;
+    const Rope *rope;
+    RunState *s;
+    const float *cache;   // (context, r+dr) of this layer
+    int pos0, n;
+} AttendBatch;
+
+// The (token, head) queries of a chunk are independent: spread them over the threads.
+static void attend_task(void *ctx, int thread, int n_threads) {
+    const AttendBatch *a = ctx;
+    const Config *c = a->c;
+    RunState *s = a->s;
+    int H = c->n_heads, r = c->kv_lora_rank, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    for (int i = thread; i < a->n * H; i += n_threads) {
+        int t = i / H;  // query i is head i % H of token t
+        attend(c, a->rope, a->cache, s->q_absorbed + (size_t)i * r, s->q + (size_t)i * qk + c->qk_nope_head_dim,
+               a->pos0 + t, s->scores + (size_t)thread * s->context, s->u + (size_t)i * r);
+    }
+}
+
+// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1 (spec
+// §3.3, §3.7). Input s->xn (n, D), output s->block_out (n, D). Only the
+// normalised latent c (r) and the rotated shared k_pe (dr) are cached; keys and
+// values are never expanded per position. Instead W_UK is folded into the
+// query and W_UV is applied once to the attention-weighted latent.
 static void mla_attention(const Config *c, const LayerWeights *lw, const Rope *rope, RunState *s,
-                          int layer, int pos) {
+                          int layer, int pos0, int n) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2;
+    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
     size_t row = (size_t)r + (size_t)dr;
     float *layer_cache = s->kv_cache + (size_t)layer * (size_t)s->context * row;  // (context, r+dr)
 
     // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection.
-    if (c->q_lora_rank > 0) {
-        matmul(s->q_latent, &lw->q_a_proj, s->xn);
-        rmsnorm(s->q_latent, s->q_latent, lw->q_a_norm, c->q_lora_rank, 1e-6f);  // HF builds this norm with eps 1e-6
-        matmul(s->q, &lw->q_b_proj, s->q_latent);
+    if (rq > 0) {
+        matmul_n(s->q_latent, &lw->q_a_proj, s->xn, n);
+        for (int t = 0; t < n; t++)  // HF builds this norm with eps 1e-6
+            rmsnorm(s->q_latent + (size_t)t * rq, s->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
+        matmul_n(s->q, &lw->q_b_proj, s->q_latent, n);
     } else {
-        matmul(s->q, &lw->q_proj, s->xn);
+        matmul_n(s->q, &lw->q_proj, s->xn, n);
     }
 
     // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe rotated.
-    matmul(s->kv_a, &lw->kv_a_proj, s->xn);
-    float *slot = layer_cache + (size_t)pos * row;  // (r+dr)
-    rmsnorm(slot, s->kv_a, lw->kv_a_norm, r, 1e-6f);
-    memcpy(slot + r, s->kv_a + r, (size_t)dr * sizeof(float));
-    rope_rotate(slot + r, s->rope_cos, s->rope_sin, half);
-
-    for (int h = 0; h < H; h++) {
-        float *q_nope = s->q + (size_t)h * qk;      // (dn)
-        float *q_pe = q_nope + dn;                  // (dr)
-        float *q_abs = s->q_absorbed + (size_t)h * r;  // (r)
-        rope_rotate(q_pe, s->rope_cos, s->rope_sin, half);
-        // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t
-        matmul_t_rows(q_abs, &lw->kv_b_proj, h * (dn + dv), dn, q_nope);
-
-        for (int t = 0; t <= pos; t++) {
-            const float *ct = layer_cache + (size_t)t * row;
-            s->scores[t] = rope->softmax_scale * (dot(q_abs, ct, r) + dot(q_pe, ct + r, dr));
-        }
-        softmax(s->scores, pos + 1);
-
-        // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t)
-        for (int i = 0; i < r; i++) s->u[i] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float *ct = layer_cache + (size_t)t * row;
-            float p = s->scores[t];
-            for (int i = 0; i < r; i++) s->u[i] += p * ct[i];
-        }
-        matmul_rows(s->o + (size_t)h * dv, &lw->kv_b_proj, h * (dn + dv) + dn, dv, s->u);
+    matmul_n(s->kv_a, &lw->kv_a_proj, s->xn, n);
+    for (int t = 0; t < n; t++) {
+        float *cos_t = s->rope_cos + (size_t)t * half, *sin_t = s->rope_sin + (size_t)t * half;
+        float *slot = layer_cache + (size_t)(pos0 + t) * row;  // (r+dr)
+        const float *kv = s->kv_a + (size_t)t * row;
+        rmsnorm(slot, kv, lw->kv_a_norm, r, 1e-6f);
+        memcpy(slot + r, kv + r, (size_t)dr * sizeof(float));
+        rope_rotate(slot + r, cos_t, sin_t, half);
+        for (int h = 0; h < H; h++) rope_rotate(s->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t, half);
     }
-    matmul(s->block_out, &lw->o_proj, s->o);
+
+    // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
+    for (int h = 0; h < H; h++) {
+        Tensor w_uk = tensor_rows(&lw->kv_b_proj, h * (dn + dv), dn);
+        matmul_t_n(s->q_absorbed + (size_t)h * r, H * r, &w_uk, s->q + (size_t)h * qk, H * qk, n);
+    }
+    AttendBatch batch = {c, rope, s, layer_cache, pos0, n};
+    pool_run(attend_task, &batch);
+
+    // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t): each head's W_UV on its u, all heads in one batch.
+    for (int h = 0; h < H; h++) {
+        MatmulJob *job = &s->jobs[h];
+        *job = matmul_job(s->o + (size_t)h * dv, tensor_rows(&lw->kv_b_proj, h * (dn + dv) + dn, dv),
+                          s->u + (size_t)h * r, n);
+        job->x_stride = H * r;
+        job->y_stride = H * dv;
+    }
+    matmuls(s->jobs, H);
+    matmul_n(s->block_out, &lw->o_proj, s->o, n);
 }
 
-// SwiGLU MLP (spec §4.1): out (D) = W_down (silu(W_gate x) ⊙ W_up x).
-static void mlp(float *out, const MLPWeights *m, const float *x, RunState *s) {
-    int hidden = m->gate.rows;
-    matmul(s->ffn_hidden, &m->gate, x);
-    matmul(s->ffn_up, &m->up, x);
-    for (int i = 0; i < hidden; i++) s->ffn_hidden[i] = silu(s->ffn_hidden[i]) * s->ffn_up[i];
-    matmul(out, &m->down, s->ffn_hidden);
+// SwiGLU MLPs (spec §4.1), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for
+// each call: all gate/up products in one batch, then all down products.
+static void swiglu(RunState *s, const FFNCall *calls, int count) {
+    MatmulJob *jobs = s->jobs;
+    size_t off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[2 * i] = matmul_job(s->ffn_hidden + off, calls[i].mlp->gate, calls[i].x, calls[i].n);
+        jobs[2 * i + 1] = matmul_job(s->ffn_up + off, calls[i].mlp->up, calls[i].x, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, 2 * count);
+    for (size_t k = 0; k < off; k++) s->ffn_hidden[k] = silu(s->ffn_hidden[k]) * s->ffn_up[k];
+    off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[i] = matmul_job(calls[i].out, calls[i].mlp->down, s->ffn_hidden + off, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, count);
 }
 
 // Index of the largest of x[0..n), lowest index on ties; -1 if all are -inf.
@@ -885,14 +1263,14 @@ static float group_score(const float *choice, int size, int method) {
     return a + b;
 }
 
-// Router (spec §4.2): fills s->topk_idx / s->topk_w (K) from the normalised
-// input s->xn. The router runs in fp32. Scores s come from softmax or
+// Router (spec §4.2): fills topk_idx / topk_w (K) from one normalised input
+// x (D). The router runs in fp32. Scores s come from softmax or
 // sigmoid; experts are chosen from s (+ bias for noaux_tc) inside the
 // best topk_group groups, but weighted by the unbiased s.
-static void route(const Config *c, const LayerWeights *lw, RunState *s) {
+static void route(const Config *c, const LayerWeights *lw, RunState *s, const float *x, int *topk_idx, float *topk_w) {
     int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
     float *scores = s->router_scores, *choice = s->router_choice;  // (E), (E)
-    matmul(s->router_logits, &lw->router, s->xn);
+    matmul(s->router_logits, &lw->router, x);
     for (int e = 0; e < E; e++) scores[e] = s->router_logits[e];
     if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
     else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
@@ -923,58 +1301,109 @@ static void route(const Config *c, const LayerWeights *lw, RunState *s) {
         int e = argmax_finite(choice, E);
         if (e < 0) die("router: fewer than %d selectable experts (non-finite router scores)", K);
         choice[e] = -INFINITY;
-        s->topk_idx[k] = e;
-        s->topk_w[k] = scores[e];
+        topk_idx[k] = e;
+        topk_w[k] = scores[e];
         sum += scores[e];
     }
     for (int k = 0; k < K; k++) {
-        if (c->norm_topk_prob && K > 1) s->topk_w[k] /= sum + 1e-20f;
-        s->topk_w[k] *= c->routed_scaling_factor;
+        if (c->norm_topk_prob && K > 1) topk_w[k] /= sum + 1e-20f;
+        topk_w[k] *= c->routed_scaling_factor;
     }
 }
 
-// DeepSeekMoE layer: weighted routed experts plus the always-on shared
-// experts, which routed_scaling_factor does not touch. Input s->xn (D),
-// output s->block_out (D).
-static void moe(const Config *c, const LayerWeights *lw, RunState *s) {
-    int D = c->dim;
-    route(c, lw, s);
-    for (int i = 0; i < D; i++) s->block_out[i] = 0.0f;
-    for (int k = 0; k < c->num_experts_per_tok; k++) {
-        mlp(s->expert_out, &lw->experts[s->topk_idx[k]], s->xn, s);
-        float w = s->topk_w[k];
-        for (int i = 0; i < D; i++) s->block_out[i] += w * s->expert_out[i];
+// DeepSeekMoE layer on n tokens: weighted routed experts plus the always-on
+// shared experts, which routed_scaling_factor does not touch. Input s->xn
+// (n, D), output s->block_out (n, D). The (token, expert) pairs are grouped by
+// expert, so each chosen expert runs once over its tokens and unchosen experts
+// are never read.
+static void moe(const Config *c, const LayerWeights *lw, RunState *s, int n) {
+    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
+    for (int t = 0; t < n; t++) route(c, lw, s, s->xn + (size_t)t * D, s->topk_idx + t * K, s->topk_w + t * K);
+    int *first = s->expert_first;  // (E+1): pairs of expert e are first[e] .. first[e+1]-1
+    for (int e = 0; e <= E; e++) first[e] = 0;
+    for (int p = 0; p < pairs; p++) first[s->topk_idx[p] + 1]++;
+    for (int e = 0; e < E; e++) { first[e + 1] += first[e]; s->expert_fill[e] = first[e]; }
+    for (int p = 0; p < pairs; p++) {
+        int slot = s->expert_fill[s->topk_idx[p]]++, t = p / K;
+        s->pair_token[slot] = t;
+        s->pair_weight[slot] = s->topk_w[p];
+        memcpy(s->ffn_in + (size_t)slot * D, s->xn + (size_t)t * D, (size_t)D * sizeof(float));
     }
+    int count = 0;
+    for (int e = 0; e < E; e++) {
+        if (first[e + 1] == first[e]) continue;
+        FFNCall call = {&lw->experts[e], s->ffn_in + (size_t)first[e] * D, s->ffn_out + (size_t)first[e] * D,
+                        first[e + 1] - first[e]};
+        s->ffn_calls[count++] = call;
+    }
+    float *shared_out = s->ffn_out + (size_t)pairs * D;  // (n, D)
     if (lw->has_shared) {
-        mlp(s->expert_out, &lw->shared, s->xn, s);
-        for (int i = 0; i < D; i++) s->block_out[i] += s->expert_out[i];
+        FFNCall call = {&lw->shared, s->xn, shared_out, n};
+        s->ffn_calls[count++] = call;
+    }
+    swiglu(s, s->ffn_calls, count);
+    for (size_t i = 0; i < (size_t)n * D; i++) s->block_out[i] = lw->has_shared ? shared_out[i] : 0.0f;
+    for (int p = 0; p < pairs; p++) {
+        float w = s->pair_weight[p], *out = s->block_out + (size_t)s->pair_token[p] * D;
+        const float *y = s->ffn_out + (size_t)p * D;
+        for (int i = 0; i < D; i++) out[i] += w * y[i];
     }
 }
 
 // ----------------------------------------------------------------------------
 // Forward
 
-// Runs one token at position pos through the model, appending its latent to
-// the cache, and returns the logits (V) over the whole vocab_size.
-static float *forward(const Model *m, const Rope *rope, RunState *s, int token, int pos) {
+// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one
+// matrix, appending their latents to the cache. Returns the logits (V) of the
+// last token, or with all_logits those of every token (n, V), over the whole
+// vocab_size.
+static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0,
+                            int all_logits) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
-    int D = c->dim;
-    tensor_row(s->x, &w->embed, token);
-    rope_tables(s, rope, c->qk_rope_head_dim / 2, pos);
+    int D = c->dim, half = c->qk_rope_head_dim / 2;
+    size_t nD = (size_t)n * D;
+    for (int t = 0; t < n; t++) {
+        tensor_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
+        rope_tables(s->rope_cos + (size_t)t * half, s->rope_sin + (size_t)t * half, rope, half, pos0 + t);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
-        rmsnorm(s->xn, s->x, lw->input_norm, D, c->rms_norm_eps);
-        mla_attention(c, lw, rope, s, l, pos);
-        for (int i = 0; i < D; i++) s->x[i] += s->block_out[i];
-        rmsnorm(s->xn, s->x, lw->post_norm, D, c->rms_norm_eps);
-        if (lw->is_moe) moe(c, lw, s);
-        else mlp(s->block_out, &lw->mlp, s->xn, s);
-        for (int i = 0; i < D; i++) s->x[i] += s->block_out[i];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
+        mla_attention(c, lw, rope, s, l, pos0, n);
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
+        if (lw->is_moe) {
+            moe(c, lw, s, n);
+        } else {
+            FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
+            swiglu(s, &dense, 1);
+        }
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
     }
-    rmsnorm(s->x, s->x, w->final_norm, D, c->rms_norm_eps);
-    matmul(s->logits, &w->lm_head, s->x);
+    int first = all_logits ? 0 : n - 1;
+    for (int t = first; t < n; t++)
+        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, c->rms_norm_eps);
+    matmul_n(s->logits, &w->lm_head, s->x + (size_t)first * D, n - first);
     return s->logits;
+}
+
+// One token at position pos; returns its logits (V).
+static float *forward(const Model *m, const Rope *rope, RunState *s, int token, int pos) {
+    return forward_chunk(m, rope, s, &token, 1, pos, 0);
+}
+
+// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time and
+// returns the logits (V) after the last one.
+static float *prefill(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0) {
+    float *logits = s->logits;
+    for (int i = 0; i < n; i += s->chunk) {
+        int k = n - i < s->chunk ? n - i : s->chunk;
+        logits = forward_chunk(m, rope, s, tokens + i, k, pos0 + i, 0);
+    }
+    return logits;
 }
 
 // ----------------------------------------------------------------------------
@@ -2056,10 +2485,11 @@ static double now_seconds(void) {
 static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, const char *path) {
     FILE *f = fopen(path, "wb");
     if (!f) die("cannot open %s for writing: %s", path, strerror(errno));
-    for (int t = 0; t < n; t++) {
-        float *logits = forward(m, rope, s, tokens[t], t);
-        if (fwrite(logits, sizeof(float), (size_t)m->config.vocab_size, f) != (size_t)m->config.vocab_size)
-            die("write to %s failed: %s", path, strerror(errno));
+    for (int t = 0; t < n; t += s->chunk) {
+        int k = n - t < s->chunk ? n - t : s->chunk;
+        size_t count = (size_t)k * (size_t)m->config.vocab_size;
+        float *logits = forward_chunk(m, rope, s, tokens + t, k, t, 1);
+        if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
     if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
 }
@@ -2075,8 +2505,8 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
     int pos = 0, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
     Decoder text = {0};
     double t0 = now_seconds();
-    float *logits = NULL;
-    for (; pos < n_prompt; pos++) logits = forward(m, rope, s, prompt[pos], pos);
+    float *logits = prefill(m, rope, s, prompt, n_prompt, 0);
+    pos = n_prompt;
     double t1 = now_seconds();
     while (generated < steps) {
         int token = sample(sp, logits);
@@ -2170,7 +2600,8 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
             free(user); free(text); free(ids.ids);
             break;
         }
-        for (int i = 0; i < ids.n; i++) logits = forward(m, rope, s, ids.ids[i], pos++);
+        logits = prefill(m, rope, s, ids.ids, ids.n, pos);
+        pos += ids.n;
         fprintf(stderr, "Assistant: ");
         // R1's generation prompt opens the thinking section; show it, since what follows is inside it
         if (tok->chat_family == CHAT_DEEPSEEK_R1 && !print_ids) printf("<think>\n");
@@ -2197,6 +2628,67 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
 // ----------------------------------------------------------------------------
 // Benchmark
 
+static uint64_t tensor_bytes(const Tensor *t) { return (uint64_t)t->rows * row_bytes(t); }
+
+static uint64_t mlp_bytes(const MLPWeights *m) {
+    return tensor_bytes(&m->gate) + tensor_bytes(&m->up) + tensor_bytes(&m->down);
+}
+
+// Weight bytes one decoding step reads: every attention and dense matrix, the
+// router, K routed experts (all experts of a layer have one size) and the
+// shared ones, lm_head, one embedding row and the norms.
+static uint64_t weight_bytes_per_token(const Model *m) {
+    const Config *c = &m->config;
+    const Weights *w = &m->weights;
+    uint64_t D = (uint64_t)c->dim, total = row_bytes(&w->embed) + tensor_bytes(&w->lm_head) + 4 * D;
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        total += 4 * (2 * D + (uint64_t)c->kv_lora_rank + (uint64_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 0));
+        if (c->q_lora_rank > 0) total += tensor_bytes(&lw->q_a_proj) + tensor_bytes(&lw->q_b_proj);
+        else total += tensor_bytes(&lw->q_proj);
+        total += tensor_bytes(&lw->kv_a_proj) + tensor_bytes(&lw->kv_b_proj) + tensor_bytes(&lw->o_proj);
+        if (lw->is_moe) {
+            total += tensor_bytes(&lw->router) + (uint64_t)c->num_experts_per_tok * mlp_bytes(&lw->experts[0]);
+            if (lw->has_shared) total += mlp_bytes(&lw->shared);
+        } else {
+            total += mlp_bytes(&lw->mlp);
+        }
+    }
+    return total;
+}
+
+// pp: a 64-token prompt in one prefill; tg: 32 greedy tokens decoded after it;
+// ttft: a 16-token prompt to its first sampled token. All after a warm-up pass
+// that brings the weights into the page cache.
+static void bench(const Model *m, const Rope *rope, RunState *s, int n_threads) {
+    const Config *c = &m->config;
+    enum { PP = 64, TG = 32, TTFT = 16 };
+    if (s->context < PP + TG) die("--bench needs a context of at least %d tokens (-c)", PP + TG);
+    int prompt[PP];
+    for (int i = 0; i < PP; i++) prompt[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)c->n_tokens);
+    float *logits = prefill(m, rope, s, prompt, PP, 0);  // warm-up
+    for (int i = 0; i < 8; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+
+    double t0 = now_seconds();
+    logits = prefill(m, rope, s, prompt, TTFT, 0);
+    sample_argmax(logits, c->n_tokens);
+    double ttft = now_seconds() - t0;
+
+    t0 = now_seconds();
+    logits = prefill(m, rope, s, prompt, PP, 0);
+    double pp = now_seconds() - t0;
+
+    t0 = now_seconds();
+    for (int i = 0; i < TG; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+    double tg = now_seconds() - t0;
+
+    uint64_t bytes = weight_bytes_per_token(m);
+    fprintf(stderr, "pp%d: %.3f s, tg%d: %.3f s, ttft (%d-token prompt): %.1f ms, %.3f GB of weights per token\n",
+            PP, pp, TG, tg, TTFT, ttft * 1e3, (double)bytes / 1e9);
+    printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", PP / pp, TG / tg,
+           ttft * 1e3, (unsigned long long)bytes, n_threads);
+}
+
 // ----------------------------------------------------------------------------
 // main
 
@@ -2216,6 +2708,8 @@ static void usage(void) {
             "  -m <mode>          generate (default) or chat: turns from stdin, in the model's chat template\n"
             "  -y <string>        system prompt for chat\n"
             "  --dump-logits <f>  teacher-force --tokens and write (T, vocab) float32 logits to f\n"
+            "  --threads <int>    worker threads (default: online cores)\n"
+            "  --bench            time a 64-token prompt and 32 generated tokens (last line: bench ...)\n"
             "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
             "  --encode           stdin UTF-8 text -> ids on one line (no BOS)\n"
             "  --decode           stdin ids -> the exact bytes of their tokens\n"
@@ -2266,6 +2760,8 @@ int main(int argc, char **argv) {
     long long steps = 256, topk = 0, seed = 0, context = 4096;
     float temperature = 1.0f, topp = 0.9f;
     int print_ids = 0, tokenizer_mode = 0, batch = 0;  // tokenizer_mode 1 --encode, 2 --decode
+    int run_bench = 0;
+    long long threads = sysconf(_SC_NPROCESSORS_ONLN);
     int i = 1;
     if (argc < 2) usage();
     if (argv[1][0] != '-') model_path = argv[i++];
@@ -2275,10 +2771,11 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--print-ids")) { print_ids = 1; continue; }
         if (!strcmp(a, "--encode") || !strcmp(a, "--decode")) { tokenizer_mode = a[2] == 'e' ? 1 : 2; continue; }
         if (!strcmp(a, "--batch")) { batch = 1; continue; }
+        if (!strcmp(a, "--bench")) { run_bench = 1; continue; }
         int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
                           !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
                           !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
-                          !strcmp(a, "-m") || !strcmp(a, "-y");
+                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--threads");
         if (!takes_value) die("unknown option '%s' (run with -h for usage)", a);
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
@@ -2294,6 +2791,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-z")) tokenizer_path = v;
         else if (!strcmp(a, "-m")) mode = v;
         else if (!strcmp(a, "-y")) system_prompt = v;
+        else if (!strcmp(a, "--threads")) threads = parse_int(a, v);
     }
     int chat_mode = !strcmp(mode, "chat");
     if (!chat_mode && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
@@ -2321,6 +2819,12 @@ int main(int argc, char **argv) {
     if (context < 1 || context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, context);
     if (prompt && tokens_arg) die("give either -i or --tokens, not both");
     if (dump_path && !tokens_arg) die("--dump-logits needs --tokens");
+    if (threads < 1 || threads > 1024) die("--threads must be in 1..1024, got %lld", threads);
+    if (run_bench && (chat_mode || dump_path || prompt || tokens_arg)) die("--bench takes no prompt, chat or --dump-logits");
+    // Tokens per prefill pass; SEEK_PREFILL_CHUNK=1 feeds prompts token by token (tests compare the two).
+    long long chunk = PREFILL_CHUNK;
+    if (getenv("SEEK_PREFILL_CHUNK")) chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
+    if (chunk < 1 || chunk > 4096) die("SEEK_PREFILL_CHUNK must be in 1..4096, got %lld", chunk);
 
     Model model;
     load_model(&model, model_path);
@@ -2358,9 +2862,12 @@ int main(int argc, char **argv) {
 
     Rope rope;
     init_rope(&rope, c);
+    pool_start((int)threads);
     RunState state;
-    alloc_run_state(&state, c, (int)context);
-    if (dump_path) {
+    alloc_run_state(&state, c, (int)context, (int)chunk);
+    if (run_bench) {
+        bench(&model, &rope, &state, (int)threads);
+    } else if (dump_path) {
         dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
     } else {
         uint64_t s = (uint64_t)seed;
@@ -2376,6 +2883,7 @@ int main(int argc, char **argv) {
     if (have_tok) free_tokenizer(&tok);
     free(rope.theta);
     free_run_state(&state);
+    pool_stop();
     free_model(&model);
     return 0;
 }
