@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3 python; do $$p -c 'import nu
 
 MODEL ?= models/shakespeare.bin
 
-.PHONY: all run test clean
+.PHONY: all run test clean bench
 all: run
 
 run: run.c
@@ -19,5 +19,12 @@ test: run
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
 	$(PYTHON) -m pytest -q tests
 
+# DeepSeek-V2-Lite-shaped random models (q8 16.7 GB, q4 8.9 GB) in $(BENCH_MODEL_DIR), default bench/models/.
+bench: run bench/bandwidth
+	$(PYTHON) bench/bench.py
+
+bench/bandwidth: bench/bandwidth.c
+	$(CC) $(CFLAGS) -o $@ $< -lpthread
+
 clean:
-	rm -f run
+	rm -f run bench/bandwidth
