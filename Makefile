@@ -9,7 +9,12 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3 python; do $$p -c 'import nu
 
 MODEL ?= models/shakespeare.bin
 
-.PHONY: all run test clean bench
+# arm64 check: cross-compile (Debian gcc-aarch64-linux-gnu) and run the logits tests under qemu-user.
+ARM64_CC ?= aarch64-linux-gnu-gcc
+QEMU_ARM64 ?= qemu-aarch64
+HAVE_ARM64 := $(shell command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEMU_ARM64) >/dev/null 2>&1 && echo yes)
+
+.PHONY: all run test test-arm64 clean bench
 all: run
 
 run: run.c
@@ -18,6 +23,20 @@ run: run.c
 test: run
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
 	$(PYTHON) -m pytest -q tests
+ifeq ($(HAVE_ARM64),yes)
+	$(MAKE) -s test-arm64
+else
+	@echo "make test: $(ARM64_CC) or $(QEMU_ARM64) not found; skipping the arm64 tests"
+endif
+
+# The portable (non-AVX2) kernels, as an arm64 laptop runs them: engine logits, quantized and batched paths.
+test-arm64:
+	@mkdir -p build
+	$(ARM64_CC) -O3 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -static -o build/run-arm64 run.c -lm -lpthread
+	printf '#!/bin/sh\nexec $(QEMU_ARM64) "$(CURDIR)/build/run-arm64" "$$@"\n' > build/run-arm64.sh
+	chmod +x build/run-arm64.sh
+	SEEK_RUN="$(CURDIR)/build/run-arm64.sh" $(PYTHON) -m pytest -q tests/test_engine.py tests/test_quant.py \
+		-k "logits or greedy or quant or batched or threads"
 
 # DeepSeek-V2-Lite-shaped random models (q8 16.7 GB, q4 8.9 GB) in $(BENCH_MODEL_DIR), default bench/models/.
 bench: run bench/bandwidth
@@ -27,4 +46,4 @@ bench/bandwidth: bench/bandwidth.c
 	$(CC) $(CFLAGS) -o $@ $< -lpthread
 
 clean:
-	rm -f run bench/bandwidth
+	rm -rf run bench/bandwidth build
