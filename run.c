@@ -723,6 +723,10 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
     }
 }
 
+// The kernels take one weight row and n <= 4 activation rows (row k at x + k *
+// nb blocks) and write the n dot products to out: when prefilling, one pass
+// over the weights serves 4 tokens. Each token's sum is computed the same way
+// whatever n is, so batched and token-by-token results are identical.
 #if defined(__AVX2__) && defined(__FMA__)
 static float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -731,58 +735,80 @@ static float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// maddubs multiplies unsigned by signed bytes: |w| times x carrying w's sign.
-static float dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc = _mm256_setzero_ps();
+// Σ w x over one group, as 8 int32 lanes: maddubs multiplies unsigned by signed
+// bytes, so |w| times x carrying w's sign; pairs fit int16 as |w|, |x| <= 127.
+static __m256i group_dot_q8(__m256i wq, __m256i xq) {
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+// Σ nib x over one group (nibbles 0..15 as unsigned bytes, 32 of them unpacked in wq).
+static __m256i group_dot_q4(__m256i nib, __m256i xq) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(nib, xq), _mm256_set1_epi16(1));
+}
+
+static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
+
+// Two partial sums per token (even and odd groups) hide the FMA latency.
+static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
+    __m256 acc[4][2];
+    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i wq = _mm256_loadu_si256((const __m256i *)w[b].q);
-        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
-        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-        __m256i p32 = _mm256_madd_epi16(p16, ones);
-        __m256 d = _mm256_set1_ps(bf16_to_f32(w[b].d) * x[b].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), d, acc);
+        __m256i wq = load32(w[b].q);
+        float dw = bf16_to_f32(w[b].d);
+        for (int k = 0; k < n; k++) {
+            const BlockX8 *xb = x + (size_t)k * nb + b;
+            __m256 p = _mm256_cvtepi32_ps(group_dot_q8(wq, load32(xb->q)));
+            acc[k][b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xb->d), acc[k][b & 1]);
+        }
     }
-    return hsum256(acc);
+    for (int k = 0; k < n; k++) out[k] = hsum256(_mm256_add_ps(acc[k][0], acc[k][1]));
 }
 
 // Σ (nib - 8) x = Σ nib x - 8 Σ x: the nibbles go into maddubs unsigned as they are.
-static float dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb) {
-    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f;
+static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
+    const __m256i low4 = _mm256_set1_epi8(15);
+    __m256 acc[4][2];
+    float offset[4] = {0};
+    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m128i packed = _mm_loadu_si128((const __m128i *)w[b].q);
         __m256i nib = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(packed),
                                                                _mm_srli_epi16(packed, 4), 1), low4);
-        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
-        __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, xq), ones);
         float dw = bf16_to_f32(w[b].d);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw * x[b].d), acc);
-        offset += dw * x[b].dsum;
+        for (int k = 0; k < n; k++) {
+            const BlockX8 *xb = x + (size_t)k * nb + b;
+            __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, load32(xb->q)));
+            acc[k][b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xb->d), acc[k][b & 1]);
+            offset[k] += dw * xb->dsum;
+        }
     }
-    return hsum256(acc) - 8.0f * offset;
+    for (int k = 0; k < n; k++) out[k] = hsum256(_mm256_add_ps(acc[k][0], acc[k][1])) - 8.0f * offset[k];
 }
 #else
-static float dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb) {
-    float s = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int32_t acc = 0;
-        for (int k = 0; k < QK; k++) acc += (int32_t)w[b].q[k] * (int32_t)x[b].q[k];
-        s += (float)acc * bf16_to_f32(w[b].d) * x[b].d;
+static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
+    for (int k = 0; k < n; k++, x += nb) {
+        float s = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            int32_t acc = 0;
+            for (int j = 0; j < QK; j++) acc += (int32_t)w[b].q[j] * (int32_t)x[b].q[j];
+            s += (float)acc * bf16_to_f32(w[b].d) * x[b].d;
+        }
+        out[k] = s;
     }
-    return s;
 }
 
-static float dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb) {
-    float s = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int32_t acc = 0;
-        for (int k = 0; k < QK / 2; k++)
-            acc += (int32_t)(w[b].q[k] & 15) * x[b].q[k] + (int32_t)(w[b].q[k] >> 4) * x[b].q[k + QK / 2];
-        s += bf16_to_f32(w[b].d) * ((float)acc * x[b].d - 8.0f * x[b].dsum);
+static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
+    for (int k = 0; k < n; k++, x += nb) {
+        float s = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            int32_t acc = 0;
+            for (int j = 0; j < QK / 2; j++)
+                acc += (int32_t)(w[b].q[j] & 15) * x[b].q[j] + (int32_t)(w[b].q[j] >> 4) * x[b].q[j + QK / 2];
+            s += bf16_to_f32(w[b].d) * ((float)acc * x[b].d - 8.0f * x[b].dsum);
+        }
+        out[k] = s;
     }
-    return s;
 }
 #endif
 
@@ -832,18 +858,21 @@ static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
 
 typedef struct { const MatmulJob *jobs; int n_jobs; } MatmulBatch;
 
-static float dot_row(const Tensor *w, int row, const float *x, const BlockX8 *xq) {
+// out[k] = row `row` of W · activation row k, for k < n <= 4 (x: stride x_stride
+// floats; xq: quantized rows, nb groups apart).
+static void dot_rows(const Tensor *w, int row, const float *x, size_t x_stride, const BlockX8 *xq, int n, float *out) {
     const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
     int nb = (w->cols + QK - 1) / QK;
     switch (w->type) {
-    case TYPE_F32: return dot_f32((const float *)r, x, w->cols);
-    case TYPE_BF16: return dot_bf16((const uint16_t *)r, x, w->cols);
-    case TYPE_Q8: return dot_q8((const BlockQ8 *)r, xq, nb);
-    default: return dot_q4((const BlockQ4 *)r, xq, nb);
+    case TYPE_F32: for (int k = 0; k < n; k++) out[k] = dot_f32((const float *)r, x + k * x_stride, w->cols); break;
+    case TYPE_BF16: for (int k = 0; k < n; k++) out[k] = dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols); break;
+    case TYPE_Q8: dot_q8((const BlockQ8 *)r, xq, nb, n, out); break;
+    default: dot_q4((const BlockQ4 *)r, xq, nb, n, out);
     }
 }
 
-// Thread `thread` computes its share of every job's rows, for all n activation rows.
+// Thread `thread` computes its share of every job's rows, for all n activation
+// rows, 4 at a time while a weight row is in cache.
 static void matmul_task(void *ctx, int thread, int n_threads) {
     const MatmulBatch *batch = ctx;
     for (int j = 0; j < batch->n_jobs; j++) {
@@ -851,9 +880,13 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
         int rows = job->w.rows, nb = (job->w.cols + QK - 1) / QK;
         int r0 = (int)((long long)rows * thread / n_threads), r1 = (int)((long long)rows * (thread + 1) / n_threads);
         for (int i = r0; i < r1; i++)
-            for (int t = 0; t < job->n; t++)
-                job->y[(size_t)t * job->y_stride + i] =
-                    dot_row(&job->w, i, job->x + (size_t)t * job->x_stride, job->xq ? job->xq + (size_t)t * nb : NULL);
+            for (int t = 0; t < job->n; t += 4) {
+                float out[4];
+                int k = job->n - t < 4 ? job->n - t : 4;
+                dot_rows(&job->w, i, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride,
+                         job->xq ? job->xq + (size_t)t * nb : NULL, k, out);
+                for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i] = out[m];
+            }
     }
 }
 
@@ -2834,7 +2867,7 @@ int main(int argc, char **argv) {
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
     int have_tok = 0;
-    if (prompt || chat_mode || (!print_ids && !dump_path && (tokenizer_path || model.weights.tokenizer))) {
+    if (prompt || chat_mode || (!print_ids && !dump_path && !run_bench && (tokenizer_path || model.weights.tokenizer))) {
         model_tokenizer(&tok, &model, tokenizer_path);
         have_tok = 1;
     }
