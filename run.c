@@ -890,7 +890,7 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-static struct { BlockX8 *xq; size_t cap; float *row; size_t row_cap; } scratch;  // grown on demand
+static struct { BlockX8 *xq; size_t cap; } scratch;  // grown on demand
 
 static void *grow_buffer(void *p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return p;
@@ -935,21 +935,58 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 
 static void matmul(float *y, const Tensor *w, const float *x) { matmul_n(y, w, x, 1); }
 
-// y (n, W.cols) = x (n, W.rows) W, row t of x at x + t * x_stride, of y at
-// y + t * y_stride. Folds W_UK into the query (spec §3.7) without a transposed
-// copy: each row of W is decoded once and added into every y row.
-static void matmul_t_n(float *y, int y_stride, const Tensor *w, const float *x, int x_stride, int n) {
-    int cols = w->cols;
-    scratch.row = grow_buffer(scratch.row, &scratch.row_cap, (size_t)cols, sizeof(float));
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < cols; j++) y[(size_t)t * y_stride + j] = 0.0f;
-    for (int i = 0; i < w->rows; i++) {
-        tensor_row(scratch.row, w, i);
-        for (int t = 0; t < n; t++) {
-            float xi = x[(size_t)t * x_stride + i], *yt = y + (size_t)t * y_stride;
-            for (int j = 0; j < cols; j++) yt[j] += xi * scratch.row[j];
+// y[j0..j1) += a * row `row` of W, columns j0 .. j1-1 (j0 a multiple of QK).
+static void axpy_row(float *y, float a, const Tensor *w, int row, int j0, int j1) {
+    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    if (w->type == TYPE_F32) {
+        const float *f = (const float *)r;
+        for (int j = j0; j < j1; j++) y[j] += a * f[j];
+    } else if (w->type == TYPE_BF16) {
+        const uint16_t *h = (const uint16_t *)r;
+        for (int j = j0; j < j1; j++) y[j] += a * bf16_to_f32(h[j]);
+    } else if (w->type == TYPE_Q8) {
+        for (int j = j0; j < j1; j += QK) {
+            const BlockQ8 *b = (const BlockQ8 *)r + j / QK;
+            float s = a * bf16_to_f32(b->d);
+            int m = j1 - j < QK ? j1 - j : QK;
+            for (int k = 0; k < m; k++) y[j + k] += s * (float)b->q[k];
+        }
+    } else {
+        for (int j = j0; j < j1; j += QK) {
+            const BlockQ4 *b = (const BlockQ4 *)r + j / QK;
+            float s = a * bf16_to_f32(b->d);
+            int m = j1 - j < QK ? j1 - j : QK;
+            for (int k = 0; k < m; k++) {
+                int nib = k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4;
+                y[j + k] += s * (float)(nib - 8);
+            }
         }
     }
+}
+
+// Thread `thread` owns a range of column groups of every job's y.
+static void matmul_t_task(void *ctx, int thread, int n_threads) {
+    const MatmulBatch *batch = ctx;
+    for (int j = 0; j < batch->n_jobs; j++) {
+        const MatmulJob *job = &batch->jobs[j];
+        int cols = job->w.cols, groups = (cols + QK - 1) / QK;
+        int j0 = groups * thread / n_threads * QK, j1 = groups * (thread + 1) / n_threads * QK;
+        if (j1 > cols) j1 = cols;
+        for (int t = 0; t < job->n; t++)
+            for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
+        for (int i = 0; i < job->w.rows; i++)
+            for (int t = 0; t < job->n; t++)
+                axpy_row(job->y + (size_t)t * job->y_stride, job->x[(size_t)t * job->x_stride + i], &job->w, i, j0, j1);
+    }
+}
+
+// The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one
+// dispatch (x_stride and y_stride as in MatmulJob, but y rows hold W.cols
+// values). Folds W_UK into the query (spec §3.7) without a transposed copy:
+// each row of W is decoded once and added into every y row.
+static void matmuls_t(MatmulJob *jobs, int n_jobs) {
+    MatmulBatch batch = {jobs, n_jobs};
+    pool_run(matmul_t_task, &batch);
 }
 
 // ----------------------------------------------------------------------------
@@ -1234,9 +1271,13 @@ static void mla_attention(const Config *c, const LayerWeights *lw, const Rope *r
 
     // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
     for (int h = 0; h < H; h++) {
-        Tensor w_uk = tensor_rows(&lw->kv_b_proj, h * (dn + dv), dn);
-        matmul_t_n(s->q_absorbed + (size_t)h * r, H * r, &w_uk, s->q + (size_t)h * qk, H * qk, n);
+        MatmulJob *job = &s->jobs[h];
+        *job = matmul_job(s->q_absorbed + (size_t)h * r, tensor_rows(&lw->kv_b_proj, h * (dn + dv), dn),
+                          s->q + (size_t)h * qk, n);
+        job->x_stride = H * qk;
+        job->y_stride = H * r;
     }
+    matmuls_t(s->jobs, H);
     AttendBatch batch = {c, rope, s, layer_cache, pos0, n};
     pool_run(attend_task, &batch);
 
