@@ -703,18 +703,22 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-// x (n) -> ceil(n / QK) groups, d = max|x| / 127 (the padding of the last group is 0).
+// x (n) -> ceil(n / QK) groups, d = max|x| / 127 (the padding of the last group
+// is 0), q = x / d rounded half away from zero. Written without libm calls
+// (fmaxf, roundf) so that it inlines and vectorises.
 static void quantize_row(BlockX8 *out, const float *x, int n) {
     for (int b = 0; b * QK < n; b++) {
         float v[QK], amax = 0.0f;
         for (int k = 0; k < QK; k++) {
             v[k] = b * QK + k < n ? x[b * QK + k] : 0.0f;
-            amax = fmaxf(amax, fabsf(v[k]));
+            float a = fabsf(v[k]);
+            amax = a > amax ? a : amax;
         }
         float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int k = 0; k < QK; k++) {
-            int q = (int)roundf(v[k] * inv);
+            float y = v[k] * inv;
+            int q = (int)(y + (y < 0.0f ? -0.5f : 0.5f));
             out[b].q[k] = (int8_t)q;
             sum += q;
         }
@@ -871,15 +875,24 @@ static void dot_rows(const Tensor *w, int row, const float *x, size_t x_stride, 
     }
 }
 
+#ifndef ROW_STREAMS
+#define ROW_STREAMS 4
+#endif
+
 // Thread `thread` computes its share of every job's rows, for all n activation
-// rows, 4 at a time while a weight row is in cache.
+// rows, 4 at a time while a weight row is in cache. The share is walked as
+// ROW_STREAMS parts side by side: several independent read streams per core
+// get more memory bandwidth than one.
 static void matmul_task(void *ctx, int thread, int n_threads) {
     const MatmulBatch *batch = ctx;
     for (int j = 0; j < batch->n_jobs; j++) {
         const MatmulJob *job = &batch->jobs[j];
         int rows = job->w.rows, nb = (job->w.cols + QK - 1) / QK;
         int r0 = (int)((long long)rows * thread / n_threads), r1 = (int)((long long)rows * (thread + 1) / n_threads);
-        for (int i = r0; i < r1; i++)
+        int part = (r1 - r0 + ROW_STREAMS - 1) / ROW_STREAMS;
+        for (int step = 0; step < part * ROW_STREAMS; step++) {
+            int i = r0 + (step % ROW_STREAMS) * part + step / ROW_STREAMS;
+            if (i >= r1) continue;
             for (int t = 0; t < job->n; t += 4) {
                 float out[4];
                 int k = job->n - t < 4 ? job->n - t : 4;
@@ -887,6 +900,7 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
                          job->xq ? job->xq + (size_t)t * nb : NULL, k, out);
                 for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i] = out[m];
             }
+        }
     }
 }
 
