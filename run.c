@@ -947,7 +947,6 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
     matmuls(&job, 1);
 }
 
-static void matmul(float *y, const Tensor *w, const float *x) { matmul_n(y, w, x, 1); }
 
 // y[j0..j1) += a * row `row` of W, columns j0 .. j1-1 (j0 a multiple of QK).
 static void axpy_row(float *y, float a, const Tensor *w, int row, int j0, int j1) {
@@ -1037,7 +1036,7 @@ typedef struct {
     float *ffn_hidden;    // (ffn_rows) silu(gate) * up of every MLP of a layer, back to back
     float *ffn_up;        // (ffn_rows) up projections
     float *ffn_out;       // (chunk*(K+1), D) expert outputs, grouped by expert, then the shared ones
-    float *router_logits; // (E)
+    float *router_logits; // (chunk, E)
     float *router_scores; // (E) s: softmax or sigmoid of the logits
     float *router_choice; // (E) scores used to choose experts (s + bias), -inf once masked
     float *group_scores;  // (n_group)
@@ -1088,7 +1087,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     s->ffn_hidden = alloc_floats(ffn_rows, 1);
     s->ffn_up = alloc_floats(ffn_rows, 1);
     s->ffn_out = alloc_floats(n * (size_t)(K + 1), D);
-    s->router_logits = alloc_floats((size_t)E, 1);
+    s->router_logits = alloc_floats(n, (size_t)E);
     s->router_scores = alloc_floats((size_t)E, 1);
     s->router_choice = alloc_floats((size_t)E, 1);
     s->group_scores = alloc_floats((size_t)G, 1);
@@ -1351,15 +1350,14 @@ static float group_score(const float *choice, int size, int method) {
     return a + b;
 }
 
-// Router (spec §4.2): fills topk_idx / topk_w (K) from one normalised input
-// x (D). The router runs in fp32. Scores s come from softmax or
+// Router (spec §4.2): fills topk_idx / topk_w (K) from the router logits (E)
+// of one token, W_gate x in fp32. Scores s come from softmax or
 // sigmoid; experts are chosen from s (+ bias for noaux_tc) inside the
 // best topk_group groups, but weighted by the unbiased s.
-static void route(const Config *c, const LayerWeights *lw, RunState *s, const float *x, int *topk_idx, float *topk_w) {
+static void route(const Config *c, const LayerWeights *lw, RunState *s, const float *logits, int *topk_idx, float *topk_w) {
     int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
     float *scores = s->router_scores, *choice = s->router_choice;  // (E), (E)
-    matmul(s->router_logits, &lw->router, x);
-    for (int e = 0; e < E; e++) scores[e] = s->router_logits[e];
+    for (int e = 0; e < E; e++) scores[e] = logits[e];
     if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
     else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
 
@@ -1406,7 +1404,8 @@ static void route(const Config *c, const LayerWeights *lw, RunState *s, const fl
 // are never read.
 static void moe(const Config *c, const LayerWeights *lw, RunState *s, int n) {
     int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
-    for (int t = 0; t < n; t++) route(c, lw, s, s->xn + (size_t)t * D, s->topk_idx + t * K, s->topk_w + t * K);
+    matmul_n(s->router_logits, &lw->router, s->xn, n);
+    for (int t = 0; t < n; t++) route(c, lw, s, s->router_logits + (size_t)t * E, s->topk_idx + t * K, s->topk_w + t * K);
     int *first = s->expert_first;  // (E+1): pairs of expert e are first[e] .. first[e+1]-1
     for (int e = 0; e <= E; e++) first[e] = 0;
     for (int p = 0; p < pairs; p++) first[s->topk_idx[p] + 1]++;
