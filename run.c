@@ -524,6 +524,7 @@ static int host_is_little_endian(void) {
 }
 
 static void load_model(Model *m, const char *path) {
+    memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
     if (!host_is_little_endian()) die("this build assumes a little-endian host");
     int fd = open(path, O_RDONLY);
     if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
@@ -1053,6 +1054,7 @@ typedef struct {
     float *rope_sin;      // (chunk, dr/2)
     float *logits;        // (chunk, V)
     float *kv_cache;      // (L, context, r+dr) normalised latent c_t and rotated k_pe_t
+    long long *expert_load;  // (L, E) times the router chose each routed expert (rows of dense layers stay 0)
 } RunState;
 
 static float *alloc_floats(size_t a, size_t b) {
@@ -1106,6 +1108,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
     s->kv_cache = xcalloc((size_t)c->n_layers * (size_t)context * cache_row, sizeof(float));
+    s->expert_load = xcalloc((size_t)c->n_layers * (size_t)E, sizeof(long long));
 }
 
 static void free_run_state(RunState *s) {
@@ -1114,7 +1117,7 @@ static void free_run_state(RunState *s) {
     free(s->ffn_up); free(s->ffn_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
     free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->expert_first);
     free(s->expert_fill); free(s->pair_token); free(s->pair_weight); free(s->ffn_calls); free(s->jobs);
-    free(s->rope_cos); free(s->rope_sin); free(s->logits); free(s->kv_cache);
+    free(s->rope_cos); free(s->rope_sin); free(s->logits); free(s->kv_cache); free(s->expert_load);
 }
 
 // ----------------------------------------------------------------------------
@@ -1464,6 +1467,8 @@ static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const
             rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
         if (lw->is_moe) {
             moe(c, lw, s, n);
+            long long *load = s->expert_load + (size_t)l * c->n_routed_experts;  // (E)
+            for (int p = 0; p < n * c->num_experts_per_tok; p++) load[s->topk_idx[p]]++;
         } else {
             FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
             swiglu(s, &dense, 1);
@@ -2713,6 +2718,101 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
 }
 
 // ----------------------------------------------------------------------------
+// Perplexity
+
+// -log p(target) under the softmax of all vocab_size logits, padding rows included, as PyTorch's
+// cross_entropy over the lm_head output does; in double, with the max subtracted first.
+static double token_nll(const float *logits, int n, int target) {
+    float max = logits[0];
+    for (int i = 1; i < n; i++) if (logits[i] > max) max = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - max);
+    return log(sum) + max - logits[target];
+}
+
+// Number of Unicode code points in s[0..n), or -1 (with *bad_at) if s is not well-formed UTF-8.
+static long long count_chars(const uint8_t *s, size_t n, size_t *bad_at) {
+    long long chars = 0;
+    for (size_t i = 0; i < n; chars++) {
+        uint32_t cp;
+        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
+        if (!len) { *bad_at = i; return -1; }
+        i += (size_t)len;
+    }
+    return chars;
+}
+
+// Per MoE layer: how evenly the router spread its choices (shares of the routed token slots).
+static void print_expert_load(const Model *m, const RunState *s) {
+    const Config *c = &m->config;
+    int E = c->n_routed_experts;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!m->weights.layers[l].is_moe) continue;
+        const long long *n = s->expert_load + (size_t)l * E;  // (E)
+        long long total = 0, max = n[0], min = n[0];
+        int used = 0;
+        for (int e = 0; e < E; e++) {
+            total += n[e];
+            used += n[e] > 0;
+            if (n[e] > max) max = n[e];
+            if (n[e] < min) min = n[e];
+        }
+        double t = total > 0 ? (double)total : 1.0;
+        printf("expert_load layer=%d used=%d/%d max_share=%.4f min_share=%.4f max_min=", l, used, E, max / t, min / t);
+        if (min > 0) printf("%.3f", (double)max / (double)min); else printf("inf");
+        printf(" counts=");
+        for (int e = 0; e < E; e++) printf(e ? ",%lld" : "%lld", n[e]);
+        printf("\n");
+    }
+}
+
+// Mean negative log-likelihood of a UTF-8 text file by teacher forcing, as train.py measures validation
+// loss: the text is encoded without BOS and cut into consecutive, non-overlapping windows of context-1
+// tokens; each window is fed after a BOS from position 0 (so a window is at most `context` tokens, BOS
+// first), and every text token is scored, the first one of a window given only the BOS. A window's last
+// token is scored but need not be fed. Without a BOS in the tokenizer, the token before a window stands
+// in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
+// code points. Prints the expert load, then one machine-readable line last on stdout.
+static void perplexity(const Model *m, const Rope *rope, RunState *s, Tokenizer *tok, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open %s: %s", path, strerror(errno));
+    size_t n_bytes, bad_at = 0;
+    uint8_t *text = read_all(f, &n_bytes);
+    fclose(f);
+    if (n_bytes == 0) die("%s is empty: no text to score", path);
+    long long chars = count_chars(text, n_bytes, &bad_at);
+    if (chars < 0)
+        die("%s is not valid UTF-8 (ill-formed sequence at byte %zu); --ppl counts characters, so it needs well-formed text",
+            path, bad_at);
+    size_t n_bad;
+    IdList ids = encode(tok, text, n_bytes, 0, &n_bad);  // (T) text tokens, no BOS
+    int bos = tok->add_bos ? tok->bos_id : -1;
+    int first = bos >= 0 ? 0 : 1, window = s->context - 1;  // window: text tokens per window
+    if (window < 1) die("--ppl needs a context of at least 2 tokens (-c)");
+    if (ids.n <= first) die("%s encodes to %d token(s): nothing to score without a BOS token", path, ids.n);
+    int V = m->config.vocab_size, n_windows = 0;
+    double nll = 0.0, t0 = now_seconds();
+    for (int a = first; a < ids.n; a += window, n_windows++) {
+        int end = a + window < ids.n ? a + window : ids.n;
+        float *logits = forward(m, rope, s, bos >= 0 ? bos : ids.ids[a - 1], 0);
+        for (int t = a; t < end; t++) {
+            nll += token_nll(logits, V, ids.ids[t]);
+            if (t + 1 < end) logits = forward(m, rope, s, ids.ids[t], t - a + 1);
+        }
+    }
+    double dt = now_seconds() - t0;
+    long long scored = ids.n - first;
+    fprintf(stderr, "ppl: %lld tokens scored in %d windows of up to %d tokens (%s first), %.2f tok/s\n", scored,
+            n_windows, window + 1, bos >= 0 ? "BOS" : "previous token", scored / (dt > 0 ? dt : 1e-9));
+    print_expert_load(m, s);
+    printf("ppl tokens=%lld chars=%lld nll_per_token=%.6f nll_per_char=%.6f bits_per_char=%.6f ppl=%.6g\n", scored,
+           chars, nll / scored, nll / chars, nll / chars / log(2.0), exp(nll / scored));
+    fflush(stdout);
+    free(ids.ids);
+    free(text);
+}
+
+// ----------------------------------------------------------------------------
 // Benchmark
 
 static uint64_t tensor_bytes(const Tensor *t) { return (uint64_t)t->rows * row_bytes(t); }
@@ -2795,6 +2895,9 @@ static void usage(void) {
             "  -m <mode>          generate (default) or chat: turns from stdin, in the model's chat template\n"
             "  -y <string>        system prompt for chat\n"
             "  --dump-logits <f>  teacher-force --tokens and write (T, vocab) float32 logits to f\n"
+            "  --ppl <file>       mean negative log-likelihood of a UTF-8 text file, in windows of the\n"
+            "                     context (default: the model's original context for YaRN models); last line\n"
+            "                     'ppl tokens= chars= nll_per_token= nll_per_char= bits_per_char= ppl='\n"
             "  --threads <int>    worker threads (default: online cores)\n"
             "  --bench            time a 64-token prompt and 32 generated tokens (last line: bench ...)\n"
             "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
@@ -2843,10 +2946,10 @@ static int *parse_tokens(const char *v, int vocab_size, int *n_out) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *tokens_arg = NULL, *dump_path = NULL, *tokenizer_path = NULL;
-    const char *mode = "generate", *system_prompt = NULL;
+    const char *mode = "generate", *system_prompt = NULL, *ppl_path = NULL;
     long long steps = 256, topk = 0, seed = 0, context = 4096;
     float temperature = 1.0f, topp = 0.9f;
-    int print_ids = 0, tokenizer_mode = 0, batch = 0;  // tokenizer_mode 1 --encode, 2 --decode
+    int print_ids = 0, tokenizer_mode = 0, batch = 0, context_given = 0;  // tokenizer_mode 1 --encode, 2 --decode
     int run_bench = 0;
     long long threads = sysconf(_SC_NPROCESSORS_ONLN);
     int i = 1;
@@ -2862,7 +2965,8 @@ int main(int argc, char **argv) {
         int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
                           !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
                           !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
-                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--threads");
+                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--ppl") ||
+                          !strcmp(a, "--threads");
         if (!takes_value) die("unknown option '%s' (run with -h for usage)", a);
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
@@ -2871,7 +2975,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-p")) topp = parse_float(a, v);
         else if (!strcmp(a, "-k")) topk = parse_int(a, v);
         else if (!strcmp(a, "-s")) seed = parse_int(a, v);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--context")) context = parse_int(a, v);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--context")) { context = parse_int(a, v); context_given = 1; }
         else if (!strcmp(a, "-i")) prompt = v;
         else if (!strcmp(a, "--tokens")) tokens_arg = v;
         else if (!strcmp(a, "--dump-logits")) dump_path = v;
@@ -2879,12 +2983,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-m")) mode = v;
         else if (!strcmp(a, "-y")) system_prompt = v;
         else if (!strcmp(a, "--threads")) threads = parse_int(a, v);
+        else if (!strcmp(a, "--ppl")) ppl_path = v;
     }
     int chat_mode = !strcmp(mode, "chat");
     if (!chat_mode && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
     if (chat_mode && (prompt || tokens_arg || dump_path)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
     if (system_prompt && !chat_mode) die("-y (system prompt) goes with -m chat");
     if (batch && !tokenizer_mode) die("--batch goes with --encode or --decode");
+    if (ppl_path && (chat_mode || prompt || tokens_arg || dump_path || tokenizer_mode))
+        die("--ppl reads its text from the file; drop -m chat/-i/--tokens/--dump-logits/--encode/--decode");
     if (tokenizer_mode) {
         if (!model_path && !tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
         Model model = {0};
@@ -2907,7 +3014,7 @@ int main(int argc, char **argv) {
     if (prompt && tokens_arg) die("give either -i or --tokens, not both");
     if (dump_path && !tokens_arg) die("--dump-logits needs --tokens");
     if (threads < 1 || threads > 1024) die("--threads must be in 1..1024, got %lld", threads);
-    if (run_bench && (chat_mode || dump_path || prompt || tokens_arg)) die("--bench takes no prompt, chat or --dump-logits");
+    if (run_bench && (chat_mode || dump_path || prompt || tokens_arg || ppl_path)) die("--bench takes no prompt, chat, --ppl or --dump-logits");
     // Tokens per prefill pass; SEEK_PREFILL_CHUNK=1 feeds prompts token by token (tests compare the two).
     long long chunk = PREFILL_CHUNK;
     if (getenv("SEEK_PREFILL_CHUNK")) chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
@@ -2916,12 +3023,15 @@ int main(int argc, char **argv) {
     Model model;
     load_model(&model, model_path);
     const Config *c = &model.config;
+    // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
+    if (ppl_path && !context_given && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0)
+        context = c->rope_orig_max_pos;
     if (context > c->max_position_embeddings) context = c->max_position_embeddings;
 
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
     int have_tok = 0;
-    if (prompt || chat_mode || (!print_ids && !dump_path && !run_bench && (tokenizer_path || model.weights.tokenizer))) {
+    if (prompt || chat_mode || ppl_path || (!print_ids && !dump_path && !run_bench && (tokenizer_path || model.weights.tokenizer))) {
         model_tokenizer(&tok, &model, tokenizer_path);
         have_tok = 1;
     }
@@ -2937,7 +3047,7 @@ int main(int argc, char **argv) {
         n_prompt = ids.n;
     } else if (tokens_arg) {
         prompt_ids = parse_tokens(tokens_arg, c->vocab_size, &n_prompt);
-    } else if (!chat_mode) {
+    } else if (!chat_mode && !ppl_path) {
         if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
         prompt_ids = xcalloc(1, sizeof(int));
         prompt_ids[0] = c->bos_token_id;
@@ -2956,6 +3066,8 @@ int main(int argc, char **argv) {
         bench(&model, &rope, &state, (int)threads);
     } else if (dump_path) {
         dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
+    } else if (ppl_path) {
+        perplexity(&model, &rope, &state, &tok, ppl_path);
     } else {
         uint64_t s = (uint64_t)seed;
         if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
