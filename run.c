@@ -794,41 +794,108 @@ static __m256i group_dot_q4(__m256i nib, __m256i xq) {
 
 static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
 
-// Two partial sums per token (even and odd groups) hide the FMA latency.
-static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
-    __m256 acc[4][2];
-    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m256i wq = load32(w[b].q);
-        float dw = bf16_to_f32(w[b].d);
-        for (int k = 0; k < n; k++) {
-            const BlockX8 *xb = x + (size_t)k * nb + b;
-            __m256 p = _mm256_cvtepi32_ps(group_dot_q8(wq, load32(xb->q)));
-            acc[k][b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xb->d), acc[k][b & 1]);
-        }
-    }
-    for (int k = 0; k < n; k++) out[k] = hsum256(_mm256_add_ps(acc[k][0], acc[k][1]));
+static __m256i unpack_q4(const BlockQ4 *b) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)b->q);
+    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(15));
 }
 
-// Σ (nib - 8) x = Σ nib x - 8 Σ x: the nibbles go into maddubs unsigned as they are.
-static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
-    const __m256i low4 = _mm256_set1_epi8(15);
-    __m256 acc[4][2];
-    float offset[4] = {0};
-    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m128i packed = _mm_loadu_si128((const __m128i *)w[b].q);
-        __m256i nib = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(packed),
-                                                               _mm_srli_epi16(packed, 4), 1), low4);
-        float dw = bf16_to_f32(w[b].d);
-        for (int k = 0; k < n; k++) {
-            const BlockX8 *xb = x + (size_t)k * nb + b;
-            __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, load32(xb->q)));
-            acc[k][b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * xb->d), acc[k][b & 1]);
-            offset[k] += dw * xb->dsum;
+// acc + (Σ w x over group b, as 8 int32 lanes) * d_w d_x: one group of a Q8 row times one activation group.
+static __m256 fma_group_q8(__m256 acc, const BlockQ8 *w, const BlockX8 *x) {
+    __m256i wq = load32(w->q);
+    __m256 p = _mm256_cvtepi32_ps(group_dot_q8(wq, load32(x->q)));
+    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
+}
+
+static __m256 fma_group_q4(__m256 acc, const BlockQ4 *w, __m256i nib, const BlockX8 *x) {
+    __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, load32(x->q)));
+    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
+}
+
+// Per token, even groups go to one partial sum and odd groups to another (this
+// hides the FMA latency); the 4-token versions keep the same order per token.
+static float dot_q8_1(const BlockQ8 *w, const BlockX8 *x, int nb) {
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        even = fma_group_q8(even, w + b, x + b);
+        odd = fma_group_q8(odd, w + b + 1, x + b + 1);
+    }
+    if (b < nb) even = fma_group_q8(even, w + b, x + b);
+    return hsum256(_mm256_add_ps(even, odd));
+}
+
+static void dot_q8_4(const BlockQ8 *w, const BlockX8 *x, int nb, float *out) {
+    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        e0 = fma_group_q8(e0, w + b, x0 + b); o0 = fma_group_q8(o0, w + b + 1, x0 + b + 1);
+        e1 = fma_group_q8(e1, w + b, x1 + b); o1 = fma_group_q8(o1, w + b + 1, x1 + b + 1);
+        e2 = fma_group_q8(e2, w + b, x2 + b); o2 = fma_group_q8(o2, w + b + 1, x2 + b + 1);
+        e3 = fma_group_q8(e3, w + b, x3 + b); o3 = fma_group_q8(o3, w + b + 1, x3 + b + 1);
+    }
+    if (b < nb) {
+        e0 = fma_group_q8(e0, w + b, x0 + b); e1 = fma_group_q8(e1, w + b, x1 + b);
+        e2 = fma_group_q8(e2, w + b, x2 + b); e3 = fma_group_q8(e3, w + b, x3 + b);
+    }
+    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
+    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
+}
+
+static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
+    if (n == 4) { dot_q8_4(w, x, nb, out); return; }
+    for (int k = 0; k < n; k++) out[k] = dot_q8_1(w, x + (size_t)k * nb, nb);
+}
+
+// Σ (nib - 8) x = Σ nib x - 8 Σ x: the nibbles go into maddubs unsigned as they
+// are; the offset term uses the activation group's precomputed d Σq.
+static float dot_q4_1(const BlockQ4 *w, const BlockX8 *x, int nb) {
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    float offset = 0.0f;
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
+        odd = fma_group_q4(odd, w + b + 1, unpack_q4(w + b + 1), x + b + 1);
+        offset += bf16_to_f32(w[b].d) * x[b].dsum;
+        offset += bf16_to_f32(w[b + 1].d) * x[b + 1].dsum;
+    }
+    if (b < nb) {
+        even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
+        offset += bf16_to_f32(w[b].d) * x[b].dsum;
+    }
+    return hsum256(_mm256_add_ps(even, odd)) - 8.0f * offset;
+}
+
+static void dot_q4_4(const BlockQ4 *w, const BlockX8 *x, int nb, float *out) {
+    const BlockX8 *xs[4] = {x, x + nb, x + 2 * nb, x + 3 * nb};
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+    float off[4] = {0};
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        __m256i n0 = unpack_q4(w + b), n1 = unpack_q4(w + b + 1);
+        e0 = fma_group_q4(e0, w + b, n0, xs[0] + b); o0 = fma_group_q4(o0, w + b + 1, n1, xs[0] + b + 1);
+        e1 = fma_group_q4(e1, w + b, n0, xs[1] + b); o1 = fma_group_q4(o1, w + b + 1, n1, xs[1] + b + 1);
+        e2 = fma_group_q4(e2, w + b, n0, xs[2] + b); o2 = fma_group_q4(o2, w + b + 1, n1, xs[2] + b + 1);
+        e3 = fma_group_q4(e3, w + b, n0, xs[3] + b); o3 = fma_group_q4(o3, w + b + 1, n1, xs[3] + b + 1);
+        for (int k = 0; k < 4; k++) {
+            off[k] += bf16_to_f32(w[b].d) * xs[k][b].dsum;
+            off[k] += bf16_to_f32(w[b + 1].d) * xs[k][b + 1].dsum;
         }
     }
-    for (int k = 0; k < n; k++) out[k] = hsum256(_mm256_add_ps(acc[k][0], acc[k][1])) - 8.0f * offset[k];
+    if (b < nb) {
+        __m256i n0 = unpack_q4(w + b);
+        e0 = fma_group_q4(e0, w + b, n0, xs[0] + b); e1 = fma_group_q4(e1, w + b, n0, xs[1] + b);
+        e2 = fma_group_q4(e2, w + b, n0, xs[2] + b); e3 = fma_group_q4(e3, w + b, n0, xs[3] + b);
+        for (int k = 0; k < 4; k++) off[k] += bf16_to_f32(w[b].d) * xs[k][b].dsum;
+    }
+    out[0] = hsum256(_mm256_add_ps(e0, o0)) - 8.0f * off[0]; out[1] = hsum256(_mm256_add_ps(e1, o1)) - 8.0f * off[1];
+    out[2] = hsum256(_mm256_add_ps(e2, o2)) - 8.0f * off[2]; out[3] = hsum256(_mm256_add_ps(e3, o3)) - 8.0f * off[3];
+}
+
+static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
+    if (n == 4) { dot_q4_4(w, x, nb, out); return; }
+    for (int k = 0; k < n; k++) out[k] = dot_q4_1(w, x + (size_t)k * nb, nb);
 }
 #else
 static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
