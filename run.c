@@ -968,7 +968,15 @@ static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
     return j;
 }
 
-typedef struct { const MatmulJob *jobs; int n_jobs; } MatmulBatch;
+// Jobs cut into chunks of rows that threads claim one at a time: a thread that
+// is late (another process ran on its core) does fewer chunks instead of
+// holding everyone up at the end of the batch.
+typedef struct {
+    const MatmulJob *jobs;
+    int n_jobs;
+    int chunk_rows;       // rows per chunk
+    atomic_int next;      // next unclaimed chunk
+} MatmulBatch;
 
 // out[k] = row `row` of W · activation row k, for k < n <= 4 (x: stride x_stride
 // floats; xq: quantized rows, nb groups apart).
@@ -983,24 +991,22 @@ static void dot_rows(const Tensor *w, int row, const float *x, size_t x_stride, 
     }
 }
 
-#ifndef ROW_STREAMS
-#define ROW_STREAMS 4
-#endif
-
-// Thread `thread` computes its share of every job's rows, for all n activation
-// rows, 4 at a time while a weight row is in cache. The share is walked as
-// ROW_STREAMS parts side by side: several independent read streams per core
-// get more memory bandwidth than one.
+// Claims chunks until none is left: chunk c is rows [r0, r0 + chunk_rows) of
+// the job it falls in, computed for all n activation rows, 4 at a time while a
+// weight row is in cache.
 static void matmul_task(void *ctx, int thread, int n_threads) {
-    const MatmulBatch *batch = ctx;
-    for (int j = 0; j < batch->n_jobs; j++) {
+    (void)thread; (void)n_threads;
+    MatmulBatch *batch = ctx;
+    int j = 0, first_of_job = 0;  // chunks are claimed in increasing order, so the job index only moves forward
+    for (;;) {
+        int c = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
+        while (j < batch->n_jobs && c >= first_of_job + (batch->jobs[j].w.rows + batch->chunk_rows - 1) / batch->chunk_rows)
+            first_of_job += (batch->jobs[j++].w.rows + batch->chunk_rows - 1) / batch->chunk_rows;
+        if (j == batch->n_jobs) return;
         const MatmulJob *job = &batch->jobs[j];
-        int rows = job->w.rows, nb = (job->w.cols + QK - 1) / QK;
-        int r0 = (int)((long long)rows * thread / n_threads), r1 = (int)((long long)rows * (thread + 1) / n_threads);
-        int part = (r1 - r0 + ROW_STREAMS - 1) / ROW_STREAMS;
-        for (int step = 0; step < part * ROW_STREAMS; step++) {
-            int i = r0 + (step % ROW_STREAMS) * part + step / ROW_STREAMS;
-            if (i >= r1) continue;
+        int nb = (job->w.cols + QK - 1) / QK, r0 = (c - first_of_job) * batch->chunk_rows;
+        int r1 = r0 + batch->chunk_rows < job->w.rows ? r0 + batch->chunk_rows : job->w.rows;
+        for (int i = r0; i < r1; i++)
             for (int t = 0; t < job->n; t += 4) {
                 float out[4];
                 int k = job->n - t < 4 ? job->n - t : 4;
@@ -1008,7 +1014,6 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
                          job->xq ? job->xq + (size_t)t * nb : NULL, k, out);
                 for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i] = out[m];
             }
-        }
     }
 }
 
@@ -1045,7 +1050,11 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
         job->xq = xq;
         used += (size_t)job->n * (size_t)nb;
     }
-    MatmulBatch batch = {jobs, n_jobs};
+    // About 16 chunks per thread over the whole batch, but at least 16 rows each.
+    long long rows = 0;
+    for (int j = 0; j < n_jobs; j++) rows += jobs[j].w.rows;
+    long long chunk = rows / (16LL * pool.n_threads);
+    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
     pool_run(matmul_task, &batch);
 }
 
@@ -1106,7 +1115,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 // values). Folds W_UK into the query (spec §3.7) without a transposed copy:
 // each row of W is decoded once and added into every y row.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
-    MatmulBatch batch = {jobs, n_jobs};
+    MatmulBatch batch = {jobs, n_jobs, 0, 0};
     pool_run(matmul_t_task, &batch);
 }
 
