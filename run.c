@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -639,7 +640,9 @@ typedef struct {
 
 static Pool pool = {.n_threads = 1};
 
-#define POOL_SPIN 50000  // pause instructions before a waiting worker sleeps (about 1 ms)
+#ifndef POOL_SPIN
+#define POOL_SPIN 4000  // pause instructions before a waiting thread yields or sleeps (~0.1 ms)
+#endif
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -682,7 +685,12 @@ static void pool_run(void (*task)(void *, int, int), void *ctx) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     task(ctx, 0, pool.n_threads);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cpu_relax();
+    // Spin briefly, then yield: if the machine has fewer free cores than threads,
+    // the workers we wait for may need this core.
+    for (int i = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; i++) {
+        if (i < POOL_SPIN) cpu_relax();
+        else sched_yield();
+    }
 }
 
 static void pool_start(int n_threads) {
