@@ -28,8 +28,12 @@ def run(cmd: list) -> str:
 
 
 def bandwidth(threads: int) -> float:
-    out = run([os.path.join(BENCH, "bandwidth"), str(threads), "2048"])
-    return float(re.search(r"gbps=([0-9.]+)", out).group(1)) * 1e9
+    """Best of 3 probe runs (each already the best of 7 passes): the host is shared and noisy."""
+    best = 0.0
+    for _ in range(3):
+        out = run([os.path.join(BENCH, "bandwidth"), str(threads), "2048"])
+        best = max(best, float(re.search(r"gbps=([0-9.]+)", out).group(1)) * 1e9)
+    return best
 
 
 def main() -> None:
