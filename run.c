@@ -790,15 +790,23 @@ static float hsum256(__m256 v) {
 
 // Σ w x over one group, as 8 int32 lanes: maddubs multiplies unsigned by signed
 // bytes, so |w| times x carrying w's sign; pairs fit int16 as |w|, |x| <= 127.
+// With AVX-VNNI one vpdpbusd does the multiply and both additions (same exact sums).
+static __m256i dot_u8_s8(__m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
 static __m256i group_dot_q8(__m256i wq, __m256i xq) {
-    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    return dot_u8_s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
 }
 
 // Σ nib x over one group (nibbles 0..15 as unsigned bytes, 32 of them unpacked in wq).
-static __m256i group_dot_q4(__m256i nib, __m256i xq) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(nib, xq), _mm256_set1_epi16(1));
-}
+static __m256i group_dot_q4(__m256i nib, __m256i xq) { return dot_u8_s8(nib, xq); }
 
 static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
 
