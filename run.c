@@ -718,7 +718,9 @@ static void pool_stop(void) {
 
 typedef struct { uint16_t d; int8_t q[QK]; } BlockQ8;          // weights: d (bf16) * q
 typedef struct { uint16_t d; uint8_t q[QK / 2]; } BlockQ4;     // weights: d (bf16) * (nibble - 8)
-typedef struct { float d; float dsum; int8_t q[QK]; } BlockX8; // an activation group: d * q, dsum = d * Σq
+// An activation group: values d * q; dsum = d Σq and neg8[i] = -8 (q[4i] + .. + q[4i+3])
+// serve the -8 offset of Q4 weights (scalar and vector kernels).
+typedef struct { float d; float dsum; int8_t q[QK]; int32_t neg8[QK / 4]; } BlockX8;
 _Static_assert(sizeof(BlockQ8) == 2 + QK && sizeof(BlockQ4) == 2 + QK / 2, "blocks must be packed as in the file");
 
 static float bf16_to_f32(uint16_t h) {
@@ -773,6 +775,8 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
         }
         out[b].d = d;
         out[b].dsum = d * (float)sum;
+        for (int i = 0; i < QK / 4; i++)
+            out[b].neg8[i] = -8 * (out[b].q[4 * i] + out[b].q[4 * i + 1] + out[b].q[4 * i + 2] + out[b].q[4 * i + 3]);
     }
 }
 
@@ -805,8 +809,18 @@ static __m256i group_dot_q8(__m256i wq, __m256i xq) {
     return dot_u8_s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
 }
 
-// Σ nib x over one group (nibbles 0..15 as unsigned bytes, 32 of them unpacked in wq).
-static __m256i group_dot_q4(__m256i nib, __m256i xq) { return dot_u8_s8(nib, xq); }
+// Σ (nib - 8) x over one group, per lane: Σ nib x (nibbles 0..15 as unsigned
+// bytes) plus the activation's precomputed -8 Σx of the lane's 4 values.
+static __m256i group_dot_q4(__m256i nib, const BlockX8 *x) {
+    __m256i neg8 = _mm256_loadu_si256((const __m256i *)x->neg8), xq = _mm256_loadu_si256((const __m256i *)x->q);
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(neg8, nib, xq);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(neg8, nib, xq);
+#else
+    return _mm256_add_epi32(dot_u8_s8(nib, xq), neg8);
+#endif
+}
 
 static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
 
@@ -824,7 +838,7 @@ static __m256 fma_group_q8(__m256 acc, const BlockQ8 *w, const BlockX8 *x) {
 }
 
 static __m256 fma_group_q4(__m256 acc, const BlockQ4 *w, __m256i nib, const BlockX8 *x) {
-    __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, load32(x->q)));
+    __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, x));
     return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
 }
 
@@ -864,49 +878,35 @@ static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out
     for (int k = 0; k < n; k++) out[k] = dot_q8_1(w, x + (size_t)k * nb, nb);
 }
 
-// Σ (nib - 8) x = Σ nib x - 8 Σ x: the nibbles go into maddubs unsigned as they
-// are; the offset term uses the activation group's precomputed d Σq.
 static float dot_q4_1(const BlockQ4 *w, const BlockX8 *x, int nb) {
     __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-    float offset = 0.0f;
     int b = 0;
     for (; b + 1 < nb; b += 2) {
         even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
         odd = fma_group_q4(odd, w + b + 1, unpack_q4(w + b + 1), x + b + 1);
-        offset += bf16_to_f32(w[b].d) * x[b].dsum;
-        offset += bf16_to_f32(w[b + 1].d) * x[b + 1].dsum;
     }
-    if (b < nb) {
-        even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
-        offset += bf16_to_f32(w[b].d) * x[b].dsum;
-    }
-    return hsum256(_mm256_add_ps(even, odd)) - 8.0f * offset;
+    if (b < nb) even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
+    return hsum256(_mm256_add_ps(even, odd));
 }
 
 static void dot_q4_4(const BlockQ4 *w, const BlockX8 *x, int nb, float *out) {
-    const BlockX8 *xs[4] = {x, x + nb, x + 2 * nb, x + 3 * nb};
+    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
     __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
-    float off[4] = {0};
     int b = 0;
     for (; b + 1 < nb; b += 2) {
         __m256i n0 = unpack_q4(w + b), n1 = unpack_q4(w + b + 1);
-        e0 = fma_group_q4(e0, w + b, n0, xs[0] + b); o0 = fma_group_q4(o0, w + b + 1, n1, xs[0] + b + 1);
-        e1 = fma_group_q4(e1, w + b, n0, xs[1] + b); o1 = fma_group_q4(o1, w + b + 1, n1, xs[1] + b + 1);
-        e2 = fma_group_q4(e2, w + b, n0, xs[2] + b); o2 = fma_group_q4(o2, w + b + 1, n1, xs[2] + b + 1);
-        e3 = fma_group_q4(e3, w + b, n0, xs[3] + b); o3 = fma_group_q4(o3, w + b + 1, n1, xs[3] + b + 1);
-        for (int k = 0; k < 4; k++) {
-            off[k] += bf16_to_f32(w[b].d) * xs[k][b].dsum;
-            off[k] += bf16_to_f32(w[b + 1].d) * xs[k][b + 1].dsum;
-        }
+        e0 = fma_group_q4(e0, w + b, n0, x0 + b); o0 = fma_group_q4(o0, w + b + 1, n1, x0 + b + 1);
+        e1 = fma_group_q4(e1, w + b, n0, x1 + b); o1 = fma_group_q4(o1, w + b + 1, n1, x1 + b + 1);
+        e2 = fma_group_q4(e2, w + b, n0, x2 + b); o2 = fma_group_q4(o2, w + b + 1, n1, x2 + b + 1);
+        e3 = fma_group_q4(e3, w + b, n0, x3 + b); o3 = fma_group_q4(o3, w + b + 1, n1, x3 + b + 1);
     }
     if (b < nb) {
         __m256i n0 = unpack_q4(w + b);
-        e0 = fma_group_q4(e0, w + b, n0, xs[0] + b); e1 = fma_group_q4(e1, w + b, n0, xs[1] + b);
-        e2 = fma_group_q4(e2, w + b, n0, xs[2] + b); e3 = fma_group_q4(e3, w + b, n0, xs[3] + b);
-        for (int k = 0; k < 4; k++) off[k] += bf16_to_f32(w[b].d) * xs[k][b].dsum;
+        e0 = fma_group_q4(e0, w + b, n0, x0 + b); e1 = fma_group_q4(e1, w + b, n0, x1 + b);
+        e2 = fma_group_q4(e2, w + b, n0, x2 + b); e3 = fma_group_q4(e3, w + b, n0, x3 + b);
     }
-    out[0] = hsum256(_mm256_add_ps(e0, o0)) - 8.0f * off[0]; out[1] = hsum256(_mm256_add_ps(e1, o1)) - 8.0f * off[1];
-    out[2] = hsum256(_mm256_add_ps(e2, o2)) - 8.0f * off[2]; out[3] = hsum256(_mm256_add_ps(e3, o3)) - 8.0f * off[3];
+    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
+    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
 }
 
 static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
