@@ -20,6 +20,8 @@ Rules:
   tokens one at a time (SEEK_PREFILL_CHUNK=1) and as odd chunks (7), to fp32 rounding; so do 1 and 3
   threads.
 - run.c rejects a Q8 tensor whose byte count does not match its block layout, and a quantized norm.
+- The shipped Shakespeare checkpoint exported as q8/q4: NLL within 0.5% / 3% of f32 and top-1
+  agreement with f32 of at least 95% / 80% on the held-out snippet in tests/data.
 """
 import os
 import struct
@@ -242,3 +244,52 @@ def test_rejects_bad_quant_tensor(case, run_bin, exported, workdir):
     r = subprocess.run([run_bin, bad, "--tokens", "1,2", "--dump-logits", os.path.join(workdir, "bad.f32")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- the trained model
+
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "shakespeare")
+
+
+@pytest.fixture(scope="module")
+def shakespeare(workdir):
+    """f32/q8/q4 exports of the shipped checkpoint, and the held-out snippet of tests/data."""
+    if not os.path.exists(os.path.join(SHAKESPEARE, "config.json")):
+        pytest.skip("models/shakespeare (the shipped checkpoint) is not there")
+    import json
+    import sys
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shakespeare_val.json")) as f:
+        val = json.load(f)
+    paths = {}
+    for dtype in ("f32", "q8", "q4"):
+        paths[dtype] = os.path.join(workdir, f"shakespeare-{dtype}.bin")
+        exporter = os.environ.get("SEEK_EXPORT") or os.path.join(os.path.dirname(SHAKESPEARE), "..", "export.py")
+        r = subprocess.run([sys.executable, exporter, SHAKESPEARE, paths[dtype], "--dtype", dtype],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    text = os.path.join(workdir, "shakespeare_val.txt")
+    with open(text, "w", encoding="utf-8") as f:
+        f.write(val["text"])
+    return paths, text, val["ids"]
+
+
+def test_shakespeare_quant_accuracy(run_bin, shakespeare, workdir):
+    """Trained weights, unlike the random test models, are not chaotic: the issue's bounds (mean NLL
+    within 0.5% of f32 for q8, 3% for q4; on the whole held-out tenth of tinyshakespeare.txt we
+    measured +0.000% and +0.09%) and top-1 agreement with the f32 logits (measured 98.6% and 87.9%
+    over 2000 positions) hold on the test snippet with margin."""
+    paths, text, ids = shakespeare
+    nll, top1 = {}, {}
+    for dtype, path in paths.items():
+        r = subprocess.run([run_bin, path, "--ppl", text], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        nll[dtype] = float(r.stdout.split("nll_per_token=")[1].split()[0])
+        out = os.path.join(workdir, f"shakespeare-{dtype}.f32")
+        r = subprocess.run([run_bin, path, "--tokens", ",".join(map(str, ids)), "--dump-logits", out],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        top1[dtype] = np.fromfile(out, "<f4").reshape(len(ids), -1).argmax(1)
+    assert abs(nll["q8"] / nll["f32"] - 1) < 0.005, nll
+    assert abs(nll["q4"] / nll["f32"] - 1) < 0.03, nll
+    assert np.mean(top1["q8"] == top1["f32"]) >= 0.95
+    assert np.mean(top1["q4"] == top1["f32"]) >= 0.80
