@@ -547,8 +547,8 @@ static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
     return p;
 }
 
-// A model file of at most 3/4 of physical RAM is read into memory by default;
-// larger ones are mapped, so the OS pages them in and out as needed.
+// --no-mmap copies the model into memory, so it must fit with room to spare; by
+// default the file is mapped and the OS pages in only the experts that are chosen.
 static int fits_in_memory(const char *path) {
     struct stat st;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -3032,8 +3032,8 @@ static void usage(void) {
             "                     'ppl tokens= chars= nll_per_token= nll_per_char= bits_per_char= ppl='\n"
             "  --threads <int>    worker threads (default: online cores)\n"
             "  --bench            time a 64-token prompt and 32 generated tokens (last line: bench ...)\n"
-            "  --mmap             map the model file instead of reading it into memory (the default for\n"
-            "                     files up to 3/4 of RAM: huge pages make generation faster)\n"
+            "  --no-mmap          read the model file into huge-page memory instead of mapping it: reads\n"
+            "                     every expert at load, but generation is faster on large models\n"
             "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
             "  --encode           stdin UTF-8 text -> ids on one line (no BOS)\n"
             "  --decode           stdin ids -> the exact bytes of their tokens\n"
@@ -3084,7 +3084,7 @@ int main(int argc, char **argv) {
     long long steps = 256, topk = 0, seed = 0, context = 4096;
     float temperature = 1.0f, topp = 0.9f;
     int print_ids = 0, tokenizer_mode = 0, batch = 0, context_given = 0;  // tokenizer_mode 1 --encode, 2 --decode
-    int run_bench = 0, use_mmap = 0;
+    int run_bench = 0, no_mmap = 0;
     long long threads = sysconf(_SC_NPROCESSORS_ONLN);
     int i = 1;
     if (argc < 2) usage();
@@ -3096,7 +3096,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--encode") || !strcmp(a, "--decode")) { tokenizer_mode = a[2] == 'e' ? 1 : 2; continue; }
         if (!strcmp(a, "--batch")) { batch = 1; continue; }
         if (!strcmp(a, "--bench")) { run_bench = 1; continue; }
-        if (!strcmp(a, "--mmap")) { use_mmap = 1; continue; }
+        if (!strcmp(a, "--no-mmap")) { no_mmap = 1; continue; }
         int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
                           !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
                           !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
@@ -3157,7 +3157,8 @@ int main(int argc, char **argv) {
 
     Model model;
     double t_load = now_seconds();
-    load_model(&model, model_path, !use_mmap && fits_in_memory(model_path));
+    if (no_mmap && !fits_in_memory(model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", model_path);
+    load_model(&model, model_path, no_mmap);
     if (run_bench)
         fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", model_path, (double)model.file_size / 1e9,
                 model.copied ? "read into memory" : "mapped", now_seconds() - t_load);

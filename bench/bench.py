@@ -51,7 +51,7 @@ def main() -> None:
         if not os.path.exists(model):
             run([sys.executable, os.path.join(BENCH, "gen_model.py"), dtype, model])
         for t in threads:
-            out = run([os.path.join(ROOT, "run"), model, "--bench", "--threads", str(t), "-c", "256"])
+            out = run([os.path.join(ROOT, "run"), model, "--bench", "--no-mmap", "--threads", str(t), "-c", "256"])
             last = out.strip().splitlines()[-1]
             m = dict(kv.split("=") for kv in last.split()[1:])
             tg, wb = float(m["tg"]), float(m["weight_bytes_per_token"])
