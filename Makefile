@@ -20,7 +20,12 @@ FUZZ_SECONDS ?= 30
 FUZZ = tests/fuzz
 HARNESSES = model config tokenizer
 
-.PHONY: all test test-asan fuzz-replay fuzz-smoke clean
+# arm64 check: cross-compile (Debian gcc-aarch64-linux-gnu) and run the logits tests under qemu-user.
+ARM64_CC ?= aarch64-linux-gnu-gcc
+QEMU_ARM64 ?= qemu-aarch64
+HAVE_ARM64 := $(shell command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEMU_ARM64) >/dev/null 2>&1 && echo yes)
+
+.PHONY: all test test-asan test-arm64 fuzz-replay fuzz-smoke clean bench
 all: run
 
 # As a prerequisite, `run` is the binary. As the goal (`make run`, the README's first command)
@@ -39,6 +44,11 @@ run-asan: run.c
 test: run run-asan
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
 	$(PYTHON) -m pytest -q tests
+ifeq ($(HAVE_ARM64),yes)
+	$(MAKE) -s test-arm64
+else
+	@echo "make test: $(ARM64_CC) or $(QEMU_ARM64) not found; skipping the arm64 tests"
+endif
 	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke
 
 # The tests that drive the C binary, again against ./run-asan.
@@ -75,5 +85,21 @@ fuzz-smoke:
 	    rm -rf $$work $$work.log; done; \
 	else echo "fuzz-smoke: skipped ($(FUZZ_CC) with libFuzzer not found; apt-get install clang libclang-rt-14-dev)"; fi
 
+# The portable (non-AVX2) kernels, as an arm64 laptop runs them: engine logits, quantized and batched paths.
+test-arm64:
+	@mkdir -p build
+	$(ARM64_CC) -O3 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -static -o build/run-arm64 run.c -lm -lpthread
+	printf '#!/bin/sh\nexec $(QEMU_ARM64) "$(CURDIR)/build/run-arm64" "$$@"\n' > build/run-arm64.sh
+	chmod +x build/run-arm64.sh
+	SEEK_RUN="$(CURDIR)/build/run-arm64.sh" $(PYTHON) -m pytest -q tests/test_engine.py tests/test_quant.py \
+		-k "logits or greedy or quant or batched or threads"
+
+# DeepSeek-V2-Lite-shaped random models (q8 16.7 GB, q4 8.9 GB) in $(BENCH_MODEL_DIR), default bench/models/.
+bench: run bench/bandwidth
+	$(PYTHON) bench/bench.py
+
+bench/bandwidth: bench/bandwidth.c
+	$(CC) $(CFLAGS) -o $@ $< -lpthread
+
 clean:
-	rm -f run run-asan build/replay-* build/fuzz-*
+	rm -rf run run-asan bench/bandwidth build

@@ -2,7 +2,7 @@
 """
 Export a HuggingFace DeepSeek-V2/V3 checkpoint to one seek.c model file (format v1).
 
-    python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16]
+    python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16|q8|q4]
     python3 export.py --tokenizer <hf_dir> <tokenizer.bin>
 
 Python 3 + numpy only: safetensors is parsed here (8-byte little-endian header length, a JSON
@@ -12,6 +12,20 @@ a block of rows at a time, so memory use does not grow with the model size.
 File layout (all little-endian): "SEEK", u32 version, u32 n_config, n_config 4-byte config words,
 u32 n_tensors, n_tensors 128-byte table entries (name[96], type, ndim, rows, cols, u64 offset,
 u64 nbytes), then each tensor's data at a 64-byte aligned offset, in table order.
+
+Quantized weights (--dtype q8|q4; 2-D matrices only, the router stays F32 like every 1-D tensor).
+Each row of a [rows, cols] matrix is cut into nb = ceil(cols / 32) groups of 32 consecutive values;
+the last group of a row whose length is not a multiple of 32 is padded with zeros (quantized to 0,
+so it adds nothing to a dot product). A row is nb blocks back to back, rows back to back, so a
+matrix-vector product streams the tensor front to back:
+  type 2 Q8: block = bf16 scale d, then 32 x int8 q; value = d * q, q in -127..127 (d = absmax / 127)
+             34 bytes per block, nbytes = rows * nb * 34
+  type 3 Q4: block = bf16 scale d, then 16 bytes; byte j holds q_j in its low nibble and q_{j+16} in
+             its high nibble; value = d * (q - 8), q in 0..15 (d = -m / 8 where m is the value of
+             largest magnitude, so m itself is exactly -8 d)
+             18 bytes per block, nbytes = rows * nb * 18
+bf16 scales (round to nearest even) keep the blocks at 34 and 18 bytes and cost a shift to decode;
+the values are quantized with the rounded scale, so the scale's rounding adds no error of its own.
 """
 from __future__ import annotations
 
@@ -36,8 +50,11 @@ NAME_BYTES = 96
 ENTRY_BYTES = 128
 
 # tensor types in the model file
-F32, BF16, U8 = 0, 1, 16
+F32, BF16, Q8, Q4, U8 = 0, 1, 2, 3, 16
 TYPE_SIZE = {F32: 4, BF16: 2, U8: 1}
+QUANT_GROUP = 32                   # values per scale, along a row
+BLOCK_BYTES = {Q8: 2 + 32, Q4: 2 + 16}
+DTYPES = {"f32": F32, "bf16": BF16, "q8": Q8, "q4": Q4}
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")
 TOPK_METHODS = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
@@ -835,8 +852,14 @@ def plan_export(c: dict, tensors: dict, out_type: int, blob: Optional[bytes]) ->
     if blob is not None:
         plan.append(OutTensor("tokenizer", U8, (len(blob),), data=blob))
     for t in plan:
-        t.nbytes = math.prod(t.shape) * TYPE_SIZE[t.type]
+        t.nbytes = tensor_nbytes(t.type, t.shape)
     return plan
+
+
+def tensor_nbytes(ttype: int, shape: tuple) -> int:
+    if ttype in BLOCK_BYTES:
+        return shape[0] * -(-shape[1] // QUANT_GROUP) * BLOCK_BYTES[ttype]
+    return math.prod(shape) * TYPE_SIZE[ttype]
 
 
 def assign_offsets(plan: list) -> int:
@@ -938,6 +961,53 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return rounded
 
 
+def quant_groups(x: np.ndarray) -> np.ndarray:
+    """(n, cols) -> (n, nb, 32): the row's groups, the last one zero-padded."""
+    n, cols = x.shape
+    nb = -(-cols // QUANT_GROUP)
+    padded = np.zeros((n, nb * QUANT_GROUP), dtype=np.float32)
+    padded[:, :cols] = x
+    return padded.reshape(n, nb, QUANT_GROUP)
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize(x: np.ndarray, ttype: int) -> bytes:
+    """(n, cols) float32 rows -> Q8 or Q4 blocks (layout in the module docstring)."""
+    g = quant_groups(x)
+    if ttype == Q8:
+        d_bits = to_bf16(np.abs(g).max(axis=2) / 127.0)
+        d = bf16_bits_to_f32(d_bits)
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+        q = np.clip(np.rint(g * inv[..., None]), -127, 127).astype(np.int8).view(np.uint8)
+    else:
+        idx = np.abs(g).argmax(axis=2)[..., None]
+        m = np.take_along_axis(g, idx, axis=2)[..., 0]  # signed value of largest magnitude
+        d_bits = to_bf16(m / -8.0)
+        d = bf16_bits_to_f32(d_bits)
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+        q = np.clip(np.rint(g * inv[..., None]) + 8, 0, 15).astype(np.uint8)
+        half = QUANT_GROUP // 2
+        q = q[..., :half] | (q[..., half:] << 4)
+    blocks = np.concatenate([d_bits.astype("<u2").view(np.uint8).reshape(*d.shape, 2), q], axis=2)
+    return blocks.tobytes()
+
+
+def dequantize(raw: bytes, ttype: int, rows: int, cols: int) -> np.ndarray:
+    """Inverse of quantize (for tests and tools): Q8/Q4 bytes -> (rows, cols) float32."""
+    nb = -(-cols // QUANT_GROUP)
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(rows, nb, BLOCK_BYTES[ttype])
+    d = bf16_bits_to_f32(np.ascontiguousarray(b[..., :2]).view("<u2")[..., 0])
+    if ttype == Q8:
+        q = b[..., 2:].view(np.int8).astype(np.float32)
+    else:
+        lo, hi = b[..., 2:] & 15, b[..., 2:] >> 4
+        q = np.concatenate([lo, hi], axis=2).astype(np.float32) - 8
+    return (q * d[..., None]).reshape(rows, nb * QUANT_GROUP)[:, :cols]
+
+
 def rows_per_chunk(t: OutTensor) -> int:
     cols = t.shape[1] if len(t.shape) == 2 else 1
     rows = max(1, CHUNK_ELEMENTS // cols)
@@ -971,7 +1041,10 @@ def tensor_chunks(t: OutTensor) -> Iterator[bytes]:
             x = decode(raw, src.dtype, (n, cols))
             if scale is not None:
                 x = x * block_scales(scale, r0, n, cols)  # DeepSeek's scale_inv is multiplied
-            yield (x.astype("<f4", copy=False) if t.type == F32 else to_bf16(x)).tobytes()
+            if t.type in BLOCK_BYTES:
+                yield quantize(x, t.type)
+            else:
+                yield (x.astype("<f4", copy=False) if t.type == F32 else to_bf16(x)).tobytes()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1048,7 +1121,7 @@ def export_model(hf_dir: str, out_path: str, dtype: str) -> None:
     if blob is not None:
         h = fnv1a64(blob)
         c["tokenizer_hash_lo"], c["tokenizer_hash_hi"] = h & 0xFFFFFFFF, h >> 32
-    plan = plan_export(c, tensors, BF16 if dtype == "bf16" else F32, blob)
+    plan = plan_export(c, tensors, DTYPES[dtype], blob)
     file_size = assign_offsets(plan)
     header = pack_header(c, plan)
     start = time.monotonic()
@@ -1070,8 +1143,8 @@ def main() -> None:
         description="Export a HuggingFace DeepSeek-V2/V3 checkpoint to a seek.c model file.")
     parser.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     parser.add_argument("out", help="output file (model.bin, or tokenizer.bin with --tokenizer)")
-    parser.add_argument("--dtype", choices=("f32", "bf16"), default="f32",
-                        help="type of the 2-D weight matrices (default f32)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="f32",
+                        help="type of the 2-D weight matrices except the router (default f32)")
     parser.add_argument("--tokenizer", action="store_true",
                         help="write only the tokenizer file")
     args = parser.parse_args()

@@ -14,6 +14,7 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
+#define _DEFAULT_SOURCE  // glibc: MADV_HUGEPAGE (transparent huge pages for the weights)
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -26,6 +27,12 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #ifdef SEEK_FUZZ
 // The fuzz harnesses (tests/fuzz/) compile this file in and point this at a
@@ -65,6 +72,13 @@ static void *xcalloc(size_t n, size_t size) {
 // File format v1 (shared contract with export.py): "SEEK", u32 version, u32
 // n_config, n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table
 // entries, then 64-byte-aligned tensor data. All little-endian.
+//
+// Quantized matrices (types Q8 and Q4; see the Matmul section): each row is cut
+// into ceil(cols / 32) groups of 32 values, the last one zero-padded, and each
+// group is stored as one block, rows back to back:
+//   Q8: bf16 scale d, 32 x int8 q;           value = d * q        (34 bytes)
+//   Q4: bf16 scale d, 16 bytes of nibbles;   value = d * (q - 8)  (18 bytes)
+//       byte j holds q_j (low nibble) and q_{j+16} (high nibble).
 
 #define SEEK_VERSION 1
 #define SEEK_N_CONFIG 40
@@ -314,18 +328,29 @@ typedef struct {
     uint64_t data_end;           // end of the previous tensor's data (or of the header)
 } TableWalker;
 
-// What an entry may hold: weight matrices take the export dtype (F32 or BF16,
-// later Q8/Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
+// What an entry may hold: weight matrices take the export dtype (F32, BF16, Q8
+// or Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
 enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
-static int elem_bytes(int type) {
+#define QK 32  // values per quantization group (one scale each), along a row
+
+// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
+// for Q8/Q4 one block of QK values.
+static int unit_bytes(int type) {
     switch (type) {
     case TYPE_F32: return 4;
     case TYPE_BF16: return 2;
+    case TYPE_Q8: return 2 + QK;
+    case TYPE_Q4: return 2 + QK / 2;
     case TYPE_U8: return 1;
     default: return 0;
     }
 }
+
+static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
+
+// Units in one row of `cols` values (blocks of a quantized row round up).
+static uint64_t row_units(int type, uint64_t cols) { return is_quantized(type) ? (cols + QK - 1) / QK : cols; }
 
 static const char *type_name(uint32_t type) {
     switch (type) {
@@ -370,14 +395,12 @@ static const void *walk_entry(TableWalker *tw, const char *name, int kind, uint6
         if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
     } else if (kind == KIND_F32) {
         if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
-    } else if (type != TYPE_F32 && type != TYPE_BF16) {
-        if (type == TYPE_Q8 || type == TYPE_Q4)
-            die("model file: tensor '%s' has type %s, which this build does not support yet", name, type_name(type));
-        die("model file: tensor '%s' has type %s (%u), expected F32 or BF16", name, type_name(type), type);
+    } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
+        die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
     }
-    // r and c are u32, so r*c < 2^64; check before multiplying by the element size.
-    uint64_t elems = (uint64_t)r * (uint64_t)c;
-    uint64_t esize = (uint64_t)elem_bytes((int)type);
+    // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
+    uint64_t elems = (uint64_t)r * row_units((int)type, c);
+    uint64_t esize = (uint64_t)unit_bytes((int)type);
     if (elems > UINT64_MAX / esize || elems * esize != nbytes)
         die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
             (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
@@ -506,8 +529,9 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
 typedef struct {
     Config config;
     Weights weights;
-    const uint8_t *file;   // (file_size) read-only mapping
+    const uint8_t *file;   // (file_size) read-only mapping, or a copy in memory
     size_t file_size;
+    int copied;            // file is a malloc'd copy (see read_into_memory)
 } Model;
 
 static int host_is_little_endian(void) {
@@ -519,7 +543,38 @@ static int host_is_little_endian(void) {
 
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path);
 
-static void load_model(Model *m, const char *path) {
+// The whole file in memory backed by 2 MB transparent huge pages where the OS
+// has them. Generating reads gigabytes of weights per token in 4 KB pieces
+// when they are mapped from the page cache; with huge pages far fewer TLB
+// misses interrupt the streams (measured: several times faster on a 16 GB
+// model in a VM). Costs the time to read the file and RAM for all of it.
+static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
+    size_t huge = (size_t)2 << 20, alloc = ((size_t)size + huge - 1) / huge * huge;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, alloc) != 0) die("out of memory reading %s into memory (%zu bytes)", path, alloc);
+#ifdef MADV_HUGEPAGE
+    madvise(p, alloc, MADV_HUGEPAGE);  // a hint: without it (or off Linux) the copy still works
+#endif
+    for (uint64_t at = 0; at < size;) {
+        size_t want = size - at < ((size_t)64 << 20) ? (size_t)(size - at) : ((size_t)64 << 20);
+        ssize_t got = pread(fd, (uint8_t *)p + at, want, (off_t)at);
+        if (got <= 0) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
+        at += (uint64_t)got;
+    }
+    return p;
+}
+
+// --no-mmap copies the model into memory, so it must fit with room to spare; by
+// default the file is mapped and the OS pages in only the experts that are chosen.
+static int fits_in_memory(const char *path) {
+    struct stat st;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (stat(path, &st) != 0 || pages <= 0 || page <= 0) return 0;
+    return (double)st.st_size <= 0.75 * (double)pages * (double)page;
+}
+
+// in_memory: read the file into (huge-page) memory instead of mapping it.
+static void load_model(Model *m, const char *path, int in_memory) {
     memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
     if (!host_is_little_endian()) die("this build assumes a little-endian host");
     int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
@@ -530,10 +585,17 @@ static void load_model(Model *m, const char *path) {
     uint64_t size = (uint64_t)st.st_size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
+    const uint8_t *f;
+    if (in_memory) {
+        f = read_into_memory(fd, size, path);
+        m->copied = 1;
+    } else {
+        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
+        f = map;
+    }
     close(fd);
-    parse_model(m, map, size, path);
+    parse_model(m, f, size, path);
 }
 
 // Validates the whole file held in f[0..size) (header, config, every table
@@ -566,16 +628,124 @@ static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *p
 static void free_model(Model *m) {
     for (int l = 0; l < m->config.n_layers; l++) free(m->weights.layers[l].experts);
     free(m->weights.layers);
-    munmap((void *)m->file, m->file_size);
+    if (m->copied) free((void *)m->file);
+    else munmap((void *)m->file, m->file_size);
 }
 
 // ----------------------------------------------------------------------------
 // Matmul
 //
-// Every weight-times-vector product goes through this family, which dispatches
-// on the weight's element type so that the model code never sees storage
-// formats. Inner loops keep 8 independent partial sums so gcc/clang vectorise
-// them without -ffast-math (a single running sum would forbid reassociation).
+// Every product of a weight matrix with activations goes through matmuls(),
+// the only code that knows weight storage types. It takes a batch of jobs, each
+// a matrix times n activation rows (n = 1 when decoding, a prompt chunk when
+// prefilling, the tokens routed to one expert in a MoE layer), and splits every
+// job's rows over the thread pool in one dispatch, so each weight row is read
+// once per batch.
+//
+// Q8/Q4 weights are multiplied llama.cpp-style: the activation row is quantized
+// once to int8 per group of QK (scale d_x), each group's dot product is an
+// int32 sum, then scaled by d_w * d_x in fp32. Loops are written so gcc/clang
+// vectorise the portable path; x86 gets AVX2 versions of the two hot loops.
+
+// A pool of n_threads - 1 workers plus the calling thread, created once. A
+// dispatch bumps `generation`; workers spin on it for a short while (a token's
+// matmuls follow each other within microseconds), then sleep on `wake`.
+typedef struct {
+    int n_threads;
+    pthread_t *workers;                                 // (n_threads - 1)
+    void (*task)(void *ctx, int thread, int n_threads);
+    void *ctx;
+    atomic_uint generation;
+    atomic_int pending;                                 // workers still in the current task
+    int stop;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+} Pool;
+
+static Pool pool = {.n_threads = 1};
+
+#ifndef POOL_SPIN
+#define POOL_SPIN 4000  // pause instructions before a waiting thread yields or sleeps (~0.1 ms)
+#endif
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *pool_worker(void *arg) {
+    int id = (int)(intptr_t)arg;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = seen;
+        for (int i = 0; i < POOL_SPIN && g == seen; i++) {
+            cpu_relax();
+            g = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool.lock);
+            while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&pool.wake, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = g;
+        if (pool.stop) return NULL;
+        pool.task(pool.ctx, id, pool.n_threads);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+}
+
+// Runs task(ctx, i, n) for i = 0 .. n-1, one per thread, and returns when all are done.
+static void pool_run(void (*task)(void *, int, int), void *ctx) {
+    if (pool.n_threads == 1) { task(ctx, 0, 1); return; }
+    pool.task = task;
+    pool.ctx = ctx;
+    atomic_store_explicit(&pool.pending, pool.n_threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&pool.lock);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    task(ctx, 0, pool.n_threads);
+    // Spin briefly, then yield: if the machine has fewer free cores than threads,
+    // the workers we wait for may need this core.
+    for (int i = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; i++) {
+        if (i < POOL_SPIN) cpu_relax();
+        else sched_yield();
+    }
+}
+
+static void pool_start(int n_threads) {
+    pool.n_threads = n_threads;
+    if (n_threads == 1) return;
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.workers = xcalloc((size_t)n_threads - 1, sizeof(pthread_t));
+    for (int i = 1; i < n_threads; i++)
+        if (pthread_create(&pool.workers[i - 1], NULL, pool_worker, (void *)(intptr_t)i) != 0)
+            die("cannot start thread %d of %d", i, n_threads);
+}
+
+static void pool_stop(void) {
+    if (pool.n_threads == 1) return;
+    pthread_mutex_lock(&pool.lock);
+    pool.stop = 1;
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 1; i < pool.n_threads; i++) pthread_join(pool.workers[i - 1], NULL);
+    free(pool.workers);
+    pool.n_threads = 1;
+}
+
+typedef struct { uint16_t d; int8_t q[QK]; } BlockQ8;          // weights: d (bf16) * q
+typedef struct { uint16_t d; uint8_t q[QK / 2]; } BlockQ4;     // weights: d (bf16) * (nibble - 8)
+// An activation group: values d * q; dsum = d Σq and neg8[i] = -8 (q[4i] + .. + q[4i+3])
+// serve the -8 offset of Q4 weights (scalar and vector kernels).
+typedef struct { float d; float dsum; int8_t q[QK]; int32_t neg8[QK / 4]; } BlockX8;
+_Static_assert(sizeof(BlockQ8) == 2 + QK && sizeof(BlockQ4) == 2 + QK / 2, "blocks must be packed as in the file");
 
 static float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -584,6 +754,8 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+// Inner loops keep 8 independent partial sums so gcc/clang vectorise them
+// without -ffast-math (a single running sum would forbid reassociation).
 static float dot_f32(const float *w, const float *x, int n) {
     float acc[8] = {0};
     int j = 0;
@@ -606,120 +778,490 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-// y (n) = W[row0 : row0+n, :] x, with x (W.cols)
-static void matmul_rows(float *y, const Tensor *w, int row0, int n, const float *x) {
-    size_t cols = (size_t)w->cols;
-    if (w->type == TYPE_F32) {
-        const float *base = (const float *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) y[i] = dot_f32(base + (size_t)i * cols, x, (int)cols);
-    } else {
-        const uint16_t *base = (const uint16_t *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) y[i] = dot_bf16(base + (size_t)i * cols, x, (int)cols);
+// x (n) -> ceil(n / QK) groups, d = max|x| / 127 (the padding of the last group
+// is 0), q = x / d rounded half away from zero. Written without libm calls
+// (fmaxf, roundf) so that it inlines and vectorises.
+static void quantize_row(BlockX8 *out, const float *x, int n) {
+    for (int b = 0; b * QK < n; b++) {
+        float v[QK], amax = 0.0f;
+        for (int k = 0; k < QK; k++) {
+            v[k] = b * QK + k < n ? x[b * QK + k] : 0.0f;
+            float a = fabsf(v[k]);
+            amax = a > amax ? a : amax;
+        }
+        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int k = 0; k < QK; k++) {
+            float y = v[k] * inv;
+            y = y == y ? y : 0.0f;  // NaN (inf/NaN activations from corrupt weights): (int)NaN is undefined
+            int q = (int)(y + (y < 0.0f ? -0.5f : 0.5f));
+            out[b].q[k] = (int8_t)q;
+            sum += q;
+        }
+        out[b].d = d;
+        out[b].dsum = d * (float)sum;
+        for (int i = 0; i < QK / 4; i++)
+            out[b].neg8[i] = -8 * (out[b].q[4 * i] + out[b].q[4 * i + 1] + out[b].q[4 * i + 2] + out[b].q[4 * i + 3]);
     }
 }
 
-// y (W.rows) = W x
-static void matmul(float *y, const Tensor *w, const float *x) {
-    matmul_rows(y, w, 0, w->rows, x);
+// The kernels take one weight row and n <= 4 activation rows (row k at x + k *
+// nb blocks) and write the n dot products to out: when prefilling, one pass
+// over the weights serves 4 tokens. Each token's sum is computed the same way
+// whatever n is, so batched and token-by-token results are identical.
+#if defined(__AVX2__) && defined(__FMA__)
+static float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
-// y (W.cols) = W[row0 : row0+n, :]^T x, with x (n). Used to fold W_UK into the
-// query (spec §3.7) without materialising a transposed copy.
-static void matmul_t_rows(float *y, const Tensor *w, int row0, int n, const float *x) {
-    int cols = w->cols;
-    for (int j = 0; j < cols; j++) y[j] = 0.0f;
-    if (w->type == TYPE_F32) {
-        const float *base = (const float *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) {
-            const float *row = base + (size_t)i * cols;
-            float xi = x[i];
-            for (int j = 0; j < cols; j++) y[j] += xi * row[j];
+// Σ w x over one group, as 8 int32 lanes: maddubs multiplies unsigned by signed
+// bytes, so |w| times x carrying w's sign; pairs fit int16 as |w|, |x| <= 127.
+// With AVX-VNNI one vpdpbusd does the multiply and both additions (same exact sums).
+static __m256i dot_u8_s8(__m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+static __m256i group_dot_q8(__m256i wq, __m256i xq) {
+    return dot_u8_s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+}
+
+// Σ (nib - 8) x over one group, per lane: Σ nib x (nibbles 0..15 as unsigned
+// bytes) plus the activation's precomputed -8 Σx of the lane's 4 values.
+static __m256i group_dot_q4(__m256i nib, const BlockX8 *x) {
+    __m256i neg8 = _mm256_loadu_si256((const __m256i *)x->neg8), xq = _mm256_loadu_si256((const __m256i *)x->q);
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(neg8, nib, xq);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(neg8, nib, xq);
+#else
+    return _mm256_add_epi32(dot_u8_s8(nib, xq), neg8);
+#endif
+}
+
+static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
+
+static __m256i unpack_q4(const BlockQ4 *b) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)b->q);
+    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(15));
+}
+
+// acc + (Σ w x over group b, as 8 int32 lanes) * d_w d_x: one group of a Q8 row times one activation group.
+static __m256 fma_group_q8(__m256 acc, const BlockQ8 *w, const BlockX8 *x) {
+    __m256i wq = load32(w->q);
+    __m256 p = _mm256_cvtepi32_ps(group_dot_q8(wq, load32(x->q)));
+    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
+}
+
+static __m256 fma_group_q4(__m256 acc, const BlockQ4 *w, __m256i nib, const BlockX8 *x) {
+    __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, x));
+    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
+}
+
+// Per token, even groups go to one partial sum and odd groups to another (this
+// hides the FMA latency); the 4-token versions keep the same order per token.
+static float dot_q8_1(const BlockQ8 *w, const BlockX8 *x, int nb) {
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        even = fma_group_q8(even, w + b, x + b);
+        odd = fma_group_q8(odd, w + b + 1, x + b + 1);
+    }
+    if (b < nb) even = fma_group_q8(even, w + b, x + b);
+    return hsum256(_mm256_add_ps(even, odd));
+}
+
+static void dot_q8_4(const BlockQ8 *w, const BlockX8 *x, int nb, float *out) {
+    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        e0 = fma_group_q8(e0, w + b, x0 + b); o0 = fma_group_q8(o0, w + b + 1, x0 + b + 1);
+        e1 = fma_group_q8(e1, w + b, x1 + b); o1 = fma_group_q8(o1, w + b + 1, x1 + b + 1);
+        e2 = fma_group_q8(e2, w + b, x2 + b); o2 = fma_group_q8(o2, w + b + 1, x2 + b + 1);
+        e3 = fma_group_q8(e3, w + b, x3 + b); o3 = fma_group_q8(o3, w + b + 1, x3 + b + 1);
+    }
+    if (b < nb) {
+        e0 = fma_group_q8(e0, w + b, x0 + b); e1 = fma_group_q8(e1, w + b, x1 + b);
+        e2 = fma_group_q8(e2, w + b, x2 + b); e3 = fma_group_q8(e3, w + b, x3 + b);
+    }
+    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
+    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
+}
+
+static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
+    if (n == 4) { dot_q8_4(w, x, nb, out); return; }
+    for (int k = 0; k < n; k++) out[k] = dot_q8_1(w, x + (size_t)k * nb, nb);
+}
+
+static float dot_q4_1(const BlockQ4 *w, const BlockX8 *x, int nb) {
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
+        odd = fma_group_q4(odd, w + b + 1, unpack_q4(w + b + 1), x + b + 1);
+    }
+    if (b < nb) even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
+    return hsum256(_mm256_add_ps(even, odd));
+}
+
+static void dot_q4_4(const BlockQ4 *w, const BlockX8 *x, int nb, float *out) {
+    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        __m256i n0 = unpack_q4(w + b), n1 = unpack_q4(w + b + 1);
+        e0 = fma_group_q4(e0, w + b, n0, x0 + b); o0 = fma_group_q4(o0, w + b + 1, n1, x0 + b + 1);
+        e1 = fma_group_q4(e1, w + b, n0, x1 + b); o1 = fma_group_q4(o1, w + b + 1, n1, x1 + b + 1);
+        e2 = fma_group_q4(e2, w + b, n0, x2 + b); o2 = fma_group_q4(o2, w + b + 1, n1, x2 + b + 1);
+        e3 = fma_group_q4(e3, w + b, n0, x3 + b); o3 = fma_group_q4(o3, w + b + 1, n1, x3 + b + 1);
+    }
+    if (b < nb) {
+        __m256i n0 = unpack_q4(w + b);
+        e0 = fma_group_q4(e0, w + b, n0, x0 + b); e1 = fma_group_q4(e1, w + b, n0, x1 + b);
+        e2 = fma_group_q4(e2, w + b, n0, x2 + b); e3 = fma_group_q4(e3, w + b, n0, x3 + b);
+    }
+    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
+    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
+}
+
+static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
+    if (n == 4) { dot_q4_4(w, x, nb, out); return; }
+    for (int k = 0; k < n; k++) out[k] = dot_q4_1(w, x + (size_t)k * nb, nb);
+}
+#else
+static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
+    for (int k = 0; k < n; k++, x += nb) {
+        float s = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            int32_t acc = 0;
+            for (int j = 0; j < QK; j++) acc += (int32_t)w[b].q[j] * (int32_t)x[b].q[j];
+            s += (float)acc * bf16_to_f32(w[b].d) * x[b].d;
         }
-    } else {
-        const uint16_t *base = (const uint16_t *)w->data + (size_t)row0 * cols;
-        for (int i = 0; i < n; i++) {
-            const uint16_t *row = base + (size_t)i * cols;
-            float xi = x[i];
-            for (int j = 0; j < cols; j++) y[j] += xi * bf16_to_f32(row[j]);
-        }
+        out[k] = s;
     }
 }
 
-// y (W.cols) = row `row` of W, as f32 (the embedding lookup).
+static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
+    for (int k = 0; k < n; k++, x += nb) {
+        float s = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            int32_t acc = 0;
+            for (int j = 0; j < QK / 2; j++)
+                acc += (int32_t)(w[b].q[j] & 15) * x[b].q[j] + (int32_t)(w[b].q[j] >> 4) * x[b].q[j + QK / 2];
+            s += bf16_to_f32(w[b].d) * ((float)acc * x[b].d - 8.0f * x[b].dsum);
+        }
+        out[k] = s;
+    }
+}
+#endif
+
+static size_t row_bytes(const Tensor *w) { return (size_t)row_units(w->type, (uint64_t)w->cols) * (size_t)unit_bytes(w->type); }
+
+// Rows [row0, row0 + n) of w as a matrix of their own (rows are contiguous in every type).
+static Tensor tensor_rows(const Tensor *w, int row0, int n) {
+    Tensor t = *w;
+    t.data = (const uint8_t *)w->data + (size_t)row0 * row_bytes(w);
+    t.rows = n;
+    return t;
+}
+
+// y (W.cols) = row `row` of W, as f32 (the embedding lookup; dequantisation).
 static void tensor_row(float *y, const Tensor *w, int row) {
-    size_t cols = (size_t)w->cols;
+    int cols = w->cols;
+    const uint8_t *src = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
     if (w->type == TYPE_F32) {
-        memcpy(y, (const float *)w->data + (size_t)row * cols, cols * sizeof(float));
+        memcpy(y, src, (size_t)cols * sizeof(float));
+    } else if (w->type == TYPE_BF16) {
+        for (int j = 0; j < cols; j++) { uint16_t h; memcpy(&h, src + 2 * j, 2); y[j] = bf16_to_f32(h); }
+    } else if (w->type == TYPE_Q8) {
+        const BlockQ8 *b = (const BlockQ8 *)src;
+        for (int j = 0; j < cols; j++) y[j] = bf16_to_f32(b[j / QK].d) * b[j / QK].q[j % QK];
     } else {
-        const uint16_t *src = (const uint16_t *)w->data + (size_t)row * cols;
-        for (size_t j = 0; j < cols; j++) y[j] = bf16_to_f32(src[j]);
+        const BlockQ4 *b = (const BlockQ4 *)src;
+        for (int j = 0; j < cols; j++) {
+            int k = j % QK, nib = k < QK / 2 ? b[j / QK].q[k] & 15 : b[j / QK].q[k - QK / 2] >> 4;
+            y[j] = bf16_to_f32(b[j / QK].d) * (float)(nib - 8);
+        }
     }
+}
+
+// One product in a batch: y = x W^T over n rows of activations.
+typedef struct {
+    float *y;           // (n, y_stride): row t gets W.rows outputs
+    Tensor w;           // (rows, cols)
+    const float *x;     // (n, x_stride): row t holds W.cols inputs
+    int n, x_stride, y_stride;
+    const BlockX8 *xq;  // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
+} MatmulJob;
+
+static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
+    MatmulJob j = {y, w, x, n, w.cols, w.rows, NULL};
+    return j;
+}
+
+// Jobs cut into chunks of rows that threads claim one at a time: a thread that
+// is late (another process ran on its core) does fewer chunks instead of
+// holding everyone up at the end of the batch.
+typedef struct {
+    const MatmulJob *jobs;
+    int n_jobs;
+    int chunk_rows;       // rows per chunk
+    atomic_int next;      // next unclaimed chunk
+} MatmulBatch;
+
+// out[k] = row `row` of W · activation row k, for k < n <= 4 (x: stride x_stride
+// floats; xq: quantized rows, nb groups apart).
+static void dot_rows(const Tensor *w, int row, const float *x, size_t x_stride, const BlockX8 *xq, int n, float *out) {
+    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    int nb = (w->cols + QK - 1) / QK;
+    switch (w->type) {
+    case TYPE_F32: for (int k = 0; k < n; k++) out[k] = dot_f32((const float *)r, x + k * x_stride, w->cols); break;
+    case TYPE_BF16: for (int k = 0; k < n; k++) out[k] = dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols); break;
+    case TYPE_Q8: dot_q8((const BlockQ8 *)r, xq, nb, n, out); break;
+    default: dot_q4((const BlockQ4 *)r, xq, nb, n, out);
+    }
+}
+
+// Claims chunks until none is left: chunk c is rows [r0, r0 + chunk_rows) of
+// the job it falls in, computed for all n activation rows, 4 at a time while a
+// weight row is in cache.
+static void matmul_task(void *ctx, int thread, int n_threads) {
+    (void)thread; (void)n_threads;
+    MatmulBatch *batch = ctx;
+    int j = 0, first_of_job = 0;  // chunks are claimed in increasing order, so the job index only moves forward
+    for (;;) {
+        int c = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
+        while (j < batch->n_jobs && c >= first_of_job + (batch->jobs[j].w.rows + batch->chunk_rows - 1) / batch->chunk_rows)
+            first_of_job += (batch->jobs[j++].w.rows + batch->chunk_rows - 1) / batch->chunk_rows;
+        if (j == batch->n_jobs) return;
+        const MatmulJob *job = &batch->jobs[j];
+        int nb = (job->w.cols + QK - 1) / QK, r0 = (c - first_of_job) * batch->chunk_rows;
+        int r1 = r0 + batch->chunk_rows < job->w.rows ? r0 + batch->chunk_rows : job->w.rows;
+        for (int i = r0; i < r1; i++)
+            for (int t = 0; t < job->n; t += 4) {
+                float out[4];
+                int k = job->n - t < 4 ? job->n - t : 4;
+                dot_rows(&job->w, i, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride,
+                         job->xq ? job->xq + (size_t)t * nb : NULL, k, out);
+                for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i] = out[m];
+            }
+    }
+}
+
+static struct { BlockX8 *xq; size_t cap; } scratch;  // grown on demand
+
+static void *grow_buffer(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return p;
+    p = realloc(p, need * elem);
+    if (!p) die("out of memory (%zu x %zu bytes)", need, elem);
+    *cap = need;
+    return p;
+}
+
+// Runs all jobs in one dispatch. Jobs that follow each other with the same
+// input share its quantization.
+static void matmuls(MatmulJob *jobs, int n_jobs) {
+    size_t need = 0;
+    for (int j = 0; j < n_jobs; j++)
+        if (is_quantized(jobs[j].w.type)) need += (size_t)jobs[j].n * (size_t)((jobs[j].w.cols + QK - 1) / QK);
+    scratch.xq = grow_buffer(scratch.xq, &scratch.cap, need, sizeof(BlockX8));
+    size_t used = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        MatmulJob *job = &jobs[j];
+        if (!is_quantized(job->w.type)) continue;
+        const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
+        if (prev && prev->xq && prev->x == job->x && prev->n == job->n && prev->x_stride == job->x_stride &&
+            prev->w.cols == job->w.cols) {
+            job->xq = prev->xq;
+            continue;
+        }
+        int nb = (job->w.cols + QK - 1) / QK;
+        BlockX8 *xq = scratch.xq + used;
+        for (int t = 0; t < job->n; t++) quantize_row(xq + (size_t)t * nb, job->x + (size_t)t * job->x_stride, job->w.cols);
+        job->xq = xq;
+        used += (size_t)job->n * (size_t)nb;
+    }
+    // About 16 chunks per thread over the whole batch, but at least 16 rows each.
+    long long rows = 0;
+    for (int j = 0; j < n_jobs; j++) rows += jobs[j].w.rows;
+    long long chunk = rows / (16LL * pool.n_threads);
+    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
+    pool_run(matmul_task, &batch);
+}
+
+// y (n, W.rows) = x (n, W.cols) W^T
+static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
+    MatmulJob job = matmul_job(y, *w, x, n);
+    matmuls(&job, 1);
+}
+
+
+// y[j0..j1) += a * row `row` of W, columns j0 .. j1-1 (j0 a multiple of QK).
+static void axpy_row(float *y, float a, const Tensor *w, int row, int j0, int j1) {
+    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    if (w->type == TYPE_F32) {
+        const float *f = (const float *)r;
+        for (int j = j0; j < j1; j++) y[j] += a * f[j];
+    } else if (w->type == TYPE_BF16) {
+        const uint16_t *h = (const uint16_t *)r;
+        for (int j = j0; j < j1; j++) y[j] += a * bf16_to_f32(h[j]);
+    } else if (w->type == TYPE_Q8) {
+        for (int j = j0; j < j1; j += QK) {
+            const BlockQ8 *b = (const BlockQ8 *)r + j / QK;
+            float s = a * bf16_to_f32(b->d);
+            int m = j1 - j < QK ? j1 - j : QK;
+            for (int k = 0; k < m; k++) y[j + k] += s * (float)b->q[k];
+        }
+    } else {
+        for (int j = j0; j < j1; j += QK) {
+            const BlockQ4 *b = (const BlockQ4 *)r + j / QK;
+            float s = a * bf16_to_f32(b->d);
+            int m = j1 - j < QK ? j1 - j : QK;
+            for (int k = 0; k < m; k++) {
+                int nib = k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4;
+                y[j + k] += s * (float)(nib - 8);
+            }
+        }
+    }
+}
+
+// Thread `thread` owns a range of column groups of every job's y.
+static void matmul_t_task(void *ctx, int thread, int n_threads) {
+    const MatmulBatch *batch = ctx;
+    for (int j = 0; j < batch->n_jobs; j++) {
+        const MatmulJob *job = &batch->jobs[j];
+        int cols = job->w.cols, groups = (cols + QK - 1) / QK;
+        int j0 = groups * thread / n_threads * QK, j1 = groups * (thread + 1) / n_threads * QK;
+        if (j1 > cols) j1 = cols;
+        for (int t = 0; t < job->n; t++)
+            for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
+        for (int i = 0; i < job->w.rows; i++)
+            for (int t = 0; t < job->n; t++)
+                axpy_row(job->y + (size_t)t * job->y_stride, job->x[(size_t)t * job->x_stride + i], &job->w, i, j0, j1);
+    }
+}
+
+// The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one
+// dispatch (x_stride and y_stride as in MatmulJob, but y rows hold W.cols
+// values). Folds W_UK into the query (spec §3.7) without a transposed copy:
+// each row of W is decoded once and added into every y row.
+static void matmuls_t(MatmulJob *jobs, int n_jobs) {
+    MatmulBatch batch = {jobs, n_jobs, 0, 0};
+    pool_run(matmul_t_task, &batch);
 }
 
 // ----------------------------------------------------------------------------
 // Run state
+//
+// Activations are matrices of up to `chunk` rows, one per token: a prompt goes
+// through each layer a chunk at a time, so every weight is read once per chunk
+// (decoding is the one-row case).
+
+#define PREFILL_CHUNK 64
+
+// One SwiGLU MLP applied to n rows: a dense FFN, a routed expert or the shared experts.
+typedef struct {
+    const MLPWeights *mlp;
+    const float *x;       // (n, D)
+    float *out;           // (n, D)
+    int n;
+} FFNCall;
 
 typedef struct {
     int context;          // max positions held by the cache
-    float *x;             // (D) residual stream
-    float *xn;            // (D) normalised residual, input of a block
-    float *block_out;     // (D) output of attention or FFN before the residual add
-    float *q_latent;      // (rq) compressed query c_Q
-    float *q;             // (H, dn+dr) per head [q_nope; q_pe]
-    float *kv_a;          // (r+dr) [c_KV raw; k_pe]
-    float *q_absorbed;    // (H, r) W_UK^T q_nope per head
-    float *scores;        // (context) attention scores of one head
-    float *u;             // (r) attention-weighted latent of one head
-    float *o;             // (H, dv) per-head attention output, input of o_proj
-    float *ffn_hidden;    // (max(I, Ie, S*Ie)) silu(gate) * up
-    float *ffn_up;        // (max(I, Ie, S*Ie)) up projection
-    float *expert_out;    // (D) output of one expert
-    float *router_logits; // (E)
+    int chunk;            // max tokens per forward pass
+    float *x;             // (chunk, D) residual stream
+    float *xn;            // (chunk, D) normalised residual, input of a block
+    float *block_out;     // (chunk, D) output of attention or FFN before the residual add
+    float *q_latent;      // (chunk, rq) compressed query c_Q
+    float *q;             // (chunk, H, dn+dr) per head [q_nope; q_pe]
+    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe]
+    float *q_absorbed;    // (chunk, H, r) W_UK^T q_nope per head
+    float *scores;        // (threads, context) attention scores of one head, per thread
+    float *u;             // (chunk, H, r) attention-weighted latent per head
+    float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
+    float *ffn_in;        // (chunk*K, D) expert inputs, grouped by expert
+    float *ffn_hidden;    // (ffn_rows) silu(gate) * up of every MLP of a layer, back to back
+    float *ffn_up;        // (ffn_rows) up projections
+    float *ffn_out;       // (chunk*(K+1), D) expert outputs, grouped by expert, then the shared ones
+    float *router_logits; // (chunk, E)
     float *router_scores; // (E) s: softmax or sigmoid of the logits
     float *router_choice; // (E) scores used to choose experts (s + bias), -inf once masked
     float *group_scores;  // (n_group)
     int *group_kept;      // (n_group) 1 if the group survives the group limit
-    int *topk_idx;        // (K) chosen experts
-    float *topk_w;        // (K) their weights
-    float *rope_cos;      // (dr/2) cos(p θ_i) * YaRN cos/sin multiplier
-    float *rope_sin;      // (dr/2)
-    float *logits;        // (V)
+    int *topk_idx;        // (chunk, K) chosen experts
+    float *topk_w;        // (chunk, K) their weights
+    int *expert_first;    // (E+1) first (token, expert) pair of each expert
+    int *expert_fill;     // (E)
+    int *pair_token;      // (chunk*K) token of each pair, pairs grouped by expert
+    float *pair_weight;   // (chunk*K)
+    FFNCall *ffn_calls;   // (E+1)
+    MatmulJob *jobs;      // (max(2(E+1), H))
+    float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
+    float *rope_sin;      // (chunk, dr/2)
+    float *logits;        // (chunk, V)
     float *kv_cache;      // (L, context, r+dr) normalised latent c_t and rotated k_pe_t
     long long *expert_load;  // (L, E) times the router chose each routed expert (rows of dense layers stay 0)
 } RunState;
 
-static void alloc_run_state(RunState *s, const Config *c, int context) {
-    int hidden = c->intermediate_size;
-    if (c->moe_intermediate_size > hidden) hidden = c->moe_intermediate_size;
-    if (c->n_shared_experts * c->moe_intermediate_size > hidden) hidden = c->n_shared_experts * c->moe_intermediate_size;
+static float *alloc_floats(size_t a, size_t b) {
+    if (b && a > SIZE_MAX / sizeof(float) / b) die("out of memory (%zu x %zu floats)", a, b);
+    return xcalloc(a * b > 0 ? a * b : 1, sizeof(float));
+}
+
+static void alloc_run_state(RunState *s, const Config *c, int context, int chunk) {
     int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
     int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
     int G = c->n_group > 0 ? c->n_group : 1;
-    size_t cache_row = (size_t)c->kv_lora_rank + (size_t)c->qk_rope_head_dim;
+    size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank;
+    size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
+    if (chunk > context) chunk = context;
+    size_t n = (size_t)chunk;
+    size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
+                      n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
+    size_t ffn_rows = n * (size_t)c->intermediate_size > moe_rows ? n * (size_t)c->intermediate_size : moe_rows;
     s->context = context;
-    s->x = xcalloc((size_t)c->dim, sizeof(float));
-    s->xn = xcalloc((size_t)c->dim, sizeof(float));
-    s->block_out = xcalloc((size_t)c->dim, sizeof(float));
-    s->q_latent = xcalloc((size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1), sizeof(float));
-    s->q = xcalloc((size_t)c->n_heads * (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim), sizeof(float));
-    s->kv_a = xcalloc(cache_row, sizeof(float));
-    s->q_absorbed = xcalloc((size_t)c->n_heads * (size_t)c->kv_lora_rank, sizeof(float));
-    s->scores = xcalloc((size_t)context, sizeof(float));
-    s->u = xcalloc((size_t)c->kv_lora_rank, sizeof(float));
-    s->o = xcalloc((size_t)c->n_heads * (size_t)c->v_head_dim, sizeof(float));
-    s->ffn_hidden = xcalloc((size_t)hidden, sizeof(float));
-    s->ffn_up = xcalloc((size_t)hidden, sizeof(float));
-    s->expert_out = xcalloc((size_t)c->dim, sizeof(float));
-    s->router_logits = xcalloc((size_t)E, sizeof(float));
-    s->router_scores = xcalloc((size_t)E, sizeof(float));
-    s->router_choice = xcalloc((size_t)E, sizeof(float));
-    s->group_scores = xcalloc((size_t)G, sizeof(float));
+    s->chunk = chunk;
+    s->x = alloc_floats(n, D);
+    s->xn = alloc_floats(n, D);
+    s->block_out = alloc_floats(n, D);
+    s->q_latent = alloc_floats(n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1));
+    s->q = alloc_floats(n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    s->kv_a = alloc_floats(n, cache_row);
+    s->q_absorbed = alloc_floats(n * H, r);
+    s->scores = alloc_floats((size_t)pool.n_threads, (size_t)context);
+    s->u = alloc_floats(n * H, r);
+    s->o = alloc_floats(n * H, (size_t)c->v_head_dim);
+    s->ffn_in = alloc_floats(n * (size_t)K, D);
+    s->ffn_hidden = alloc_floats(ffn_rows, 1);
+    s->ffn_up = alloc_floats(ffn_rows, 1);
+    s->ffn_out = alloc_floats(n * (size_t)(K + 1), D);
+    s->router_logits = alloc_floats(n, (size_t)E);
+    s->router_scores = alloc_floats((size_t)E, 1);
+    s->router_choice = alloc_floats((size_t)E, 1);
+    s->group_scores = alloc_floats((size_t)G, 1);
     s->group_kept = xcalloc((size_t)G, sizeof(int));
-    s->topk_idx = xcalloc((size_t)K, sizeof(int));
-    s->topk_w = xcalloc((size_t)K, sizeof(float));
-    s->rope_cos = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
-    s->rope_sin = xcalloc((size_t)c->qk_rope_head_dim / 2, sizeof(float));
-    s->logits = xcalloc((size_t)c->vocab_size, sizeof(float));
+    s->topk_idx = xcalloc(n * (size_t)K, sizeof(int));
+    s->topk_w = alloc_floats(n, (size_t)K);
+    s->expert_first = xcalloc((size_t)E + 1, sizeof(int));
+    s->expert_fill = xcalloc((size_t)E, sizeof(int));
+    s->pair_token = xcalloc(n * (size_t)K, sizeof(int));
+    s->pair_weight = alloc_floats(n, (size_t)K);
+    s->ffn_calls = xcalloc((size_t)E + 1, sizeof(FFNCall));
+    s->jobs = xcalloc(2 * ((size_t)E + 1) + H, sizeof(MatmulJob));
+    s->rope_cos = alloc_floats(n, half);
+    s->rope_sin = alloc_floats(n, half);
+    s->logits = alloc_floats(n, (size_t)c->vocab_size);
     if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
     s->kv_cache = xcalloc((size_t)c->n_layers * (size_t)context * cache_row, sizeof(float));
@@ -728,10 +1270,11 @@ static void alloc_run_state(RunState *s, const Config *c, int context) {
 
 static void free_run_state(RunState *s) {
     free(s->x); free(s->xn); free(s->block_out); free(s->q_latent); free(s->q); free(s->kv_a);
-    free(s->q_absorbed); free(s->scores); free(s->u); free(s->o); free(s->ffn_hidden); free(s->ffn_up);
-    free(s->expert_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
-    free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->rope_cos); free(s->rope_sin);
-    free(s->logits); free(s->kv_cache); free(s->expert_load);
+    free(s->q_absorbed); free(s->scores); free(s->u); free(s->o); free(s->ffn_in); free(s->ffn_hidden);
+    free(s->ffn_up); free(s->ffn_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
+    free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->expert_first);
+    free(s->expert_fill); free(s->pair_token); free(s->pair_weight); free(s->ffn_calls); free(s->jobs);
+    free(s->rope_cos); free(s->rope_sin); free(s->logits); free(s->kv_cache); free(s->expert_load);
 }
 
 // ----------------------------------------------------------------------------
@@ -804,11 +1347,11 @@ static void init_rope(Rope *rope, const Config *c) {
     rope->softmax_scale = (float)scale;
 }
 
-static void rope_tables(RunState *s, const Rope *rope, int half, int pos) {
+static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, int pos) {
     for (int i = 0; i < half; i++) {
         double angle = (double)pos * rope->theta[i];
-        s->rope_cos[i] = (float)cos(angle) * rope->cs_mult;
-        s->rope_sin[i] = (float)sin(angle) * rope->cs_mult;
+        cos_t[i] = (float)cos(angle) * rope->cs_mult;
+        sin_t[i] = (float)sin(angle) * rope->cs_mult;
     }
 }
 
@@ -824,67 +1367,123 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int ha
 
 static float dot(const float *a, const float *b, int n) { return dot_f32(a, b, n); }
 
-// Multi-head Latent Attention for one token at position pos (spec §3.3, §3.7).
-// Input s->xn (D), output s->block_out (D). Only the normalised latent c (r)
-// and the rotated shared k_pe (dr) are cached; keys and values are never
-// expanded per position. Instead W_UK is folded into the query and W_UV is
-// applied once to the attention-weighted latent.
+// Attention of one query (one head of one token) at position pos over the
+// cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
+// Writes u (r) = Σ_t p_t c_t; scores (pos+1) is scratch.
+static void attend(const Config *c, const Rope *rope, const float *cache, const float *q_abs, const float *q_pe,
+                   int pos, float *scores, float *u) {
+    int r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    size_t row = (size_t)r + (size_t)dr;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        scores[t] = rope->softmax_scale * (dot(q_abs, ct, r) + dot(q_pe, ct + r, dr));
+    }
+    softmax(scores, pos + 1);
+    for (int i = 0; i < r; i++) u[i] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        float p = scores[t];
+        for (int i = 0; i < r; i++) u[i] += p * ct[i];
+    }
+}
+
+typedef struct {
+    const Config *c;
+    const Rope *rope;
+    RunState *s;
+    const float *cache;   // (context, r+dr) of this layer
+    int pos0, n;
+} AttendBatch;
+
+// The (token, head) queries of a chunk are independent: spread them over the threads.
+static void attend_task(void *ctx, int thread, int n_threads) {
+    const AttendBatch *a = ctx;
+    const Config *c = a->c;
+    RunState *s = a->s;
+    int H = c->n_heads, r = c->kv_lora_rank, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    for (int i = thread; i < a->n * H; i += n_threads) {
+        int t = i / H;  // query i is head i % H of token t
+        attend(c, a->rope, a->cache, s->q_absorbed + (size_t)i * r, s->q + (size_t)i * qk + c->qk_nope_head_dim,
+               a->pos0 + t, s->scores + (size_t)thread * s->context, s->u + (size_t)i * r);
+    }
+}
+
+// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1 (spec
+// §3.3, §3.7). Input s->xn (n, D), output s->block_out (n, D). Only the
+// normalised latent c (r) and the rotated shared k_pe (dr) are cached; keys and
+// values are never expanded per position. Instead W_UK is folded into the
+// query and W_UV is applied once to the attention-weighted latent.
 static void mla_attention(const Config *c, const LayerWeights *lw, const Rope *rope, RunState *s,
-                          int layer, int pos) {
+                          int layer, int pos0, int n) {
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2;
+    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
     size_t row = (size_t)r + (size_t)dr;
     float *layer_cache = s->kv_cache + (size_t)layer * (size_t)s->context * row;  // (context, r+dr)
 
     // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection.
-    if (c->q_lora_rank > 0) {
-        matmul(s->q_latent, &lw->q_a_proj, s->xn);
-        rmsnorm(s->q_latent, s->q_latent, lw->q_a_norm, c->q_lora_rank, 1e-6f);  // HF builds this norm with eps 1e-6
-        matmul(s->q, &lw->q_b_proj, s->q_latent);
+    if (rq > 0) {
+        matmul_n(s->q_latent, &lw->q_a_proj, s->xn, n);
+        for (int t = 0; t < n; t++)  // HF builds this norm with eps 1e-6
+            rmsnorm(s->q_latent + (size_t)t * rq, s->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
+        matmul_n(s->q, &lw->q_b_proj, s->q_latent, n);
     } else {
-        matmul(s->q, &lw->q_proj, s->xn);
+        matmul_n(s->q, &lw->q_proj, s->xn, n);
     }
 
     // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe rotated.
-    matmul(s->kv_a, &lw->kv_a_proj, s->xn);
-    float *slot = layer_cache + (size_t)pos * row;  // (r+dr)
-    rmsnorm(slot, s->kv_a, lw->kv_a_norm, r, 1e-6f);
-    memcpy(slot + r, s->kv_a + r, (size_t)dr * sizeof(float));
-    rope_rotate(slot + r, s->rope_cos, s->rope_sin, half);
-
-    for (int h = 0; h < H; h++) {
-        float *q_nope = s->q + (size_t)h * qk;      // (dn)
-        float *q_pe = q_nope + dn;                  // (dr)
-        float *q_abs = s->q_absorbed + (size_t)h * r;  // (r)
-        rope_rotate(q_pe, s->rope_cos, s->rope_sin, half);
-        // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t
-        matmul_t_rows(q_abs, &lw->kv_b_proj, h * (dn + dv), dn, q_nope);
-
-        for (int t = 0; t <= pos; t++) {
-            const float *ct = layer_cache + (size_t)t * row;
-            s->scores[t] = rope->softmax_scale * (dot(q_abs, ct, r) + dot(q_pe, ct + r, dr));
-        }
-        softmax(s->scores, pos + 1);
-
-        // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t)
-        for (int i = 0; i < r; i++) s->u[i] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float *ct = layer_cache + (size_t)t * row;
-            float p = s->scores[t];
-            for (int i = 0; i < r; i++) s->u[i] += p * ct[i];
-        }
-        matmul_rows(s->o + (size_t)h * dv, &lw->kv_b_proj, h * (dn + dv) + dn, dv, s->u);
+    matmul_n(s->kv_a, &lw->kv_a_proj, s->xn, n);
+    for (int t = 0; t < n; t++) {
+        float *cos_t = s->rope_cos + (size_t)t * half, *sin_t = s->rope_sin + (size_t)t * half;
+        float *slot = layer_cache + (size_t)(pos0 + t) * row;  // (r+dr)
+        const float *kv = s->kv_a + (size_t)t * row;
+        rmsnorm(slot, kv, lw->kv_a_norm, r, 1e-6f);
+        memcpy(slot + r, kv + r, (size_t)dr * sizeof(float));
+        rope_rotate(slot + r, cos_t, sin_t, half);
+        for (int h = 0; h < H; h++) rope_rotate(s->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t, half);
     }
-    matmul(s->block_out, &lw->o_proj, s->o);
+
+    // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
+    for (int h = 0; h < H; h++) {
+        MatmulJob *job = &s->jobs[h];
+        *job = matmul_job(s->q_absorbed + (size_t)h * r, tensor_rows(&lw->kv_b_proj, h * (dn + dv), dn),
+                          s->q + (size_t)h * qk, n);
+        job->x_stride = H * qk;
+        job->y_stride = H * r;
+    }
+    matmuls_t(s->jobs, H);
+    AttendBatch batch = {c, rope, s, layer_cache, pos0, n};
+    pool_run(attend_task, &batch);
+
+    // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t): each head's W_UV on its u, all heads in one batch.
+    for (int h = 0; h < H; h++) {
+        MatmulJob *job = &s->jobs[h];
+        *job = matmul_job(s->o + (size_t)h * dv, tensor_rows(&lw->kv_b_proj, h * (dn + dv) + dn, dv),
+                          s->u + (size_t)h * r, n);
+        job->x_stride = H * r;
+        job->y_stride = H * dv;
+    }
+    matmuls(s->jobs, H);
+    matmul_n(s->block_out, &lw->o_proj, s->o, n);
 }
 
-// SwiGLU MLP (spec §4.1): out (D) = W_down (silu(W_gate x) ⊙ W_up x).
-static void mlp(float *out, const MLPWeights *m, const float *x, RunState *s) {
-    int hidden = m->gate.rows;
-    matmul(s->ffn_hidden, &m->gate, x);
-    matmul(s->ffn_up, &m->up, x);
-    for (int i = 0; i < hidden; i++) s->ffn_hidden[i] = silu(s->ffn_hidden[i]) * s->ffn_up[i];
-    matmul(out, &m->down, s->ffn_hidden);
+// SwiGLU MLPs (spec §4.1), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for
+// each call: all gate/up products in one batch, then all down products.
+static void swiglu(RunState *s, const FFNCall *calls, int count) {
+    MatmulJob *jobs = s->jobs;
+    size_t off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[2 * i] = matmul_job(s->ffn_hidden + off, calls[i].mlp->gate, calls[i].x, calls[i].n);
+        jobs[2 * i + 1] = matmul_job(s->ffn_up + off, calls[i].mlp->up, calls[i].x, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, 2 * count);
+    for (size_t k = 0; k < off; k++) s->ffn_hidden[k] = silu(s->ffn_hidden[k]) * s->ffn_up[k];
+    off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[i] = matmul_job(calls[i].out, calls[i].mlp->down, s->ffn_hidden + off, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, count);
 }
 
 // Index of the largest of x[0..n), lowest index on ties; -1 if all are -inf.
@@ -911,15 +1510,14 @@ static float group_score(const float *choice, int size, int method) {
     return a + b;
 }
 
-// Router (spec §4.2): fills s->topk_idx / s->topk_w (K) from the normalised
-// input s->xn. The router runs in fp32. Scores s come from softmax or
+// Router (spec §4.2): fills topk_idx / topk_w (K) from the router logits (E)
+// of one token, W_gate x in fp32. Scores s come from softmax or
 // sigmoid; experts are chosen from s (+ bias for noaux_tc) inside the
 // best topk_group groups, but weighted by the unbiased s.
-static void route(const Config *c, const LayerWeights *lw, RunState *s) {
+static void route(const Config *c, const LayerWeights *lw, RunState *s, const float *logits, int *topk_idx, float *topk_w) {
     int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
     float *scores = s->router_scores, *choice = s->router_choice;  // (E), (E)
-    matmul(s->router_logits, &lw->router, s->xn);
-    for (int e = 0; e < E; e++) scores[e] = s->router_logits[e];
+    for (int e = 0; e < E; e++) scores[e] = logits[e];
     if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
     else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
 
@@ -949,63 +1547,112 @@ static void route(const Config *c, const LayerWeights *lw, RunState *s) {
         int e = argmax_finite(choice, E);
         if (e < 0) die("router: fewer than %d selectable experts (non-finite router scores)", K);
         choice[e] = -INFINITY;
-        s->topk_idx[k] = e;
-        s->topk_w[k] = scores[e];
+        topk_idx[k] = e;
+        topk_w[k] = scores[e];
         sum += scores[e];
     }
     for (int k = 0; k < K; k++) {
-        if (c->norm_topk_prob && K > 1) s->topk_w[k] /= sum + 1e-20f;
-        s->topk_w[k] *= c->routed_scaling_factor;
+        if (c->norm_topk_prob && K > 1) topk_w[k] /= sum + 1e-20f;
+        topk_w[k] *= c->routed_scaling_factor;
     }
 }
 
-// DeepSeekMoE layer: weighted routed experts plus the always-on shared
-// experts, which routed_scaling_factor does not touch. Input s->xn (D),
-// output s->block_out (D).
-static void moe(const Config *c, const LayerWeights *lw, RunState *s) {
-    int D = c->dim;
-    route(c, lw, s);
-    for (int i = 0; i < D; i++) s->block_out[i] = 0.0f;
-    for (int k = 0; k < c->num_experts_per_tok; k++) {
-        mlp(s->expert_out, &lw->experts[s->topk_idx[k]], s->xn, s);
-        float w = s->topk_w[k];
-        for (int i = 0; i < D; i++) s->block_out[i] += w * s->expert_out[i];
+// DeepSeekMoE layer on n tokens: weighted routed experts plus the always-on
+// shared experts, which routed_scaling_factor does not touch. Input s->xn
+// (n, D), output s->block_out (n, D). The (token, expert) pairs are grouped by
+// expert, so each chosen expert runs once over its tokens and unchosen experts
+// are never read.
+static void moe(const Config *c, const LayerWeights *lw, RunState *s, int n) {
+    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
+    matmul_n(s->router_logits, &lw->router, s->xn, n);
+    for (int t = 0; t < n; t++) route(c, lw, s, s->router_logits + (size_t)t * E, s->topk_idx + t * K, s->topk_w + t * K);
+    int *first = s->expert_first;  // (E+1): pairs of expert e are first[e] .. first[e+1]-1
+    for (int e = 0; e <= E; e++) first[e] = 0;
+    for (int p = 0; p < pairs; p++) first[s->topk_idx[p] + 1]++;
+    for (int e = 0; e < E; e++) { first[e + 1] += first[e]; s->expert_fill[e] = first[e]; }
+    for (int p = 0; p < pairs; p++) {
+        int slot = s->expert_fill[s->topk_idx[p]]++, t = p / K;
+        s->pair_token[slot] = t;
+        s->pair_weight[slot] = s->topk_w[p];
+        memcpy(s->ffn_in + (size_t)slot * D, s->xn + (size_t)t * D, (size_t)D * sizeof(float));
     }
+    int count = 0;
+    for (int e = 0; e < E; e++) {
+        if (first[e + 1] == first[e]) continue;
+        FFNCall call = {&lw->experts[e], s->ffn_in + (size_t)first[e] * D, s->ffn_out + (size_t)first[e] * D,
+                        first[e + 1] - first[e]};
+        s->ffn_calls[count++] = call;
+    }
+    float *shared_out = s->ffn_out + (size_t)pairs * D;  // (n, D)
     if (lw->has_shared) {
-        mlp(s->expert_out, &lw->shared, s->xn, s);
-        for (int i = 0; i < D; i++) s->block_out[i] += s->expert_out[i];
+        FFNCall call = {&lw->shared, s->xn, shared_out, n};
+        s->ffn_calls[count++] = call;
+    }
+    swiglu(s, s->ffn_calls, count);
+    for (size_t i = 0; i < (size_t)n * D; i++) s->block_out[i] = lw->has_shared ? shared_out[i] : 0.0f;
+    for (int p = 0; p < pairs; p++) {
+        float w = s->pair_weight[p], *out = s->block_out + (size_t)s->pair_token[p] * D;
+        const float *y = s->ffn_out + (size_t)p * D;
+        for (int i = 0; i < D; i++) out[i] += w * y[i];
     }
 }
 
 // ----------------------------------------------------------------------------
 // Forward
 
-// Runs one token at position pos through the model, appending its latent to
-// the cache, and returns the logits (V) over the whole vocab_size.
-static float *forward(const Model *m, const Rope *rope, RunState *s, int token, int pos) {
+// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one
+// matrix, appending their latents to the cache. Returns the logits (V) of the
+// last token, or with all_logits those of every token (n, V), over the whole
+// vocab_size.
+static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0,
+                            int all_logits) {
     const Config *c = &m->config;
     const Weights *w = &m->weights;
-    int D = c->dim;
-    tensor_row(s->x, &w->embed, token);
-    rope_tables(s, rope, c->qk_rope_head_dim / 2, pos);
+    int D = c->dim, half = c->qk_rope_head_dim / 2;
+    size_t nD = (size_t)n * D;
+    for (int t = 0; t < n; t++) {
+        tensor_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
+        rope_tables(s->rope_cos + (size_t)t * half, s->rope_sin + (size_t)t * half, rope, half, pos0 + t);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &w->layers[l];
-        rmsnorm(s->xn, s->x, lw->input_norm, D, c->rms_norm_eps);
-        mla_attention(c, lw, rope, s, l, pos);
-        for (int i = 0; i < D; i++) s->x[i] += s->block_out[i];
-        rmsnorm(s->xn, s->x, lw->post_norm, D, c->rms_norm_eps);
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
+        mla_attention(c, lw, rope, s, l, pos0, n);
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
         if (lw->is_moe) {
-            moe(c, lw, s);
+            moe(c, lw, s, n);
             long long *load = s->expert_load + (size_t)l * c->n_routed_experts;  // (E)
-            for (int k = 0; k < c->num_experts_per_tok; k++) load[s->topk_idx[k]]++;
+            for (int p = 0; p < n * c->num_experts_per_tok; p++) load[s->topk_idx[p]]++;
         } else {
-            mlp(s->block_out, &lw->mlp, s->xn, s);
+            FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
+            swiglu(s, &dense, 1);
         }
-        for (int i = 0; i < D; i++) s->x[i] += s->block_out[i];
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
     }
-    rmsnorm(s->x, s->x, w->final_norm, D, c->rms_norm_eps);
-    matmul(s->logits, &w->lm_head, s->x);
+    int first = all_logits ? 0 : n - 1;
+    for (int t = first; t < n; t++)
+        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, c->rms_norm_eps);
+    matmul_n(s->logits, &w->lm_head, s->x + (size_t)first * D, n - first);
     return s->logits;
+}
+
+// One token at position pos; returns its logits (V).
+static float *forward(const Model *m, const Rope *rope, RunState *s, int token, int pos) {
+    return forward_chunk(m, rope, s, &token, 1, pos, 0);
+}
+
+// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time and
+// returns the logits (V) after the last one.
+static float *prefill(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0) {
+    float *logits = s->logits;
+    for (int i = 0; i < n; i += s->chunk) {
+        int k = n - i < s->chunk ? n - i : s->chunk;
+        logits = forward_chunk(m, rope, s, tokens + i, k, pos0 + i, 0);
+    }
+    return logits;
 }
 
 // ----------------------------------------------------------------------------
@@ -2095,10 +2742,11 @@ static double now_seconds(void) {
 static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, const char *path) {
     FILE *f = fopen(path, "wb");
     if (!f) die("cannot open %s for writing: %s", path, strerror(errno));
-    for (int t = 0; t < n; t++) {
-        float *logits = forward(m, rope, s, tokens[t], t);
-        if (fwrite(logits, sizeof(float), (size_t)m->config.vocab_size, f) != (size_t)m->config.vocab_size)
-            die("write to %s failed: %s", path, strerror(errno));
+    for (int t = 0; t < n; t += s->chunk) {
+        int k = n - t < s->chunk ? n - t : s->chunk;
+        size_t count = (size_t)k * (size_t)m->config.vocab_size;
+        float *logits = forward_chunk(m, rope, s, tokens + t, k, t, 1);
+        if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
     if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
 }
@@ -2114,8 +2762,8 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
     int pos = 0, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
     Decoder text = {0};
     double t0 = now_seconds();
-    float *logits = NULL;
-    for (; pos < n_prompt; pos++) logits = forward(m, rope, s, prompt[pos], pos);
+    float *logits = prefill(m, rope, s, prompt, n_prompt, 0);
+    pos = n_prompt;
     double t1 = now_seconds();
     while (generated < steps) {
         int token = sample(sp, logits);
@@ -2209,7 +2857,8 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
             free(user); free(text); free(ids.ids);
             break;
         }
-        for (int i = 0; i < ids.n; i++) logits = forward(m, rope, s, ids.ids[i], pos++);
+        logits = prefill(m, rope, s, ids.ids, ids.n, pos);
+        pos += ids.n;
         fprintf(stderr, "Assistant: ");
         // R1's generation prompt opens the thinking section; show it, since what follows is inside it
         if (tok->chat_family == CHAT_DEEPSEEK_R1 && !print_ids) printf("<think>\n");
@@ -2331,6 +2980,67 @@ static void perplexity(const Model *m, const Rope *rope, RunState *s, Tokenizer 
 // ----------------------------------------------------------------------------
 // Benchmark
 
+static uint64_t tensor_bytes(const Tensor *t) { return (uint64_t)t->rows * row_bytes(t); }
+
+static uint64_t mlp_bytes(const MLPWeights *m) {
+    return tensor_bytes(&m->gate) + tensor_bytes(&m->up) + tensor_bytes(&m->down);
+}
+
+// Weight bytes one decoding step reads: every attention and dense matrix, the
+// router, K routed experts (all experts of a layer have one size) and the
+// shared ones, lm_head, one embedding row and the norms.
+static uint64_t weight_bytes_per_token(const Model *m) {
+    const Config *c = &m->config;
+    const Weights *w = &m->weights;
+    uint64_t D = (uint64_t)c->dim, total = row_bytes(&w->embed) + tensor_bytes(&w->lm_head) + 4 * D;
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        total += 4 * (2 * D + (uint64_t)c->kv_lora_rank + (uint64_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 0));
+        if (c->q_lora_rank > 0) total += tensor_bytes(&lw->q_a_proj) + tensor_bytes(&lw->q_b_proj);
+        else total += tensor_bytes(&lw->q_proj);
+        total += tensor_bytes(&lw->kv_a_proj) + tensor_bytes(&lw->kv_b_proj) + tensor_bytes(&lw->o_proj);
+        if (lw->is_moe) {
+            total += tensor_bytes(&lw->router) + (uint64_t)c->num_experts_per_tok * mlp_bytes(&lw->experts[0]);
+            if (lw->has_shared) total += mlp_bytes(&lw->shared);
+        } else {
+            total += mlp_bytes(&lw->mlp);
+        }
+    }
+    return total;
+}
+
+// pp: a 64-token prompt in one prefill; tg: 32 greedy tokens decoded after it;
+// ttft: a 16-token prompt to its first sampled token. All after a warm-up pass
+// that brings the weights into the page cache.
+static void bench(const Model *m, const Rope *rope, RunState *s, int n_threads) {
+    const Config *c = &m->config;
+    enum { PP = 64, TG = 32, TTFT = 16 };
+    if (s->context < PP + TG) die("--bench needs a context of at least %d tokens (-c)", PP + TG);
+    int prompt[PP];
+    for (int i = 0; i < PP; i++) prompt[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)c->n_tokens);
+    float *logits = prefill(m, rope, s, prompt, PP, 0);  // warm-up
+    for (int i = 0; i < 8; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+
+    double t0 = now_seconds();
+    logits = prefill(m, rope, s, prompt, TTFT, 0);
+    sample_argmax(logits, c->n_tokens);
+    double ttft = now_seconds() - t0;
+
+    t0 = now_seconds();
+    logits = prefill(m, rope, s, prompt, PP, 0);
+    double pp = now_seconds() - t0;
+
+    t0 = now_seconds();
+    for (int i = 0; i < TG; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+    double tg = now_seconds() - t0;
+
+    uint64_t bytes = weight_bytes_per_token(m);
+    fprintf(stderr, "pp%d: %.3f s, tg%d: %.3f s, ttft (%d-token prompt): %.1f ms, %.3f GB of weights per token\n",
+            PP, pp, TG, tg, TTFT, ttft * 1e3, (double)bytes / 1e9);
+    printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", PP / pp, TG / tg,
+           ttft * 1e3, (unsigned long long)bytes, n_threads);
+}
+
 // ----------------------------------------------------------------------------
 // main
 
@@ -2353,6 +3063,10 @@ static void usage(void) {
             "  --ppl <file>       mean negative log-likelihood of a UTF-8 text file, in windows of the\n"
             "                     context (default: the model's original context for YaRN models); last line\n"
             "                     'ppl tokens= chars= nll_per_token= nll_per_char= bits_per_char= ppl='\n"
+            "  --threads <int>    worker threads (default: online cores)\n"
+            "  --bench            time a 64-token prompt and 32 generated tokens (last line: bench ...)\n"
+            "  --no-mmap          read the model file into huge-page memory instead of mapping it: reads\n"
+            "                     every expert at load, but generation is faster on large models\n"
             "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
             "  --encode           stdin UTF-8 text -> ids on one line (no BOS)\n"
             "  --decode           stdin ids -> the exact bytes of their tokens\n"
@@ -2403,6 +3117,8 @@ int main(int argc, char **argv) {
     long long steps = 256, topk = 0, seed = 0, context = 4096;
     float temperature = 1.0f, topp = 0.9f;
     int print_ids = 0, tokenizer_mode = 0, batch = 0, context_given = 0;  // tokenizer_mode 1 --encode, 2 --decode
+    int run_bench = 0, no_mmap = 0;
+    long long threads = sysconf(_SC_NPROCESSORS_ONLN);
     int i = 1;
     if (argc < 2) usage();
     if (argv[1][0] != '-') model_path = argv[i++];
@@ -2412,10 +3128,13 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--print-ids")) { print_ids = 1; continue; }
         if (!strcmp(a, "--encode") || !strcmp(a, "--decode")) { tokenizer_mode = a[2] == 'e' ? 1 : 2; continue; }
         if (!strcmp(a, "--batch")) { batch = 1; continue; }
+        if (!strcmp(a, "--bench")) { run_bench = 1; continue; }
+        if (!strcmp(a, "--no-mmap")) { no_mmap = 1; continue; }
         int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
                           !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
                           !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
-                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--ppl");
+                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--ppl") ||
+                          !strcmp(a, "--threads");
         if (!takes_value) die("unknown option '%s' (run with -h for usage)", a);
         if (i + 1 >= argc) die("option %s needs a value", a);
         const char *v = argv[++i];
@@ -2431,6 +3150,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-z")) tokenizer_path = v;
         else if (!strcmp(a, "-m")) mode = v;
         else if (!strcmp(a, "-y")) system_prompt = v;
+        else if (!strcmp(a, "--threads")) threads = parse_int(a, v);
         else if (!strcmp(a, "--ppl")) ppl_path = v;
     }
     int chat_mode = !strcmp(mode, "chat");
@@ -2443,7 +3163,7 @@ int main(int argc, char **argv) {
     if (tokenizer_mode) {
         if (!model_path && !tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
         Model model = {0};
-        if (model_path) load_model(&model, model_path);
+        if (model_path) load_model(&model, model_path, 0);
         Tokenizer tok;
         model_tokenizer(&tok, model_path ? &model : NULL, tokenizer_path);
         int rc = batch ? batch_stdin(&tok, tokenizer_mode == 2)
@@ -2461,9 +3181,20 @@ int main(int argc, char **argv) {
     if (context < 1 || context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, context);
     if (prompt && tokens_arg) die("give either -i or --tokens, not both");
     if (dump_path && !tokens_arg) die("--dump-logits needs --tokens");
+    if (threads < 1 || threads > 1024) die("--threads must be in 1..1024, got %lld", threads);
+    if (run_bench && (chat_mode || dump_path || prompt || tokens_arg || ppl_path)) die("--bench takes no prompt, chat, --ppl or --dump-logits");
+    // Tokens per prefill pass; SEEK_PREFILL_CHUNK=1 feeds prompts token by token (tests compare the two).
+    long long chunk = PREFILL_CHUNK;
+    if (getenv("SEEK_PREFILL_CHUNK")) chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
+    if (chunk < 1 || chunk > 4096) die("SEEK_PREFILL_CHUNK must be in 1..4096, got %lld", chunk);
 
     Model model;
-    load_model(&model, model_path);
+    double t_load = now_seconds();
+    if (no_mmap && !fits_in_memory(model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", model_path);
+    load_model(&model, model_path, no_mmap);
+    if (run_bench)
+        fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", model_path, (double)model.file_size / 1e9,
+                model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
     const Config *c = &model.config;
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
     if (ppl_path && !context_given && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0)
@@ -2473,7 +3204,7 @@ int main(int argc, char **argv) {
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
     int have_tok = 0;
-    if (prompt || chat_mode || ppl_path || (!print_ids && !dump_path && (tokenizer_path || model.weights.tokenizer))) {
+    if (prompt || chat_mode || ppl_path || (!print_ids && !dump_path && !run_bench && (tokenizer_path || model.weights.tokenizer))) {
         model_tokenizer(&tok, &model, tokenizer_path);
         have_tok = 1;
     }
@@ -2501,9 +3232,12 @@ int main(int argc, char **argv) {
 
     Rope rope;
     init_rope(&rope, c);
+    pool_start((int)threads);
     RunState state;
-    alloc_run_state(&state, c, (int)context);
-    if (dump_path) {
+    alloc_run_state(&state, c, (int)context, (int)chunk);
+    if (run_bench) {
+        bench(&model, &rope, &state, (int)threads);
+    } else if (dump_path) {
         dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
     } else if (ppl_path) {
         perplexity(&model, &rope, &state, &tok, ppl_path);
@@ -2521,6 +3255,7 @@ int main(int argc, char **argv) {
     if (have_tok) free_tokenizer(&tok);
     free(rope.theta);
     free_run_state(&state);
+    pool_stop();
     free_model(&model);
     return 0;
 }

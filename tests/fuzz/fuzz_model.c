@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const Config *c = &m.config;
         int context = c->max_position_embeddings < 3 ? c->max_position_embeddings : 3;
         init_rope(&rope, c);
-        alloc_run_state(&s, c, context);
+        alloc_run_state(&s, c, context, 1);
         init_sampler(&sp, c->n_tokens, 1.0f, 0.9f, 3, 42);
         float *logits = NULL;
         for (int pos = 0; pos < context; pos++) logits = forward(&m, &rope, &s, (pos * 7) % c->vocab_size, pos);
