@@ -793,7 +793,9 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
         int sum = 0;
         for (int k = 0; k < QK; k++) {
             float y = v[k] * inv;
-            y = y == y ? y : 0.0f;  // NaN (inf/NaN activations from corrupt weights): (int)NaN is undefined
+            // (int) of NaN or of a huge value is undefined. Corrupt weights make either (inf/NaN activations;
+            // a denormal amax gives inv = inf), so clamp: normal values are already within ±127.
+            y = y > 127.0f ? 127.0f : (y < -127.0f ? -127.0f : (y == y ? y : 0.0f));
             int q = (int)(y + (y < 0.0f ? -0.5f : 0.5f));
             out[b].q[k] = (int8_t)q;
             sum += q;
