@@ -54,7 +54,7 @@ endif
 # The tests that drive the C binary, again against ./run-asan.
 test-asan: run-asan
 	SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
-		tests/test_shakespeare.py::test_engine_greedy_matches_pytorch
+		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
 # built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.
