@@ -41,15 +41,16 @@ run: run.c
 run-asan: run.c
 	$(CC) $(SANFLAGS) -o $@ $< $(LDLIBS)
 
+# The whole suite; the full pytest run comes last so that its summary is the closing line.
 test: run run-asan
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
-	$(PYTHON) -m pytest -q tests
 ifeq ($(HAVE_ARM64),yes)
 	$(MAKE) -s test-arm64
 else
 	@echo "make test: $(ARM64_CC) or $(QEMU_ARM64) not found; skipping the arm64 tests"
 endif
 	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke
+	$(PYTHON) -m pytest -q tests
 
 # The tests that drive the C binary, again against ./run-asan.
 test-asan: run-asan
