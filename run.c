@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+// The thread pool: pthreads, sched_yield (POSIX) and C11 atomics; all part of libc.
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -1367,7 +1368,6 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int ha
     }
 }
 
-static float dot(const float *a, const float *b, int n) { return dot_f32(a, b, n); }
 
 // Attention of one query (one head of one token) at position pos over the
 // cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
@@ -1378,7 +1378,7 @@ static void attend(const Config *c, const Rope *rope, const float *cache, const 
     size_t row = (size_t)r + (size_t)dr;
     for (int t = 0; t <= pos; t++) {
         const float *ct = cache + (size_t)t * row;
-        scores[t] = rope->softmax_scale * (dot(q_abs, ct, r) + dot(q_pe, ct + r, dr));
+        scores[t] = rope->softmax_scale * (dot_f32(q_abs, ct, r) + dot_f32(q_pe, ct + r, dr));
     }
     softmax(scores, pos + 1);
     for (int i = 0; i < r; i++) u[i] = 0.0f;
