@@ -808,11 +808,24 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
     }
 }
 
-// The kernels take one weight row and n <= 4 activation rows (row k at x + k *
-// nb blocks) and write the n dot products to out: when prefilling, one pass
-// over the weights serves 4 tokens. Each token's sum is computed the same way
-// whatever n is, so batched and token-by-token results are identical.
+// The kernels multiply a tile: R consecutive weight rows (`stride` bytes apart)
+// by T <= 4 activation rows (row t at x + t * nb groups), writing out[r * T + t].
+// Prefill uses TILE_ROWS x 4 tiles, so each weight group is decoded once for
+// four tokens (and, with AVX-512's 32 vector registers, the activation groups
+// are loaded once for two rows); decoding uses 1 x 1. Every (row, token) sum
+// runs over the groups in the same order whatever the tile, so batched and
+// token-by-token results are identical.
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#define TILE_ROWS 2
+#else
+#define TILE_ROWS 1
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
+// The kernel is written for constant R and T; inlining makes them constant, so
+// the accumulators live in registers (gcc will not inline this much by itself).
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
 static float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -820,153 +833,113 @@ static float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Σ w x over one group, as 8 int32 lanes: maddubs multiplies unsigned by signed
-// bytes, so |w| times x carrying w's sign; pairs fit int16 as |w|, |x| <= 127.
-// With AVX-VNNI one vpdpbusd does the multiply and both additions (same exact sums).
-static __m256i dot_u8_s8(__m256i u, __m256i s) {
+// Σ u s over one group, as 8 int32 lanes, plus `acc`: maddubs multiplies
+// unsigned by signed bytes, pairs fit int16 as u <= 127 (Q8: |w|) or 15 (Q4).
+// With VNNI one vpdpbusd does the multiply and all the additions (same sums).
+static __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+    return _mm256_dpbusd_epi32(acc, u, s);
 #else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 
-static __m256i group_dot_q8(__m256i wq, __m256i xq) {
-    return dot_u8_s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+static __m256i load32(const void *q) { return _mm256_loadu_si256((const __m256i *)q); }
+
+static float block_scale(const uint8_t *block) {
+    uint16_t d;
+    memcpy(&d, block, 2);
+    return bf16_to_f32(d);
 }
 
-// Σ (nib - 8) x over one group, per lane: Σ nib x (nibbles 0..15 as unsigned
-// bytes) plus the activation's precomputed -8 Σx of the lane's 4 values.
-static __m256i group_dot_q4(__m256i nib, const BlockX8 *x) {
-    __m256i neg8 = _mm256_loadu_si256((const __m256i *)x->neg8), xq = _mm256_loadu_si256((const __m256i *)x->q);
-#if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(neg8, nib, xq);
-#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(neg8, nib, xq);
-#else
-    return _mm256_add_epi32(dot_u8_s8(nib, xq), neg8);
-#endif
+// Q8: Σ w x = Σ |w| (x carrying w's sign). Q4: Σ (nib - 8) x = Σ nib x plus
+// the activation's precomputed -8 Σx per lane (neg8).
+static ALWAYS_INLINE __m256i group_dot(int type, __m256i u, __m256i wq, const BlockX8 *xb) {
+    return type == TYPE_Q8 ? dot_u8_s8(_mm256_setzero_si256(), u, _mm256_sign_epi8(load32(xb->q), wq))
+                           : dot_u8_s8(load32(xb->neg8), u, load32(xb->q));
 }
 
-static __m256i load32(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
-
-static __m256i unpack_q4(const BlockQ4 *b) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)b->q);
+// Group b of a weight row, as the unsigned bytes u and (Q8) the signed weights wq.
+static ALWAYS_INLINE __m256i weight_group(int type, const uint8_t *wb, __m256i *wq) {
+    if (type == TYPE_Q8) {
+        *wq = load32(wb + 2);
+        return _mm256_sign_epi8(*wq, *wq);
+    }
+    *wq = _mm256_setzero_si256();
+    __m128i packed = _mm_loadu_si128((const __m128i *)(wb + 2));
     __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
     return _mm256_and_si256(both, _mm256_set1_epi8(15));
 }
 
-// acc + (Σ w x over group b, as 8 int32 lanes) * d_w d_x: one group of a Q8 row times one activation group.
-static __m256 fma_group_q8(__m256 acc, const BlockQ8 *w, const BlockX8 *x) {
-    __m256i wq = load32(w->q);
-    __m256 p = _mm256_cvtepi32_ps(group_dot_q8(wq, load32(x->q)));
-    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
+// acc[r][t] += group b of row r · group b of token t, scaled by d_w d_x.
+static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
+                             const int T, int b, __m256 acc[TILE_ROWS][4]) {
+    size_t block = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block;
+        __m256 dw = _mm256_set1_ps(block_scale(wb));
+        __m256i wq, u = weight_group(type, wb, &wq);
+        for (int t = 0; t < T; t++) {
+            const BlockX8 *xb = x + (size_t)t * nb + b;
+            __m256 p = _mm256_cvtepi32_ps(group_dot(type, u, wq, xb));
+            acc[r][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), acc[r][t]);
+        }
+    }
 }
 
-static __m256 fma_group_q4(__m256 acc, const BlockQ4 *w, __m256i nib, const BlockX8 *x) {
-    __m256 p = _mm256_cvtepi32_ps(group_dot_q4(nib, x));
-    return _mm256_fmadd_ps(p, _mm256_set1_ps(bf16_to_f32(w->d) * x->d), acc);
-}
-
-// Per token, even groups go to one partial sum and odd groups to another (this
-// hides the FMA latency); the 4-token versions keep the same order per token.
-static float dot_q8_1(const BlockQ8 *w, const BlockX8 *x, int nb) {
-    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+// Each (row, token) keeps two partial sums, even and odd groups: one chain of
+// dependent multiply-adds would stall on their latency when decoding.
+static ALWAYS_INLINE void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
+                     float *out) {
+    __m256 even[TILE_ROWS][4], odd[TILE_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) even[r][t] = odd[r][t] = _mm256_setzero_ps();
     int b = 0;
     for (; b + 1 < nb; b += 2) {
-        even = fma_group_q8(even, w + b, x + b);
-        odd = fma_group_q8(odd, w + b + 1, x + b + 1);
+        accumulate_group(type, w, stride, R, x, nb, T, b, even);
+        accumulate_group(type, w, stride, R, x, nb, T, b + 1, odd);
     }
-    if (b < nb) even = fma_group_q8(even, w + b, x + b);
-    return hsum256(_mm256_add_ps(even, odd));
-}
-
-static void dot_q8_4(const BlockQ8 *w, const BlockX8 *x, int nb, float *out) {
-    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
-    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
-    int b = 0;
-    for (; b + 1 < nb; b += 2) {
-        e0 = fma_group_q8(e0, w + b, x0 + b); o0 = fma_group_q8(o0, w + b + 1, x0 + b + 1);
-        e1 = fma_group_q8(e1, w + b, x1 + b); o1 = fma_group_q8(o1, w + b + 1, x1 + b + 1);
-        e2 = fma_group_q8(e2, w + b, x2 + b); o2 = fma_group_q8(o2, w + b + 1, x2 + b + 1);
-        e3 = fma_group_q8(e3, w + b, x3 + b); o3 = fma_group_q8(o3, w + b + 1, x3 + b + 1);
-    }
-    if (b < nb) {
-        e0 = fma_group_q8(e0, w + b, x0 + b); e1 = fma_group_q8(e1, w + b, x1 + b);
-        e2 = fma_group_q8(e2, w + b, x2 + b); e3 = fma_group_q8(e3, w + b, x3 + b);
-    }
-    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
-    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
-}
-
-static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
-    if (n == 4) { dot_q8_4(w, x, nb, out); return; }
-    for (int k = 0; k < n; k++) out[k] = dot_q8_1(w, x + (size_t)k * nb, nb);
-}
-
-static float dot_q4_1(const BlockQ4 *w, const BlockX8 *x, int nb) {
-    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-    int b = 0;
-    for (; b + 1 < nb; b += 2) {
-        even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
-        odd = fma_group_q4(odd, w + b + 1, unpack_q4(w + b + 1), x + b + 1);
-    }
-    if (b < nb) even = fma_group_q4(even, w + b, unpack_q4(w + b), x + b);
-    return hsum256(_mm256_add_ps(even, odd));
-}
-
-static void dot_q4_4(const BlockQ4 *w, const BlockX8 *x, int nb, float *out) {
-    const BlockX8 *x0 = x, *x1 = x + nb, *x2 = x + 2 * nb, *x3 = x + 3 * nb;
-    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
-    int b = 0;
-    for (; b + 1 < nb; b += 2) {
-        __m256i n0 = unpack_q4(w + b), n1 = unpack_q4(w + b + 1);
-        e0 = fma_group_q4(e0, w + b, n0, x0 + b); o0 = fma_group_q4(o0, w + b + 1, n1, x0 + b + 1);
-        e1 = fma_group_q4(e1, w + b, n0, x1 + b); o1 = fma_group_q4(o1, w + b + 1, n1, x1 + b + 1);
-        e2 = fma_group_q4(e2, w + b, n0, x2 + b); o2 = fma_group_q4(o2, w + b + 1, n1, x2 + b + 1);
-        e3 = fma_group_q4(e3, w + b, n0, x3 + b); o3 = fma_group_q4(o3, w + b + 1, n1, x3 + b + 1);
-    }
-    if (b < nb) {
-        __m256i n0 = unpack_q4(w + b);
-        e0 = fma_group_q4(e0, w + b, n0, x0 + b); e1 = fma_group_q4(e1, w + b, n0, x1 + b);
-        e2 = fma_group_q4(e2, w + b, n0, x2 + b); e3 = fma_group_q4(e3, w + b, n0, x3 + b);
-    }
-    out[0] = hsum256(_mm256_add_ps(e0, o0)); out[1] = hsum256(_mm256_add_ps(e1, o1));
-    out[2] = hsum256(_mm256_add_ps(e2, o2)); out[3] = hsum256(_mm256_add_ps(e3, o3));
-}
-
-static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
-    if (n == 4) { dot_q4_4(w, x, nb, out); return; }
-    for (int k = 0; k < n; k++) out[k] = dot_q4_1(w, x + (size_t)k * nb, nb);
+    if (b < nb) accumulate_group(type, w, stride, R, x, nb, T, b, even);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) out[r * T + t] = hsum256(_mm256_add_ps(even[r][t], odd[r][t]));
 }
 #else
-static void dot_q8(const BlockQ8 *w, const BlockX8 *x, int nb, int n, float *out) {
-    for (int k = 0; k < n; k++, x += nb) {
-        float s = 0.0f;
-        for (int b = 0; b < nb; b++) {
-            int32_t acc = 0;
-            for (int j = 0; j < QK; j++) acc += (int32_t)w[b].q[j] * (int32_t)x[b].q[j];
-            s += (float)acc * bf16_to_f32(w[b].d) * x[b].d;
+static void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
+                     float *out) {
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            const uint8_t *row = w + (size_t)r * stride;
+            const BlockX8 *xt = x + (size_t)t * nb;
+            float s = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                int32_t acc = 0;
+                if (type == TYPE_Q8) {
+                    const BlockQ8 *wb = (const BlockQ8 *)row + b;
+                    for (int j = 0; j < QK; j++) acc += (int32_t)wb->q[j] * (int32_t)xt[b].q[j];
+                    s += (float)acc * bf16_to_f32(wb->d) * xt[b].d;
+                } else {
+                    const BlockQ4 *wb = (const BlockQ4 *)row + b;
+                    for (int j = 0; j < QK / 2; j++)
+                        acc += (int32_t)(wb->q[j] & 15) * xt[b].q[j] + (int32_t)(wb->q[j] >> 4) * xt[b].q[j + QK / 2];
+                    s += bf16_to_f32(wb->d) * ((float)acc * xt[b].d - 8.0f * xt[b].dsum);
+                }
+            }
+            out[r * T + t] = s;
         }
-        out[k] = s;
-    }
-}
-
-static void dot_q4(const BlockQ4 *w, const BlockX8 *x, int nb, int n, float *out) {
-    for (int k = 0; k < n; k++, x += nb) {
-        float s = 0.0f;
-        for (int b = 0; b < nb; b++) {
-            int32_t acc = 0;
-            for (int j = 0; j < QK / 2; j++)
-                acc += (int32_t)(w[b].q[j] & 15) * x[b].q[j] + (int32_t)(w[b].q[j] >> 4) * x[b].q[j + QK / 2];
-            s += bf16_to_f32(w[b].d) * ((float)acc * x[b].d - 8.0f * x[b].dsum);
-        }
-        out[k] = s;
-    }
 }
 #endif
+
+// The two tile shapes used get their own copies of tile_dot with R and T
+// constant, so that its accumulators live in registers.
+static void dot_tile(int type, const uint8_t *w, size_t stride, int R, const BlockX8 *x, int nb, int T, float *out) {
+    if (R == 1 && T == 1) tile_dot(type, w, stride, 1, x, nb, 1, out);
+    else if (R == TILE_ROWS && T == 4) tile_dot(type, w, stride, TILE_ROWS, x, nb, 4, out);
+    else
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) tile_dot(type, w + (size_t)r * stride, stride, 1, x + (size_t)t * nb, nb, 1, out + r * T + t);
+}
 
 static size_t row_bytes(const Tensor *w) { return (size_t)row_units(w->type, (uint64_t)w->cols) * (size_t)unit_bytes(w->type); }
 
@@ -1022,22 +995,36 @@ typedef struct {
     atomic_int next;      // next unclaimed chunk
 } MatmulBatch;
 
-// out[k] = row `row` of W · activation row k, for k < n <= 4 (x: stride x_stride
-// floats; xq: quantized rows, nb groups apart).
-static void dot_rows(const Tensor *w, int row, const float *x, size_t x_stride, const BlockX8 *xq, int n, float *out) {
+// out[k] = row `row` of W · activation row k, for k < n (f32 and bf16 weights).
+static void dot_rows_float(const Tensor *w, int row, const float *x, size_t x_stride, int n, float *out) {
     const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
-    int nb = (w->cols + QK - 1) / QK;
-    switch (w->type) {
-    case TYPE_F32: for (int k = 0; k < n; k++) out[k] = dot_f32((const float *)r, x + k * x_stride, w->cols); break;
-    case TYPE_BF16: for (int k = 0; k < n; k++) out[k] = dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols); break;
-    case TYPE_Q8: dot_q8((const BlockQ8 *)r, xq, nb, n, out); break;
-    default: dot_q4((const BlockQ4 *)r, xq, nb, n, out);
-    }
+    for (int k = 0; k < n; k++)
+        out[k] = w->type == TYPE_F32 ? dot_f32((const float *)r, x + k * x_stride, w->cols)
+                                     : dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols);
+}
+
+// Rows [r0, r1) of one job for all its activation rows, in tiles of R rows x
+// up to 4 tokens.
+static void matmul_rows(const MatmulJob *job, int r0, int r1) {
+    const Tensor *w = &job->w;
+    int nb = (w->cols + QK - 1) / QK, R = job->n == 1 ? 1 : TILE_ROWS;
+    for (int i = r0; i < r1; i += R)
+        for (int t = 0; t < job->n; t += 4) {
+            float out[TILE_ROWS * 4];
+            int rows = r1 - i < R ? r1 - i : R, k = job->n - t < 4 ? job->n - t : 4;
+            if (is_quantized(w->type))
+                dot_tile(w->type, (const uint8_t *)w->data + (size_t)i * row_bytes(w), row_bytes(w), rows,
+                         job->xq + (size_t)t * nb, nb, k, out);
+            else
+                for (int r = 0; r < rows; r++)
+                    dot_rows_float(w, i + r, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride, k, out + r * k);
+            for (int r = 0; r < rows; r++)
+                for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i + r] = out[r * k + m];
+        }
 }
 
 // Claims chunks until none is left: chunk c is rows [r0, r0 + chunk_rows) of
-// the job it falls in, computed for all n activation rows, 4 at a time while a
-// weight row is in cache.
+// the job it falls in.
 static void matmul_task(void *ctx, int thread, int n_threads) {
     (void)thread; (void)n_threads;
     MatmulBatch *batch = ctx;
@@ -1048,16 +1035,8 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
             first_of_job += (batch->jobs[j++].w.rows + batch->chunk_rows - 1) / batch->chunk_rows;
         if (j == batch->n_jobs) return;
         const MatmulJob *job = &batch->jobs[j];
-        int nb = (job->w.cols + QK - 1) / QK, r0 = (c - first_of_job) * batch->chunk_rows;
-        int r1 = r0 + batch->chunk_rows < job->w.rows ? r0 + batch->chunk_rows : job->w.rows;
-        for (int i = r0; i < r1; i++)
-            for (int t = 0; t < job->n; t += 4) {
-                float out[4];
-                int k = job->n - t < 4 ? job->n - t : 4;
-                dot_rows(&job->w, i, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride,
-                         job->xq ? job->xq + (size_t)t * nb : NULL, k, out);
-                for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i] = out[m];
-            }
+        int r0 = (c - first_of_job) * batch->chunk_rows;
+        matmul_rows(job, r0, r0 + batch->chunk_rows < job->w.rows ? r0 + batch->chunk_rows : job->w.rows);
     }
 }
 

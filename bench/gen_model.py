@@ -53,8 +53,8 @@ def block_chunks(t: E.OutTensor, pool: np.ndarray, rng: np.random.Generator):
         yield blocks.tobytes()
 
 
-def write(out_path: str, dtype: str) -> None:
-    c = dict(V2_LITE)
+def write(out_path: str, dtype: str, n_layers: int) -> None:
+    c = dict(V2_LITE, n_layers=n_layers)
     qtype = E.DTYPES[dtype]
     plan = [E.OutTensor(name, E.F32 if f32 or len(shape) == 1 else qtype, shape)
             for name, shape, f32 in E.model_tensors(c)]
@@ -91,8 +91,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="random DeepSeek-V2-Lite-shaped model in seek.c format")
     ap.add_argument("dtype", choices=("q8", "q4"))
     ap.add_argument("out")
+    ap.add_argument("--layers", type=int, default=27,
+                    help="fewer layers give a small file for quick kernel experiments (default 27, the real shape)")
     args = ap.parse_args()
-    write(args.out, args.dtype)
+    write(args.out, args.dtype, args.layers)
 
 
 if __name__ == "__main__":
