@@ -755,56 +755,74 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-// Inner loops keep 8 independent partial sums so gcc/clang vectorise them
-// without -ffast-math (a single running sum would forbid reassociation).
+// Inner loops keep DOT_LANES independent partial sums so gcc/clang vectorise
+// them without -ffast-math (a single running sum would forbid reassociation):
+// 32 lanes are four AVX2 (or two AVX-512) vectors whose multiply-adds do not
+// wait for each other.
+#define DOT_LANES 32
+
 static float dot_f32(const float *w, const float *x, int n) {
-    float acc[8] = {0};
+    float acc[DOT_LANES] = {0};
     int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++) acc[k] += w[j + k] * x[j + k];
+    for (; j + DOT_LANES <= n; j += DOT_LANES)
+        for (int k = 0; k < DOT_LANES; k++) acc[k] += w[j + k] * x[j + k];
     float s = 0.0f;
     for (; j < n; j++) s += w[j] * x[j];
-    for (int k = 0; k < 8; k++) s += acc[k];
+    for (int k = 0; k < DOT_LANES; k++) s += acc[k];
     return s;
 }
 
 static float dot_bf16(const uint16_t *w, const float *x, int n) {
-    float acc[8] = {0};
+    float acc[DOT_LANES] = {0};
     int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++) acc[k] += bf16_to_f32(w[j + k]) * x[j + k];
+    for (; j + DOT_LANES <= n; j += DOT_LANES)
+        for (int k = 0; k < DOT_LANES; k++) acc[k] += bf16_to_f32(w[j + k]) * x[j + k];
     float s = 0.0f;
     for (; j < n; j++) s += bf16_to_f32(w[j]) * x[j];
-    for (int k = 0; k < 8; k++) s += acc[k];
+    for (int k = 0; k < DOT_LANES; k++) s += acc[k];
     return s;
 }
 
-// x (n) -> ceil(n / QK) groups, d = max|x| / 127 (the padding of the last group
-// is 0), q = x / d rounded half away from zero. Written without libm calls
-// (fmaxf, roundf) so that it inlines and vectorises.
+// One group of activations v (QK values) -> d, q = v / d rounded half away
+// from zero, d = max|v| / 127. The common case (all finite, max|v| not tiny)
+// is written branch-free so gcc/clang vectorise it; anything else (corrupt
+// weights give inf/NaN activations; a denormal max|v| gives 1/d = inf) takes a
+// path that clamps, because (int) of NaN or of a huge value is undefined.
+static void quantize_group(BlockX8 *out, const float *v) {
+    uint32_t amax_bits = 0;  // max |v| as bits: for non-negative floats, integer order is float order
+    for (int k = 0; k < QK; k++) {
+        uint32_t u;
+        memcpy(&u, &v[k], 4);
+        u &= 0x7fffffffu;
+        amax_bits = u > amax_bits ? u : amax_bits;
+    }
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    float y[QK];
+    for (int k = 0; k < QK; k++) y[k] = v[k] * inv;
+    if (!(amax_bits < 0x7f800000u && amax >= 1e-30f))
+        for (int k = 0; k < QK; k++) y[k] = y[k] > 127.0f ? 127.0f : (y[k] < -127.0f ? -127.0f : (y[k] == y[k] ? y[k] : 0.0f));
+    int sum = 0;
+    for (int k = 0; k < QK; k++) {
+        int q = (int)(y[k] + (y[k] < 0.0f ? -0.5f : 0.5f));
+        out->q[k] = (int8_t)q;
+        sum += q;
+    }
+    out->d = d;
+    out->dsum = d * (float)sum;
+    for (int i = 0; i < QK / 4; i++)
+        out->neg8[i] = -8 * (out->q[4 * i] + out->q[4 * i + 1] + out->q[4 * i + 2] + out->q[4 * i + 3]);
+}
+
+// x (n) -> ceil(n / QK) groups; the padding of the last group is 0.
 static void quantize_row(BlockX8 *out, const float *x, int n) {
-    for (int b = 0; b * QK < n; b++) {
-        float v[QK], amax = 0.0f;
-        for (int k = 0; k < QK; k++) {
-            v[k] = b * QK + k < n ? x[b * QK + k] : 0.0f;
-            float a = fabsf(v[k]);
-            amax = a > amax ? a : amax;
-        }
-        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int k = 0; k < QK; k++) {
-            float y = v[k] * inv;
-            // (int) of NaN or of a huge value is undefined. Corrupt weights make either (inf/NaN activations;
-            // a denormal amax gives inv = inf), so clamp: normal values are already within ±127.
-            y = y > 127.0f ? 127.0f : (y < -127.0f ? -127.0f : (y == y ? y : 0.0f));
-            int q = (int)(y + (y < 0.0f ? -0.5f : 0.5f));
-            out[b].q[k] = (int8_t)q;
-            sum += q;
-        }
-        out[b].d = d;
-        out[b].dsum = d * (float)sum;
-        for (int i = 0; i < QK / 4; i++)
-            out[b].neg8[i] = -8 * (out[b].q[4 * i] + out[b].q[4 * i + 1] + out[b].q[4 * i + 2] + out[b].q[4 * i + 3]);
+    int b = 0;
+    for (; (b + 1) * QK <= n; b++) quantize_group(out + b, x + b * QK);
+    if (b * QK < n) {
+        float v[QK] = {0};
+        memcpy(v, x + b * QK, (size_t)(n - b * QK) * sizeof(float));
+        quantize_group(out + b, v);
     }
 }
 
@@ -951,22 +969,28 @@ static Tensor tensor_rows(const Tensor *w, int row0, int n) {
     return t;
 }
 
-// y (W.cols) = row `row` of W, as f32 (the embedding lookup; dequantisation).
-static void tensor_row(float *y, const Tensor *w, int row) {
-    int cols = w->cols;
+// y (j1 - j0) = columns [j0, j1) of row `row` of W, as f32 (j0 a multiple of
+// QK): the embedding lookup, and W_UK's rows in the transposed product.
+static void row_values(float *y, const Tensor *w, int row, int j0, int j1) {
     const uint8_t *src = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
     if (w->type == TYPE_F32) {
-        memcpy(y, src, (size_t)cols * sizeof(float));
+        memcpy(y, src + (size_t)j0 * 4, (size_t)(j1 - j0) * sizeof(float));
     } else if (w->type == TYPE_BF16) {
-        for (int j = 0; j < cols; j++) { uint16_t h; memcpy(&h, src + 2 * j, 2); y[j] = bf16_to_f32(h); }
-    } else if (w->type == TYPE_Q8) {
-        const BlockQ8 *b = (const BlockQ8 *)src;
-        for (int j = 0; j < cols; j++) y[j] = bf16_to_f32(b[j / QK].d) * b[j / QK].q[j % QK];
+        for (int j = j0; j < j1; j++) { uint16_t h; memcpy(&h, src + 2 * (size_t)j, 2); y[j - j0] = bf16_to_f32(h); }
     } else {
-        const BlockQ4 *b = (const BlockQ4 *)src;
-        for (int j = 0; j < cols; j++) {
-            int k = j % QK, nib = k < QK / 2 ? b[j / QK].q[k] & 15 : b[j / QK].q[k - QK / 2] >> 4;
-            y[j] = bf16_to_f32(b[j / QK].d) * (float)(nib - 8);
+        for (int g = j0; g < j1; g += QK) {
+            int m = j1 - g < QK ? j1 - g : QK;
+            float *out = y + (g - j0);
+            if (w->type == TYPE_Q8) {
+                const BlockQ8 *b = (const BlockQ8 *)src + g / QK;
+                float d = bf16_to_f32(b->d);
+                for (int k = 0; k < m; k++) out[k] = d * (float)b->q[k];
+            } else {
+                const BlockQ4 *b = (const BlockQ4 *)src + g / QK;
+                float d = bf16_to_f32(b->d);
+                for (int k = 0; k < m; k++)
+                    out[k] = d * (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
+            }
         }
     }
 }
@@ -1088,48 +1112,31 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 }
 
 
-// y[j0..j1) += a * row `row` of W, columns j0 .. j1-1 (j0 a multiple of QK).
-static void axpy_row(float *y, float a, const Tensor *w, int row, int j0, int j1) {
-    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
-    if (w->type == TYPE_F32) {
-        const float *f = (const float *)r;
-        for (int j = j0; j < j1; j++) y[j] += a * f[j];
-    } else if (w->type == TYPE_BF16) {
-        const uint16_t *h = (const uint16_t *)r;
-        for (int j = j0; j < j1; j++) y[j] += a * bf16_to_f32(h[j]);
-    } else if (w->type == TYPE_Q8) {
-        for (int j = j0; j < j1; j += QK) {
-            const BlockQ8 *b = (const BlockQ8 *)r + j / QK;
-            float s = a * bf16_to_f32(b->d);
-            int m = j1 - j < QK ? j1 - j : QK;
-            for (int k = 0; k < m; k++) y[j + k] += s * (float)b->q[k];
-        }
-    } else {
-        for (int j = j0; j < j1; j += QK) {
-            const BlockQ4 *b = (const BlockQ4 *)r + j / QK;
-            float s = a * bf16_to_f32(b->d);
-            int m = j1 - j < QK ? j1 - j : QK;
-            for (int k = 0; k < m; k++) {
-                int nib = k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4;
-                y[j + k] += s * (float)(nib - 8);
-            }
-        }
-    }
-}
+// Thread `thread` owns a range of column groups of every job's y, which it
+// takes in blocks of T_BLOCK columns: each weight row's block is decoded once
+// into f32 and added, times x[t][i], into every activation row t.
+#define T_BLOCK 256
 
-// Thread `thread` owns a range of column groups of every job's y.
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     const MatmulBatch *batch = ctx;
+    float wrow[T_BLOCK];  // (T_BLOCK) columns of one weight row
     for (int j = 0; j < batch->n_jobs; j++) {
         const MatmulJob *job = &batch->jobs[j];
         int cols = job->w.cols, groups = (cols + QK - 1) / QK;
-        int j0 = groups * thread / n_threads * QK, j1 = groups * (thread + 1) / n_threads * QK;
-        if (j1 > cols) j1 = cols;
-        for (int t = 0; t < job->n; t++)
-            for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
-        for (int i = 0; i < job->w.rows; i++)
+        int c0 = groups * thread / n_threads * QK, c1 = groups * (thread + 1) / n_threads * QK;
+        if (c1 > cols) c1 = cols;
+        for (int j0 = c0; j0 < c1; j0 += T_BLOCK) {
+            int j1 = j0 + T_BLOCK < c1 ? j0 + T_BLOCK : c1;
             for (int t = 0; t < job->n; t++)
-                axpy_row(job->y + (size_t)t * job->y_stride, job->x[(size_t)t * job->x_stride + i], &job->w, i, j0, j1);
+                for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
+            for (int i = 0; i < job->w.rows; i++) {
+                row_values(wrow, &job->w, i, j0, j1);
+                for (int t = 0; t < job->n; t++) {
+                    float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride;
+                    for (int c = j0; c < j1; c++) y[c] += a * wrow[c - j0];
+                }
+            }
+        }
     }
 }
 
@@ -1592,7 +1599,7 @@ static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const
     int D = c->dim, half = c->qk_rope_head_dim / 2;
     size_t nD = (size_t)n * D;
     for (int t = 0; t < n; t++) {
-        tensor_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
+        row_values(s->x + (size_t)t * D, &w->embed, tokens[t], 0, D);
         rope_tables(s->rope_cos + (size_t)t * half, s->rope_sin + (size_t)t * half, rope, half, pos0 + t);
     }
     for (int l = 0; l < c->n_layers; l++) {
