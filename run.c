@@ -952,7 +952,8 @@ static void tile_dot(int type, const uint8_t *w, size_t stride, const int R, con
 // The two tile shapes used get their own copies of tile_dot with R and T
 // constant, so that its accumulators live in registers.
 static void dot_tile(int type, const uint8_t *w, size_t stride, int R, const BlockX8 *x, int nb, int T, float *out) {
-    if (R == 1 && T == 1) tile_dot(type, w, stride, 1, x, nb, 1, out);
+    if (T == 1)
+        for (int r = 0; r < R; r++) tile_dot(type, w + (size_t)r * stride, stride, 1, x, nb, 1, out + r);
     else if (R == TILE_ROWS && T == 4) tile_dot(type, w, stride, TILE_ROWS, x, nb, 4, out);
     else
         for (int r = 0; r < R; r++)
@@ -1027,18 +1028,24 @@ static void dot_rows_float(const Tensor *w, int row, const float *x, size_t x_st
                                      : dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols);
 }
 
-// Rows [r0, r1) of one job for all its activation rows, in tiles of R rows x
-// up to 4 tokens.
+// Rows [r0, r1) of one job for all its activation rows: when decoding (n = 1)
+// straight into y, else in tiles of TILE_ROWS rows x up to 4 tokens.
 static void matmul_rows(const MatmulJob *job, int r0, int r1) {
     const Tensor *w = &job->w;
-    int nb = (w->cols + QK - 1) / QK, R = job->n == 1 ? 1 : TILE_ROWS;
-    for (int i = r0; i < r1; i += R)
+    size_t stride = row_bytes(w);
+    const uint8_t *base = (const uint8_t *)w->data;
+    int nb = (w->cols + QK - 1) / QK;
+    if (job->n == 1) {
+        if (is_quantized(w->type)) dot_tile(w->type, base + (size_t)r0 * stride, stride, r1 - r0, job->xq, nb, 1, job->y + r0);
+        else for (int i = r0; i < r1; i++) dot_rows_float(w, i, job->x, (size_t)job->x_stride, 1, job->y + i);
+        return;
+    }
+    for (int i = r0; i < r1; i += TILE_ROWS)
         for (int t = 0; t < job->n; t += 4) {
             float out[TILE_ROWS * 4];
-            int rows = r1 - i < R ? r1 - i : R, k = job->n - t < 4 ? job->n - t : 4;
+            int rows = r1 - i < TILE_ROWS ? r1 - i : TILE_ROWS, k = job->n - t < 4 ? job->n - t : 4;
             if (is_quantized(w->type))
-                dot_tile(w->type, (const uint8_t *)w->data + (size_t)i * row_bytes(w), row_bytes(w), rows,
-                         job->xq + (size_t)t * nb, nb, k, out);
+                dot_tile(w->type, base + (size_t)i * stride, stride, rows, job->xq + (size_t)t * nb, nb, k, out);
             else
                 for (int r = 0; r < rows; r++)
                     dot_rows_float(w, i + r, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride, k, out + r * k);
