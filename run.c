@@ -866,10 +866,11 @@ static __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 
 static __m256i load32(const void *q) { return _mm256_loadu_si256((const __m256i *)q); }
 
-static float block_scale(const uint8_t *block) {
-    uint16_t d;
+// A block's bf16 scale in all 8 lanes as f32: broadcast the 16 bits, shift them to the top of each lane.
+static __m256 block_scale(const uint8_t *block) {
+    int16_t d;
     memcpy(&d, block, 2);
-    return bf16_to_f32(d);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_set1_epi16(d), 16));
 }
 
 // Q8: Σ w x = Σ |w| (x carrying w's sign). Q4: Σ (nib - 8) x = Σ nib x plus
@@ -886,9 +887,8 @@ static ALWAYS_INLINE __m256i weight_group(int type, const uint8_t *wb, __m256i *
         return _mm256_sign_epi8(*wq, *wq);
     }
     *wq = _mm256_setzero_si256();
-    __m128i packed = _mm_loadu_si128((const __m128i *)(wb + 2));
-    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
-    return _mm256_and_si256(both, _mm256_set1_epi8(15));
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wb + 2)));
+    return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
 }
 
 // acc[r][t] += group b of row r · group b of token t, scaled by d_w d_x.
@@ -897,7 +897,7 @@ static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t st
     size_t block = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
     for (int r = 0; r < R; r++) {
         const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block;
-        __m256 dw = _mm256_set1_ps(block_scale(wb));
+        __m256 dw = block_scale(wb);
         __m256i wq, u = weight_group(type, wb, &wq);
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
