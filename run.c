@@ -970,29 +970,39 @@ static Tensor tensor_rows(const Tensor *w, int row0, int n) {
     return t;
 }
 
-// y (j1 - j0) = columns [j0, j1) of row `row` of W, as f32 (j0 a multiple of
-// QK): the embedding lookup, and W_UK's rows in the transposed product.
-static void row_values(float *y, const Tensor *w, int row, int j0, int j1) {
+// Columns [j0, j1) of row `row` of W (j0 a multiple of QK) as f32 values q
+// and a scale per group of QK: the weights are d[g] * q. f32 and bf16 rows get
+// d = 1, Q8/Q4 rows their integers and block scales.
+static void row_groups(float *q, float *d, const Tensor *w, int row, int j0, int j1) {
     const uint8_t *src = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
-    if (w->type == TYPE_F32) {
-        memcpy(y, src + (size_t)j0 * 4, (size_t)(j1 - j0) * sizeof(float));
-    } else if (w->type == TYPE_BF16) {
-        for (int j = j0; j < j1; j++) { uint16_t h; memcpy(&h, src + 2 * (size_t)j, 2); y[j - j0] = bf16_to_f32(h); }
-    } else {
-        for (int g = j0; g < j1; g += QK) {
-            int m = j1 - g < QK ? j1 - g : QK;
-            float *out = y + (g - j0);
-            if (w->type == TYPE_Q8) {
-                const BlockQ8 *b = (const BlockQ8 *)src + g / QK;
-                float d = bf16_to_f32(b->d);
-                for (int k = 0; k < m; k++) out[k] = d * (float)b->q[k];
-            } else {
-                const BlockQ4 *b = (const BlockQ4 *)src + g / QK;
-                float d = bf16_to_f32(b->d);
-                for (int k = 0; k < m; k++)
-                    out[k] = d * (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
-            }
+    for (int g = j0; g < j1; g += QK) {
+        int m = j1 - g < QK ? j1 - g : QK;
+        float *out = q + (g - j0);
+        if (w->type == TYPE_F32) {
+            memcpy(out, src + (size_t)g * 4, (size_t)m * sizeof(float));
+            d[(g - j0) / QK] = 1.0f;
+        } else if (w->type == TYPE_BF16) {
+            for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, src + 2 * (size_t)(g + k), 2); out[k] = bf16_to_f32(h); }
+            d[(g - j0) / QK] = 1.0f;
+        } else if (w->type == TYPE_Q8) {
+            const BlockQ8 *b = (const BlockQ8 *)src + g / QK;
+            for (int k = 0; k < m; k++) out[k] = (float)b->q[k];
+            d[(g - j0) / QK] = bf16_to_f32(b->d);
+        } else {
+            const BlockQ4 *b = (const BlockQ4 *)src + g / QK;
+            for (int k = 0; k < m; k++) out[k] = (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
+            d[(g - j0) / QK] = bf16_to_f32(b->d);
         }
+    }
+}
+
+// y (W.cols) = row `row` of W, as f32 (the embedding lookup).
+static void tensor_row(float *y, const Tensor *w, int row) {
+    for (int g = 0; g < w->cols; g += QK) {
+        int j1 = g + QK < w->cols ? g + QK : w->cols;
+        float d;
+        row_groups(y + g, &d, w, row, g, j1);
+        for (int j = g; j < j1; j++) y[j] *= d;
     }
 }
 
@@ -1121,12 +1131,13 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 
 // Thread `thread` owns a range of column groups of every job's y, which it
 // takes in blocks of T_BLOCK columns: each weight row's block is decoded once
-// into f32 and added, times x[t][i], into every activation row t.
+// and added, times x[t][i], into every activation row t. The product is
+// formed as (x d) q for every n, so batched and token-by-token results agree.
 #define T_BLOCK 256
 
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     const MatmulBatch *batch = ctx;
-    float wrow[T_BLOCK];  // (T_BLOCK) columns of one weight row
+    float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
     for (int j = 0; j < batch->n_jobs; j++) {
         const MatmulJob *job = &batch->jobs[j];
         int cols = job->w.cols, groups = (cols + QK - 1) / QK;
@@ -1137,10 +1148,14 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
             for (int t = 0; t < job->n; t++)
                 for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
             for (int i = 0; i < job->w.rows; i++) {
-                row_values(wrow, &job->w, i, j0, j1);
+                row_groups(q, d, &job->w, i, j0, j1);
                 for (int t = 0; t < job->n; t++) {
-                    float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride;
-                    for (int c = j0; c < j1; c++) y[c] += a * wrow[c - j0];
+                    float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride + j0;
+                    for (int g = 0; g < j1 - j0; g += QK) {
+                        float s = a * d[g / QK];
+                        int m = j1 - j0 - g < QK ? j1 - j0 - g : QK;
+                        for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
+                    }
                 }
             }
         }
@@ -1606,7 +1621,7 @@ static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const
     int D = c->dim, half = c->qk_rope_head_dim / 2;
     size_t nD = (size_t)n * D;
     for (int t = 0; t < n; t++) {
-        row_values(s->x + (size_t)t * D, &w->embed, tokens[t], 0, D);
+        tensor_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
         rope_tables(s->rope_cos + (size_t)t * half, s->rope_sin + (size_t)t * half, rope, half, pos0 + t);
     }
     for (int l = 0; l < c->n_layers; l++) {
