@@ -2966,15 +2966,19 @@ static void perplexity(const Model *m, const Rope *rope, RunState *s, Tokenizer 
     if (window < 1) die("--ppl needs a context of at least 2 tokens (-c)");
     if (ids.n <= first) die("%s encodes to %d token(s): nothing to score without a BOS token", path, ids.n);
     int V = m->config.vocab_size, n_windows = 0;
+    int *fed = xcalloc((size_t)window, sizeof(int));  // (window) one window's input: BOS, then its tokens but the last
     double nll = 0.0, t0 = now_seconds();
     for (int a = first; a < ids.n; a += window, n_windows++) {
-        int end = a + window < ids.n ? a + window : ids.n;
-        float *logits = forward(m, rope, s, bos >= 0 ? bos : ids.ids[a - 1], 0);
-        for (int t = a; t < end; t++) {
-            nll += token_nll(logits, V, ids.ids[t]);
-            if (t + 1 < end) logits = forward(m, rope, s, ids.ids[t], t - a + 1);
+        int n = (a + window < ids.n ? a + window : ids.n) - a;  // tokens scored; fed[p] predicts ids[a + p]
+        fed[0] = bos >= 0 ? bos : ids.ids[a - 1];
+        for (int p = 1; p < n; p++) fed[p] = ids.ids[a + p - 1];
+        for (int p = 0; p < n; p += s->chunk) {  // batched prefill with every position's logits
+            int k = n - p < s->chunk ? n - p : s->chunk;
+            float *logits = forward_chunk(m, rope, s, fed + p, k, p, 1);  // (k, V)
+            for (int j = 0; j < k; j++) nll += token_nll(logits + (size_t)j * V, V, ids.ids[a + p + j]);
         }
     }
+    free(fed);
     double dt = now_seconds() - t0;
     long long scored = ids.n - first;
     fprintf(stderr, "ppl: %lld tokens scored in %d windows of up to %d tokens (%s first), %.2f tok/s\n", scored,
