@@ -44,18 +44,18 @@ def main() -> None:
     model_dir = os.environ.get("BENCH_MODEL_DIR") or os.path.join(BENCH, "models")
     os.makedirs(model_dir, exist_ok=True)
     threads = [int(t) for t in args.threads.split(",")]
-    bw = {t: bandwidth(t) for t in threads}
     rows = []
     for dtype in args.dtypes.split(","):
         model = os.path.join(model_dir, f"v2lite-{dtype}.bin")
         if not os.path.exists(model):
             run([sys.executable, os.path.join(BENCH, "gen_model.py"), dtype, model])
         for t in threads:
+            bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
             out = run([os.path.join(ROOT, "run"), model, "--bench", "--no-mmap", "--threads", str(t), "-c", "256"])
             last = out.strip().splitlines()[-1]
             m = dict(kv.split("=") for kv in last.split()[1:])
             tg, wb = float(m["tg"]), float(m["weight_bytes_per_token"])
-            rows.append((dtype, t, float(m["pp"]), tg, float(m["ttft_ms"]), wb / 1e9, bw[t] / 1e9, tg * wb / bw[t]))
+            rows.append((dtype, t, float(m["pp"]), tg, float(m["ttft_ms"]), wb / 1e9, bw / 1e9, tg * wb / bw))
             print(last, flush=True)
     print()
     print("| weights | threads | pp64 tok/s | tg32 tok/s | TTFT ms (16 tok) | GB/token | read GB/s | tg x GB/token / GB/s |")
