@@ -41,6 +41,10 @@ run: run.c
 run-asan: run.c
 	$(CC) $(SANFLAGS) -o $@ $< $(LDLIBS)
 
+# The same with this CPU's SIMD kernels (AVX2/AVX-512/VNNI paths), which run-asan's portable build skips.
+run-asan-simd: run.c
+	$(CC) $(SANFLAGS) $(NATIVE) -o $@ $< $(LDLIBS)
+
 # The whole suite; the full pytest run comes last so that its summary is the closing line.
 test: run run-asan
 	@test -n "$(PYTHON)" || { echo "make test: no python3 with numpy found (apt-get install python3-numpy python3-pytest)"; exit 1; }
@@ -52,10 +56,11 @@ endif
 	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke
 	$(PYTHON) -m pytest -q tests
 
-# The tests that drive the C binary, again against ./run-asan.
-test-asan: run-asan
+# The tests that drive the C binary, again against ./run-asan; the matmul tests also against ./run-asan-simd.
+test-asan: run-asan run-asan-simd
 	SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
 		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch
+	SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
 # built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.
