@@ -892,8 +892,8 @@ static ALWAYS_INLINE __m256i weight_group(int type, const uint8_t *wb, __m256i *
 }
 
 // acc[r][t] += group b of row r · group b of token t, scaled by d_w d_x.
-static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
-                             const int T, int b, __m256 acc[TILE_ROWS][4]) {
+static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x,
+                                           int nb, const int T, int b, __m256 acc[TILE_ROWS][4]) {
     size_t block = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
     for (int r = 0; r < R; r++) {
         const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block;
@@ -909,8 +909,8 @@ static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t st
 
 // Each (row, token) keeps two partial sums, even and odd groups: one chain of
 // dependent multiply-adds would stall on their latency when decoding.
-static ALWAYS_INLINE void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
-                     float *out) {
+static ALWAYS_INLINE void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
+                                   const int T, float *out) {
     __m256 even[TILE_ROWS][4], odd[TILE_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) even[r][t] = odd[r][t] = _mm256_setzero_ps();
