@@ -986,7 +986,8 @@ static void row_groups(float *q, float *d, const Tensor *w, int row, int j0, int
             d[(g - j0) / QK] = 1.0f;
         } else if (w->type == TYPE_Q8) {
             const BlockQ8 *b = (const BlockQ8 *)src + g / QK;
-            for (int k = 0; k < m; k++) out[k] = (float)b->q[k];
+            if (m == QK) for (int k = 0; k < QK; k++) out[k] = (float)b->q[k];  // constant count: vectorises
+            else for (int k = 0; k < m; k++) out[k] = (float)b->q[k];
             d[(g - j0) / QK] = bf16_to_f32(b->d);
         } else {
             const BlockQ4 *b = (const BlockQ4 *)src + g / QK;
@@ -1154,7 +1155,8 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
                     for (int g = 0; g < j1 - j0; g += QK) {
                         float s = a * d[g / QK];
                         int m = j1 - j0 - g < QK ? j1 - j0 - g : QK;
-                        for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
+                        if (m == QK) for (int k = 0; k < QK; k++) y[g + k] += s * q[g + k];
+                        else for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
                     }
                 }
             }
