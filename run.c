@@ -1036,7 +1036,8 @@ typedef struct {
     const MatmulJob *jobs;
     int n_jobs;
     int chunk_rows;       // rows per chunk
-    atomic_int next;      // next unclaimed chunk
+    atomic_int next;      // next unclaimed chunk (matmuls_t: job)
+    int whole_jobs;       // matmuls_t when decoding: threads claim whole jobs instead of splitting columns
 } MatmulBatch;
 
 // out[k] = row `row` of W · activation row k, for k < n (f32 and bf16 weights).
@@ -1127,7 +1128,7 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
     long long rows = 0;
     for (int j = 0; j < n_jobs; j++) rows += jobs[j].w.rows;
     long long chunk = rows / (16LL * pool.n_threads);
-    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
+    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0, 0};
     pool_run(matmul_task, &batch);
 }
 
@@ -1144,8 +1145,48 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 // formed as (x d) q for every n, so batched and token-by-token results agree.
 #define T_BLOCK 256
 
+// Decoding (one activation row) with Q8/Q4 weights: y[j0, j1) = Σ_i x[i] W[i][j0, j1)
+// over a block of at most T_DECODE columns kept in a local array for all rows
+// (same operations in the same order as the general path). A thread takes a
+// whole job (one head of W_UK) and reads its rows front to back: split by
+// columns, each thread read half of every row, a strided pattern that left
+// the W_UK product waiting on memory.
+#define T_DECODE 512
+
+static void matmul_t_decode_block(float *y, const Tensor *w, const float *x, int j0, int j1) {
+    float acc[T_DECODE] = {0};  // (j1 - j0) columns of y, rounded up to whole groups
+    size_t rb = row_bytes(w);
+    for (int i = 0; i < w->rows; i++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)i * rb;
+        for (int g = j0; g < j1; g += QK) {
+            float *a = acc + (g - j0);
+            if (w->type == TYPE_Q8) {
+                const BlockQ8 *b = (const BlockQ8 *)row + g / QK;
+                float s = x[i] * bf16_to_f32(b->d);
+                for (int k = 0; k < QK; k++) a[k] += s * (float)b->q[k];
+            } else {
+                const BlockQ4 *b = (const BlockQ4 *)row + g / QK;
+                float s = x[i] * bf16_to_f32(b->d);
+                for (int k = 0; k < QK / 2; k++) {
+                    a[k] += s * (float)((b->q[k] & 15) - 8);
+                    a[k + QK / 2] += s * (float)((b->q[k] >> 4) - 8);
+                }
+            }
+        }
+    }
+    memcpy(y + j0, acc, (size_t)(j1 - j0) * sizeof(float));
+}
+
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
-    const MatmulBatch *batch = ctx;
+    MatmulBatch *batch = ctx;
+    if (batch->whole_jobs) {
+        for (int j; (j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed)) < batch->n_jobs;) {
+            const MatmulJob *job = &batch->jobs[j];
+            for (int j0 = 0; j0 < job->w.cols; j0 += T_DECODE)
+                matmul_t_decode_block(job->y, &job->w, job->x, j0, j0 + T_DECODE < job->w.cols ? j0 + T_DECODE : job->w.cols);
+        }
+        return;
+    }
     float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
     for (int j = 0; j < batch->n_jobs; j++) {
         const MatmulJob *job = &batch->jobs[j];
@@ -1177,7 +1218,8 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 // values). Folds W_UK into the query (spec §3.7) without a transposed copy:
 // each row of W is decoded once and added into every y row.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
-    MatmulBatch batch = {jobs, n_jobs, 0, 0};
+    MatmulBatch batch = {jobs, n_jobs, 0, 0, 1};
+    for (int j = 0; j < n_jobs; j++) batch.whole_jobs &= jobs[j].n == 1 && is_quantized(jobs[j].w.type);
     pool_run(matmul_t_task, &batch);
 }
 
