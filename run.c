@@ -1179,13 +1179,12 @@ static void matmul_t_decode_block(float *y, const Tensor *w, const float *x, int
 
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     MatmulBatch *batch = ctx;
-    if (batch->whole_jobs) {
-        for (int j; (j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed)) < batch->n_jobs;) {
-            const MatmulJob *job = &batch->jobs[j];
-            for (int j0 = 0; j0 < job->w.cols; j0 += T_DECODE)
-                matmul_t_decode_block(job->y, &job->w, job->x, j0, j0 + T_DECODE < job->w.cols ? j0 + T_DECODE : job->w.cols);
-        }
-        return;
+    while (batch->whole_jobs) {
+        int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
+        if (j >= batch->n_jobs) return;
+        const MatmulJob *job = &batch->jobs[j];
+        for (int j0 = 0; j0 < job->w.cols; j0 += T_DECODE)
+            matmul_t_decode_block(job->y, &job->w, job->x, j0, j0 + T_DECODE < job->w.cols ? j0 + T_DECODE : job->w.cols);
     }
     float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
     for (int j = 0; j < batch->n_jobs; j++) {
