@@ -978,40 +978,36 @@ static Tensor tensor_rows(const Tensor *w, int row0, int n) {
     return t;
 }
 
-// Columns [j0, j1) of row `row` of W (j0 a multiple of QK) as f32 values q
-// and a scale per group of QK: the weights are d[g] * q. f32 and bf16 rows get
-// d = 1, Q8/Q4 rows their integers and block scales.
-static void row_groups(float *q, float *d, const Tensor *w, int row, int j0, int j1) {
-    const uint8_t *src = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
-    for (int g = j0; g < j1; g += QK) {
-        int m = j1 - g < QK ? j1 - g : QK;
-        float *out = q + (g - j0);
-        if (w->type == TYPE_F32) {
-            memcpy(out, src + (size_t)g * 4, (size_t)m * sizeof(float));
-            d[(g - j0) / QK] = 1.0f;
-        } else if (w->type == TYPE_BF16) {
-            for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, src + 2 * (size_t)(g + k), 2); out[k] = bf16_to_f32(h); }
-            d[(g - j0) / QK] = 1.0f;
-        } else if (w->type == TYPE_Q8) {
-            const BlockQ8 *b = (const BlockQ8 *)src + g / QK;
-            if (m == QK) for (int k = 0; k < QK; k++) out[k] = (float)b->q[k];  // constant count: vectorises
-            else for (int k = 0; k < m; k++) out[k] = (float)b->q[k];
-            d[(g - j0) / QK] = bf16_to_f32(b->d);
-        } else {
-            const BlockQ4 *b = (const BlockQ4 *)src + g / QK;
-            for (int k = 0; k < m; k++) out[k] = (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
-            d[(g - j0) / QK] = bf16_to_f32(b->d);
-        }
+// The m <= QK values of a weight row (`row`: its bytes) from column g (a
+// multiple of QK) as f32 values q and one scale: the weights are d * q. f32
+// and bf16 rows get d = 1, Q8/Q4 rows their integers and block scale.
+static void group_values(float *q, float *d, int type, const uint8_t *row, int g, int m) {
+    if (type == TYPE_F32) {
+        memcpy(q, row + (size_t)g * 4, (size_t)m * sizeof(float));
+        *d = 1.0f;
+    } else if (type == TYPE_BF16) {
+        for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, row + 2 * (size_t)(g + k), 2); q[k] = bf16_to_f32(h); }
+        *d = 1.0f;
+    } else if (type == TYPE_Q8) {
+        const BlockQ8 *b = (const BlockQ8 *)row + g / QK;
+        for (int k = 0; k < m; k++) q[k] = (float)b->q[k];
+        *d = bf16_to_f32(b->d);
+    } else {
+        const BlockQ4 *b = (const BlockQ4 *)row + g / QK;
+        for (int k = 0; k < m; k++) q[k] = (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
+        *d = bf16_to_f32(b->d);
     }
 }
+
+static const uint8_t *row_data(const Tensor *w, int row) { return (const uint8_t *)w->data + (size_t)row * row_bytes(w); }
 
 // y (W.cols) = row `row` of W, as f32 (the embedding lookup).
 static void tensor_row(float *y, const Tensor *w, int row) {
     for (int g = 0; g < w->cols; g += QK) {
-        int j1 = g + QK < w->cols ? g + QK : w->cols;
+        int m = w->cols - g < QK ? w->cols - g : QK;
         float d;
-        row_groups(y + g, &d, w, row, g, j1);
-        for (int j = g; j < j1; j++) y[j] *= d;
+        group_values(y + g, &d, w->type, row_data(w, row), g, m);
+        for (int k = 0; k < m; k++) y[g + k] *= d;
     }
 }
 
@@ -1037,7 +1033,6 @@ typedef struct {
     int n_jobs;
     int chunk_rows;       // rows per chunk
     atomic_int next;      // next unclaimed chunk (matmuls_t: job)
-    int whole_jobs;       // matmuls_t when decoding: threads claim whole jobs instead of splitting columns
 } MatmulBatch;
 
 // out[k] = row `row` of W · activation row k, for k < n (f32 and bf16 weights).
@@ -1128,7 +1123,7 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
     long long rows = 0;
     for (int j = 0; j < n_jobs; j++) rows += jobs[j].w.rows;
     long long chunk = rows / (16LL * pool.n_threads);
-    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0, 0};
+    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
     pool_run(matmul_task, &batch);
 }
 
@@ -1139,25 +1134,23 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 }
 
 
-// Thread `thread` owns a range of column groups of every job's y, which it
-// takes in blocks of T_BLOCK columns: each weight row's block is decoded once
-// and added, times x[t][i], into every activation row t. The product is
-// formed as (x d) q for every n, so batched and token-by-token results agree.
-#define T_BLOCK 256
+// Threads claim whole jobs (one head of W_UK each) and read its rows front to
+// back (split by columns, each thread read half of every row, a strided
+// pattern that left this product waiting on memory when decoding). Columns go
+// in blocks of T_BLOCK: each weight row's block is decoded once and added,
+// times x[t][i], into every activation row t, as (x d) q for every n, so
+// batched and token-by-token results agree.
+#define T_BLOCK 512
 
-// Decoding (one activation row) with Q8/Q4 weights: y[j0, j1) = Σ_i x[i] W[i][j0, j1)
-// over a block of at most T_DECODE columns kept in a local array for all rows
-// (same operations in the same order as the general path). A thread takes a
-// whole job (one head of W_UK) and reads its rows front to back: split by
-// columns, each thread read half of every row, a strided pattern that left
-// the W_UK product waiting on memory.
-#define T_DECODE 512
-
-static void matmul_t_decode_block(float *y, const Tensor *w, const float *x, int j0, int j1) {
-    float acc[T_DECODE] = {0};  // (j1 - j0) columns of y, rounded up to whole groups
-    size_t rb = row_bytes(w);
+// Decoding (one activation row) with Q8/Q4 weights: the same sums, but each
+// group is decoded in place and added straight into a local block of y. Going
+// through group_values and a row buffer made this product 3-4x slower per
+// token (perf share 7.5% of decoding vs 2%), so the two block decodings are
+// written out here.
+static void matmul_t_one_row(float *y, const Tensor *w, const float *x, int j0, int j1) {
+    float acc[T_BLOCK] = {0};  // (j1 - j0) columns of y, rounded up to whole groups
     for (int i = 0; i < w->rows; i++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)i * rb;
+        const uint8_t *row = row_data(w, i);
         for (int g = j0; g < j1; g += QK) {
             float *a = acc + (g - j0);
             if (w->type == TYPE_Q8) {
@@ -1178,33 +1171,31 @@ static void matmul_t_decode_block(float *y, const Tensor *w, const float *x, int
 }
 
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
+    (void)thread; (void)n_threads;
     MatmulBatch *batch = ctx;
-    while (batch->whole_jobs) {
+    float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
+    for (;;) {
         int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
         if (j >= batch->n_jobs) return;
         const MatmulJob *job = &batch->jobs[j];
-        for (int j0 = 0; j0 < job->w.cols; j0 += T_DECODE)
-            matmul_t_decode_block(job->y, &job->w, job->x, j0, j0 + T_DECODE < job->w.cols ? j0 + T_DECODE : job->w.cols);
-    }
-    float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
-    for (int j = 0; j < batch->n_jobs; j++) {
-        const MatmulJob *job = &batch->jobs[j];
-        int cols = job->w.cols, groups = (cols + QK - 1) / QK;
-        int c0 = groups * thread / n_threads * QK, c1 = groups * (thread + 1) / n_threads * QK;
-        if (c1 > cols) c1 = cols;
-        for (int j0 = c0; j0 < c1; j0 += T_BLOCK) {
-            int j1 = j0 + T_BLOCK < c1 ? j0 + T_BLOCK : c1;
+        for (int j0 = 0; j0 < job->w.cols; j0 += T_BLOCK) {
+            int j1 = j0 + T_BLOCK < job->w.cols ? j0 + T_BLOCK : job->w.cols;
+            if (job->n == 1 && is_quantized(job->w.type)) {
+                matmul_t_one_row(job->y, &job->w, job->x, j0, j1);
+                continue;
+            }
             for (int t = 0; t < job->n; t++)
                 for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
             for (int i = 0; i < job->w.rows; i++) {
-                row_groups(q, d, &job->w, i, j0, j1);
+                for (int g = j0; g < j1; g += QK)
+                    group_values(q + (g - j0), &d[(g - j0) / QK], job->w.type, row_data(&job->w, i), g,
+                                 j1 - g < QK ? j1 - g : QK);
                 for (int t = 0; t < job->n; t++) {
                     float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride + j0;
                     for (int g = 0; g < j1 - j0; g += QK) {
                         float s = a * d[g / QK];
                         int m = j1 - j0 - g < QK ? j1 - j0 - g : QK;
-                        if (m == QK) for (int k = 0; k < QK; k++) y[g + k] += s * q[g + k];
-                        else for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
+                        for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
                     }
                 }
             }
@@ -1217,8 +1208,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 // values). Folds W_UK into the query (spec §3.7) without a transposed copy:
 // each row of W is decoded once and added into every y row.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
-    MatmulBatch batch = {jobs, n_jobs, 0, 0, 1};
-    for (int j = 0; j < n_jobs; j++) batch.whole_jobs &= jobs[j].n == 1 && is_quantized(jobs[j].w.type);
+    MatmulBatch batch = {jobs, n_jobs, 0, 0};
     pool_run(matmul_t_task, &batch);
 }
 
