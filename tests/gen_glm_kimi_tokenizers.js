@@ -426,17 +426,20 @@ function buildRanks(texts, split, specialList, trained) {
 // emits a piece found whole in the vocab (HF ignore_merges, tiktoken) gives them. Spread through the id range.
 function addOrphans(tokens, pieces, count) {
   const have = new Set(tokens);
-  const chosen = [];
+  const splittable = (p) => {
+    for (let i = 1; i < p.length; i++) if (have.has(p.slice(0, i)) && have.has(p.slice(i))) return true;
+    return false;
+  };
+  let chosen = [];
   const cands = [...pieces].filter(([p]) => p.length > CHAIN_MAX && p.length <= 40 && !have.has(p))
     .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
   for (const [p] of cands) {
-    let splittable = false;
-    for (let i = 1; i < p.length && !splittable; i++) splittable = have.has(p.slice(0, i)) && have.has(p.slice(i));
-    if (splittable) continue;
+    if (splittable(p)) continue;
     chosen.push(p);
     have.add(p);
     if (chosen.length === count) break;
   }
+  chosen = chosen.filter((p) => !splittable(p));  // a later choice can make an earlier one splittable
   const out = tokens.slice();
   chosen.forEach((p, k) => out.splice(256 + Math.floor(((k + 1) * (out.length - 256)) / (chosen.length + 1)), 0, p));
   return { tokens: out, orphans: chosen };
