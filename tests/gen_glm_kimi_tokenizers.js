@@ -194,7 +194,8 @@ const contractions = [
   "the '90s", "Jones'", "'re'", "it’s (curly apostrophe)", "it'ſ (long s)", "IT'ſ", "'ſ", "ain't", "O'Neil",
   "D'Artagnan", "l'homme", "dell'arte", "'quoted'", "HE'S'S", "He's 'S", "I'M'M", "WE'LL'VE", "you'LL", "it'st",
   "'sup", "' s", "''s", "it''s", "JOHN'S BOOK", "NASA's", "iPhone's", "getUser's", "中国's", "123's", "é's", "É'S",
-  "'s'", "x'", "'x", "O'REILLY", "don'tcha", "Ma'am", "'ll've",
+  "'s'", "x'", "'x", "O'REILLY", "don'tcha", "Ma'am", "'ll've", "it'ſall", "'ſa", "IT'ſA", "x'ſt", "'ſ'ſ",
+  "'Sup", "'LLama", "'REad", "'VEry", "'Making", "'Dog", "it'sa", "HE'SAID", "dON'Tx", "'ſS", "'ﬆ", "'ﬅ", "'ẞ",
 ];
 
 const han = [
@@ -356,6 +357,7 @@ function plainSpans(text, specialList) {
 // A token is added only when tiktoken's BPE bounded by its own rank splits it into exactly two parts (true of
 // every multi-byte token of the real Kimi file: 163,328 merges for 163,584 tokens).
 const CHAIN_MAX = 16;
+const MAX_TOKEN = 48;  // bytes; keeps the repeated-character texts from training 384-byte tokens
 const BOUNDARIES_PER_KIND = 4;
 const CHAR_CLASSES = [['Han', /\p{Script=Han}/u], ['Lu', /\p{Lu}/u], ['Ll', /\p{Ll}/u], ['Lt', /\p{Lt}/u], ['Lm', /\p{Lm}/u],
   ['Lo', /\p{Lo}/u], ['M', /\p{M}/u], ['Nd', /\p{Nd}/u], ['N', /\p{N}/u], ['CR', /\r/u], ['LF', /\n/u], ['sp', / /u],
@@ -372,6 +374,7 @@ function buildRanks(texts, split, specialList, trained) {
   const rank = new Map(tokens.map((t, i) => [t, i]));
   const add = (t) => {
     if (rank.has(t)) return true;
+    if (t.length > MAX_TOKEN) return false;
     rank.set(t, tokens.length);
     if (bpe(t, rank, tokens.length).length !== 2) { rank.delete(t); return false; }
     tokens.push(t);
@@ -454,18 +457,20 @@ function addRankInversions(tokens, pieces, count) {
   const inner = new Map();  // token -> how many longer pieces contain it
   const longPieces = [...pieces.keys()].filter((p) => !rank.has(p));
   const out = tokens.slice();
-  const moved = [];
-  for (let i = 256; i < tokens.length && moved.length < count; i++) {
+  const candidates = [];
+  for (let i = 256; i < tokens.length; i++) {
     const t = tokens[i];
     const text = Buffer.from(t, 'latin1').toString('utf8');
-    if (t.length < 4 || i % 2 /* every other one, to spread them */ || !/^ ?[\p{L}\p{M}]+$/u.test(text) || bin(text) !== t) continue;
+    if (t.length < 4 || !/^ ?[\p{L}\p{M}]+$/u.test(text) || bin(text) !== t) continue;
     const [l, r] = bpe(t, rank, i);
-    const later = Math.max(rank.get(l), rank.get(r));
-    if (later <= 256) continue;
+    const before = Math.min(rank.get(l), rank.get(r));
+    if (before < 256) continue;  // ranks 0..255 stay the single bytes
     if (!inner.has(t)) inner.set(t, longPieces.filter((p) => p.includes(t)).length);
-    if (inner.get(t) < 2) continue;
-    moved.push([t, Math.min(rank.get(l), rank.get(r))]);
+    if (inner.get(t) >= 1) candidates.push([t, before]);
   }
+  // evenly spread over the candidates, so they are not all from the first scripts trained
+  const moved = Array.from({ length: Math.min(count, candidates.length) },
+    (_, k) => candidates[Math.floor((k * candidates.length) / Math.min(count, candidates.length))]);
   for (const [t, before] of moved) {
     out.splice(out.indexOf(t), 1);
     out.splice(out.indexOf(tokens[before]), 0, t);
