@@ -1,5 +1,5 @@
 // Writes small synthetic tokenizers in the exact on-disk forms of GLM-4.7-Flash (HF tokenizer.json) and
-// Moonlight / Kimi-K2 (tiktoken.model), and the ids the reference libraries give for ~1,200 texts.
+// Moonlight / Kimi-K2 (tiktoken.model), and the ids the reference libraries give for 1,331 texts.
 //
 //   NODE_PATH=/tmp/npmtok/node_modules node tests/gen_glm_kimi_tokenizers.js
 //
