@@ -2,14 +2,25 @@
  * seek.c: inference for DeepSeek-V2/V3 Mixture-of-Experts models with
  * Multi-head Latent Attention, in one file of C11 (libc, libm, pthreads).
  *
- * Reads top to bottom like the papers: config, weights, matmul (the only code
- * that knows weight storage types), run state, the blocks (rmsnorm, rope,
- * mla_attention, moe), forward, tokenizer, sampler, generate/chat, benchmark,
- * main.
+ * Reads top to bottom like the papers: the structs (config, weights, run
+ * state), the blocks in the papers' order (rmsnorm, rope/YaRN, mla_attention,
+ * route, moe), then forward. Below forward, reached through the few prototypes
+ * above the blocks: the thread pool, the matmul kernels (the only code that
+ * knows weight storage types), the loader with its validation; then the
+ * tokenizer, sampler, generate/chat, perplexity, benchmark and main.
  *
- * The math follows the DeepSeek-V2 paper (MLA, DeepSeekMoE) and the V3 paper
- * (sigmoid router, auxiliary-loss-free bias); section numbers "spec §x" refer
- * to the project's model specification.
+ * Each block cites its source: DeepSeek-V2 (arXiv 2405.04434) §2.1.2 low-rank
+ * key-value joint compression, §2.1.3 decoupled RoPE, §2.2 DeepSeekMoE;
+ * DeepSeek-V3 (arXiv 2412.19437) §2.1.2 auxiliary-loss-free load balancing and
+ * sigmoid gating; YaRN (Peng et al. 2023, arXiv 2309.00071). Details that no
+ * paper fixes name the reference code instead: the official DeepSeek-V3
+ * inference/model.py, or the HF modeling_deepseek.py shipped with the
+ * checkpoints. docs/reading-run-c.md follows a token through this file.
+ *
+ * The latent cache is RunState.latent_cache (allocated in alloc_run_state,
+ * written by mla_attention): per layer and position the normalised KV latent c
+ * (kv_lora_rank values) and the rotated shared key k_pe (qk_rope_head_dim),
+ * 512 + 64 = 576 floats for DeepSeek-V2/V3. Keys and values are never expanded.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -67,28 +78,19 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-// ----------------------------------------------------------------------------
-// Config and model file format
-//
-// File format v1 (shared contract with export.py): "SEEK", u32 version, u32
-// n_config, n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table
-// entries, then 64-byte-aligned tensor data. All little-endian.
-//
-// Quantized matrices (types Q8 and Q4; see the Matmul section): each row is cut
-// into ceil(cols / 32) groups of 32 values, the last one zero-padded, and each
-// group is stored as one block, rows back to back:
-//   Q8: bf16 scale d, 32 x int8 q;           value = d * q        (34 bytes)
-//   Q4: bf16 scale d, 16 bytes of nibbles;   value = d * (q - 8)  (18 bytes)
-//       byte j holds q_j (low nibble) and q_{j+16} (high nibble).
+// p resized to hold at least `need` elements (doubling), *cap updated.
+static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return p;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    p = realloc(p, c * elem);
+    if (!p) die("out of memory (%zu x %zu bytes)", c, elem);
+    *cap = c;
+    return p;
+}
 
-#define SEEK_VERSION 1
-#define SEEK_N_CONFIG 40
-#define TENSOR_ENTRY_BYTES 128
-#define TENSOR_NAME_BYTES 96
-#define TENSOR_ALIGN 64
-// Upper bound for any single dimension; keeps every derived product (rows of
-// q_b_proj, kv_b_proj, ...) far inside int range so shape math cannot overflow.
-#define MAX_DIM (1 << 24)
+// ----------------------------------------------------------------------------
+// Config
 
 enum { TYPE_F32 = 0, TYPE_BF16 = 1, TYPE_Q8 = 2, TYPE_Q4 = 3, TYPE_U8 = 16 };
 enum { TOPK_GREEDY = 0, TOPK_GROUP_LIMITED_GREEDY = 1, TOPK_NOAUX_TC = 2 };
@@ -135,140 +137,6 @@ typedef struct {
     uint32_t tokenizer_hash_lo;
     uint32_t tokenizer_hash_hi;
 } Config;
-
-static int32_t word_i32(const uint8_t *p) { int32_t v; memcpy(&v, p, 4); return v; }
-static uint32_t word_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t word_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static float word_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
-
-static void read_config(Config *c, const uint8_t *w) {
-    c->dim = word_i32(w + 4 * 0);
-    c->n_layers = word_i32(w + 4 * 1);
-    c->vocab_size = word_i32(w + 4 * 2);
-    c->n_heads = word_i32(w + 4 * 3);
-    c->q_lora_rank = word_i32(w + 4 * 4);
-    c->kv_lora_rank = word_i32(w + 4 * 5);
-    c->qk_nope_head_dim = word_i32(w + 4 * 6);
-    c->qk_rope_head_dim = word_i32(w + 4 * 7);
-    c->v_head_dim = word_i32(w + 4 * 8);
-    c->intermediate_size = word_i32(w + 4 * 9);
-    c->moe_intermediate_size = word_i32(w + 4 * 10);
-    c->n_routed_experts = word_i32(w + 4 * 11);
-    c->n_shared_experts = word_i32(w + 4 * 12);
-    c->num_experts_per_tok = word_i32(w + 4 * 13);
-    c->n_group = word_i32(w + 4 * 14);
-    c->topk_group = word_i32(w + 4 * 15);
-    c->topk_method = word_i32(w + 4 * 16);
-    c->scoring_func = word_i32(w + 4 * 17);
-    c->norm_topk_prob = word_i32(w + 4 * 18);
-    c->routed_scaling_factor = word_f32(w + 4 * 19);
-    c->first_k_dense_replace = word_i32(w + 4 * 20);
-    c->moe_layer_freq = word_i32(w + 4 * 21);
-    c->rope_theta = word_f32(w + 4 * 22);
-    c->rope_type = word_i32(w + 4 * 23);
-    c->rope_factor = word_f32(w + 4 * 24);
-    c->rope_orig_max_pos = word_i32(w + 4 * 25);
-    c->rope_beta_fast = word_f32(w + 4 * 26);
-    c->rope_beta_slow = word_f32(w + 4 * 27);
-    c->rope_mscale = word_f32(w + 4 * 28);
-    c->rope_mscale_all_dim = word_f32(w + 4 * 29);
-    c->rms_norm_eps = word_f32(w + 4 * 30);
-    c->max_position_embeddings = word_i32(w + 4 * 31);
-    c->bos_token_id = word_i32(w + 4 * 32);
-    c->eos_token_id = word_i32(w + 4 * 33);
-    c->n_mtp_layers = word_i32(w + 4 * 34);
-    c->n_tokens = word_i32(w + 4 * 35);
-    c->tokenizer_hash_lo = word_u32(w + 4 * 36);
-    c->tokenizer_hash_hi = word_u32(w + 4 * 37);
-}
-
-static void check_range(const char *name, long long v, long long lo, long long hi) {
-    if (v < lo || v > hi) die("model file: config %s = %lld, expected %lld..%lld", name, v, lo, hi);
-}
-
-static void check_float(const char *name, float v, float lo, float hi) {
-    if (!isfinite(v) || v < lo || v > hi)
-        die("model file: config %s = %g, expected a finite value in %g..%g", name, v, lo, hi);
-}
-
-// Layer l has a routed-expert FFN iff experts exist, it is past the leading
-// dense layers and it is on the moe_layer_freq grid (spec §1.2, HF remote code).
-static int is_moe_layer(const Config *c, int l) {
-    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
-}
-
-static void validate_config(const Config *c) {
-    check_range("dim", c->dim, 1, MAX_DIM);
-    check_range("n_layers", c->n_layers, 1, 1 << 16);
-    check_range("vocab_size", c->vocab_size, 1, MAX_DIM);
-    check_range("n_heads", c->n_heads, 1, 1 << 16);
-    check_range("q_lora_rank", c->q_lora_rank, 0, MAX_DIM);
-    check_range("kv_lora_rank", c->kv_lora_rank, 1, MAX_DIM);
-    check_range("qk_nope_head_dim", c->qk_nope_head_dim, 1, 1 << 16);
-    // RoPE rotates pairs, so the rope part must have an even width.
-    check_range("qk_rope_head_dim", c->qk_rope_head_dim, 2, 1 << 16);
-    if (c->qk_rope_head_dim % 2) die("model file: config qk_rope_head_dim = %d must be even", c->qk_rope_head_dim);
-    check_range("v_head_dim", c->v_head_dim, 1, 1 << 16);
-    check_range("n_routed_experts", c->n_routed_experts, 0, 1 << 16);
-    check_range("first_k_dense_replace", c->first_k_dense_replace, 0, INT32_MAX);
-    check_range("moe_layer_freq", c->moe_layer_freq, 1, INT32_MAX);
-    int has_dense = 0, has_moe = 0;
-    for (int l = 0; l < c->n_layers; l++) {
-        if (is_moe_layer(c, l)) has_moe = 1; else has_dense = 1;
-    }
-    check_range("intermediate_size", c->intermediate_size, has_dense ? 1 : 0, MAX_DIM);
-    // Checked even without MoE layers, because buffer sizes are derived from them.
-    check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);
-    check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
-    check_range("num_experts_per_tok", c->num_experts_per_tok, 0, 1 << 16);
-    check_range("n_group", c->n_group, 0, 1 << 16);
-    if ((long long)c->n_shared_experts * c->moe_intermediate_size > MAX_DIM)
-        die("model file: config n_shared_experts x moe_intermediate_size is too large");
-    if (has_moe) {
-        int E = c->n_routed_experts;
-        check_range("moe_intermediate_size", c->moe_intermediate_size, 1, MAX_DIM);
-        check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
-        check_range("num_experts_per_tok", c->num_experts_per_tok, 1, E);
-        check_range("n_group", c->n_group, 1, E);
-        if (E % c->n_group) die("model file: config n_group = %d does not divide n_routed_experts = %d", c->n_group, E);
-        check_range("topk_group", c->topk_group, 1, c->n_group);
-        check_range("topk_method", c->topk_method, TOPK_GREEDY, TOPK_NOAUX_TC);
-        check_range("scoring_func", c->scoring_func, SCORE_SOFTMAX, SCORE_SIGMOID);
-        check_range("norm_topk_prob", c->norm_topk_prob, 0, 1);
-        check_float("routed_scaling_factor", c->routed_scaling_factor, 0.0f, 1e6f);
-        int group_size = E / c->n_group;
-        // The kept groups must hold at least K experts, or top-K would have to
-        // pick masked (-inf) experts.
-        if (c->topk_method != TOPK_GREEDY && (long long)c->topk_group * group_size < c->num_experts_per_tok)
-            die("model file: config topk_group %d x group size %d < num_experts_per_tok %d",
-                c->topk_group, group_size, c->num_experts_per_tok);
-        // noaux_tc scores a group by the sum of its two best experts.
-        if (c->topk_method == TOPK_NOAUX_TC && c->n_group > 1 && group_size < 2)
-            die("model file: config noaux_tc needs >= 2 experts per group (got %d)", group_size);
-    }
-    check_float("rope_theta", c->rope_theta, 1.0001f, 1e30f);
-    check_range("rope_type", c->rope_type, ROPE_NONE, ROPE_YARN);
-    if (c->rope_type == ROPE_YARN) {
-        check_float("rope_factor", c->rope_factor, 1e-6f, 1e6f);
-        check_range("rope_original_max_position_embeddings", c->rope_orig_max_pos, 1, INT32_MAX);
-        check_float("rope_beta_fast", c->rope_beta_fast, 1e-6f, 1e6f);
-        check_float("rope_beta_slow", c->rope_beta_slow, 1e-6f, 1e6f);
-        check_float("rope_mscale", c->rope_mscale, -1e3f, 1e3f);
-        check_float("rope_mscale_all_dim", c->rope_mscale_all_dim, -1e3f, 1e3f);
-    }
-    check_float("rms_norm_eps", c->rms_norm_eps, 1e-30f, 1.0f);
-    check_range("max_position_embeddings", c->max_position_embeddings, 1, INT32_MAX);
-    check_range("bos_token_id", c->bos_token_id, -1, c->vocab_size - 1);
-    check_range("eos_token_id", c->eos_token_id, -1, c->vocab_size - 1);
-    if (c->n_mtp_layers != 0) die("model file: config n_mtp_layers = %d; MTP layers are not supported yet", c->n_mtp_layers);
-    check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
-    long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
-    long long kv_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->v_head_dim);
-    long long o_cols = (long long)c->n_heads * c->v_head_dim;
-    if (q_rows > MAX_DIM || kv_rows > MAX_DIM || o_cols > MAX_DIM || (long long)c->kv_lora_rank + c->qk_rope_head_dim > MAX_DIM)
-        die("model file: config attention shapes are too large");
-}
-
 // ----------------------------------------------------------------------------
 // Weights
 //
@@ -317,336 +185,517 @@ typedef struct {
     uint64_t tokenizer_bytes;
 } Weights;
 
-// Walks the tensor table in the canonical order of the format, checking each
-// entry against what the config implies; no name lookup, so any mismatch is
-// reported at the exact entry where it happens.
+// What RoPE needs that depends only on the config (init_rope, at load).
 typedef struct {
-    const uint8_t *file;
-    uint64_t file_size;
-    const uint8_t *table;        // (n_tensors, 128)
-    uint32_t n_tensors;
-    uint32_t next;               // index of the next entry to check
-    uint64_t data_end;           // end of the previous tensor's data (or of the header)
-} TableWalker;
-
-// What an entry may hold: weight matrices take the export dtype (F32, BF16, Q8
-// or Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
-enum { KIND_MATRIX, KIND_F32, KIND_U8 };
-
-#define QK 32  // values per quantization group (one scale each), along a row
-
-// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
-// for Q8/Q4 one block of QK values.
-static int unit_bytes(int type) {
-    switch (type) {
-    case TYPE_F32: return 4;
-    case TYPE_BF16: return 2;
-    case TYPE_Q8: return 2 + QK;
-    case TYPE_Q4: return 2 + QK / 2;
-    case TYPE_U8: return 1;
-    default: return 0;
-    }
-}
-
-static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
-
-// Units in one row of `cols` values (blocks of a quantized row round up).
-static uint64_t row_units(int type, uint64_t cols) { return is_quantized(type) ? (cols + QK - 1) / QK : cols; }
-
-static const char *type_name(uint32_t type) {
-    switch (type) {
-    case TYPE_F32: return "F32";
-    case TYPE_BF16: return "BF16";
-    case TYPE_Q8: return "Q8";
-    case TYPE_Q4: return "Q4";
-    case TYPE_U8: return "U8";
-    default: return "unknown";
-    }
-}
-
-// A tensor name from the file, made safe to print: it may be any bytes.
-static const char *printable_name(char *buf, const uint8_t *name) {
-    int i = 0;
-    for (; i < TENSOR_NAME_BYTES - 1 && name[i]; i++) buf[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? (char)name[i] : '?';
-    buf[i] = 0;
-    return buf;
-}
-
-// Checks one entry and returns a pointer to its data. rows x cols is the
-// expected shape (cols = 0 for a 1-D tensor of length rows).
-static const void *walk_entry(TableWalker *tw, const char *name, int kind, uint64_t rows, uint64_t cols,
-                              uint32_t *type_out) {
-    if (tw->next >= tw->n_tensors)
-        die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
-    uint32_t idx = tw->next++;
-    const uint8_t *e = tw->table + (uint64_t)idx * TENSOR_ENTRY_BYTES;
-    if (!memchr(e, 0, TENSOR_NAME_BYTES)) die("model file: tensor %u: name is not NUL-terminated", idx);
-    char shown[TENSOR_NAME_BYTES];
-    if (strcmp((const char *)e, name) != 0)
-        die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
-    uint32_t type = word_u32(e + 96), ndim = word_u32(e + 100);
-    uint32_t r = word_u32(e + 104), c = word_u32(e + 108);
-    uint64_t offset = word_u64(e + 112), nbytes = word_u64(e + 120);
-    uint32_t want_ndim = cols ? 2 : 1;
-    if (ndim != want_ndim) die("model file: tensor '%s' has ndim %u, expected %u", name, ndim, want_ndim);
-    if (r != rows || c != (cols ? cols : 1))
-        die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c,
-            (unsigned long long)rows, (unsigned long long)(cols ? cols : 1));
-    if (kind == KIND_U8) {
-        if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
-    } else if (kind == KIND_F32) {
-        if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
-    } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
-        die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
-    }
-    // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
-    uint64_t elems = (uint64_t)r * row_units((int)type, c);
-    uint64_t esize = (uint64_t)unit_bytes((int)type);
-    if (elems > UINT64_MAX / esize || elems * esize != nbytes)
-        die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
-            (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
-    if (offset % TENSOR_ALIGN) die("model file: tensor '%s' offset %llu is not %d-byte aligned", name,
-                                   (unsigned long long)offset, TENSOR_ALIGN);
-    if (offset < tw->data_end) die("model file: tensor '%s' overlaps the header or the previous tensor", name);
-    if (offset > tw->file_size || nbytes > tw->file_size - offset)
-        die("model file: tensor '%s' (offset %llu, %llu bytes) runs past the end of the file (%llu bytes)", name,
-            (unsigned long long)offset, (unsigned long long)nbytes, (unsigned long long)tw->file_size);
-    tw->data_end = offset + nbytes;
-    *type_out = type;
-    return tw->file + offset;
-}
-
-static Tensor walk_matrix(TableWalker *tw, const char *name, long long rows, long long cols) {
-    uint32_t type;
-    Tensor t;
-    t.data = walk_entry(tw, name, KIND_MATRIX, (uint64_t)rows, (uint64_t)cols, &type);
-    t.type = (int)type;
-    t.rows = (int)rows;
-    t.cols = (int)cols;
-    return t;
-}
-
-static Tensor walk_f32_matrix(TableWalker *tw, const char *name, long long rows, long long cols) {
-    uint32_t type;
-    Tensor t;
-    t.data = walk_entry(tw, name, KIND_F32, (uint64_t)rows, (uint64_t)cols, &type);
-    t.type = TYPE_F32;
-    t.rows = (int)rows;
-    t.cols = (int)cols;
-    return t;
-}
-
-static const float *walk_vector(TableWalker *tw, const char *name, long long len) {
-    uint32_t type;
-    return (const float *)walk_entry(tw, name, KIND_F32, (uint64_t)len, 0, &type);
-}
-
-static MLPWeights walk_mlp(TableWalker *tw, const char *prefix, long long hidden, long long dim) {
-    char name[256];
-    MLPWeights m;
-    snprintf(name, sizeof name, "%sgate_proj.weight", prefix);
-    m.gate = walk_matrix(tw, name, hidden, dim);
-    snprintf(name, sizeof name, "%sup_proj.weight", prefix);
-    m.up = walk_matrix(tw, name, hidden, dim);
-    snprintf(name, sizeof name, "%sdown_proj.weight", prefix);
-    m.down = walk_matrix(tw, name, dim, hidden);
-    return m;
-}
-
-// FNV-1a, 64-bit: the checksum the format stores for the embedded tokenizer.
-static uint64_t fnv1a64(const uint8_t *p, uint64_t n) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (uint64_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
-    return h;
-}
-
-static const char *layer_name(char *buf, size_t size, const char *prefix, const char *suffix) {
-    snprintf(buf, size, "%s%s", prefix, suffix);
-    return buf;
-}
-
-static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
-    long long D = c->dim, H = c->n_heads, r = c->kv_lora_rank, rq = c->q_lora_rank;
-    long long dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
-    long long E = c->n_routed_experts, Ie = c->moe_intermediate_size, S = c->n_shared_experts;
-    char name[256], prefix[64];
-    w->embed = walk_matrix(tw, "model.embed_tokens.weight", c->vocab_size, D);
-    w->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerWeights *lw = &w->layers[l];
-        snprintf(prefix, sizeof prefix, "model.layers.%d.", l);
-        lw->input_norm = walk_vector(tw, layer_name(name, sizeof name, prefix, "input_layernorm.weight"), D);
-        if (rq > 0) {
-            lw->q_a_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.q_a_proj.weight"), rq, D);
-            lw->q_a_norm = walk_vector(tw, layer_name(name, sizeof name, prefix, "self_attn.q_a_layernorm.weight"), rq);
-            lw->q_b_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.q_b_proj.weight"), H * (dn + dr), rq);
-        } else {
-            lw->q_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.q_proj.weight"), H * (dn + dr), D);
-        }
-        lw->kv_a_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.kv_a_proj_with_mqa.weight"), r + dr, D);
-        lw->kv_a_norm = walk_vector(tw, layer_name(name, sizeof name, prefix, "self_attn.kv_a_layernorm.weight"), r);
-        lw->kv_b_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.kv_b_proj.weight"), H * (dn + dv), r);
-        lw->o_proj = walk_matrix(tw, layer_name(name, sizeof name, prefix, "self_attn.o_proj.weight"), D, H * dv);
-        lw->post_norm = walk_vector(tw, layer_name(name, sizeof name, prefix, "post_attention_layernorm.weight"), D);
-        lw->is_moe = is_moe_layer(c, l);
-        if (lw->is_moe) {
-            lw->router = walk_f32_matrix(tw, layer_name(name, sizeof name, prefix, "mlp.gate.weight"), E, D);
-            if (c->topk_method == TOPK_NOAUX_TC)
-                lw->router_bias = walk_vector(tw, layer_name(name, sizeof name, prefix, "mlp.gate.e_score_correction_bias"), E);
-            lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
-            for (int e = 0; e < E; e++) {
-                char eprefix[128];
-                snprintf(eprefix, sizeof eprefix, "%smlp.experts.%d.", prefix, e);
-                lw->experts[e] = walk_mlp(tw, eprefix, Ie, D);
-            }
-            if (S > 0) {
-                lw->has_shared = 1;
-                lw->shared = walk_mlp(tw, layer_name(name, sizeof name, prefix, "mlp.shared_experts."), S * Ie, D);
-            }
-        } else {
-            lw->mlp = walk_mlp(tw, layer_name(name, sizeof name, prefix, "mlp."), c->intermediate_size, D);
-        }
-    }
-    w->final_norm = walk_vector(tw, "model.norm.weight", D);
-    w->lm_head = walk_matrix(tw, "lm_head.weight", c->vocab_size, D);
-    uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
-    if (hash != 0) {
-        // The blob's length is only known from its own entry; read it first and
-        // let walk_entry check it like any other 1-D tensor.
-        if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
-        uint64_t len = word_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
-        uint32_t type;
-        w->tokenizer = walk_entry(tw, "tokenizer", KIND_U8, len, 0, &type);
-        w->tokenizer_bytes = len;
-        if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
-    }
-    if (tw->next != tw->n_tensors)
-        die("model file: %u unexpected extra tensors in the table (the last expected one is '%s')",
-            tw->n_tensors - tw->next, hash ? "tokenizer" : "lm_head.weight");
-    if (tw->data_end != tw->file_size)
-        die("model file: %llu trailing bytes after the last tensor", (unsigned long long)(tw->file_size - tw->data_end));
-}
+    double *theta;        // (dr/2) rotation frequency of pair i, YaRN-interpolated
+    float cs_mult;        // multiplier of cos and sin (1 for every DeepSeek config)
+    float softmax_scale;  // 1/sqrt(dn+dr), times YaRN's mscale²
+} Rope;
 
 typedef struct {
     Config config;
     Weights weights;
+    Rope rope;
     const uint8_t *file;   // (file_size) read-only mapping, or a copy in memory
     size_t file_size;
     int copied;            // file is a malloc'd copy (see read_into_memory)
 } Model;
 
-static int host_is_little_endian(void) {
-    uint16_t one = 1;
-    uint8_t b;
-    memcpy(&b, &one, 1);
-    return b == 1;
+// ----------------------------------------------------------------------------
+// The kernels the blocks call (defined below forward)
+
+typedef struct BlockX8 BlockX8;  // a block of activations quantized to int8 (quantize_block)
+
+// One product in a batch: y = x W^T over n rows of activations.
+typedef struct {
+    float *y;           // (n, y_stride): row t gets W.rows outputs
+    Tensor w;           // (rows, cols)
+    const float *x;     // (n, x_stride): row t holds W.cols inputs
+    int n, x_stride, y_stride;
+    const BlockX8 *xq;  // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
+} MatmulJob;
+
+static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
+    MatmulJob j = {y, w, x, n, w.cols, w.rows, NULL};
+    return j;
 }
 
-static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path);
+static void matmuls(MatmulJob *jobs, int n_jobs);    // every job's y = x W^T, in one dispatch
+static void matmuls_t(MatmulJob *jobs, int n_jobs);  // every job's y = x W (the transpose), in one dispatch
+static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n, W.rows) = x (n, W.cols) W^T
+static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
+static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
+static float dot_f32(const float *w, const float *x, int n);
+static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx);  // task on every thread
 
-// The whole file in memory backed by 2 MB transparent huge pages where the OS
-// has them. Generating reads gigabytes of weights per token in 4 KB pieces
-// when they are mapped from the page cache; with huge pages far fewer TLB
-// misses interrupt the streams (measured: several times faster on a 16 GB
-// model in a VM). Costs the time to read the file and RAM for all of it.
-static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
-    size_t huge = (size_t)2 << 20, alloc = ((size_t)size + huge - 1) / huge * huge;
-    void *p = NULL;
-    if (posix_memalign(&p, huge, alloc) != 0) die("out of memory reading %s into memory (%zu bytes)", path, alloc);
-#ifdef MADV_HUGEPAGE
-    madvise(p, alloc, MADV_HUGEPAGE);  // a hint: without it (or off Linux) the copy still works
-#endif
-    for (uint64_t at = 0; at < size;) {
-        size_t want = size - at < ((size_t)64 << 20) ? (size_t)(size - at) : ((size_t)64 << 20);
-        ssize_t got = pread(fd, (uint8_t *)p + at, want, (off_t)at);
-        if (got <= 0) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
-        at += (uint64_t)got;
+// ----------------------------------------------------------------------------
+// Run state
+//
+// Activations are matrices of up to `chunk` rows, one per token: a prompt goes
+// through each layer a chunk at a time, so every weight is read once per chunk
+// (decoding is the one-row case). Each block has its own scratch struct.
+
+#define PREFILL_CHUNK 64
+
+typedef struct {          // mla_attention's scratch
+    float *q_latent;      // (chunk, rq) compressed query c_Q
+    float *q;             // (chunk, H, dn+dr) per head [q_nope; q_pe]
+    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe]
+    float *q_absorbed;    // (chunk, H, r) W_UK^T q_nope per head
+    float *scores;        // (threads, context) attention scores of one head, per thread
+    float *u;             // (chunk, H, r) attention-weighted latent per head
+    float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
+    float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
+    float *rope_sin;      // (chunk, dr/2)
+} MLABuffers;
+
+// One SwiGLU MLP applied to n rows: a dense FFN, a routed expert or the shared experts.
+typedef struct {
+    const MLPWeights *mlp;
+    const float *x;       // (n, D)
+    float *out;           // (n, D)
+    int n;
+} FFNCall;
+
+typedef struct {          // moe's scratch; swiglu's hidden and up serve the dense FFN too
+    float *router_logits; // (chunk, E)
+    float *router_scores; // (E) s: softmax or sigmoid of the logits
+    float *router_choice; // (E) scores used to choose experts (s + bias), -inf once masked
+    float *group_scores;  // (n_group)
+    int *group_kept;      // (n_group) 1 if the group survives the group limit
+    int *topk_idx;        // (chunk, K) chosen experts
+    float *topk_w;        // (chunk, K) their weights
+    int *expert_first;    // (E+1) first (token, expert) pair of each expert
+    int *expert_fill;     // (E)
+    int *pair_token;      // (chunk*K) token of each pair, pairs grouped by expert
+    float *pair_weight;   // (chunk*K)
+    float *expert_in;     // (chunk*K, D) expert inputs, grouped by expert
+    float *expert_out;    // (chunk*(K+1), D) expert outputs, grouped by expert, then the shared ones
+    FFNCall *calls;       // (E+1)
+    float *hidden;        // (ffn_rows) silu(gate) * up of every MLP of a layer, back to back
+    float *up;            // (ffn_rows) up projections
+    long long *expert_load;  // (L, E) times the router chose each routed expert (rows of dense layers stay 0)
+} MoEBuffers;
+
+typedef struct {
+    int context;          // max positions held by the cache
+    int chunk;            // max tokens per forward pass
+    float *x;             // (chunk, D) residual stream
+    float *xn;            // (chunk, D) normalised residual, input of a block
+    float *block_out;     // (chunk, D) output of attention or FFN before the residual add
+    MLABuffers mla;
+    MoEBuffers moe;
+    MatmulJob *jobs;      // (2(E+1) + H) one batch of products
+    float *logits;        // (chunk, V)
+    float *latent_cache;  // (L, context, r+dr) per position the normalised latent c_t and rotated k_pe_t
+    void *buffers[64];    // every buffer above, for free_run_state
+    int n_buffers;
+} RunState;
+
+// ----------------------------------------------------------------------------
+// The blocks: rmsnorm, rope/YaRN, mla_attention, route, moe
+
+// RMSNorm: out = w ⊙ x / sqrt(mean(x²) + eps), in fp32 like HF modeling_deepseek.py's
+// DeepseekV2RMSNorm (no 1 + w offset). out may alias x.
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+static void softmax(float *x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+static float silu(float z) { return z / (1.0f + expf(-z)); }
+
+// YaRN's attention-temperature term: mscale(s, m) = 0.1 m ln s + 1 for s > 1.
+static double yarn_mscale(double s, double m) {
+    return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0;
+}
+
+// Dimension index (in the d-wide rope vector) at which a frequency completes
+// n_rot full turns over the original context L0 (YaRN's find_correction_dim).
+static double yarn_correction_dim(double n_rot, int d, double base, double L0) {
+    return (double)d * log(L0 / (n_rot * 2.0 * 3.14159265358979323846)) / (2.0 * log(base));
+}
+
+// RoPE frequencies θ_i = base^(-2i/dr) over the dr = qk_rope_head_dim wide
+// rope part only (DeepSeek-V2 §2.1.3), and the softmax scale 1/sqrt(dn+dr) of
+// the full 192-wide head (§2.1.3), also when the absorbed key is 576 wide.
+// With YaRN (Peng et al. 2023, "NTK-by-parts"): pairs that turn more than
+// beta_fast times over the original context L0 keep θ_i, those that turn fewer
+// than beta_slow times get θ_i / s, with a linear ramp between. The cos/sin
+// multiplier and the softmax factor follow DeepSeek's code, not the generic
+// YaRN 0.1 ln s + 1 on cos/sin: HF modeling_deepseek.py's
+// DeepseekV2YarnRotaryEmbedding multiplies cos/sin by mscale(s, mscale) /
+// mscale(s, mscale_all_dim) (1 for DeepSeek's configs), and its attention (as
+// inference/model.py's softmax_scale * mscale * mscale) multiplies the softmax
+// scale by mscale(s, mscale_all_dim)². YaRN applies from position 0, as in HF.
+static void init_rope(Rope *rope, const Config *c) {
+    int d = c->qk_rope_head_dim, half = d / 2;
+    double base = c->rope_theta;
+    rope->theta = xcalloc((size_t)half, sizeof(double));
+    double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    rope->cs_mult = 1.0f;
+    for (int i = 0; i < half; i++) rope->theta[i] = pow(base, -2.0 * i / d);
+    if (c->rope_type == ROPE_YARN) {
+        double s = c->rope_factor, L0 = c->rope_orig_max_pos;
+        double low = floor(yarn_correction_dim(c->rope_beta_fast, d, base, L0));
+        double high = ceil(yarn_correction_dim(c->rope_beta_slow, d, base, L0));
+        if (low < 0) low = 0;
+        if (high > d - 1) high = d - 1;
+        if (low == high) high += 0.001;  // avoid a zero-width ramp
+        for (int i = 0; i < half; i++) {
+            // ramp 0: pair keeps its frequency (extrapolation); ramp 1: divided by s (interpolation).
+            double ramp = ((double)i - low) / (high - low);
+            if (ramp < 0) ramp = 0;
+            if (ramp > 1) ramp = 1;
+            double f = rope->theta[i];
+            rope->theta[i] = (f / s) * ramp + f * (1.0 - ramp);
+        }
+        rope->cs_mult = (float)(yarn_mscale(s, c->rope_mscale) / yarn_mscale(s, c->rope_mscale_all_dim));
+        double m = yarn_mscale(s, c->rope_mscale_all_dim);
+        scale *= m * m;
     }
-    return p;
+    rope->softmax_scale = (float)scale;
 }
 
-// --no-mmap copies the model into memory, so it must fit with room to spare; by
-// default the file is mapped and the OS pages in only the experts that are chosen.
-static int fits_in_memory(const char *path) {
-    struct stat st;
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    if (stat(path, &st) != 0 || pages <= 0 || page <= 0) return 0;
-    return (double)st.st_size <= 0.75 * (double)pages * (double)page;
+static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, int pos) {
+    for (int i = 0; i < half; i++) {
+        double angle = (double)pos * rope->theta[i];
+        cos_t[i] = (float)cos(angle) * rope->cs_mult;
+        sin_t[i] = (float)sin(angle) * rope->cs_mult;
+    }
 }
 
-// in_memory: read the file into (huge-page) memory instead of mapping it.
-static void load_model(Model *m, const char *path, int in_memory) {
-    memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
-    if (!host_is_little_endian()) die("this build assumes a little-endian host");
-    int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
-    if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) die("cannot stat %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) die("%s is not a regular file", path);
-    uint64_t size = (uint64_t)st.st_size;
-    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
-    if (size > SIZE_MAX) die("%s is too large to map", path);
-    const uint8_t *f;
-    if (in_memory) {
-        f = read_into_memory(fd, size, path);
-        m->copied = 1;
+// Rotates adjacent pairs (2i, 2i+1) of x (dr) in place: the complex product
+// (x[2i] + i x[2i+1]) e^{i p θ_i} on the stored weights, as inference/model.py's
+// apply_rotary_emb (view_as_complex). HF modeling_deepseek.py de-interleaves
+// q_pe and k_pe first and rotates halves: the same dot products, so no weight
+// is permuted; rotating halves of unpermuted weights would be wrong.
+static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cos_t[i] - b * sin_t[i];
+        x[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
+    }
+}
+
+// Attention of one query (one head of one token) at position pos over the
+// cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
+// Writes u (r) = Σ_t p_t c_t; scores (pos+1) is scratch.
+static void attend(const Model *m, const float *cache, const float *q_abs, const float *q_pe, int pos, float *scores,
+                   float *u) {
+    int r = m->config.kv_lora_rank, dr = m->config.qk_rope_head_dim;
+    size_t row = (size_t)r + (size_t)dr;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        scores[t] = m->rope.softmax_scale * (dot_f32(q_abs, ct, r) + dot_f32(q_pe, ct + r, dr));
+    }
+    softmax(scores, pos + 1);
+    for (int i = 0; i < r; i++) u[i] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const float *ct = cache + (size_t)t * row;
+        float p = scores[t];
+        for (int i = 0; i < r; i++) u[i] += p * ct[i];
+    }
+}
+
+typedef struct {
+    const Model *m;
+    RunState *s;
+    const float *cache;   // (context, r+dr) of this layer
+    int pos0, n;
+} AttendBatch;
+
+// The (token, head) queries of a chunk are independent: spread them over the threads.
+static void attend_task(void *ctx, int thread, int n_threads) {
+    const AttendBatch *a = ctx;
+    const Config *c = &a->m->config;
+    MLABuffers *b = &a->s->mla;
+    int H = c->n_heads, r = c->kv_lora_rank, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    for (int i = thread; i < a->n * H; i += n_threads) {
+        int t = i / H;  // query i is head i % H of token t
+        attend(a->m, a->cache, b->q_absorbed + (size_t)i * r, b->q + (size_t)i * qk + c->qk_nope_head_dim,
+               a->pos0 + t, b->scores + (size_t)thread * a->s->context, b->u + (size_t)i * r);
+    }
+}
+
+// One job per head h in jobs[0..H): y_h (n, y_width) = x_h (n, x_width) W_h^T,
+// W_h = rows [h (dn+dv) + row0, + rows) of kv_b_proj; heads lie side by side in x and y.
+static void head_jobs(MatmulJob *jobs, const Config *c, const Tensor *kv_b_proj, int row0, int rows, float *y,
+                      int y_width, const float *x, int x_width, int n) {
+    int H = c->n_heads, per_head = c->qk_nope_head_dim + c->v_head_dim;
+    for (int h = 0; h < H; h++) {
+        jobs[h] = matmul_job(y + (size_t)h * y_width, row_slice(kv_b_proj, h * per_head + row0, rows),
+                             x + (size_t)h * x_width, n);
+        jobs[h].x_stride = H * x_width;
+        jobs[h].y_stride = H * y_width;
+    }
+}
+
+// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1:
+// DeepSeek-V2 §2.1.2 (low-rank key-value joint compression) and §2.1.3
+// (decoupled RoPE). Input s->xn (n, D), output s->block_out (n, D). Only the
+// normalised latent c (r) and the rotated shared k_pe (dr) are cached; keys
+// and values are never expanded per position. Instead W_UK is folded into the
+// query and W_UV is applied once to the attention-weighted latent, the
+// absorption §2.1.2 points out (inference/model.py's attn_impl "absorb").
+static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int n) {
+    const Config *c = &m->config;
+    const LayerWeights *lw = &m->weights.layers[layer];
+    MLABuffers *b = &s->mla;
+    int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
+    size_t row = (size_t)r + (size_t)dr;
+    float *layer_cache = s->latent_cache + (size_t)layer * (size_t)s->context * row;  // (context, r+dr)
+
+    // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection. HF
+    // modeling_deepseek.py builds q_a_layernorm and kv_a_layernorm without an
+    // eps argument, so both use 1e-6 whatever rms_norm_eps says.
+    if (rq > 0) {
+        matmul_n(b->q_latent, &lw->q_a_proj, s->xn, n);
+        for (int t = 0; t < n; t++)
+            rmsnorm(b->q_latent + (size_t)t * rq, b->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
+        matmul_n(b->q, &lw->q_b_proj, b->q_latent, n);
     } else {
-        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
-        f = map;
+        matmul_n(b->q, &lw->q_proj, s->xn, n);
     }
-    close(fd);
-    parse_model(m, f, size, path);
+
+    // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe rotated.
+    matmul_n(b->kv_a, &lw->kv_a_proj, s->xn, n);
+    for (int t = 0; t < n; t++) {
+        float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
+        float *slot = layer_cache + (size_t)(pos0 + t) * row;  // (r+dr)
+        const float *kv = b->kv_a + (size_t)t * row;
+        rmsnorm(slot, kv, lw->kv_a_norm, r, 1e-6f);
+        memcpy(slot + r, kv + r, (size_t)dr * sizeof(float));
+        rope_rotate(slot + r, cos_t, sin_t, half);
+        for (int h = 0; h < H; h++) rope_rotate(b->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t, half);
+    }
+
+    // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
+    head_jobs(s->jobs, c, &lw->kv_b_proj, 0, dn, b->q_absorbed, r, b->q, qk, n);
+    matmuls_t(s->jobs, H);
+    AttendBatch batch = {m, s, layer_cache, pos0, n};
+    pool_run(attend_task, &batch);
+
+    // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t): each head's W_UV on its u, all heads in one batch.
+    head_jobs(s->jobs, c, &lw->kv_b_proj, dn, dv, b->o, dv, b->u, r, n);
+    matmuls(s->jobs, H);
+    matmul_n(s->block_out, &lw->o_proj, b->o, n);
 }
 
-// Validates the whole file held in f[0..size) (header, config, every table
-// entry) and points the weights into it. The fuzz harness calls this directly.
-static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
-    m->file = f;
-    m->file_size = (size_t)size;
-    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
-    if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
-    uint32_t version = word_u32(f + 4);
-    if (version != SEEK_VERSION) die("%s has format version %u, this build reads version %d", path, version, SEEK_VERSION);
-    uint32_t n_config = word_u32(f + 8);
-    if (n_config != SEEK_N_CONFIG) die("model file: n_config = %u, version 1 has %d", n_config, SEEK_N_CONFIG);
-    uint64_t table_at = 12 + 4ULL * n_config + 4;
-    if (size < table_at) die("model file: truncated header");
-    read_config(&m->config, f + 12);
-    validate_config(&m->config);
-    TableWalker tw;
-    tw.file = f;
-    tw.file_size = size;
-    tw.n_tensors = word_u32(f + table_at - 4);
-    tw.table = f + table_at;
-    tw.next = 0;
-    // n_tensors is u32, so this product cannot overflow a u64.
-    tw.data_end = table_at + (uint64_t)tw.n_tensors * TENSOR_ENTRY_BYTES;
-    if (tw.data_end > size) die("model file: tensor table (%u entries) runs past the end of the file", tw.n_tensors);
-    walk_weights(&m->weights, &m->config, &tw);
+// SwiGLU MLPs, out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call
+// (every expert of DeepSeek-V2 §2.2 and the dense layers: HF
+// modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch,
+// then all down products.
+static void swiglu(RunState *s, const FFNCall *calls, int count) {
+    MatmulJob *jobs = s->jobs;
+    float *hidden = s->moe.hidden, *up = s->moe.up;
+    size_t off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[2 * i] = matmul_job(hidden + off, calls[i].mlp->gate, calls[i].x, calls[i].n);
+        jobs[2 * i + 1] = matmul_job(up + off, calls[i].mlp->up, calls[i].x, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, 2 * count);
+    for (size_t k = 0; k < off; k++) hidden[k] = silu(hidden[k]) * up[k];
+    off = 0;
+    for (int i = 0; i < count; i++) {
+        jobs[i] = matmul_job(calls[i].out, calls[i].mlp->down, hidden + off, calls[i].n);
+        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
+    }
+    matmuls(jobs, count);
 }
 
-static void free_model(Model *m) {
-    for (int l = 0; l < m->config.n_layers; l++) free(m->weights.layers[l].experts);
-    free(m->weights.layers);
-    if (m->copied) free((void *)m->file);
-    else munmap((void *)m->file, m->file_size);
+// Index of the largest of x[0..n), lowest index on ties; -1 if all are -inf.
+static int argmax_finite(const float *x, int n) {
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (x[i] != -INFINITY && (best < 0 || x[i] > x[best])) best = i;
+    return best;
+}
+
+// Score of one expert group: its best expert (group_limited_greedy, the
+// device-limited routing of DeepSeek-V2 §2.2.2; HF modeling_deepseek.py's
+// MoEGate takes the max), or the sum of its two best biased scores (noaux_tc,
+// DeepSeek-V3; inference/model.py's Gate: topk(2).sum()).
+static float group_score(const float *choice, int size, int method) {
+    if (method == TOPK_GROUP_LIMITED_GREEDY) {
+        float m = choice[0];
+        for (int i = 1; i < size; i++) if (choice[i] > m) m = choice[i];
+        return m;
+    }
+    float a = -INFINITY, b = -INFINITY;  // a >= b: the two largest
+    for (int i = 0; i < size; i++) {
+        if (choice[i] > a) { b = a; a = choice[i]; }
+        else if (choice[i] > b) b = choice[i];
+    }
+    return a + b;
+}
+
+// The router of one token: fills topk_idx / topk_w (K) from its router logits
+// (E), W_gate x in fp32 (HF casts both to fp32). Scores s are the softmax of
+// DeepSeek-V2 §2.2.1 or the sigmoid of DeepSeek-V3 §2.1.2. Experts are chosen
+// from s, plus for noaux_tc the bias of V3's auxiliary-loss-free load balancing
+// (§2.1.2), inside the best topk_group groups; but weighted by the unbiased s:
+// the bias only selects. Weights are normalised when norm_topk_prob says so,
+// then scaled by routed_scaling_factor (HF modeling_deepseek.py's MoEGate).
+static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const float *logits, int *topk_idx,
+                  float *topk_w) {
+    int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
+    float *scores = b->router_scores, *choice = b->router_choice;  // (E), (E)
+    for (int e = 0; e < E; e++) scores[e] = logits[e];
+    if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
+    else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
+
+    for (int e = 0; e < E; e++) choice[e] = scores[e];
+    if (c->topk_method == TOPK_NOAUX_TC)
+        for (int e = 0; e < E; e++) choice[e] += lw->router_bias[e];
+
+    if (c->topk_method != TOPK_GREEDY && G > 1) {
+        int size = E / G;
+        for (int g = 0; g < G; g++) b->group_scores[g] = group_score(choice + g * size, size, c->topk_method);
+        // Keep the topk_group best groups; experts of the others become -inf,
+        // not 0 (a kept candidate may be negative), as the official
+        // inference/model.py masks since its fix; HF's native code masks with 0.
+        for (int g = 0; g < G; g++) b->group_kept[g] = 0;
+        for (int k = 0; k < c->topk_group; k++) {
+            int best = argmax_finite(b->group_scores, G);
+            if (best < 0) break;
+            b->group_kept[best] = 1;
+            b->group_scores[best] = -INFINITY;
+        }
+        for (int g = 0; g < G; g++)
+            if (!b->group_kept[g])
+                for (int i = 0; i < size; i++) choice[g * size + i] = -INFINITY;
+    }
+
+    float sum = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int e = argmax_finite(choice, E);
+        if (e < 0) die("router: fewer than %d selectable experts (non-finite router scores)", K);
+        choice[e] = -INFINITY;
+        topk_idx[k] = e;
+        topk_w[k] = scores[e];
+        sum += scores[e];
+    }
+    for (int k = 0; k < K; k++) {
+        if (c->norm_topk_prob && K > 1) topk_w[k] /= sum + 1e-20f;
+        topk_w[k] *= c->routed_scaling_factor;
+    }
+}
+
+// DeepSeekMoE layer (DeepSeek-V2 §2.2.1) on n tokens: weighted routed experts
+// plus the always-on shared experts, which routed_scaling_factor does not
+// touch. Input s->xn (n, D), output s->block_out (n, D). The (token, expert)
+// pairs are grouped by expert, so each chosen expert runs once over its tokens
+// and unchosen experts are never read.
+static void moe(const Model *m, RunState *s, int layer, int n) {
+    const Config *c = &m->config;
+    const LayerWeights *lw = &m->weights.layers[layer];
+    MoEBuffers *b = &s->moe;
+    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
+    matmul_n(b->router_logits, &lw->router, s->xn, n);
+    for (int t = 0; t < n; t++) route(c, lw, b, b->router_logits + (size_t)t * E, b->topk_idx + t * K, b->topk_w + t * K);
+    long long *load = b->expert_load + (size_t)layer * E;  // (E)
+    int *first = b->expert_first;  // (E+1): pairs of expert e are first[e] .. first[e+1]-1
+    for (int e = 0; e <= E; e++) first[e] = 0;
+    for (int p = 0; p < pairs; p++) { first[b->topk_idx[p] + 1]++; load[b->topk_idx[p]]++; }
+    for (int e = 0; e < E; e++) { first[e + 1] += first[e]; b->expert_fill[e] = first[e]; }
+    for (int p = 0; p < pairs; p++) {
+        int slot = b->expert_fill[b->topk_idx[p]]++, t = p / K;
+        b->pair_token[slot] = t;
+        b->pair_weight[slot] = b->topk_w[p];
+        memcpy(b->expert_in + (size_t)slot * D, s->xn + (size_t)t * D, (size_t)D * sizeof(float));
+    }
+    int count = 0;
+    for (int e = 0; e < E; e++) {
+        if (first[e + 1] == first[e]) continue;
+        FFNCall call = {&lw->experts[e], b->expert_in + (size_t)first[e] * D, b->expert_out + (size_t)first[e] * D,
+                        first[e + 1] - first[e]};
+        b->calls[count++] = call;
+    }
+    float *shared_out = b->expert_out + (size_t)pairs * D;  // (n, D)
+    if (lw->has_shared) {
+        FFNCall call = {&lw->shared, s->xn, shared_out, n};
+        b->calls[count++] = call;
+    }
+    swiglu(s, b->calls, count);
+    for (size_t i = 0; i < (size_t)n * D; i++) s->block_out[i] = lw->has_shared ? shared_out[i] : 0.0f;
+    for (int p = 0; p < pairs; p++) {
+        float w = b->pair_weight[p], *out = s->block_out + (size_t)b->pair_token[p] * D;
+        const float *y = b->expert_out + (size_t)p * D;
+        for (int i = 0; i < D; i++) out[i] += w * y[i];
+    }
 }
 
 // ----------------------------------------------------------------------------
-// Matmul
-//
-// Every product of a weight matrix with activations goes through matmuls(),
-// the only code that knows weight storage types. It takes a batch of jobs, each
-// a matrix times n activation rows (n = 1 when decoding, a prompt chunk when
-// prefilling, the tokens routed to one expert in a MoE layer), and splits every
-// job's rows over the thread pool in one dispatch, so each weight row is read
-// once per batch.
-//
-// Q8/Q4 weights are multiplied llama.cpp-style: the activation row is quantized
-// once to int8 per group of QK (scale d_x), each group's dot product is an
-// int32 sum, then scaled by d_w * d_x in fp32. Loops are written so gcc/clang
-// vectorise the portable path; x86 gets AVX2 versions of the two hot loops.
+// Forward
+
+// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one
+// matrix, appending their latents to the cache. Returns the logits (V) of the
+// last token, or with all_logits those of every token (n, V), over the whole
+// vocab_size. Pre-norm residual blocks, as inference/model.py's Block.forward:
+// x += attention(rmsnorm(x)); x += FFN(rmsnorm(x)), the FFN being a DeepSeekMoE
+// layer or, in the first_k_dense_replace leading layers, a dense SwiGLU.
+static float *forward_chunk(const Model *m, RunState *s, const int *tokens, int n, int pos0, int all_logits) {
+    const Config *c = &m->config;
+    const Weights *w = &m->weights;
+    int D = c->dim, half = c->qk_rope_head_dim / 2;
+    size_t nD = (size_t)n * D;
+    for (int t = 0; t < n; t++) {
+        dequantize_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
+        rope_tables(s->mla.rope_cos + (size_t)t * half, s->mla.rope_sin + (size_t)t * half, &m->rope, half, pos0 + t);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &w->layers[l];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
+        mla_attention(m, s, l, pos0, n);
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+        for (int t = 0; t < n; t++)
+            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
+        if (lw->is_moe) {
+            moe(m, s, l, n);
+        } else {
+            FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
+            swiglu(s, &dense, 1);
+        }
+        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+    }
+    int first = all_logits ? 0 : n - 1;
+    for (int t = first; t < n; t++)
+        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, c->rms_norm_eps);
+    matmul_n(s->logits, &w->lm_head, s->x + (size_t)first * D, n - first);
+    return s->logits;
+}
+
+// One token at position pos; returns its logits (V).
+static float *forward(const Model *m, RunState *s, int token, int pos) {
+    return forward_chunk(m, s, &token, 1, pos, 0);
+}
+
+// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time and
+// returns the logits (V) after the last one.
+static float *prefill(const Model *m, RunState *s, const int *tokens, int n, int pos0) {
+    float *logits = s->logits;
+    for (int i = 0; i < n; i += s->chunk) {
+        int k = n - i < s->chunk ? n - i : s->chunk;
+        logits = forward_chunk(m, s, tokens + i, k, pos0 + i, 0);
+    }
+    return logits;
+}
+
+// ----------------------------------------------------------------------------
+// Thread pool
 
 // A pool of n_threads - 1 workers plus the calling thread, created once. A
 // dispatch bumps `generation`; workers spin on it for a short while (a token's
@@ -741,11 +790,51 @@ static void pool_stop(void) {
     pool.n_threads = 1;
 }
 
+// ----------------------------------------------------------------------------
+// Matmul
+//
+// Every product of a weight matrix with activations goes through matmuls(),
+// the only code that knows weight storage types. It takes a batch of jobs, each
+// a matrix times n activation rows (n = 1 when decoding, a prompt chunk when
+// prefilling, the tokens routed to one expert in a MoE layer), and splits every
+// job's rows over the thread pool in one dispatch, so each weight row is read
+// once per batch.
+//
+// Quantized matrices (types Q8 and Q4): each row is cut into ceil(cols / 32)
+// blocks of 32 values, the last one zero-padded, stored back to back:
+//   Q8: bf16 scale d, 32 x int8 q;           value = d * q        (34 bytes)
+//   Q4: bf16 scale d, 16 bytes of nibbles;   value = d * (q - 8)  (18 bytes)
+//       byte j holds q_j (low nibble) and q_{j+16} (high nibble).
+// They are multiplied llama.cpp-style: the activation row is quantized once to
+// int8 per block of QK (scale d_x), each block's dot product is an int32 sum,
+// then scaled by d_w * d_x in fp32. Loops are written so gcc/clang vectorise
+// the portable path; x86 gets AVX2 versions of the two hot loops.
+
+#define QK 32  // values per quantization block (one scale each), along a row
+
+// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
+// for Q8/Q4 one block of QK values.
+static int unit_bytes(int type) {
+    switch (type) {
+    case TYPE_F32: return 4;
+    case TYPE_BF16: return 2;
+    case TYPE_Q8: return 2 + QK;
+    case TYPE_Q4: return 2 + QK / 2;
+    case TYPE_U8: return 1;
+    default: return 0;
+    }
+}
+
+static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
+
+// Units in one row of `cols` values (blocks of a quantized row round up).
+static uint64_t row_units(int type, uint64_t cols) { return is_quantized(type) ? (cols + QK - 1) / QK : cols; }
+
 typedef struct { uint16_t d; int8_t q[QK]; } BlockQ8;          // weights: d (bf16) * q
 typedef struct { uint16_t d; uint8_t q[QK / 2]; } BlockQ4;     // weights: d (bf16) * (nibble - 8)
-// An activation group: values d * q; dsum = d Σq and neg8[i] = -8 (q[4i] + .. + q[4i+3])
+// An activation block: values d * q; dsum = d Σq and neg8[i] = -8 (q[4i] + .. + q[4i+3])
 // serve the -8 offset of Q4 weights (scalar and vector kernels).
-typedef struct { float d; float dsum; int8_t q[QK]; int32_t neg8[QK / 4]; } BlockX8;
+struct BlockX8 { float d; float dsum; int8_t q[QK]; int32_t neg8[QK / 4]; };
 _Static_assert(sizeof(BlockQ8) == 2 + QK && sizeof(BlockQ4) == 2 + QK / 2, "blocks must be packed as in the file");
 
 static float bf16_to_f32(uint16_t h) {
@@ -783,12 +872,12 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-// One group of activations v (QK values) -> d, q = v / d rounded half away
+// One block of activations v (QK values) -> d, q = v / d rounded half away
 // from zero, d = max|v| / 127. The common case (all finite, max|v| not tiny)
 // is written branch-free so gcc/clang vectorise it; anything else (corrupt
 // weights give inf/NaN activations; a denormal max|v| gives 1/d = inf) takes a
 // path that clamps, because (int) of NaN or of a huge value is undefined.
-static void quantize_group(BlockX8 *out, const float *v) {
+static void quantize_block(BlockX8 *out, const float *v) {
     uint32_t amax_bits = 0;  // max |v| as bits: for non-negative floats, integer order is float order
     for (int k = 0; k < QK; k++) {
         uint32_t u;
@@ -815,23 +904,23 @@ static void quantize_group(BlockX8 *out, const float *v) {
         out->neg8[i] = -8 * (out->q[4 * i] + out->q[4 * i + 1] + out->q[4 * i + 2] + out->q[4 * i + 3]);
 }
 
-// x (n) -> ceil(n / QK) groups; the padding of the last group is 0.
+// x (n) -> ceil(n / QK) blocks; the padding of the last block is 0.
 static void quantize_row(BlockX8 *out, const float *x, int n) {
     int b = 0;
-    for (; (b + 1) * QK <= n; b++) quantize_group(out + b, x + b * QK);
+    for (; (b + 1) * QK <= n; b++) quantize_block(out + b, x + b * QK);
     if (b * QK < n) {
         float v[QK] = {0};
         memcpy(v, x + b * QK, (size_t)(n - b * QK) * sizeof(float));
-        quantize_group(out + b, v);
+        quantize_block(out + b, v);
     }
 }
 
 // The kernels multiply a tile: R consecutive weight rows (`stride` bytes apart)
-// by T <= 4 activation rows (row t at x + t * nb groups), writing out[r * T + t].
-// Prefill uses TILE_ROWS x 4 tiles, so each weight group is decoded once for
-// four tokens (and, with AVX-512's 32 vector registers, the activation groups
+// by T <= 4 activation rows (row t at x + t * nb blocks), writing out[r * T + t].
+// Prefill uses TILE_ROWS x 4 tiles, so each weight block is decoded once for
+// four tokens (and, with AVX-512's 32 vector registers, the activation blocks
 // are loaded once for two rows); decoding uses 1 x 1. Every (row, token) sum
-// runs over the groups in the same order whatever the tile, so batched and
+// runs over the blocks in the same order whatever the tile, so batched and
 // token-by-token results are identical.
 #if defined(__AVX512F__) && defined(__AVX512VL__)
 #define TILE_ROWS 2
@@ -851,7 +940,7 @@ static float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Σ u s over one group, as 8 int32 lanes, plus `acc`: maddubs multiplies
+// Σ u s over one block, as 8 int32 lanes, plus `acc`: maddubs multiplies
 // unsigned by signed bytes, pairs fit int16 as u <= 127 (Q8: |w|) or 15 (Q4).
 // With VNNI one vpdpbusd does the multiply and all the additions (same sums).
 static __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
@@ -875,13 +964,13 @@ static __m256 block_scale(const uint8_t *block) {
 
 // Q8: Σ w x = Σ |w| (x carrying w's sign). Q4: Σ (nib - 8) x = Σ nib x plus
 // the activation's precomputed -8 Σx per lane (neg8).
-static ALWAYS_INLINE __m256i group_dot(int type, __m256i u, __m256i wq, const BlockX8 *xb) {
+static ALWAYS_INLINE __m256i block_dot(int type, __m256i u, __m256i wq, const BlockX8 *xb) {
     return type == TYPE_Q8 ? dot_u8_s8(_mm256_setzero_si256(), u, _mm256_sign_epi8(load32(xb->q), wq))
                            : dot_u8_s8(load32(xb->neg8), u, load32(xb->q));
 }
 
-// Group b of a weight row, as the unsigned bytes u and (Q8) the signed weights wq.
-static ALWAYS_INLINE __m256i weight_group(int type, const uint8_t *wb, __m256i *wq) {
+// Block b of a weight row, as the unsigned bytes u and (Q8) the signed weights wq.
+static ALWAYS_INLINE __m256i weight_block(int type, const uint8_t *wb, __m256i *wq) {
     if (type == TYPE_Q8) {
         *wq = load32(wb + 2);
         return _mm256_sign_epi8(*wq, *wq);
@@ -891,48 +980,48 @@ static ALWAYS_INLINE __m256i weight_group(int type, const uint8_t *wb, __m256i *
     return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
 }
 
-// acc[r][t] += group b of row r · group b of token t, scaled by d_w d_x.
-static ALWAYS_INLINE void accumulate_group(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x,
+// acc[r][t] += block b of row r · block b of token t, scaled by d_w d_x.
+static ALWAYS_INLINE void accumulate_block(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x,
                                            int nb, const int T, int b, __m256 acc[TILE_ROWS][4]) {
-    size_t block = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
+    size_t block_bytes = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
     for (int r = 0; r < R; r++) {
-        const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block;
+        const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block_bytes;
         __m256 dw = block_scale(wb);
-        __m256i wq, u = weight_group(type, wb, &wq);
+        __m256i wq, u = weight_block(type, wb, &wq);
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
-            __m256 p = _mm256_cvtepi32_ps(group_dot(type, u, wq, xb));
+            __m256 p = _mm256_cvtepi32_ps(block_dot(type, u, wq, xb));
             acc[r][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), acc[r][t]);
         }
     }
 }
 
-// Each (row, token) keeps two partial sums, even and odd groups: one chain of
+// Each (row, token) keeps two partial sums, even and odd blocks: one chain of
 // dependent multiply-adds would stall on their latency when decoding. Loads
 // are requested PREFETCH_AHEAD bytes ahead of use (rows of a chunk are
 // contiguous, so this runs on into the next rows): with two threads streaming,
 // the hardware prefetcher alone left bandwidth unused (V2-Lite q8, 2 threads:
 // pp64 +8-10%, tg32 about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower).
 #define PREFETCH_AHEAD 4096
-static ALWAYS_INLINE void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
+static ALWAYS_INLINE void tile_kernel(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
                                    const int T, float *out) {
     __m256 even[TILE_ROWS][4], odd[TILE_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) even[r][t] = odd[r][t] = _mm256_setzero_ps();
     int b = 0;
-    size_t block = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
+    size_t block_bytes = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
     for (; b + 1 < nb; b += 2) {
         for (int r = 0; r < R; r++)
-            _mm_prefetch((const char *)w + (size_t)r * stride + (size_t)b * block + PREFETCH_AHEAD, _MM_HINT_T0);
-        accumulate_group(type, w, stride, R, x, nb, T, b, even);
-        accumulate_group(type, w, stride, R, x, nb, T, b + 1, odd);
+            _mm_prefetch((const char *)w + (size_t)r * stride + (size_t)b * block_bytes + PREFETCH_AHEAD, _MM_HINT_T0);
+        accumulate_block(type, w, stride, R, x, nb, T, b, even);
+        accumulate_block(type, w, stride, R, x, nb, T, b + 1, odd);
     }
-    if (b < nb) accumulate_group(type, w, stride, R, x, nb, T, b, even);
+    if (b < nb) accumulate_block(type, w, stride, R, x, nb, T, b, even);
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) out[r * T + t] = hsum256(_mm256_add_ps(even[r][t], odd[r][t]));
 }
 #else
-static void tile_dot(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
+static void tile_kernel(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
                      float *out) {
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
@@ -957,43 +1046,43 @@ static void tile_dot(int type, const uint8_t *w, size_t stride, const int R, con
 }
 #endif
 
-// The two tile shapes used get their own copies of tile_dot with R and T
+// The two tile shapes used get their own copies of tile_kernel with R and T
 // constant, so that its accumulators live in registers.
-static void dot_tile(int type, const uint8_t *w, size_t stride, int R, const BlockX8 *x, int nb, int T, float *out) {
+static void quantized_tile(int type, const uint8_t *w, size_t stride, int R, const BlockX8 *x, int nb, int T, float *out) {
     if (T == 1)
-        for (int r = 0; r < R; r++) tile_dot(type, w + (size_t)r * stride, stride, 1, x, nb, 1, out + r);
-    else if (R == TILE_ROWS && T == 4) tile_dot(type, w, stride, TILE_ROWS, x, nb, 4, out);
+        for (int r = 0; r < R; r++) tile_kernel(type, w + (size_t)r * stride, stride, 1, x, nb, 1, out + r);
+    else if (R == TILE_ROWS && T == 4) tile_kernel(type, w, stride, TILE_ROWS, x, nb, 4, out);
     else
         for (int r = 0; r < R; r++)
-            for (int t = 0; t < T; t++) tile_dot(type, w + (size_t)r * stride, stride, 1, x + (size_t)t * nb, nb, 1, out + r * T + t);
+            for (int t = 0; t < T; t++) tile_kernel(type, w + (size_t)r * stride, stride, 1, x + (size_t)t * nb, nb, 1, out + r * T + t);
 }
 
 static size_t row_bytes(const Tensor *w) { return (size_t)row_units(w->type, (uint64_t)w->cols) * (size_t)unit_bytes(w->type); }
 
 // Rows [row0, row0 + n) of w as a matrix of their own (rows are contiguous in every type).
-static Tensor tensor_rows(const Tensor *w, int row0, int n) {
+static Tensor row_slice(const Tensor *w, int row0, int n) {
     Tensor t = *w;
     t.data = (const uint8_t *)w->data + (size_t)row0 * row_bytes(w);
     t.rows = n;
     return t;
 }
 
-// The m <= QK values of a weight row (`row`: its bytes) from column g (a
+// The m <= QK values of a weight row (`row`: its bytes) from column j (a
 // multiple of QK) as f32 values q and one scale: the weights are d * q. f32
 // and bf16 rows get d = 1, Q8/Q4 rows their integers and block scale.
-static void group_values(float *q, float *d, int type, const uint8_t *row, int g, int m) {
+static void block_values(float *q, float *d, int type, const uint8_t *row, int j, int m) {
     if (type == TYPE_F32) {
-        memcpy(q, row + (size_t)g * 4, (size_t)m * sizeof(float));
+        memcpy(q, row + (size_t)j * 4, (size_t)m * sizeof(float));
         *d = 1.0f;
     } else if (type == TYPE_BF16) {
-        for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, row + 2 * (size_t)(g + k), 2); q[k] = bf16_to_f32(h); }
+        for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, row + 2 * (size_t)(j + k), 2); q[k] = bf16_to_f32(h); }
         *d = 1.0f;
     } else if (type == TYPE_Q8) {
-        const BlockQ8 *b = (const BlockQ8 *)row + g / QK;
+        const BlockQ8 *b = (const BlockQ8 *)row + j / QK;
         for (int k = 0; k < m; k++) q[k] = (float)b->q[k];
         *d = bf16_to_f32(b->d);
     } else {
-        const BlockQ4 *b = (const BlockQ4 *)row + g / QK;
+        const BlockQ4 *b = (const BlockQ4 *)row + j / QK;
         for (int k = 0; k < m; k++) q[k] = (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
         *d = bf16_to_f32(b->d);
     }
@@ -1002,27 +1091,13 @@ static void group_values(float *q, float *d, int type, const uint8_t *row, int g
 static const uint8_t *row_data(const Tensor *w, int row) { return (const uint8_t *)w->data + (size_t)row * row_bytes(w); }
 
 // y (W.cols) = row `row` of W, as f32 (the embedding lookup).
-static void tensor_row(float *y, const Tensor *w, int row) {
+static void dequantize_row(float *y, const Tensor *w, int row) {
     for (int g = 0; g < w->cols; g += QK) {
         int m = w->cols - g < QK ? w->cols - g : QK;
         float d;
-        group_values(y + g, &d, w->type, row_data(w, row), g, m);
+        block_values(y + g, &d, w->type, row_data(w, row), g, m);
         for (int k = 0; k < m; k++) y[g + k] *= d;
     }
-}
-
-// One product in a batch: y = x W^T over n rows of activations.
-typedef struct {
-    float *y;           // (n, y_stride): row t gets W.rows outputs
-    Tensor w;           // (rows, cols)
-    const float *x;     // (n, x_stride): row t holds W.cols inputs
-    int n, x_stride, y_stride;
-    const BlockX8 *xq;  // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
-} MatmulJob;
-
-static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
-    MatmulJob j = {y, w, x, n, w.cols, w.rows, NULL};
-    return j;
 }
 
 // Jobs cut into chunks of rows that threads claim one at a time: a thread that
@@ -1037,7 +1112,7 @@ typedef struct {
 
 // out[k] = row `row` of W · activation row k, for k < n (f32 and bf16 weights).
 static void dot_rows_float(const Tensor *w, int row, const float *x, size_t x_stride, int n, float *out) {
-    const uint8_t *r = (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    const uint8_t *r = row_data(w, row);
     for (int k = 0; k < n; k++)
         out[k] = w->type == TYPE_F32 ? dot_f32((const float *)r, x + k * x_stride, w->cols)
                                      : dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols);
@@ -1051,7 +1126,7 @@ static void matmul_rows(const MatmulJob *job, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)w->data;
     int nb = (w->cols + QK - 1) / QK;
     if (job->n == 1) {
-        if (is_quantized(w->type)) dot_tile(w->type, base + (size_t)r0 * stride, stride, r1 - r0, job->xq, nb, 1, job->y + r0);
+        if (is_quantized(w->type)) quantized_tile(w->type, base + (size_t)r0 * stride, stride, r1 - r0, job->xq, nb, 1, job->y + r0);
         else for (int i = r0; i < r1; i++) dot_rows_float(w, i, job->x, (size_t)job->x_stride, 1, job->y + i);
         return;
     }
@@ -1060,7 +1135,7 @@ static void matmul_rows(const MatmulJob *job, int r0, int r1) {
             float out[TILE_ROWS * 4];
             int rows = r1 - i < TILE_ROWS ? r1 - i : TILE_ROWS, k = job->n - t < 4 ? job->n - t : 4;
             if (is_quantized(w->type))
-                dot_tile(w->type, base + (size_t)i * stride, stride, rows, job->xq + (size_t)t * nb, nb, k, out);
+                quantized_tile(w->type, base + (size_t)i * stride, stride, rows, job->xq + (size_t)t * nb, nb, k, out);
             else
                 for (int r = 0; r < rows; r++)
                     dot_rows_float(w, i + r, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride, k, out + r * k);
@@ -1088,21 +1163,13 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
 
 static struct { BlockX8 *xq; size_t cap; } scratch;  // grown on demand
 
-static void *grow_buffer(void *p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return p;
-    p = realloc(p, need * elem);
-    if (!p) die("out of memory (%zu x %zu bytes)", need, elem);
-    *cap = need;
-    return p;
-}
-
 // Runs all jobs in one dispatch. Jobs that follow each other with the same
 // input share its quantization.
 static void matmuls(MatmulJob *jobs, int n_jobs) {
     size_t need = 0;
     for (int j = 0; j < n_jobs; j++)
         if (is_quantized(jobs[j].w.type)) need += (size_t)jobs[j].n * (size_t)((jobs[j].w.cols + QK - 1) / QK);
-    scratch.xq = grow_buffer(scratch.xq, &scratch.cap, need, sizeof(BlockX8));
+    scratch.xq = grow(scratch.xq, &scratch.cap, need, sizeof(BlockX8));
     size_t used = 0;
     for (int j = 0; j < n_jobs; j++) {
         MatmulJob *job = &jobs[j];
@@ -1137,18 +1204,18 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 // Threads claim whole jobs (one head of W_UK each) and read its rows front to
 // back (split by columns, each thread read half of every row, a strided
 // pattern that left this product waiting on memory when decoding). Columns go
-// in blocks of T_BLOCK: each weight row's block is decoded once and added,
+// T_COLS at a time: each weight row's span is decoded once and added,
 // times x[t][i], into every activation row t, as (x d) q for every n, so
 // batched and token-by-token results agree.
-#define T_BLOCK 512
+#define T_COLS 512
 
 // Decoding (one activation row) with Q8/Q4 weights: the same sums, but each
-// group is decoded in place and added straight into a local block of y. Going
-// through group_values and a row buffer made this product 3-4x slower per
+// block is decoded in place and added straight into a local span of y. Going
+// through block_values and a row buffer made this product 3-4x slower per
 // token (perf share 7.5% of decoding vs 2%), so the two block decodings are
 // written out here.
 static void matmul_t_one_row(float *y, const Tensor *w, const float *x, int j0, int j1) {
-    float acc[T_BLOCK] = {0};  // (j1 - j0) columns of y, rounded up to whole groups
+    float acc[T_COLS] = {0};  // (j1 - j0) columns of y, rounded up to whole blocks
     for (int i = 0; i < w->rows; i++) {
         const uint8_t *row = row_data(w, i);
         for (int g = j0; g < j1; g += QK) {
@@ -1173,13 +1240,13 @@ static void matmul_t_one_row(float *y, const Tensor *w, const float *x, int j0, 
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     (void)thread; (void)n_threads;
     MatmulBatch *batch = ctx;
-    float q[T_BLOCK], d[T_BLOCK / QK];  // one weight row's block: values and group scales
+    float q[T_COLS], d[T_COLS / QK];  // one weight row's span: values and block scales
     for (;;) {
         int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
         if (j >= batch->n_jobs) return;
         const MatmulJob *job = &batch->jobs[j];
-        for (int j0 = 0; j0 < job->w.cols; j0 += T_BLOCK) {
-            int j1 = j0 + T_BLOCK < job->w.cols ? j0 + T_BLOCK : job->w.cols;
+        for (int j0 = 0; j0 < job->w.cols; j0 += T_COLS) {
+            int j1 = j0 + T_COLS < job->w.cols ? j0 + T_COLS : job->w.cols;
             if (job->n == 1 && is_quantized(job->w.type)) {
                 matmul_t_one_row(job->y, &job->w, job->x, j0, j1);
                 continue;
@@ -1188,7 +1255,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
                 for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
             for (int i = 0; i < job->w.rows; i++) {
                 for (int g = j0; g < j1; g += QK)
-                    group_values(q + (g - j0), &d[(g - j0) / QK], job->w.type, row_data(&job->w, i), g,
+                    block_values(q + (g - j0), &d[(g - j0) / QK], job->w.type, row_data(&job->w, i), g,
                                  j1 - g < QK ? j1 - g : QK);
                 for (int t = 0; t < job->n; t++) {
                     float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride + j0;
@@ -1205,7 +1272,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 
 // The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one
 // dispatch (x_stride and y_stride as in MatmulJob, but y rows hold W.cols
-// values). Folds W_UK into the query (spec §3.7) without a transposed copy:
+// values). Folds W_UK into the query (DeepSeek-V2 §2.1.2) without a transposed copy:
 // each row of W is decoded once and added into every y row.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
     MatmulBatch batch = {jobs, n_jobs, 0, 0};
@@ -1213,497 +1280,488 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 }
 
 // ----------------------------------------------------------------------------
-// Run state
+// Loader: the model file, its validation, the run state
 //
-// Activations are matrices of up to `chunk` rows, one per token: a prompt goes
-// through each layer a chunk at a time, so every weight is read once per chunk
-// (decoding is the one-row case).
+// File format v1 (shared contract with export.py): "SEEK", u32 version, u32
+// n_config, n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table
+// entries, then 64-byte-aligned tensor data. All little-endian. Q8/Q4 rows are
+// laid out as the Matmul section describes.
 
-#define PREFILL_CHUNK 64
+#define SEEK_VERSION 1
+#define SEEK_N_CONFIG 40
+#define TENSOR_ENTRY_BYTES 128
+#define TENSOR_NAME_BYTES 96
+#define TENSOR_ALIGN 64
+// Upper bound for any single dimension; keeps every derived product (rows of
+// q_b_proj, kv_b_proj, ...) far inside int range so shape math cannot overflow.
+#define MAX_DIM (1 << 24)
 
-// One SwiGLU MLP applied to n rows: a dense FFN, a routed expert or the shared experts.
+static int32_t word_i32(const uint8_t *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static uint32_t word_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t word_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static float word_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
+
+static void read_config(Config *c, const uint8_t *w) {
+    c->dim = word_i32(w + 4 * 0);
+    c->n_layers = word_i32(w + 4 * 1);
+    c->vocab_size = word_i32(w + 4 * 2);
+    c->n_heads = word_i32(w + 4 * 3);
+    c->q_lora_rank = word_i32(w + 4 * 4);
+    c->kv_lora_rank = word_i32(w + 4 * 5);
+    c->qk_nope_head_dim = word_i32(w + 4 * 6);
+    c->qk_rope_head_dim = word_i32(w + 4 * 7);
+    c->v_head_dim = word_i32(w + 4 * 8);
+    c->intermediate_size = word_i32(w + 4 * 9);
+    c->moe_intermediate_size = word_i32(w + 4 * 10);
+    c->n_routed_experts = word_i32(w + 4 * 11);
+    c->n_shared_experts = word_i32(w + 4 * 12);
+    c->num_experts_per_tok = word_i32(w + 4 * 13);
+    c->n_group = word_i32(w + 4 * 14);
+    c->topk_group = word_i32(w + 4 * 15);
+    c->topk_method = word_i32(w + 4 * 16);
+    c->scoring_func = word_i32(w + 4 * 17);
+    c->norm_topk_prob = word_i32(w + 4 * 18);
+    c->routed_scaling_factor = word_f32(w + 4 * 19);
+    c->first_k_dense_replace = word_i32(w + 4 * 20);
+    c->moe_layer_freq = word_i32(w + 4 * 21);
+    c->rope_theta = word_f32(w + 4 * 22);
+    c->rope_type = word_i32(w + 4 * 23);
+    c->rope_factor = word_f32(w + 4 * 24);
+    c->rope_orig_max_pos = word_i32(w + 4 * 25);
+    c->rope_beta_fast = word_f32(w + 4 * 26);
+    c->rope_beta_slow = word_f32(w + 4 * 27);
+    c->rope_mscale = word_f32(w + 4 * 28);
+    c->rope_mscale_all_dim = word_f32(w + 4 * 29);
+    c->rms_norm_eps = word_f32(w + 4 * 30);
+    c->max_position_embeddings = word_i32(w + 4 * 31);
+    c->bos_token_id = word_i32(w + 4 * 32);
+    c->eos_token_id = word_i32(w + 4 * 33);
+    c->n_mtp_layers = word_i32(w + 4 * 34);
+    c->n_tokens = word_i32(w + 4 * 35);
+    c->tokenizer_hash_lo = word_u32(w + 4 * 36);
+    c->tokenizer_hash_hi = word_u32(w + 4 * 37);
+}
+
+static void check_range(const char *name, long long v, long long lo, long long hi) {
+    if (v < lo || v > hi) die("model file: config %s = %lld, expected %lld..%lld", name, v, lo, hi);
+}
+
+static void check_float(const char *name, float v, float lo, float hi) {
+    if (!isfinite(v) || v < lo || v > hi)
+        die("model file: config %s = %g, expected a finite value in %g..%g", name, v, lo, hi);
+}
+
+// Layer l has a routed-expert FFN iff experts exist, it is past the leading
+// dense layers and it is on the moe_layer_freq grid (HF modeling_deepseek.py's
+// DeepseekV2DecoderLayer).
+static int is_moe_layer(const Config *c, int l) {
+    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
+}
+
+static void validate_config(const Config *c) {
+    check_range("dim", c->dim, 1, MAX_DIM);
+    check_range("n_layers", c->n_layers, 1, 1 << 16);
+    check_range("vocab_size", c->vocab_size, 1, MAX_DIM);
+    check_range("n_heads", c->n_heads, 1, 1 << 16);
+    check_range("q_lora_rank", c->q_lora_rank, 0, MAX_DIM);
+    check_range("kv_lora_rank", c->kv_lora_rank, 1, MAX_DIM);
+    check_range("qk_nope_head_dim", c->qk_nope_head_dim, 1, 1 << 16);
+    // RoPE rotates pairs, so the rope part must have an even width.
+    check_range("qk_rope_head_dim", c->qk_rope_head_dim, 2, 1 << 16);
+    if (c->qk_rope_head_dim % 2) die("model file: config qk_rope_head_dim = %d must be even", c->qk_rope_head_dim);
+    check_range("v_head_dim", c->v_head_dim, 1, 1 << 16);
+    check_range("n_routed_experts", c->n_routed_experts, 0, 1 << 16);
+    check_range("first_k_dense_replace", c->first_k_dense_replace, 0, INT32_MAX);
+    check_range("moe_layer_freq", c->moe_layer_freq, 1, INT32_MAX);
+    int has_dense = 0, has_moe = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (is_moe_layer(c, l)) has_moe = 1; else has_dense = 1;
+    }
+    check_range("intermediate_size", c->intermediate_size, has_dense ? 1 : 0, MAX_DIM);
+    // Checked even without MoE layers, because buffer sizes are derived from them.
+    check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);
+    check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
+    check_range("num_experts_per_tok", c->num_experts_per_tok, 0, 1 << 16);
+    check_range("n_group", c->n_group, 0, 1 << 16);
+    if ((long long)c->n_shared_experts * c->moe_intermediate_size > MAX_DIM)
+        die("model file: config n_shared_experts x moe_intermediate_size is too large");
+    if (has_moe) {
+        int E = c->n_routed_experts;
+        check_range("moe_intermediate_size", c->moe_intermediate_size, 1, MAX_DIM);
+        check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
+        check_range("num_experts_per_tok", c->num_experts_per_tok, 1, E);
+        check_range("n_group", c->n_group, 1, E);
+        if (E % c->n_group) die("model file: config n_group = %d does not divide n_routed_experts = %d", c->n_group, E);
+        check_range("topk_group", c->topk_group, 1, c->n_group);
+        check_range("topk_method", c->topk_method, TOPK_GREEDY, TOPK_NOAUX_TC);
+        check_range("scoring_func", c->scoring_func, SCORE_SOFTMAX, SCORE_SIGMOID);
+        check_range("norm_topk_prob", c->norm_topk_prob, 0, 1);
+        check_float("routed_scaling_factor", c->routed_scaling_factor, 0.0f, 1e6f);
+        int group_size = E / c->n_group;
+        // The kept groups must hold at least K experts, or top-K would have to
+        // pick masked (-inf) experts.
+        if (c->topk_method != TOPK_GREEDY && (long long)c->topk_group * group_size < c->num_experts_per_tok)
+            die("model file: config topk_group %d x group size %d < num_experts_per_tok %d",
+                c->topk_group, group_size, c->num_experts_per_tok);
+        // noaux_tc scores a group by the sum of its two best experts.
+        if (c->topk_method == TOPK_NOAUX_TC && c->n_group > 1 && group_size < 2)
+            die("model file: config noaux_tc needs >= 2 experts per group (got %d)", group_size);
+    }
+    check_float("rope_theta", c->rope_theta, 1.0001f, 1e30f);
+    check_range("rope_type", c->rope_type, ROPE_NONE, ROPE_YARN);
+    if (c->rope_type == ROPE_YARN) {
+        check_float("rope_factor", c->rope_factor, 1e-6f, 1e6f);
+        check_range("rope_original_max_position_embeddings", c->rope_orig_max_pos, 1, INT32_MAX);
+        check_float("rope_beta_fast", c->rope_beta_fast, 1e-6f, 1e6f);
+        check_float("rope_beta_slow", c->rope_beta_slow, 1e-6f, 1e6f);
+        check_float("rope_mscale", c->rope_mscale, -1e3f, 1e3f);
+        check_float("rope_mscale_all_dim", c->rope_mscale_all_dim, -1e3f, 1e3f);
+    }
+    check_float("rms_norm_eps", c->rms_norm_eps, 1e-30f, 1.0f);
+    check_range("max_position_embeddings", c->max_position_embeddings, 1, INT32_MAX);
+    check_range("bos_token_id", c->bos_token_id, -1, c->vocab_size - 1);
+    check_range("eos_token_id", c->eos_token_id, -1, c->vocab_size - 1);
+    if (c->n_mtp_layers != 0) die("model file: config n_mtp_layers = %d; MTP layers are not supported yet", c->n_mtp_layers);
+    check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
+    long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
+    long long kv_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->v_head_dim);
+    long long o_cols = (long long)c->n_heads * c->v_head_dim;
+    if (q_rows > MAX_DIM || kv_rows > MAX_DIM || o_cols > MAX_DIM || (long long)c->kv_lora_rank + c->qk_rope_head_dim > MAX_DIM)
+        die("model file: config attention shapes are too large");
+}
+
+
+// Walks the tensor table in the canonical order of the format, checking each
+// entry against what the config implies; no name lookup, so any mismatch is
+// reported at the exact entry where it happens.
 typedef struct {
-    const MLPWeights *mlp;
-    const float *x;       // (n, D)
-    float *out;           // (n, D)
-    int n;
-} FFNCall;
+    const uint8_t *file;
+    uint64_t file_size;
+    const uint8_t *table;        // (n_tensors, 128)
+    uint32_t n_tensors;
+    uint32_t next;               // index of the next entry to check
+    uint64_t data_end;           // end of the previous tensor's data (or of the header)
+    char prefix[64];             // of the names being walked, e.g. "model.layers.3."
+} TableWalker;
 
-typedef struct {
-    int context;          // max positions held by the cache
-    int chunk;            // max tokens per forward pass
-    float *x;             // (chunk, D) residual stream
-    float *xn;            // (chunk, D) normalised residual, input of a block
-    float *block_out;     // (chunk, D) output of attention or FFN before the residual add
-    float *q_latent;      // (chunk, rq) compressed query c_Q
-    float *q;             // (chunk, H, dn+dr) per head [q_nope; q_pe]
-    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe]
-    float *q_absorbed;    // (chunk, H, r) W_UK^T q_nope per head
-    float *scores;        // (threads, context) attention scores of one head, per thread
-    float *u;             // (chunk, H, r) attention-weighted latent per head
-    float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
-    float *ffn_in;        // (chunk*K, D) expert inputs, grouped by expert
-    float *ffn_hidden;    // (ffn_rows) silu(gate) * up of every MLP of a layer, back to back
-    float *ffn_up;        // (ffn_rows) up projections
-    float *ffn_out;       // (chunk*(K+1), D) expert outputs, grouped by expert, then the shared ones
-    float *router_logits; // (chunk, E)
-    float *router_scores; // (E) s: softmax or sigmoid of the logits
-    float *router_choice; // (E) scores used to choose experts (s + bias), -inf once masked
-    float *group_scores;  // (n_group)
-    int *group_kept;      // (n_group) 1 if the group survives the group limit
-    int *topk_idx;        // (chunk, K) chosen experts
-    float *topk_w;        // (chunk, K) their weights
-    int *expert_first;    // (E+1) first (token, expert) pair of each expert
-    int *expert_fill;     // (E)
-    int *pair_token;      // (chunk*K) token of each pair, pairs grouped by expert
-    float *pair_weight;   // (chunk*K)
-    FFNCall *ffn_calls;   // (E+1)
-    MatmulJob *jobs;      // (max(2(E+1), H))
-    float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
-    float *rope_sin;      // (chunk, dr/2)
-    float *logits;        // (chunk, V)
-    float *kv_cache;      // (L, context, r+dr) normalised latent c_t and rotated k_pe_t
-    long long *expert_load;  // (L, E) times the router chose each routed expert (rows of dense layers stay 0)
-} RunState;
+// What an entry may hold: weight matrices take the export dtype (F32, BF16, Q8
+// or Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
+enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
-static float *alloc_floats(size_t a, size_t b) {
-    if (b && a > SIZE_MAX / sizeof(float) / b) die("out of memory (%zu x %zu floats)", a, b);
-    return xcalloc(a * b > 0 ? a * b : 1, sizeof(float));
+static const char *type_name(uint32_t type) {
+    switch (type) {
+    case TYPE_F32: return "F32";
+    case TYPE_BF16: return "BF16";
+    case TYPE_Q8: return "Q8";
+    case TYPE_Q4: return "Q4";
+    case TYPE_U8: return "U8";
+    default: return "unknown";
+    }
+}
+
+// A tensor name from the file, made safe to print: it may be any bytes.
+static const char *printable_name(char *buf, const uint8_t *name) {
+    int i = 0;
+    for (; i < TENSOR_NAME_BYTES - 1 && name[i]; i++) buf[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? (char)name[i] : '?';
+    buf[i] = 0;
+    return buf;
+}
+
+// Checks one entry, named tw->prefix + suffix, and returns a pointer to its
+// data. rows x cols is the expected shape (cols = 0 for a 1-D tensor of length rows).
+static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uint64_t rows, uint64_t cols,
+                              uint32_t *type_out) {
+    char name[256];
+    snprintf(name, sizeof name, "%s%s", tw->prefix, suffix);
+    if (tw->next >= tw->n_tensors)
+        die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
+    uint32_t idx = tw->next++;
+    const uint8_t *e = tw->table + (uint64_t)idx * TENSOR_ENTRY_BYTES;
+    if (!memchr(e, 0, TENSOR_NAME_BYTES)) die("model file: tensor %u: name is not NUL-terminated", idx);
+    char shown[TENSOR_NAME_BYTES];
+    if (strcmp((const char *)e, name) != 0)
+        die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
+    uint32_t type = word_u32(e + 96), ndim = word_u32(e + 100);
+    uint32_t r = word_u32(e + 104), c = word_u32(e + 108);
+    uint64_t offset = word_u64(e + 112), nbytes = word_u64(e + 120);
+    uint32_t want_ndim = cols ? 2 : 1;
+    if (ndim != want_ndim) die("model file: tensor '%s' has ndim %u, expected %u", name, ndim, want_ndim);
+    if (r != rows || c != (cols ? cols : 1))
+        die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c,
+            (unsigned long long)rows, (unsigned long long)(cols ? cols : 1));
+    if (kind == KIND_U8) {
+        if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
+    } else if (kind == KIND_F32) {
+        if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
+    } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
+        die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
+    }
+    // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
+    uint64_t elems = (uint64_t)r * row_units((int)type, c);
+    uint64_t esize = (uint64_t)unit_bytes((int)type);
+    if (elems > UINT64_MAX / esize || elems * esize != nbytes)
+        die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
+            (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
+    if (offset % TENSOR_ALIGN) die("model file: tensor '%s' offset %llu is not %d-byte aligned", name,
+                                   (unsigned long long)offset, TENSOR_ALIGN);
+    if (offset < tw->data_end) die("model file: tensor '%s' overlaps the header or the previous tensor", name);
+    if (offset > tw->file_size || nbytes > tw->file_size - offset)
+        die("model file: tensor '%s' (offset %llu, %llu bytes) runs past the end of the file (%llu bytes)", name,
+            (unsigned long long)offset, (unsigned long long)nbytes, (unsigned long long)tw->file_size);
+    tw->data_end = offset + nbytes;
+    *type_out = type;
+    return tw->file + offset;
+}
+
+// kind: KIND_MATRIX, or KIND_F32 for the router.
+static Tensor walk_matrix(TableWalker *tw, const char *name, int kind, long long rows, long long cols) {
+    uint32_t type;
+    Tensor t;
+    t.data = walk_entry(tw, name, kind, (uint64_t)rows, (uint64_t)cols, &type);
+    t.type = (int)type;
+    t.rows = (int)rows;
+    t.cols = (int)cols;
+    return t;
+}
+
+static const float *walk_vector(TableWalker *tw, const char *name, long long len) {
+    uint32_t type;
+    return (const float *)walk_entry(tw, name, KIND_F32, (uint64_t)len, 0, &type);
+}
+
+static MLPWeights walk_mlp(TableWalker *tw, const char *mlp, long long hidden, long long dim) {
+    char name[128];
+    MLPWeights m;
+    snprintf(name, sizeof name, "%sgate_proj.weight", mlp);
+    m.gate = walk_matrix(tw, name, KIND_MATRIX, hidden, dim);
+    snprintf(name, sizeof name, "%sup_proj.weight", mlp);
+    m.up = walk_matrix(tw, name, KIND_MATRIX, hidden, dim);
+    snprintf(name, sizeof name, "%sdown_proj.weight", mlp);
+    m.down = walk_matrix(tw, name, KIND_MATRIX, dim, hidden);
+    return m;
+}
+
+// FNV-1a, 64-bit: the checksum the format stores for the embedded tokenizer.
+static uint64_t fnv1a64(const uint8_t *p, uint64_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint64_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+    return h;
+}
+
+static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
+    long long D = c->dim, H = c->n_heads, r = c->kv_lora_rank, rq = c->q_lora_rank;
+    long long dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+    long long E = c->n_routed_experts, Ie = c->moe_intermediate_size, S = c->n_shared_experts;
+    w->embed = walk_matrix(tw, "model.embed_tokens.weight", KIND_MATRIX, c->vocab_size, D);
+    w->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", l);
+        lw->input_norm = walk_vector(tw, "input_layernorm.weight", D);
+        if (rq > 0) {
+            lw->q_a_proj = walk_matrix(tw, "self_attn.q_a_proj.weight", KIND_MATRIX, rq, D);
+            lw->q_a_norm = walk_vector(tw, "self_attn.q_a_layernorm.weight", rq);
+            lw->q_b_proj = walk_matrix(tw, "self_attn.q_b_proj.weight", KIND_MATRIX, H * (dn + dr), rq);
+        } else {
+            lw->q_proj = walk_matrix(tw, "self_attn.q_proj.weight", KIND_MATRIX, H * (dn + dr), D);
+        }
+        lw->kv_a_proj = walk_matrix(tw, "self_attn.kv_a_proj_with_mqa.weight", KIND_MATRIX, r + dr, D);
+        lw->kv_a_norm = walk_vector(tw, "self_attn.kv_a_layernorm.weight", r);
+        lw->kv_b_proj = walk_matrix(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
+        lw->o_proj = walk_matrix(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
+        lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
+        lw->is_moe = is_moe_layer(c, l);
+        if (lw->is_moe) {
+            lw->router = walk_matrix(tw, "mlp.gate.weight", KIND_F32, E, D);
+            if (c->topk_method == TOPK_NOAUX_TC) lw->router_bias = walk_vector(tw, "mlp.gate.e_score_correction_bias", E);
+            lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
+            for (int e = 0; e < E; e++) {
+                char expert[64];
+                snprintf(expert, sizeof expert, "mlp.experts.%d.", e);
+                lw->experts[e] = walk_mlp(tw, expert, Ie, D);
+            }
+            lw->has_shared = S > 0;
+            if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", S * Ie, D);
+        } else {
+            lw->mlp = walk_mlp(tw, "mlp.", c->intermediate_size, D);
+        }
+    }
+    tw->prefix[0] = 0;
+    w->final_norm = walk_vector(tw, "model.norm.weight", D);
+    w->lm_head = walk_matrix(tw, "lm_head.weight", KIND_MATRIX, c->vocab_size, D);
+    uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
+    if (hash != 0) {
+        // The blob's length is only known from its own entry; read it first and
+        // let walk_entry check it like any other 1-D tensor.
+        if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
+        uint64_t len = word_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
+        uint32_t type;
+        w->tokenizer = walk_entry(tw, "tokenizer", KIND_U8, len, 0, &type);
+        w->tokenizer_bytes = len;
+        if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
+    }
+    if (tw->next != tw->n_tensors)
+        die("model file: %u unexpected extra tensors in the table (the last expected one is '%s')",
+            tw->n_tensors - tw->next, hash ? "tokenizer" : "lm_head.weight");
+    if (tw->data_end != tw->file_size)
+        die("model file: %llu trailing bytes after the last tensor", (unsigned long long)(tw->file_size - tw->data_end));
+}
+
+static int host_is_little_endian(void) {
+    uint16_t one = 1;
+    uint8_t b;
+    memcpy(&b, &one, 1);
+    return b == 1;
+}
+
+// Validates the whole file held in f[0..size) (header, config, every table
+// entry) and points the weights into it. The fuzz harness calls this directly.
+static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
+    m->file = f;
+    m->file_size = (size_t)size;
+    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
+    if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
+    uint32_t version = word_u32(f + 4);
+    if (version != SEEK_VERSION) die("%s has format version %u, this build reads version %d", path, version, SEEK_VERSION);
+    uint32_t n_config = word_u32(f + 8);
+    if (n_config != SEEK_N_CONFIG) die("model file: n_config = %u, version 1 has %d", n_config, SEEK_N_CONFIG);
+    uint64_t table_at = 12 + 4ULL * n_config + 4;
+    if (size < table_at) die("model file: truncated header");
+    read_config(&m->config, f + 12);
+    validate_config(&m->config);
+    init_rope(&m->rope, &m->config);
+    TableWalker tw = {.file = f, .file_size = size, .table = f + table_at, .n_tensors = word_u32(f + table_at - 4)};
+    // n_tensors is u32, so this product cannot overflow a u64.
+    tw.data_end = table_at + (uint64_t)tw.n_tensors * TENSOR_ENTRY_BYTES;
+    if (tw.data_end > size) die("model file: tensor table (%u entries) runs past the end of the file", tw.n_tensors);
+    walk_weights(&m->weights, &m->config, &tw);
+}
+
+// The whole file in memory backed by 2 MB transparent huge pages where the OS
+// has them. Generating reads gigabytes of weights per token in 4 KB pieces
+// when they are mapped from the page cache; with huge pages far fewer TLB
+// misses interrupt the streams (measured: several times faster on a 16 GB
+// model in a VM). Costs the time to read the file and RAM for all of it.
+static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
+    size_t huge = (size_t)2 << 20, alloc = ((size_t)size + huge - 1) / huge * huge;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, alloc) != 0) die("out of memory reading %s into memory (%zu bytes)", path, alloc);
+#ifdef MADV_HUGEPAGE
+    madvise(p, alloc, MADV_HUGEPAGE);  // a hint: without it (or off Linux) the copy still works
+#endif
+    for (uint64_t at = 0; at < size;) {
+        size_t want = size - at < ((size_t)64 << 20) ? (size_t)(size - at) : ((size_t)64 << 20);
+        ssize_t got = pread(fd, (uint8_t *)p + at, want, (off_t)at);
+        if (got <= 0) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
+        at += (uint64_t)got;
+    }
+    return p;
+}
+
+// --no-mmap copies the model into memory, so it must fit with room to spare; by
+// default the file is mapped and the OS pages in only the experts that are chosen.
+static int fits_in_memory(const char *path) {
+    struct stat st;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (stat(path, &st) != 0 || pages <= 0 || page <= 0) return 0;
+    return (double)st.st_size <= 0.75 * (double)pages * (double)page;
+}
+
+// in_memory: read the file into (huge-page) memory instead of mapping it.
+static void load_model(Model *m, const char *path, int in_memory) {
+    memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
+    if (!host_is_little_endian()) die("this build assumes a little-endian host");
+    int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
+    if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) die("cannot stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) die("%s is not a regular file", path);
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
+    if (size > SIZE_MAX) die("%s is too large to map", path);
+    const uint8_t *f;
+    if (in_memory) {
+        f = read_into_memory(fd, size, path);
+        m->copied = 1;
+    } else {
+        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
+        f = map;
+    }
+    close(fd);
+    parse_model(m, f, size, path);
+}
+
+static void free_model(Model *m) {
+    for (int l = 0; l < m->config.n_layers; l++) free(m->weights.layers[l].experts);
+    free(m->weights.layers);
+    free(m->rope.theta);
+    if (m->copied) free((void *)m->file);
+    else munmap((void *)m->file, m->file_size);
+}
+
+// A zeroed buffer of a x b elements of `size` bytes, kept in s->buffers for free_run_state.
+static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
+    if (b && a > SIZE_MAX / size / b) die("out of memory (%zu x %zu x %zu bytes)", a, b, size);
+    if (s->n_buffers == (int)(sizeof s->buffers / sizeof s->buffers[0])) die("internal error: too many run-state buffers");
+    return s->buffers[s->n_buffers++] = xcalloc(a * b > 0 ? a * b : 1, size);
 }
 
 static void alloc_run_state(RunState *s, const Config *c, int context, int chunk) {
     int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
     int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
     int G = c->n_group > 0 ? c->n_group : 1;
-    size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank;
+    size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, F = sizeof(float);
     size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
     if (chunk > context) chunk = context;
     size_t n = (size_t)chunk;
+    memset(s, 0, sizeof *s);
     size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
                       n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
     size_t ffn_rows = n * (size_t)c->intermediate_size > moe_rows ? n * (size_t)c->intermediate_size : moe_rows;
     s->context = context;
     s->chunk = chunk;
-    s->x = alloc_floats(n, D);
-    s->xn = alloc_floats(n, D);
-    s->block_out = alloc_floats(n, D);
-    s->q_latent = alloc_floats(n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1));
-    s->q = alloc_floats(n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim));
-    s->kv_a = alloc_floats(n, cache_row);
-    s->q_absorbed = alloc_floats(n * H, r);
-    s->scores = alloc_floats((size_t)pool.n_threads, (size_t)context);
-    s->u = alloc_floats(n * H, r);
-    s->o = alloc_floats(n * H, (size_t)c->v_head_dim);
-    s->ffn_in = alloc_floats(n * (size_t)K, D);
-    s->ffn_hidden = alloc_floats(ffn_rows, 1);
-    s->ffn_up = alloc_floats(ffn_rows, 1);
-    s->ffn_out = alloc_floats(n * (size_t)(K + 1), D);
-    s->router_logits = alloc_floats(n, (size_t)E);
-    s->router_scores = alloc_floats((size_t)E, 1);
-    s->router_choice = alloc_floats((size_t)E, 1);
-    s->group_scores = alloc_floats((size_t)G, 1);
-    s->group_kept = xcalloc((size_t)G, sizeof(int));
-    s->topk_idx = xcalloc(n * (size_t)K, sizeof(int));
-    s->topk_w = alloc_floats(n, (size_t)K);
-    s->expert_first = xcalloc((size_t)E + 1, sizeof(int));
-    s->expert_fill = xcalloc((size_t)E, sizeof(int));
-    s->pair_token = xcalloc(n * (size_t)K, sizeof(int));
-    s->pair_weight = alloc_floats(n, (size_t)K);
-    s->ffn_calls = xcalloc((size_t)E + 1, sizeof(FFNCall));
-    s->jobs = xcalloc(2 * ((size_t)E + 1) + H, sizeof(MatmulJob));
-    s->rope_cos = alloc_floats(n, half);
-    s->rope_sin = alloc_floats(n, half);
-    s->logits = alloc_floats(n, (size_t)c->vocab_size);
+    s->x = state_buffer(s, n, D, F);
+    s->xn = state_buffer(s, n, D, F);
+    s->block_out = state_buffer(s, n, D, F);
+    MLABuffers *a = &s->mla;
+    a->q_latent = state_buffer(s, n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1), F);
+    a->q = state_buffer(s, n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim), F);
+    a->kv_a = state_buffer(s, n, cache_row, F);
+    a->q_absorbed = state_buffer(s, n * H, r, F);
+    a->scores = state_buffer(s, (size_t)pool.n_threads, (size_t)context, F);
+    a->u = state_buffer(s, n * H, r, F);
+    a->o = state_buffer(s, n * H, (size_t)c->v_head_dim, F);
+    a->rope_cos = state_buffer(s, n, half, F);
+    a->rope_sin = state_buffer(s, n, half, F);
+    MoEBuffers *b = &s->moe;
+    b->router_logits = state_buffer(s, n, (size_t)E, F);
+    b->router_scores = state_buffer(s, (size_t)E, 1, F);
+    b->router_choice = state_buffer(s, (size_t)E, 1, F);
+    b->group_scores = state_buffer(s, (size_t)G, 1, F);
+    b->group_kept = state_buffer(s, (size_t)G, 1, sizeof(int));
+    b->topk_idx = state_buffer(s, n, (size_t)K, sizeof(int));
+    b->topk_w = state_buffer(s, n, (size_t)K, F);
+    b->expert_first = state_buffer(s, (size_t)E + 1, 1, sizeof(int));
+    b->expert_fill = state_buffer(s, (size_t)E, 1, sizeof(int));
+    b->pair_token = state_buffer(s, n, (size_t)K, sizeof(int));
+    b->pair_weight = state_buffer(s, n, (size_t)K, F);
+    b->expert_in = state_buffer(s, n * (size_t)K, D, F);
+    b->expert_out = state_buffer(s, n * (size_t)(K + 1), D, F);
+    b->calls = state_buffer(s, (size_t)E + 1, 1, sizeof(FFNCall));
+    b->hidden = state_buffer(s, ffn_rows, 1, F);
+    b->up = state_buffer(s, ffn_rows, 1, F);
+    b->expert_load = state_buffer(s, (size_t)c->n_layers, (size_t)E, sizeof(long long));
+    s->jobs = state_buffer(s, 2 * ((size_t)E + 1) + H, 1, sizeof(MatmulJob));
+    s->logits = state_buffer(s, n, (size_t)c->vocab_size, F);
     if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
-    s->kv_cache = xcalloc((size_t)c->n_layers * (size_t)context * cache_row, sizeof(float));
-    s->expert_load = xcalloc((size_t)c->n_layers * (size_t)E, sizeof(long long));
+    s->latent_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, cache_row, F);
 }
 
 static void free_run_state(RunState *s) {
-    free(s->x); free(s->xn); free(s->block_out); free(s->q_latent); free(s->q); free(s->kv_a);
-    free(s->q_absorbed); free(s->scores); free(s->u); free(s->o); free(s->ffn_in); free(s->ffn_hidden);
-    free(s->ffn_up); free(s->ffn_out); free(s->router_logits); free(s->router_scores); free(s->router_choice);
-    free(s->group_scores); free(s->group_kept); free(s->topk_idx); free(s->topk_w); free(s->expert_first);
-    free(s->expert_fill); free(s->pair_token); free(s->pair_weight); free(s->ffn_calls); free(s->jobs);
-    free(s->rope_cos); free(s->rope_sin); free(s->logits); free(s->kv_cache); free(s->expert_load);
-}
-
-// ----------------------------------------------------------------------------
-// Blocks: rmsnorm, rope, mla_attention, moe
-
-// out = w ⊙ x / sqrt(mean(x²) + eps), all in fp32 (spec §3.1). out may alias x.
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-    float ss = 0.0f;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
-}
-
-static void softmax(float *x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
-    for (int i = 0; i < n; i++) x[i] /= sum;
-}
-
-static float silu(float z) { return z / (1.0f + expf(-z)); }
-
-// YaRN's attention-temperature term: mscale(s, m) = 0.1 m ln s + 1 for s > 1.
-static double yarn_mscale(double s, double m) {
-    return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0;
-}
-
-// The rotary tables that do not depend on position: the per-pair frequency
-// θ_i (with the YaRN ramp, spec §3.5), the cos/sin multiplier and the softmax
-// scale 1/sqrt(dn+dr) · mscale(s, mscale_all_dim)² (spec §3.6).
-typedef struct {
-    double *theta;        // (dr/2) rotation frequency of pair i
-    float cs_mult;        // multiplier of cos and sin (1 for every DeepSeek config)
-    float softmax_scale;
-} Rope;
-
-// Dimension index (in the d-wide rope vector) at which a frequency completes
-// n_rot full turns over the original context L0 (YaRN, find_correction_dim).
-static double yarn_correction_dim(double n_rot, int d, double base, double L0) {
-    return (double)d * log(L0 / (n_rot * 2.0 * 3.14159265358979323846)) / (2.0 * log(base));
-}
-
-static void init_rope(Rope *rope, const Config *c) {
-    int d = c->qk_rope_head_dim, half = d / 2;
-    double base = c->rope_theta;
-    rope->theta = xcalloc((size_t)half, sizeof(double));
-    double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
-    rope->cs_mult = 1.0f;
-    for (int i = 0; i < half; i++) rope->theta[i] = pow(base, -2.0 * i / d);
-    if (c->rope_type == ROPE_YARN) {
-        double s = c->rope_factor, L0 = c->rope_orig_max_pos;
-        double low = floor(yarn_correction_dim(c->rope_beta_fast, d, base, L0));
-        double high = ceil(yarn_correction_dim(c->rope_beta_slow, d, base, L0));
-        if (low < 0) low = 0;
-        if (high > d - 1) high = d - 1;
-        if (low == high) high += 0.001;  // avoid a zero-width ramp
-        for (int i = 0; i < half; i++) {
-            // ramp 0: pair keeps its frequency (extrapolation); ramp 1: divided by s (interpolation).
-            double ramp = ((double)i - low) / (high - low);
-            if (ramp < 0) ramp = 0;
-            if (ramp > 1) ramp = 1;
-            double f = rope->theta[i];
-            rope->theta[i] = (f / s) * ramp + f * (1.0 - ramp);
-        }
-        rope->cs_mult = (float)(yarn_mscale(s, c->rope_mscale) / yarn_mscale(s, c->rope_mscale_all_dim));
-        double m = yarn_mscale(s, c->rope_mscale_all_dim);
-        scale *= m * m;
-    }
-    rope->softmax_scale = (float)scale;
-}
-
-static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, int pos) {
-    for (int i = 0; i < half; i++) {
-        double angle = (double)pos * rope->theta[i];
-        cos_t[i] = (float)cos(angle) * rope->cs_mult;
-        sin_t[i] = (float)sin(angle) * rope->cs_mult;
-    }
-}
-
-// Rotates adjacent pairs (2i, 2i+1) of x (dr) in place: the complex product
-// (x[2i] + i x[2i+1]) e^{i p θ_i} on the stored weights, no permutation (spec §3.4).
-static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int half) {
-    for (int i = 0; i < half; i++) {
-        float a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = a * cos_t[i] - b * sin_t[i];
-        x[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
-    }
-}
-
-
-// Attention of one query (one head of one token) at position pos over the
-// cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
-// Writes u (r) = Σ_t p_t c_t; scores (pos+1) is scratch.
-static void attend(const Config *c, const Rope *rope, const float *cache, const float *q_abs, const float *q_pe,
-                   int pos, float *scores, float *u) {
-    int r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
-    size_t row = (size_t)r + (size_t)dr;
-    for (int t = 0; t <= pos; t++) {
-        const float *ct = cache + (size_t)t * row;
-        scores[t] = rope->softmax_scale * (dot_f32(q_abs, ct, r) + dot_f32(q_pe, ct + r, dr));
-    }
-    softmax(scores, pos + 1);
-    for (int i = 0; i < r; i++) u[i] = 0.0f;
-    for (int t = 0; t <= pos; t++) {
-        const float *ct = cache + (size_t)t * row;
-        float p = scores[t];
-        for (int i = 0; i < r; i++) u[i] += p * ct[i];
-    }
-}
-
-typedef struct {
-    const Config *c;
-    const Rope *rope;
-    RunState *s;
-    const float *cache;   // (context, r+dr) of this layer
-    int pos0, n;
-} AttendBatch;
-
-// The (token, head) queries of a chunk are independent: spread them over the threads.
-static void attend_task(void *ctx, int thread, int n_threads) {
-    const AttendBatch *a = ctx;
-    const Config *c = a->c;
-    RunState *s = a->s;
-    int H = c->n_heads, r = c->kv_lora_rank, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    for (int i = thread; i < a->n * H; i += n_threads) {
-        int t = i / H;  // query i is head i % H of token t
-        attend(c, a->rope, a->cache, s->q_absorbed + (size_t)i * r, s->q + (size_t)i * qk + c->qk_nope_head_dim,
-               a->pos0 + t, s->scores + (size_t)thread * s->context, s->u + (size_t)i * r);
-    }
-}
-
-// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1 (spec
-// §3.3, §3.7). Input s->xn (n, D), output s->block_out (n, D). Only the
-// normalised latent c (r) and the rotated shared k_pe (dr) are cached; keys and
-// values are never expanded per position. Instead W_UK is folded into the
-// query and W_UV is applied once to the attention-weighted latent.
-static void mla_attention(const Config *c, const LayerWeights *lw, const Rope *rope, RunState *s,
-                          int layer, int pos0, int n) {
-    int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
-    size_t row = (size_t)r + (size_t)dr;
-    float *layer_cache = s->kv_cache + (size_t)layer * (size_t)s->context * row;  // (context, r+dr)
-
-    // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection.
-    if (rq > 0) {
-        matmul_n(s->q_latent, &lw->q_a_proj, s->xn, n);
-        for (int t = 0; t < n; t++)  // HF builds this norm with eps 1e-6
-            rmsnorm(s->q_latent + (size_t)t * rq, s->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
-        matmul_n(s->q, &lw->q_b_proj, s->q_latent, n);
-    } else {
-        matmul_n(s->q, &lw->q_proj, s->xn, n);
-    }
-
-    // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe rotated.
-    matmul_n(s->kv_a, &lw->kv_a_proj, s->xn, n);
-    for (int t = 0; t < n; t++) {
-        float *cos_t = s->rope_cos + (size_t)t * half, *sin_t = s->rope_sin + (size_t)t * half;
-        float *slot = layer_cache + (size_t)(pos0 + t) * row;  // (r+dr)
-        const float *kv = s->kv_a + (size_t)t * row;
-        rmsnorm(slot, kv, lw->kv_a_norm, r, 1e-6f);
-        memcpy(slot + r, kv + r, (size_t)dr * sizeof(float));
-        rope_rotate(slot + r, cos_t, sin_t, half);
-        for (int h = 0; h < H; h++) rope_rotate(s->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t, half);
-    }
-
-    // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
-    for (int h = 0; h < H; h++) {
-        MatmulJob *job = &s->jobs[h];
-        *job = matmul_job(s->q_absorbed + (size_t)h * r, tensor_rows(&lw->kv_b_proj, h * (dn + dv), dn),
-                          s->q + (size_t)h * qk, n);
-        job->x_stride = H * qk;
-        job->y_stride = H * r;
-    }
-    matmuls_t(s->jobs, H);
-    AttendBatch batch = {c, rope, s, layer_cache, pos0, n};
-    pool_run(attend_task, &batch);
-
-    // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t): each head's W_UV on its u, all heads in one batch.
-    for (int h = 0; h < H; h++) {
-        MatmulJob *job = &s->jobs[h];
-        *job = matmul_job(s->o + (size_t)h * dv, tensor_rows(&lw->kv_b_proj, h * (dn + dv) + dn, dv),
-                          s->u + (size_t)h * r, n);
-        job->x_stride = H * r;
-        job->y_stride = H * dv;
-    }
-    matmuls(s->jobs, H);
-    matmul_n(s->block_out, &lw->o_proj, s->o, n);
-}
-
-// SwiGLU MLPs (spec §4.1), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for
-// each call: all gate/up products in one batch, then all down products.
-static void swiglu(RunState *s, const FFNCall *calls, int count) {
-    MatmulJob *jobs = s->jobs;
-    size_t off = 0;
-    for (int i = 0; i < count; i++) {
-        jobs[2 * i] = matmul_job(s->ffn_hidden + off, calls[i].mlp->gate, calls[i].x, calls[i].n);
-        jobs[2 * i + 1] = matmul_job(s->ffn_up + off, calls[i].mlp->up, calls[i].x, calls[i].n);
-        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
-    }
-    matmuls(jobs, 2 * count);
-    for (size_t k = 0; k < off; k++) s->ffn_hidden[k] = silu(s->ffn_hidden[k]) * s->ffn_up[k];
-    off = 0;
-    for (int i = 0; i < count; i++) {
-        jobs[i] = matmul_job(calls[i].out, calls[i].mlp->down, s->ffn_hidden + off, calls[i].n);
-        off += (size_t)calls[i].n * (size_t)calls[i].mlp->gate.rows;
-    }
-    matmuls(jobs, count);
-}
-
-// Index of the largest of x[0..n), lowest index on ties; -1 if all are -inf.
-static int argmax_finite(const float *x, int n) {
-    int best = -1;
-    for (int i = 0; i < n; i++)
-        if (x[i] != -INFINITY && (best < 0 || x[i] > x[best])) best = i;
-    return best;
-}
-
-// Score of one expert group: max (group_limited_greedy, DeepSeek-V2) or the sum
-// of the two largest biased scores (noaux_tc, DeepSeek-V3; spec §8.8).
-static float group_score(const float *choice, int size, int method) {
-    if (method == TOPK_GROUP_LIMITED_GREEDY) {
-        float m = choice[0];
-        for (int i = 1; i < size; i++) if (choice[i] > m) m = choice[i];
-        return m;
-    }
-    float a = -INFINITY, b = -INFINITY;  // a >= b: the two largest
-    for (int i = 0; i < size; i++) {
-        if (choice[i] > a) { b = a; a = choice[i]; }
-        else if (choice[i] > b) b = choice[i];
-    }
-    return a + b;
-}
-
-// Router (spec §4.2): fills topk_idx / topk_w (K) from the router logits (E)
-// of one token, W_gate x in fp32. Scores s come from softmax or
-// sigmoid; experts are chosen from s (+ bias for noaux_tc) inside the
-// best topk_group groups, but weighted by the unbiased s.
-static void route(const Config *c, const LayerWeights *lw, RunState *s, const float *logits, int *topk_idx, float *topk_w) {
-    int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
-    float *scores = s->router_scores, *choice = s->router_choice;  // (E), (E)
-    for (int e = 0; e < E; e++) scores[e] = logits[e];
-    if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
-    else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
-
-    for (int e = 0; e < E; e++) choice[e] = scores[e];
-    if (c->topk_method == TOPK_NOAUX_TC)  // the bias only selects (V3 auxiliary-loss-free balancing)
-        for (int e = 0; e < E; e++) choice[e] += lw->router_bias[e];
-
-    if (c->topk_method != TOPK_GREEDY && G > 1) {
-        int size = E / G;
-        for (int g = 0; g < G; g++) s->group_scores[g] = group_score(choice + g * size, size, c->topk_method);
-        // Keep the topk_group best groups; experts of the others become -inf
-        // (not 0: a kept candidate may be negative; spec §8.9).
-        for (int g = 0; g < G; g++) s->group_kept[g] = 0;
-        for (int k = 0; k < c->topk_group; k++) {
-            int best = argmax_finite(s->group_scores, G);
-            if (best < 0) break;
-            s->group_kept[best] = 1;
-            s->group_scores[best] = -INFINITY;
-        }
-        for (int g = 0; g < G; g++)
-            if (!s->group_kept[g])
-                for (int i = 0; i < size; i++) choice[g * size + i] = -INFINITY;
-    }
-
-    float sum = 0.0f;
-    for (int k = 0; k < K; k++) {
-        int e = argmax_finite(choice, E);
-        if (e < 0) die("router: fewer than %d selectable experts (non-finite router scores)", K);
-        choice[e] = -INFINITY;
-        topk_idx[k] = e;
-        topk_w[k] = scores[e];
-        sum += scores[e];
-    }
-    for (int k = 0; k < K; k++) {
-        if (c->norm_topk_prob && K > 1) topk_w[k] /= sum + 1e-20f;
-        topk_w[k] *= c->routed_scaling_factor;
-    }
-}
-
-// DeepSeekMoE layer on n tokens: weighted routed experts plus the always-on
-// shared experts, which routed_scaling_factor does not touch. Input s->xn
-// (n, D), output s->block_out (n, D). The (token, expert) pairs are grouped by
-// expert, so each chosen expert runs once over its tokens and unchosen experts
-// are never read.
-static void moe(const Config *c, const LayerWeights *lw, RunState *s, int n) {
-    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
-    matmul_n(s->router_logits, &lw->router, s->xn, n);
-    for (int t = 0; t < n; t++) route(c, lw, s, s->router_logits + (size_t)t * E, s->topk_idx + t * K, s->topk_w + t * K);
-    int *first = s->expert_first;  // (E+1): pairs of expert e are first[e] .. first[e+1]-1
-    for (int e = 0; e <= E; e++) first[e] = 0;
-    for (int p = 0; p < pairs; p++) first[s->topk_idx[p] + 1]++;
-    for (int e = 0; e < E; e++) { first[e + 1] += first[e]; s->expert_fill[e] = first[e]; }
-    for (int p = 0; p < pairs; p++) {
-        int slot = s->expert_fill[s->topk_idx[p]]++, t = p / K;
-        s->pair_token[slot] = t;
-        s->pair_weight[slot] = s->topk_w[p];
-        memcpy(s->ffn_in + (size_t)slot * D, s->xn + (size_t)t * D, (size_t)D * sizeof(float));
-    }
-    int count = 0;
-    for (int e = 0; e < E; e++) {
-        if (first[e + 1] == first[e]) continue;
-        FFNCall call = {&lw->experts[e], s->ffn_in + (size_t)first[e] * D, s->ffn_out + (size_t)first[e] * D,
-                        first[e + 1] - first[e]};
-        s->ffn_calls[count++] = call;
-    }
-    float *shared_out = s->ffn_out + (size_t)pairs * D;  // (n, D)
-    if (lw->has_shared) {
-        FFNCall call = {&lw->shared, s->xn, shared_out, n};
-        s->ffn_calls[count++] = call;
-    }
-    swiglu(s, s->ffn_calls, count);
-    for (size_t i = 0; i < (size_t)n * D; i++) s->block_out[i] = lw->has_shared ? shared_out[i] : 0.0f;
-    for (int p = 0; p < pairs; p++) {
-        float w = s->pair_weight[p], *out = s->block_out + (size_t)s->pair_token[p] * D;
-        const float *y = s->ffn_out + (size_t)p * D;
-        for (int i = 0; i < D; i++) out[i] += w * y[i];
-    }
-}
-
-// ----------------------------------------------------------------------------
-// Forward
-
-// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one
-// matrix, appending their latents to the cache. Returns the logits (V) of the
-// last token, or with all_logits those of every token (n, V), over the whole
-// vocab_size.
-static float *forward_chunk(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0,
-                            int all_logits) {
-    const Config *c = &m->config;
-    const Weights *w = &m->weights;
-    int D = c->dim, half = c->qk_rope_head_dim / 2;
-    size_t nD = (size_t)n * D;
-    for (int t = 0; t < n; t++) {
-        tensor_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
-        rope_tables(s->rope_cos + (size_t)t * half, s->rope_sin + (size_t)t * half, rope, half, pos0 + t);
-    }
-    for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
-        mla_attention(c, lw, rope, s, l, pos0, n);
-        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
-        if (lw->is_moe) {
-            moe(c, lw, s, n);
-            long long *load = s->expert_load + (size_t)l * c->n_routed_experts;  // (E)
-            for (int p = 0; p < n * c->num_experts_per_tok; p++) load[s->topk_idx[p]]++;
-        } else {
-            FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
-            swiglu(s, &dense, 1);
-        }
-        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
-    }
-    int first = all_logits ? 0 : n - 1;
-    for (int t = first; t < n; t++)
-        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, c->rms_norm_eps);
-    matmul_n(s->logits, &w->lm_head, s->x + (size_t)first * D, n - first);
-    return s->logits;
-}
-
-// One token at position pos; returns its logits (V).
-static float *forward(const Model *m, const Rope *rope, RunState *s, int token, int pos) {
-    return forward_chunk(m, rope, s, &token, 1, pos, 0);
-}
-
-// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time and
-// returns the logits (V) after the last one.
-static float *prefill(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, int pos0) {
-    float *logits = s->logits;
-    for (int i = 0; i < n; i += s->chunk) {
-        int k = n - i < s->chunk ? n - i : s->chunk;
-        logits = forward_chunk(m, rope, s, tokens + i, k, pos0 + i, 0);
-    }
-    return logits;
+    for (int i = 0; i < s->n_buffers; i++) free(s->buffers[i]);
+    s->n_buffers = 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -2136,16 +2194,6 @@ static void push_id(IdList *l, int id) {
         if (!l->ids) die("out of memory");
     }
     l->ids[l->n++] = id;
-}
-
-static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return p;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    p = realloc(p, c * elem);
-    if (!p) die("out of memory (%zu x %zu bytes)", c, elem);
-    *cap = c;
-    return p;
 }
 
 static uint32_t read_u32(const uint8_t *p) {
@@ -2790,13 +2838,13 @@ static double now_seconds(void) {
 
 // Teacher forcing: feeds every token and writes the logits after each one,
 // (T, V) float32 little-endian; the interface the tests compare against.
-static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int *tokens, int n, const char *path) {
+static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, const char *path) {
     FILE *f = fopen(path, "wb");
     if (!f) die("cannot open %s for writing: %s", path, strerror(errno));
     for (int t = 0; t < n; t += s->chunk) {
         int k = n - t < s->chunk ? n - t : s->chunk;
         size_t count = (size_t)k * (size_t)m->config.vocab_size;
-        float *logits = forward_chunk(m, rope, s, tokens + t, k, t, 1);
+        float *logits = forward_chunk(m, s, tokens + t, k, t, 1);
         if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
     if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
@@ -2807,13 +2855,13 @@ static void dump_logits(const Model *m, const Rope *rope, RunState *s, const int
 // ids when tok is NULL. Stops early at the end-of-sequence token (printed as the
 // last id, so callers can tell why generation ended; not printed as text) or
 // when the cache is full.
-static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
+static void generate(const Model *m, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
                      int steps, const Tokenizer *tok) {
     const Config *c = &m->config;
     int pos = 0, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
     Decoder text = {0};
     double t0 = now_seconds();
-    float *logits = prefill(m, rope, s, prompt, n_prompt, 0);
+    float *logits = prefill(m, s, prompt, n_prompt, 0);
     pos = n_prompt;
     double t1 = now_seconds();
     while (generated < steps) {
@@ -2827,7 +2875,7 @@ static void generate(const Model *m, const Rope *rope, RunState *s, Sampler *sp,
             fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context);
             break;
         }
-        logits = forward(m, rope, s, token, pos);
+        logits = forward(m, s, token, pos);
         pos++;
         decoded++;
     }
@@ -2888,7 +2936,7 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
 // each turn's text is encoded on its own, which cuts it exactly where encoding the whole conversation would,
 // since turns meet at added tokens (or, for V2, at the end-of-sentence token). Unlike the R1 template, which
 // drops earlier <think> sections from the history, the cache keeps them.
-static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tokenizer *tok,
+static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
                  const char *system, int steps, int print_ids) {
     int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
     if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template (spec §6.5); use -i");
@@ -2908,7 +2956,7 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
             free(user); free(text); free(ids.ids);
             break;
         }
-        logits = prefill(m, rope, s, ids.ids, ids.n, pos);
+        logits = prefill(m, s, ids.ids, ids.n, pos);
         pos += ids.n;
         fprintf(stderr, "Assistant: ");
         // R1's generation prompt opens the thinking section; show it, since what follows is inside it
@@ -2920,13 +2968,13 @@ static void chat(const Model *m, const Rope *rope, RunState *s, Sampler *sp, Tok
             if (token == eos) break;
             if (!print_ids) decode_piece(tok, &d, token, stdout);
             fflush(stdout);
-            logits = forward(m, rope, s, token, pos++);
+            logits = forward(m, s, token, pos++);
         }
         flush_decoder(&d, stdout);
         printf("\n");
         fflush(stdout);
         // The template ends every assistant turn with the end-of-sentence token (sampled, but not yet fed).
-        logits = forward(m, rope, s, eos, pos++);
+        logits = forward(m, s, eos, pos++);
         free(user);
         free(text);
         free(ids.ids);
@@ -2964,7 +3012,7 @@ static void print_expert_load(const Model *m, const RunState *s) {
     int E = c->n_routed_experts;
     for (int l = 0; l < c->n_layers; l++) {
         if (!m->weights.layers[l].is_moe) continue;
-        const long long *n = s->expert_load + (size_t)l * E;  // (E)
+        const long long *n = s->moe.expert_load + (size_t)l * E;  // (E)
         long long total = 0, max = n[0], min = n[0];
         int used = 0;
         for (int e = 0; e < E; e++) {
@@ -2989,7 +3037,7 @@ static void print_expert_load(const Model *m, const RunState *s) {
 // token is scored but need not be fed. Without a BOS in the tokenizer, the token before a window stands
 // in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
 // code points. Prints the expert load, then one machine-readable line last on stdout.
-static void perplexity(const Model *m, const Rope *rope, RunState *s, Tokenizer *tok, const char *path) {
+static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) die("cannot open %s: %s", path, strerror(errno));
     size_t n_bytes, bad_at = 0;
@@ -3015,7 +3063,7 @@ static void perplexity(const Model *m, const Rope *rope, RunState *s, Tokenizer 
         for (int p = 1; p < n; p++) fed[p] = ids.ids[a + p - 1];
         for (int p = 0; p < n; p += s->chunk) {  // batched prefill with every position's logits
             int k = n - p < s->chunk ? n - p : s->chunk;
-            float *logits = forward_chunk(m, rope, s, fed + p, k, p, 1);  // (k, V)
+            float *logits = forward_chunk(m, s, fed + p, k, p, 1);  // (k, V)
             for (int j = 0; j < k; j++) nll += token_nll(logits + (size_t)j * V, V, ids.ids[a + p + j]);
         }
     }
@@ -3067,26 +3115,26 @@ static uint64_t weight_bytes_per_token(const Model *m) {
 // pp: a 64-token prompt in one prefill; tg: 32 greedy tokens decoded after it;
 // ttft: a 16-token prompt to its first sampled token. All after a warm-up pass
 // that brings the weights into the page cache.
-static void bench(const Model *m, const Rope *rope, RunState *s, int n_threads) {
+static void bench(const Model *m, RunState *s, int n_threads) {
     const Config *c = &m->config;
     enum { PP = 64, TG = 32, TTFT = 16 };
     if (s->context < PP + TG) die("--bench needs a context of at least %d tokens (-c)", PP + TG);
     int prompt[PP];
     for (int i = 0; i < PP; i++) prompt[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)c->n_tokens);
-    float *logits = prefill(m, rope, s, prompt, PP, 0);  // warm-up
-    for (int i = 0; i < 8; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+    float *logits = prefill(m, s, prompt, PP, 0);  // warm-up
+    for (int i = 0; i < 8; i++) logits = forward(m, s, sample_argmax(logits, c->n_tokens), PP + i);
 
     double t0 = now_seconds();
-    logits = prefill(m, rope, s, prompt, TTFT, 0);
+    logits = prefill(m, s, prompt, TTFT, 0);
     sample_argmax(logits, c->n_tokens);
     double ttft = now_seconds() - t0;
 
     t0 = now_seconds();
-    logits = prefill(m, rope, s, prompt, PP, 0);
+    logits = prefill(m, s, prompt, PP, 0);
     double pp = now_seconds() - t0;
 
     t0 = now_seconds();
-    for (int i = 0; i < TG; i++) logits = forward(m, rope, s, sample_argmax(logits, c->n_tokens), PP + i);
+    for (int i = 0; i < TG; i++) logits = forward(m, s, sample_argmax(logits, c->n_tokens), PP + i);
     double tg = now_seconds() - t0;
 
     uint64_t bytes = weight_bytes_per_token(m);
@@ -3285,30 +3333,27 @@ int main(int argc, char **argv) {
         die("prompt has %d tokens but the context holds only %lld (raise -c up to %d)", n_prompt, context,
             c->max_position_embeddings);
 
-    Rope rope;
-    init_rope(&rope, c);
     pool_start((int)threads);
     RunState state;
     alloc_run_state(&state, c, (int)context, (int)chunk);
     if (run_bench) {
-        bench(&model, &rope, &state, (int)threads);
+        bench(&model, &state, (int)threads);
     } else if (dump_path) {
-        dump_logits(&model, &rope, &state, prompt_ids, n_prompt, dump_path);
+        dump_logits(&model, &state, prompt_ids, n_prompt, dump_path);
     } else if (ppl_path) {
-        perplexity(&model, &rope, &state, &tok, ppl_path);
+        perplexity(&model, &state, &tok, ppl_path);
     } else {
         uint64_t s = (uint64_t)seed;
         if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
         Sampler sampler;
         init_sampler(&sampler, c->n_tokens, temperature, topp, (int)topk, s);
-        if (chat_mode) chat(&model, &rope, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
-        else generate(&model, &rope, &state, &sampler, prompt_ids, n_prompt, (int)steps,
+        if (chat_mode) chat(&model, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
+        else generate(&model, &state, &sampler, prompt_ids, n_prompt, (int)steps,
                       have_tok && !print_ids ? &tok : NULL);
         free(sampler.candidates);
     }
     free(prompt_ids);
     if (have_tok) free_tokenizer(&tok);
-    free(rope.theta);
     free_run_state(&state);
     pool_stop();
     free_model(&model);

@@ -24,13 +24,11 @@ const char *__asan_default_options(void) { return "detect_leaks=0"; }
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     // static: locals changed after setjmp are indeterminate once longjmp returns
     static Model m;
-    static Rope rope;
     static RunState s;
     static Sampler sp;
     static Tokenizer tok;
     jmp_buf on_error;
     memset(&m, 0, sizeof m);
-    memset(&rope, 0, sizeof rope);
     memset(&s, 0, sizeof s);
     memset(&sp, 0, sizeof sp);
     memset(&tok, 0, sizeof tok);
@@ -39,11 +37,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         parse_model(&m, data, size, "fuzz input");
         const Config *c = &m.config;
         int context = c->max_position_embeddings < 3 ? c->max_position_embeddings : 3;
-        init_rope(&rope, c);
         alloc_run_state(&s, c, context, 1);
         init_sampler(&sp, c->n_tokens, 1.0f, 0.9f, 3, 42);
         float *logits = NULL;
-        for (int pos = 0; pos < context; pos++) logits = forward(&m, &rope, &s, (pos * 7) % c->vocab_size, pos);
+        for (int pos = 0; pos < context; pos++) logits = forward(&m, &s, (pos * 7) % c->vocab_size, pos);
         int id = sample(&sp, logits);
         if (id < 0 || id >= c->n_tokens) abort();  // sampled outside the real vocabulary
         if (m.weights.tokenizer) model_tokenizer(&tok, &m, NULL);
@@ -52,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free_tokenizer(&tok);
     free(sp.candidates);
     free_run_state(&s);
-    free(rope.theta);
+    free(m.rope.theta);
     if (m.weights.layers)
         for (int l = 0; l < m.config.n_layers; l++) free(m.weights.layers[l].experts);
     free(m.weights.layers);
