@@ -78,6 +78,11 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+// A little-endian u32 from bytes in the model and tokenizer files.
+static uint32_t read_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 // p resized to hold at least `need` elements (doubling), *cap updated.
 static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return p;
@@ -90,7 +95,8 @@ static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
 }
 
 // ----------------------------------------------------------------------------
-// Config
+// Config: the model file's config words, field by field in the file's order
+// (read_config), with the names of HF config.json.
 
 enum { TYPE_F32 = 0, TYPE_BF16 = 1, TYPE_Q8 = 2, TYPE_Q4 = 3, TYPE_U8 = 16 };
 enum { TOPK_GREEDY = 0, TOPK_GROUP_LIMITED_GREEDY = 1, TOPK_NOAUX_TC = 2 };
@@ -1296,51 +1302,12 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 // q_b_proj, kv_b_proj, ...) far inside int range so shape math cannot overflow.
 #define MAX_DIM (1 << 24)
 
-static int32_t word_i32(const uint8_t *p) { int32_t v; memcpy(&v, p, 4); return v; }
-static uint32_t word_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t word_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static float word_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
+static uint64_t read_u64(const uint8_t *p) { return read_u32(p) | (uint64_t)read_u32(p + 4) << 32; }
 
-static void read_config(Config *c, const uint8_t *w) {
-    c->dim = word_i32(w + 4 * 0);
-    c->n_layers = word_i32(w + 4 * 1);
-    c->vocab_size = word_i32(w + 4 * 2);
-    c->n_heads = word_i32(w + 4 * 3);
-    c->q_lora_rank = word_i32(w + 4 * 4);
-    c->kv_lora_rank = word_i32(w + 4 * 5);
-    c->qk_nope_head_dim = word_i32(w + 4 * 6);
-    c->qk_rope_head_dim = word_i32(w + 4 * 7);
-    c->v_head_dim = word_i32(w + 4 * 8);
-    c->intermediate_size = word_i32(w + 4 * 9);
-    c->moe_intermediate_size = word_i32(w + 4 * 10);
-    c->n_routed_experts = word_i32(w + 4 * 11);
-    c->n_shared_experts = word_i32(w + 4 * 12);
-    c->num_experts_per_tok = word_i32(w + 4 * 13);
-    c->n_group = word_i32(w + 4 * 14);
-    c->topk_group = word_i32(w + 4 * 15);
-    c->topk_method = word_i32(w + 4 * 16);
-    c->scoring_func = word_i32(w + 4 * 17);
-    c->norm_topk_prob = word_i32(w + 4 * 18);
-    c->routed_scaling_factor = word_f32(w + 4 * 19);
-    c->first_k_dense_replace = word_i32(w + 4 * 20);
-    c->moe_layer_freq = word_i32(w + 4 * 21);
-    c->rope_theta = word_f32(w + 4 * 22);
-    c->rope_type = word_i32(w + 4 * 23);
-    c->rope_factor = word_f32(w + 4 * 24);
-    c->rope_orig_max_pos = word_i32(w + 4 * 25);
-    c->rope_beta_fast = word_f32(w + 4 * 26);
-    c->rope_beta_slow = word_f32(w + 4 * 27);
-    c->rope_mscale = word_f32(w + 4 * 28);
-    c->rope_mscale_all_dim = word_f32(w + 4 * 29);
-    c->rms_norm_eps = word_f32(w + 4 * 30);
-    c->max_position_embeddings = word_i32(w + 4 * 31);
-    c->bos_token_id = word_i32(w + 4 * 32);
-    c->eos_token_id = word_i32(w + 4 * 33);
-    c->n_mtp_layers = word_i32(w + 4 * 34);
-    c->n_tokens = word_i32(w + 4 * 35);
-    c->tokenizer_hash_lo = word_u32(w + 4 * 36);
-    c->tokenizer_hash_hi = word_u32(w + 4 * 37);
-}
+// The file's config words 0..37 are Config's fields in order (words 38 and 39
+// are unused), each an int32, float32 or uint32 as the struct declares it.
+_Static_assert(sizeof(Config) == 38 * 4, "Config must mirror the file's config words");
+static void read_config(Config *c, const uint8_t *w) { memcpy(c, w, sizeof *c); }
 
 static void check_range(const char *name, long long v, long long lo, long long hi) {
     if (v < lo || v > hi) die("model file: config %s = %lld, expected %lld..%lld", name, v, lo, hi);
@@ -1481,9 +1448,9 @@ static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uin
     char shown[TENSOR_NAME_BYTES];
     if (strcmp((const char *)e, name) != 0)
         die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
-    uint32_t type = word_u32(e + 96), ndim = word_u32(e + 100);
-    uint32_t r = word_u32(e + 104), c = word_u32(e + 108);
-    uint64_t offset = word_u64(e + 112), nbytes = word_u64(e + 120);
+    uint32_t type = read_u32(e + 96), ndim = read_u32(e + 100);
+    uint32_t r = read_u32(e + 104), c = read_u32(e + 108);
+    uint64_t offset = read_u64(e + 112), nbytes = read_u64(e + 120);
     uint32_t want_ndim = cols ? 2 : 1;
     if (ndim != want_ndim) die("model file: tensor '%s' has ndim %u, expected %u", name, ndim, want_ndim);
     if (r != rows || c != (cols ? cols : 1))
@@ -1594,7 +1561,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         // The blob's length is only known from its own entry; read it first and
         // let walk_entry check it like any other 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
-        uint64_t len = word_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
+        uint64_t len = read_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
         uint32_t type;
         w->tokenizer = walk_entry(tw, "tokenizer", KIND_U8, len, 0, &type);
         w->tokenizer_bytes = len;
@@ -1621,16 +1588,16 @@ static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *p
     m->file_size = (size_t)size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
-    uint32_t version = word_u32(f + 4);
+    uint32_t version = read_u32(f + 4);
     if (version != SEEK_VERSION) die("%s has format version %u, this build reads version %d", path, version, SEEK_VERSION);
-    uint32_t n_config = word_u32(f + 8);
+    uint32_t n_config = read_u32(f + 8);
     if (n_config != SEEK_N_CONFIG) die("model file: n_config = %u, version 1 has %d", n_config, SEEK_N_CONFIG);
     uint64_t table_at = 12 + 4ULL * n_config + 4;
     if (size < table_at) die("model file: truncated header");
     read_config(&m->config, f + 12);
     validate_config(&m->config);
     init_rope(&m->rope, &m->config);
-    TableWalker tw = {.file = f, .file_size = size, .table = f + table_at, .n_tensors = word_u32(f + table_at - 4)};
+    TableWalker tw = {.file = f, .file_size = size, .table = f + table_at, .n_tensors = read_u32(f + table_at - 4)};
     // n_tensors is u32, so this product cannot overflow a u64.
     tw.data_end = table_at + (uint64_t)tw.n_tensors * TENSOR_ENTRY_BYTES;
     if (tw.data_end > size) die("model file: tensor table (%u entries) runs past the end of the file", tw.n_tensors);
@@ -2048,10 +2015,6 @@ static void push_id(IdList *l, int id) {
         if (!l->ids) die("out of memory");
     }
     l->ids[l->n++] = id;
-}
-
-static uint32_t read_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static uint32_t token_len(const Tokenizer *t, int id) { return t->offsets[id + 1] - t->offsets[id]; }
@@ -3068,145 +3031,171 @@ static int *parse_tokens(const char *v, int vocab_size, int *n_out) {
     return ids;
 }
 
-int main(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *tokens_arg = NULL, *dump_path = NULL, *tokenizer_path = NULL;
-    const char *mode = "generate", *system_prompt = NULL, *ppl_path = NULL;
-    long long steps = 256, topk = 0, seed = 0, context = 4096;
-    float temperature = 1.0f, topp = 0.9f;
-    int print_ids = 0, tokenizer_mode = 0, batch = 0, context_given = 0;  // tokenizer_mode 1 --encode, 2 --decode
-    int run_bench = 0, no_mmap = 0;
-    long long threads = sysconf(_SC_NPROCESSORS_ONLN);
+// The command line. To add a flag: a field here, a line in parse_options, a line in usage().
+typedef struct {
+    const char *model_path, *tokenizer_path;  // model.bin, -z
+    const char *prompt, *tokens;    // -i text, --tokens ids
+    const char *dump_logits, *ppl;  // --dump-logits file, --ppl file
+    const char *system_prompt;      // -y
+    int chat;                       // -m chat
+    int tokenizer_mode;             // 1 --encode, 2 --decode, 0 neither
+    int batch, print_ids, bench, no_mmap, context_given;
+    long long steps, topk, seed, context, threads, chunk;
+    float temperature, topp;
+} Options;
+
+// The value that must follow flag argv[*i].
+static const char *flag_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) die("option %s needs a value", argv[*i]);
+    return argv[++*i];
+}
+
+static void parse_options(Options *o, int argc, char **argv) {
+    *o = (Options){.steps = 256, .temperature = 1.0f, .topp = 0.9f, .context = 4096, .chunk = PREFILL_CHUNK,
+                   .threads = sysconf(_SC_NPROCESSORS_ONLN)};
+    const char *mode = "generate";
     int i = 1;
     if (argc < 2) usage();
-    if (argv[1][0] != '-') model_path = argv[i++];
+    if (argv[1][0] != '-') o->model_path = argv[i++];
     for (; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
-        if (!strcmp(a, "--print-ids")) { print_ids = 1; continue; }
-        if (!strcmp(a, "--encode") || !strcmp(a, "--decode")) { tokenizer_mode = a[2] == 'e' ? 1 : 2; continue; }
-        if (!strcmp(a, "--batch")) { batch = 1; continue; }
-        if (!strcmp(a, "--bench")) { run_bench = 1; continue; }
-        if (!strcmp(a, "--no-mmap")) { no_mmap = 1; continue; }
-        int takes_value = !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "-p") || !strcmp(a, "-k") ||
-                          !strcmp(a, "-s") || !strcmp(a, "-c") || !strcmp(a, "-i") || !strcmp(a, "--tokens") ||
-                          !strcmp(a, "--dump-logits") || !strcmp(a, "--context") || !strcmp(a, "-z") ||
-                          !strcmp(a, "-m") || !strcmp(a, "-y") || !strcmp(a, "--ppl") ||
-                          !strcmp(a, "--threads");
-        if (!takes_value) die("unknown option '%s' (run with -h for usage)", a);
-        if (i + 1 >= argc) die("option %s needs a value", a);
-        const char *v = argv[++i];
-        if (!strcmp(a, "-n")) steps = parse_int(a, v);
-        else if (!strcmp(a, "-t")) temperature = parse_float(a, v);
-        else if (!strcmp(a, "-p")) topp = parse_float(a, v);
-        else if (!strcmp(a, "-k")) topk = parse_int(a, v);
-        else if (!strcmp(a, "-s")) seed = parse_int(a, v);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--context")) { context = parse_int(a, v); context_given = 1; }
-        else if (!strcmp(a, "-i")) prompt = v;
-        else if (!strcmp(a, "--tokens")) tokens_arg = v;
-        else if (!strcmp(a, "--dump-logits")) dump_path = v;
-        else if (!strcmp(a, "-z")) tokenizer_path = v;
-        else if (!strcmp(a, "-m")) mode = v;
-        else if (!strcmp(a, "-y")) system_prompt = v;
-        else if (!strcmp(a, "--threads")) threads = parse_int(a, v);
-        else if (!strcmp(a, "--ppl")) ppl_path = v;
+        else if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--encode")) o->tokenizer_mode = 1;
+        else if (!strcmp(a, "--decode")) o->tokenizer_mode = 2;
+        else if (!strcmp(a, "--batch")) o->batch = 1;
+        else if (!strcmp(a, "--bench")) o->bench = 1;
+        else if (!strcmp(a, "--no-mmap")) o->no_mmap = 1;
+        else if (!strcmp(a, "-n")) o->steps = parse_int(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "-t")) o->temperature = parse_float(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "-p")) o->topp = parse_float(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "-k")) o->topk = parse_int(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "-s")) o->seed = parse_int(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "-c") || !strcmp(a, "--context")) {
+            o->context = parse_int(a, flag_value(argc, argv, &i));
+            o->context_given = 1;
+        }
+        else if (!strcmp(a, "-i")) o->prompt = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "--tokens")) o->tokens = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "--dump-logits")) o->dump_logits = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "-z")) o->tokenizer_path = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "-m")) mode = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "-y")) o->system_prompt = flag_value(argc, argv, &i);
+        else if (!strcmp(a, "--threads")) o->threads = parse_int(a, flag_value(argc, argv, &i));
+        else if (!strcmp(a, "--ppl")) o->ppl = flag_value(argc, argv, &i);
+        else die("unknown option '%s' (run with -h for usage)", a);
     }
-    int chat_mode = !strcmp(mode, "chat");
-    if (!chat_mode && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
-    if (chat_mode && (prompt || tokens_arg || dump_path)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
-    if (system_prompt && !chat_mode) die("-y (system prompt) goes with -m chat");
-    if (batch && !tokenizer_mode) die("--batch goes with --encode or --decode");
-    if (ppl_path && (chat_mode || prompt || tokens_arg || dump_path || tokenizer_mode))
+    o->chat = !strcmp(mode, "chat");
+    if (!o->chat && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
+    if (o->chat && (o->prompt || o->tokens || o->dump_logits)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
+    if (o->system_prompt && !o->chat) die("-y (system prompt) goes with -m chat");
+    if (o->batch && !o->tokenizer_mode) die("--batch goes with --encode or --decode");
+    if (o->ppl && (o->chat || o->prompt || o->tokens || o->dump_logits || o->tokenizer_mode))
         die("--ppl reads its text from the file; drop -m chat/-i/--tokens/--dump-logits/--encode/--decode");
-    if (tokenizer_mode) {
-        if (!model_path && !tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
-        Model model = {0};
-        if (model_path) load_model(&model, model_path, 0);
-        Tokenizer tok;
-        model_tokenizer(&tok, model_path ? &model : NULL, tokenizer_path);
-        int rc = batch ? batch_stdin(&tok, tokenizer_mode == 2)
-                       : tokenizer_mode == 1 ? encode_stdin(&tok) : decode_stdin(&tok);
-        free_tokenizer(&tok);
-        if (model_path) free_model(&model);
-        return rc;
+    if (o->tokenizer_mode) {
+        if (!o->model_path && !o->tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
+        return;
     }
-    if (!model_path) die("no model file given (usage: run model.bin [options])");
-    if (steps < 0 || steps > INT32_MAX) die("-n must be in 0..%d, got %lld", INT32_MAX, steps);
-    if (temperature < 0.0f) die("-t must be >= 0, got %g", temperature);
-    if (topp < 0.0f || topp > 1.0f) die("-p must be in [0, 1], got %g", topp);
-    if (topk < 0 || topk > INT32_MAX) die("-k must be in 0..%d, got %lld", INT32_MAX, topk);
-    if (seed < 0) die("-s must be >= 0, got %lld", seed);
-    if (context < 1 || context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, context);
-    if (prompt && tokens_arg) die("give either -i or --tokens, not both");
-    if (dump_path && !tokens_arg) die("--dump-logits needs --tokens");
-    if (threads < 1 || threads > 1024) die("--threads must be in 1..1024, got %lld", threads);
-    if (run_bench && (chat_mode || dump_path || prompt || tokens_arg || ppl_path)) die("--bench takes no prompt, chat, --ppl or --dump-logits");
+    if (!o->model_path) die("no model file given (usage: run model.bin [options])");
+    if (o->steps < 0 || o->steps > INT32_MAX) die("-n must be in 0..%d, got %lld", INT32_MAX, o->steps);
+    if (o->temperature < 0.0f) die("-t must be >= 0, got %g", o->temperature);
+    if (o->topp < 0.0f || o->topp > 1.0f) die("-p must be in [0, 1], got %g", o->topp);
+    if (o->topk < 0 || o->topk > INT32_MAX) die("-k must be in 0..%d, got %lld", INT32_MAX, o->topk);
+    if (o->seed < 0) die("-s must be >= 0, got %lld", o->seed);
+    if (o->context < 1 || o->context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, o->context);
+    if (o->prompt && o->tokens) die("give either -i or --tokens, not both");
+    if (o->dump_logits && !o->tokens) die("--dump-logits needs --tokens");
+    if (o->threads < 1 || o->threads > 1024) die("--threads must be in 1..1024, got %lld", o->threads);
+    if (o->bench && (o->chat || o->dump_logits || o->prompt || o->tokens || o->ppl))
+        die("--bench takes no prompt, chat, --ppl or --dump-logits");
     // Tokens per prefill pass; SEEK_PREFILL_CHUNK=1 feeds prompts token by token (tests compare the two).
-    long long chunk = PREFILL_CHUNK;
-    if (getenv("SEEK_PREFILL_CHUNK")) chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
-    if (chunk < 1 || chunk > 4096) die("SEEK_PREFILL_CHUNK must be in 1..4096, got %lld", chunk);
+    if (getenv("SEEK_PREFILL_CHUNK")) o->chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
+    if (o->chunk < 1 || o->chunk > 4096) die("SEEK_PREFILL_CHUNK must be in 1..4096, got %lld", o->chunk);
+}
+
+// --encode / --decode: the tokenizer alone, of a model file or from -z.
+static int tokenizer_tool(const Options *o) {
+    Model model = {0};
+    if (o->model_path) load_model(&model, o->model_path, 0);
+    Tokenizer tok;
+    model_tokenizer(&tok, o->model_path ? &model : NULL, o->tokenizer_path);
+    int rc = o->batch ? batch_stdin(&tok, o->tokenizer_mode == 2)
+                      : o->tokenizer_mode == 1 ? encode_stdin(&tok) : decode_stdin(&tok);
+    free_tokenizer(&tok);
+    if (o->model_path) free_model(&model);
+    return rc;
+}
+
+// The prompt as ids (*n of them): -i encoded (with BOS if the tokenizer says so),
+// --tokens, or BOS alone; none for chat and --ppl.
+static int *prompt_ids(const Options *o, const Config *c, Tokenizer *tok, int *n) {
+    int *ids = NULL;
+    *n = 0;
+    if (o->prompt) {
+        size_t n_bad;
+        IdList list = encode(tok, (const uint8_t *)o->prompt, strlen(o->prompt), 1, &n_bad);
+        if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the prompt replaced by U+FFFD\n", n_bad);
+        if (list.n == 0) die("the prompt encodes to no tokens (empty prompt and no BOS)");
+        ids = list.ids;
+        *n = list.n;
+    } else if (o->tokens) {
+        ids = parse_tokens(o->tokens, c->vocab_size, n);
+    } else if (!o->chat && !o->ppl) {
+        if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
+        ids = xcalloc(1, sizeof(int));
+        ids[0] = c->bos_token_id;
+        *n = 1;
+    }
+    if (*n > o->context)
+        die("prompt has %d tokens but the context holds only %lld (raise -c up to %d)", *n, o->context,
+            c->max_position_embeddings);
+    return ids;
+}
+
+int main(int argc, char **argv) {
+    Options o;
+    parse_options(&o, argc, argv);
+    if (o.tokenizer_mode) return tokenizer_tool(&o);
 
     Model model;
     double t_load = now_seconds();
-    if (no_mmap && !fits_in_memory(model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", model_path);
-    load_model(&model, model_path, no_mmap);
-    if (run_bench)
-        fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", model_path, (double)model.file_size / 1e9,
+    if (o.no_mmap && !fits_in_memory(o.model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", o.model_path);
+    load_model(&model, o.model_path, o.no_mmap);
+    if (o.bench)
+        fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", o.model_path, (double)model.file_size / 1e9,
                 model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
     const Config *c = &model.config;
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
-    if (ppl_path && !context_given && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0)
-        context = c->rope_orig_max_pos;
-    if (context > c->max_position_embeddings) context = c->max_position_embeddings;
+    if (o.ppl && !o.context_given && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0) o.context = c->rope_orig_max_pos;
+    if (o.context > c->max_position_embeddings) o.context = c->max_position_embeddings;
 
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
-    int have_tok = 0;
-    if (prompt || chat_mode || ppl_path || (!print_ids && !dump_path && !run_bench && (tokenizer_path || model.weights.tokenizer))) {
-        model_tokenizer(&tok, &model, tokenizer_path);
-        have_tok = 1;
-    }
+    int have_tok = o.prompt || o.chat || o.ppl ||
+                   (!o.print_ids && !o.dump_logits && !o.bench && (o.tokenizer_path || model.weights.tokenizer));
+    if (have_tok) model_tokenizer(&tok, &model, o.tokenizer_path);
+    int n_prompt;
+    int *prompt = prompt_ids(&o, c, &tok, &n_prompt);
 
-    int n_prompt = 0;
-    int *prompt_ids = NULL;
-    if (prompt) {
-        size_t n_bad;
-        IdList ids = encode(&tok, (const uint8_t *)prompt, strlen(prompt), 1, &n_bad);
-        if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the prompt replaced by U+FFFD\n", n_bad);
-        if (ids.n == 0) die("the prompt encodes to no tokens (empty prompt and no BOS)");
-        prompt_ids = ids.ids;
-        n_prompt = ids.n;
-    } else if (tokens_arg) {
-        prompt_ids = parse_tokens(tokens_arg, c->vocab_size, &n_prompt);
-    } else if (!chat_mode && !ppl_path) {
-        if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
-        prompt_ids = xcalloc(1, sizeof(int));
-        prompt_ids[0] = c->bos_token_id;
-        n_prompt = 1;
-    }
-    if (n_prompt > context)
-        die("prompt has %d tokens but the context holds only %lld (raise -c up to %d)", n_prompt, context,
-            c->max_position_embeddings);
-
-    pool_start((int)threads);
+    pool_start((int)o.threads);
     RunState state;
-    alloc_run_state(&state, c, (int)context, (int)chunk);
-    if (run_bench) {
-        bench(&model, &state, (int)threads);
-    } else if (dump_path) {
-        dump_logits(&model, &state, prompt_ids, n_prompt, dump_path);
-    } else if (ppl_path) {
-        perplexity(&model, &state, &tok, ppl_path);
+    alloc_run_state(&state, c, (int)o.context, (int)o.chunk);
+    if (o.bench) {
+        bench(&model, &state, (int)o.threads);
+    } else if (o.dump_logits) {
+        dump_logits(&model, &state, prompt, n_prompt, o.dump_logits);
+    } else if (o.ppl) {
+        perplexity(&model, &state, &tok, o.ppl);
     } else {
-        uint64_t s = (uint64_t)seed;
-        if (s == 0) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
+        uint64_t seed = (uint64_t)o.seed;
+        if (seed == 0) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
         Sampler sampler;
-        init_sampler(&sampler, c->n_tokens, temperature, topp, (int)topk, s);
-        if (chat_mode) chat(&model, &state, &sampler, &tok, system_prompt, (int)steps, print_ids);
-        else generate(&model, &state, &sampler, prompt_ids, n_prompt, (int)steps,
-                      have_tok && !print_ids ? &tok : NULL);
+        init_sampler(&sampler, c->n_tokens, o.temperature, o.topp, (int)o.topk, seed);
+        if (o.chat) chat(&model, &state, &sampler, &tok, o.system_prompt, (int)o.steps, o.print_ids);
+        else generate(&model, &state, &sampler, prompt, n_prompt, (int)o.steps, have_tok && !o.print_ids ? &tok : NULL);
         free(sampler.candidates);
     }
-    free(prompt_ids);
+    free(prompt);
     if (have_tok) free_tokenizer(&tok);
     free_run_state(&state);
     pool_stop();
