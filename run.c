@@ -96,7 +96,7 @@ static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
 
 // ----------------------------------------------------------------------------
 // Config: the model file's config words, field by field in the file's order
-// (read_config), with the names of HF config.json.
+// (read_config); the comments give HF config.json's names and the papers' symbols.
 
 enum { TYPE_F32 = 0, TYPE_BF16 = 1, TYPE_Q8 = 2, TYPE_Q4 = 3, TYPE_U8 = 16 };
 enum { TOPK_GREEDY = 0, TOPK_GROUP_LIMITED_GREEDY = 1, TOPK_NOAUX_TC = 2 };
@@ -143,6 +143,7 @@ typedef struct {
     uint32_t tokenizer_hash_lo;
     uint32_t tokenizer_hash_hi;
 } Config;
+
 // ----------------------------------------------------------------------------
 // Weights
 //
@@ -1301,6 +1302,9 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 // Upper bound for any single dimension; keeps every derived product (rows of
 // q_b_proj, kv_b_proj, ...) far inside int range so shape math cannot overflow.
 #define MAX_DIM (1 << 24)
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the model file's numbers are read in place, which needs a little-endian host"
+#endif
 
 static uint64_t read_u64(const uint8_t *p) { return read_u32(p) | (uint64_t)read_u32(p + 4) << 32; }
 
@@ -1355,7 +1359,6 @@ static void validate_config(const Config *c) {
     if (has_moe) {
         int E = c->n_routed_experts;
         check_range("moe_intermediate_size", c->moe_intermediate_size, 1, MAX_DIM);
-        check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
         check_range("num_experts_per_tok", c->num_experts_per_tok, 1, E);
         check_range("n_group", c->n_group, 1, E);
         if (E % c->n_group) die("model file: config n_group = %d does not divide n_routed_experts = %d", c->n_group, E);
@@ -1574,13 +1577,6 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         die("model file: %llu trailing bytes after the last tensor", (unsigned long long)(tw->file_size - tw->data_end));
 }
 
-static int host_is_little_endian(void) {
-    uint16_t one = 1;
-    uint8_t b;
-    memcpy(&b, &one, 1);
-    return b == 1;
-}
-
 // Validates the whole file held in f[0..size) (header, config, every table
 // entry) and points the weights into it. The fuzz harness calls this directly.
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
@@ -1637,7 +1633,6 @@ static int fits_in_memory(const char *path) {
 // in_memory: read the file into (huge-page) memory instead of mapping it.
 static void load_model(Model *m, const char *path, int in_memory) {
     memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
-    if (!host_is_little_endian()) die("this build assumes a little-endian host");
     int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
     if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
     struct stat st;
@@ -1734,14 +1729,15 @@ static void free_run_state(RunState *s) {
 // ----------------------------------------------------------------------------
 // Tokenizer
 //
-// Gives exactly the ids of HuggingFace `tokenizers` for DeepSeek's tokenizer.json (spec §6.3):
+// Gives exactly the ids of HuggingFace `tokenizers` for DeepSeek's tokenizer.json:
 //   1. added tokens are cut out of the text first, leftmost-longest (non-normalized ones, then the rest);
-//   2. every other span is cut into pieces by the model's fixed pre-tokenizer (V3 §6.1 or V2 §6.2): each
-//      Split(Isolated) stage runs its regex over every current piece, leftmost-first like Oniguruma,
-//      keeping both the matches and the gaps between them;
+//   2. every other span is cut into pieces by the model's fixed pre-tokenizer (the Split stages of the
+//      pre_tokenizer in DeepSeek-V3's or DeepSeek-V2's tokenizer.json): each Split(Isolated) stage runs
+//      its regex over every current piece, leftmost-first like Oniguruma, keeping both the matches and
+//      the gaps between them;
 //   3. each piece's bytes are merged by BPE, lowest merge rank first, leftmost on ties.
-// The GPT-2 byte-to-unicode table (§6.3 step 3) is applied by export.py: the file stores every token as
-// its raw bytes, so BPE here runs on bytes. The file format is documented at the top of export.py.
+// The GPT-2 byte-to-unicode table (HF's ByteLevel pre-tokenizer) is applied by export.py: the file stores
+// every token as its raw bytes, so BPE here runs on bytes. The file format is documented in export.py.
 
 // Unicode classes used by the pre-tokenizer regexes: \p{L} \p{M} \p{N} \p{P} \p{S} and \s (the 25
 // White_Space characters), as Unicode 16.0 defines them, which is how the reference library behaves.
@@ -1831,7 +1827,7 @@ static int is_v3_cjk(uint32_t c) {
     return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x309F) || (c >= 0x30A0 && c <= 0x30FF);
 }
 
-// DeepSeek-V2's hand-written classes (spec §6.2 stages 2, 3, 5), as inclusive ranges.
+// DeepSeek-V2's hand-written classes (its tokenizer.json Split regexes 2, 3 and 5), as inclusive ranges.
 static const uint32_t v2_letter_ranges[][2] = {
     {0x41, 0x5A}, {0x61, 0x7A}, {0xB5, 0xB5}, {0xC0, 0xD6}, {0xD8, 0xF6}, {0xF8, 0x1BA}, {0x1BC, 0x1BF},
     {0x1C4, 0x293}, {0x295, 0x2AF}, {0x370, 0x373}, {0x376, 0x377}, {0x37B, 0x37D}, {0x37F, 0x37F},
@@ -2041,18 +2037,7 @@ static int compare_token_bytes(const void *pa, const void *pb) {
     return c ? c : (la > lb) - (la < lb);
 }
 
-static int utf8_sequence(const uint8_t *s, size_t n, uint32_t *cp, int *bad);
-
-// Well-formed UTF-8 only: an added token can then only match whole characters of the (repaired) text.
-static int is_utf8(const uint8_t *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
-        if (!len) return 0;
-        i += (size_t)len;
-    }
-    return 1;
-}
+static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at);
 
 // Parses and fully validates a tokenizer file held in data[0..size) (which must outlive the tokenizer):
 // any inconsistency is a one-line error naming `what`, never a crash later on.
@@ -2129,7 +2114,8 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         uint32_t id = read_u32(p);
         if (id >= n_vocab || !(t->flags[id] & TOK_ADDED)) die("%s: added token %u has a bad id", what, i);
         if (listed[id]++) die("%s: added token id %u is listed twice", what, id);
-        if (!is_utf8(token_bytes(t, (int)id), token_len(t, (int)id))) die("%s: added token %u is not UTF-8", what, id);
+        size_t bad_at;  // well-formed only: an added token then matches whole characters of the (repaired) text
+        if (utf8_chars(token_bytes(t, (int)id), token_len(t, (int)id), &bad_at) < 0) die("%s: added token %u is not UTF-8", what, id);
         int set = (t->flags[id] & TOK_NORMALIZED) ? 1 : 0;
         t->added[set][t->n_added[set]++] = (int)id;
         t->added_first[set][token_bytes(t, (int)id)[0]] = 1;
@@ -2181,6 +2167,18 @@ static int utf8_sequence(const uint8_t *s, size_t n, uint32_t *cp, int *bad) {
     }
     *cp = c;
     return len;
+}
+
+// Number of Unicode code points in s[0..n), or -1 (with *bad_at) if s is not well-formed UTF-8.
+static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at) {
+    long long chars = 0;
+    for (size_t i = 0; i < n; chars++) {
+        uint32_t cp;
+        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
+        if (!len) { *bad_at = i; return -1; }
+        i += (size_t)len;
+    }
+    return chars;
 }
 
 // Returns text with every ill-formed UTF-8 subpart replaced by U+FFFD (EF BF BD) and the number replaced.
@@ -2264,7 +2262,7 @@ static void push_pair(Tokenizer *t, int *n_heap, int i) {
     if (m) heap_push(t->heap, n_heap, (MergeCandidate){m->rank, i, j, t->sym[i], t->sym[j], (int)m->result});
 }
 
-// BPE on one piece (spec §6.3 step 4): start from single bytes, repeatedly merge the adjacent pair with the
+// BPE on one piece (HF tokenizers' BPE model): start from single bytes, repeatedly merge the adjacent pair with the
 // lowest merge rank, leftmost on ties, as HF does with its heap of (rank, position). The symbols form a
 // linked list; stale heap entries are recognised by their recorded ids. O(n log n).
 static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
@@ -2363,7 +2361,7 @@ static void encode_span(Tokenizer *t, const uint8_t *s, size_t a, size_t b, int 
 }
 
 // Text (any bytes; ill-formed UTF-8 is replaced by U+FFFD first) -> ids, with BOS if asked and the
-// tokenizer_config says so (spec §6.3 step 5; chat templates carry their own BOS text instead).
+// tokenizer_config.json's add_bos_token says so (chat templates carry their own BOS text instead).
 static IdList encode(Tokenizer *t, const uint8_t *text, size_t len, int bos, size_t *n_replaced) {
     IdList out = {0};
     size_t n;
@@ -2720,9 +2718,10 @@ static char *read_line(FILE *f) {
     return line;
 }
 
-// The text of one user turn in the model's own chat template (spec §6.5), ending with the generation
-// prompt. The first turn also carries the BOS text and the system prompt. Assistant turns need no text:
-// the sampled tokens and the closing end-of-sentence token are already in the cache.
+// The text of one user turn in the model's own chat template (the chat_template of its
+// tokenizer_config.json, whose family export.py recognised), ending with the generation prompt. The
+// first turn also carries the BOS text and the system prompt. Assistant turns need no text: the sampled
+// tokens and the closing end-of-sentence token are already in the cache.
 static char *render_turn(const Tokenizer *tok, int first, const char *system, const char *user) {
     const char *bos = "";
     char bos_text[256] = "";
@@ -2756,7 +2755,7 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
 static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
                  const char *system, int steps, int print_ids) {
     int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
-    if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template (spec §6.5); use -i");
+    if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template; use -i");
     if (eos < 0) die("chat needs an end-of-sentence token");
     int pos = 0;
     float *logits = NULL;
@@ -2811,18 +2810,6 @@ static double token_nll(const float *logits, int n, int target) {
     return log(sum) + max - logits[target];
 }
 
-// Number of Unicode code points in s[0..n), or -1 (with *bad_at) if s is not well-formed UTF-8.
-static long long count_chars(const uint8_t *s, size_t n, size_t *bad_at) {
-    long long chars = 0;
-    for (size_t i = 0; i < n; chars++) {
-        uint32_t cp;
-        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
-        if (!len) { *bad_at = i; return -1; }
-        i += (size_t)len;
-    }
-    return chars;
-}
-
 // Per MoE layer: how evenly the router spread its choices (shares of the routed token slots).
 static void print_expert_load(const Model *m, const RunState *s) {
     const Config *c = &m->config;
@@ -2861,7 +2848,7 @@ static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *
     uint8_t *text = read_all(f, &n_bytes);
     fclose(f);
     if (n_bytes == 0) die("%s is empty: no text to score", path);
-    long long chars = count_chars(text, n_bytes, &bad_at);
+    long long chars = utf8_chars(text, n_bytes, &bad_at);
     if (chars < 0)
         die("%s is not valid UTF-8 (ill-formed sequence at byte %zu); --ppl counts characters, so it needs well-formed text",
             path, bad_at);

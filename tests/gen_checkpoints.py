@@ -2,7 +2,7 @@
 """Write small random HuggingFace-format DeepSeek checkpoints for the tests.
 
 Each variant has the real tensor names, dtypes and config.json fields of one model family
-(spec sections 1 and 2), with tiny dimensions chosen so that wrong splits cannot pass by accident:
+(as the HF config.json files and safetensors of those models name them), with tiny dimensions chosen so that wrong splits cannot pass by accident:
 v_head_dim != qk_nope_head_dim, kv_lora_rank not a multiple of 128, several heads, and (FP8) dims
 above 128 that are not multiples of 128, so the 128x128 scale grid has partial edge blocks.
 The safetensors files are written by our own code (numpy only). Output is a deterministic function
@@ -70,7 +70,8 @@ VARIANTS = {
     # DeepSeek-V3 FP8: e4m3 + 128x128 float32 weight_scale_inv (partial edge blocks: hidden 200),
     # 3 shards with an index, and the MTP layer (index num_hidden_layers) present in the files.
     # Its correction biases are all shifted by -1: selection is invariant to that shift when dropped
-    # groups are masked with -inf, but not when they are masked with 0 (spec 8.9): all biased scores
+    # groups are masked with -inf, but not when they are masked with 0 (HF's native code; the official
+    # inference/model.py masks with -inf): all biased scores
     # are negative, so a 0 mask would pick experts from the dropped groups.
     "v3fp8": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
@@ -104,10 +105,10 @@ VARIANTS = {
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
     # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4), mscale != mscale_all_dim (so the
-    # cos/sin multiplier mscale(s, mscale) / mscale(s, mscale_all_dim) = 1.040, spec 3.5 step 5,
+    # cos/sin multiplier mscale(s, mscale) / mscale(s, mscale_all_dim) = 1.040, HF modeling_deepseek.py's YaRN,
     # is not 1; no released model does this, the formula does). The embeddings and the latent rows of
     # kv_a_proj are tiny (mean square ~1e-5), so using the wrong eps (rms_norm_eps 1e-5 for
-    # input_layernorm, 1e-6 for kv_a_layernorm as in HF; spec 3.1) shows in the logits.
+    # input_layernorm, 1e-6 for kv_a_layernorm as in HF modeling_deepseek.py) shows in the logits.
     "k2rp": dict(
         model_type="kimi_k2", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=80, num_hidden_layers=4, vocab_size=333, num_attention_heads=5,
@@ -368,7 +369,7 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
     n_tok = tokenizer_size(cfg)
     head[n_tok:] *= 1.6  # padding rows win the unmasked argmax often
     out.append(("lm_head.weight", head, "other"))
-    for m in range(cfg.get("num_nextn_predict_layers") or 0):  # MTP module (spec 2.2)
+    for m in range(cfg.get("num_nextn_predict_layers") or 0):  # MTP module (DeepSeek-V3 §2.2)
         p = f"model.layers.{L + m}."
         out.append((p + "embed_tokens.weight", embed, "other"))
         norm(p + "enorm.weight", D)

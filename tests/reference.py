@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Independent numpy reference forward pass for DeepSeek-V2/V3 HF checkpoints.
 
-Written from ../shared/docs/model-spec.md (sections 1-5, 8) with HuggingFace remote-code semantics:
+Written from the DeepSeek-V2/V3 papers and the reference code (the HF modeling_deepseek.py shipped with
+the checkpoints, the official inference/model.py), with HuggingFace remote-code semantics:
 naive (expanded K/V) MLA with full causal attention, interleaved-pair RoPE with YaRN, every router.
 It reads the HF directory directly (its own safetensors reader: F32, F16, BF16, F8_E4M3 with
 128x128 weight_scale_inv blocks), skips MTP layers (index >= num_hidden_layers), and computes in
@@ -19,7 +20,7 @@ import struct
 import numpy as np
 
 # ----------------------------------------------------------------------------
-# safetensors reading and dtype decoding (spec 2.3)
+# safetensors reading and dtype decoding (FP8 as DeepSeek-V3's inference/kernel.py weight_dequant)
 
 
 def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
@@ -34,7 +35,7 @@ def round_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def e4m3_table() -> np.ndarray:
-    """float value of every float8_e4m3fn byte (spec 2.3 decoding rule)."""
+    """float value of every float8_e4m3fn byte (OCP FP8 E4M3: bias 7, no infinities, 0x7f/0xff NaN)."""
     t = np.empty(256, np.float32)
     for b in range(256):
         s, e, m = b >> 7, (b >> 3) & 15, b & 7
@@ -106,7 +107,7 @@ class SafeTensors:
 
 
 # ----------------------------------------------------------------------------
-# config (spec 1.1), RoPE and YaRN (spec 3.4-3.6)
+# config (HF config.json), RoPE and YaRN (HF modeling_deepseek.py, inference/model.py)
 
 
 def rope_config(cfg: dict) -> dict:
@@ -197,7 +198,7 @@ def topk_indices(v: np.ndarray, k: int) -> np.ndarray:
 
 
 def route(cfg: dict, z: np.ndarray, bias, group_limit: bool = True, use_bias: bool = True):
-    """One token's router (spec 4.2). z: router logits (E,). Returns (expert ids, weights)."""
+    """One token's router (HF modeling_deepseek.py MoEGate, -inf group mask as inference/model.py). z: router logits (E,). Returns (expert ids, weights)."""
     E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
     n_group, topk_group = cfg.get("n_group") or 1, cfg.get("topk_group") or 1
     method = cfg.get("topk_method") or "greedy"
@@ -251,7 +252,7 @@ class Reference:
                 continue
             if name.startswith("model.layers."):
                 if int(name.split(".")[2]) >= L:
-                    continue  # MTP module (spec 2.2)
+                    continue  # MTP module (DeepSeek-V3 §2.2)
             x = st.get_f32(name)
             if bf16_weights and x.ndim == 2 and not name.endswith("mlp.gate.weight"):
                 x = round_to_bf16(x)
@@ -280,10 +281,10 @@ class Reference:
         kvb = w[p + "kv_b_proj.weight"].reshape(H, dn + dv, r)   # per head [W_UK | W_UV]
         W_UK, W_UV = kvb[:, :dn, :], kvb[:, dn:, :]
         scale = softmax_scale(cfg, self.rope, yarn_mscale)
-        if absorbed:   # spec 3.7
+        if absorbed:   # W_UK into the query, W_UV after (DeepSeek-V2 §2.1.2)
             q_lat = np.einsum("thd,hdr->thr", q_nope, W_UK)
             scores = np.einsum("thr,sr->hts", q_lat, c) + np.einsum("thd,sd->hts", q_pe, k_pe)
-        else:          # spec 3.3/3.6, expanded keys and values
+        else:          # expanded keys and values (DeepSeek-V2 §2.1.2-2.1.3)
             k_nope = np.einsum("hdr,sr->shd", W_UK, c)
             scores = np.einsum("thd,shd->hts", q_nope, k_nope) + np.einsum("thd,sd->hts", q_pe, k_pe)
         scores = scores * scale

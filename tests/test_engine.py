@@ -210,7 +210,7 @@ def test_bf16_top1(variant, checkpoint, engine_logits):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_logits_match_rounded_reference(variant, checkpoint, engine_logits):
-    """bf16 weights with fp32 arithmetic (the spec's fp32 engine): run.c equals the reference on the
+    """bf16 weights with fp32 arithmetic (run.c computes in fp32): run.c equals the reference on the
     same bf16-rounded weights up to float32 rounding; BF16_LOGIT_TOL = 1e-3 leaves 10x headroom
     over the f32 tolerance (measured: <= 4e-5)."""
     toks, got = engine_logits(variant, "bf16")
@@ -471,7 +471,7 @@ def test_sampling_masks_padding_and_is_seeded(run_bin, exported):
 def test_yarn_missing_mscale_keys(drop, run_bin, workdir):
     """HF remote defaults are mscale=1, mscale_all_dim=0: with both keys absent cos/sin get
     0.1 ln(s) + 1 and the softmax no factor; with only mscale absent cos/sin get
-    mscale(s, 1) / mscale(s, mscale_all_dim) (spec 8.2). The reference follows the HF code."""
+    mscale(s, 1) / mscale(s, mscale_all_dim). The reference follows the HF code."""
     import json
     import sys
     hf = G.write_checkpoint("v2lite", os.path.join(workdir, "hf", "nomscale-" + "-".join(drop)), seed=3)

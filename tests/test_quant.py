@@ -2,12 +2,12 @@
 
 Rules:
 - Export: the file's quantized blocks, decoded here independently of export.py (bf16 scale, then
-  32 int8 or 32 nibbles - 8 per group, the last group of a row zero-padded with 0), are the
-  checkpoint's weights to within one quantization step of their group (+4%: bf16 scale), nearly all (> 97%) to within
+  32 int8 or 32 nibbles - 8 per block, the last block of a row zero-padded with 0), are the
+  checkpoint's weights to within one quantization step of their block (+4%: bf16 scale), nearly all (> 97%) to within
   half a step (round to nearest; only clamped extremes lose more); the router and 1-D tensors stay F32.
 - Engine, exact: for single-token prompts, run.c's logits equal (within 1e-4) an independent numpy
   forward pass (tests/reference.py) on the decoded weights, with every activation that meets a
-  quantized matrix quantized the way the format's kernels specify (per group of 32: d = max|x| / 127
+  quantized matrix quantized the way the format's kernels specify (per block of 32: d = max|x| / 127
   in fp32, q = round half away from zero of x / d). Only fp32-vs-fp64 rounding separates the two,
   except when it moves an activation across a rounding boundary (x / d within ~1e-6 of k + 1/2: it
   happens, e.g. v3 q8 at token 0); these tiny random models amplify one flipped step into logit
@@ -69,7 +69,7 @@ def decoded_weights(path: str) -> dict:
 
 
 def quantize_activation(x: np.ndarray) -> np.ndarray:
-    """run.c's activation rule, in float32: per group of 32, d = max|x| / 127, q = roundf(x / d)."""
+    """run.c's activation rule, in float32: per block of 32, d = max|x| / 127, q = roundf(x / d)."""
     x = np.asarray(x, np.float32)
     n = x.shape[-1]
     nb = -(-n // QK)

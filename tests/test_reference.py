@@ -1,5 +1,5 @@
 """Unit tests of the numpy reference and the checkpoint generator alone (no engine needed):
-spec 3.5 YaRN vectors, FP8/BF16 decoding, naive vs absorbed MLA, and that the generated models
+YaRN vectors (computed from the formulas of HF modeling_deepseek.py), FP8/BF16 decoding, naive vs absorbed MLA, and that the generated models
 make routing non-trivial (group limit and correction bias change the chosen experts)."""
 import json
 import os
@@ -22,7 +22,7 @@ def prompt_ids(vocab: int, n: int = 40, seed: int = 7) -> list:
     return [int(i) for i in ids]
 
 
-# ---------------------------------------------------------------- YaRN (spec 3.5 table)
+# ---------------------------------------------------------------- YaRN vectors
 
 @pytest.mark.parametrize("m_all,m2", [(0.707, 1.589626165), (1.0, 1.873854207)])
 def test_yarn_deepseek_vectors(m_all, m2):
@@ -59,7 +59,7 @@ def test_plain_rope_and_spellings():
 
 
 def test_rope_interleaved_pairs():
-    """Adjacent pairs rotate as complex numbers (spec 3.4), not NeoX halves."""
+    """Adjacent pairs rotate as complex numbers (inference/model.py apply_rotary_emb), not NeoX halves."""
     x = np.arange(8, dtype=np.float64).reshape(1, 8) + 1
     theta = np.array([1.0, 0.5, 0.25, 0.125])
     y = R.apply_rope(x, np.array([3.0]), theta, 1.0)
@@ -200,7 +200,7 @@ def test_bias_changes_choices(checkpoint, variant):
 
 
 def test_route_rules():
-    """Hand-checked router cases (spec 4.2)."""
+    """Hand-checked router cases (HF modeling_deepseek.py MoEGate)."""
     cfg = dict(n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, topk_method="noaux_tc",
                scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5)
     z = np.array([3.0, -3, 0, 0, 2.5, 2.5, 0, 0.1])
@@ -222,7 +222,7 @@ def test_route_rules():
 
 def test_rope_matches_hf_deinterleaved_form():
     """HF permutes q_pe/k_pe to [x0, x2, ..., x1, x3, ...] and applies rotate_half with duplicated
-    cos/sin (spec 3.4): the vectors differ by that permutation, every q.k product is identical."""
+    cos/sin (HF modeling_deepseek.py): the vectors differ by that permutation, every q.k product is identical."""
     rng = np.random.default_rng(1)
     dr, T = 16, 9
     theta, m = R.rope_frequencies({"theta": 1e4, "yarn": dict(YARN_DS, mscale=0.707, mscale_all_dim=0.707)}, dr)

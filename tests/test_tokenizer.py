@@ -1,4 +1,4 @@
-"""Tokenizer tests: run.c must give exactly the ids of HuggingFace `tokenizers` (spec §6.3).
+"""Tokenizer tests: run.c must give exactly the ids of HuggingFace `tokenizers`.
 
 The expected ids in tests/data/*_fixture.json were made by tests/gen_tokenizer_fixture.js with the npm
 `tokenizers` package (the native Rust library); these tests only need ./run, export.py and Python.
