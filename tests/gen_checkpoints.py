@@ -70,9 +70,9 @@ VARIANTS = {
     # DeepSeek-V3 FP8: e4m3 + 128x128 float32 weight_scale_inv (partial edge blocks: hidden 200),
     # 3 shards with an index, and the MTP layer (index num_hidden_layers) present in the files.
     # Its correction biases are all shifted by -1: selection is invariant to that shift when dropped
-    # groups are masked with -inf, but not when they are masked with 0 (HF's native code; the official
-    # inference/model.py masks with -inf): all biased scores
-    # are negative, so a 0 mask would pick experts from the dropped groups.
+    # groups are masked with -inf (the official inference/model.py), but not when they are masked
+    # with 0 (HF's native code): all biased scores are negative, so a 0 mask would pick experts from
+    # the dropped groups.
     "v3fp8": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=200, num_hidden_layers=3, vocab_size=700, num_attention_heads=4,
@@ -89,7 +89,7 @@ VARIANTS = {
                              "quant_method": "fp8", "weight_block_size": [128, 128]},
         _dtype="BF16", _fp8=True, _shards=3, _bias_shift=-1.0),
     # Moonlight-like: no rope_scaling at all (plain RoPE, base 50000, scale 1/sqrt(dn+dr)), no q LoRA,
-    # n_group 1, 2 shared experts, and the correction bias stored as BF16 (as Moonlight does, pitfall 10).
+    # n_group 1, 2 shared experts, and the correction bias stored as BF16 (as Moonlight does: llama.cpp #12044's log).
     "moonlight": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
         hidden_size=72, num_hidden_layers=3, vocab_size=350, num_attention_heads=3,

@@ -18,7 +18,7 @@ Rules:
   the tolerance: the comparison is sensitive to those features.
 - padding rows (ids >= n_tokens, v3 ships a tokenizer.json smaller than vocab_size) are never
   generated, although their lm_head rows are made to win the unmasked argmax.
-- the exported header and tensor table follow format v1 (brief), and tensor data equals the
+- the exported header and tensor table follow format v1 (export.py's header comment), and tensor data equals the
   checkpoint's (dequantised, and for bf16 rounded) weights.
 - run.c rejects corrupt model files and bad arguments with one error line and a non-zero exit.
 
@@ -315,7 +315,7 @@ def test_export_header(variant, exported, checkpoint):
               32: cfg["bos_token_id"], 33: eos, 34: 0}
     want_f = {19: cfg["routed_scaling_factor"], 22: rope["theta"], 24: y.get("factor", 1.0),
               30: cfg["rms_norm_eps"]}
-    if y:  # the brief's contract leaves these words unspecified without YaRN
+    if y:  # the format leaves these words unspecified without YaRN
         want_f.update({26: y.get("beta_fast", 32), 27: y.get("beta_slow", 1), 28: y.get("mscale", 0),
                        29: y.get("mscale_all_dim", 0)})
     for k, v in want_i.items():

@@ -52,7 +52,7 @@ static int add_mlp(const char *prefix, uint32_t type, uint64_t hidden, uint64_t 
     return add(name, type, dim, hidden);
 }
 
-// The table of the format's canonical tensor order for config c (team brief, "Tensor order").
+// The table of the format's canonical tensor order for config c (walk_weights in run.c).
 static int plan(const Config *c, uint32_t mt) {
     // Only sizes that validate_config() would accept can be planned; others go to parse_model as is.
     uint64_t D = (uint32_t)c->dim, H = (uint32_t)c->n_heads, r = (uint32_t)c->kv_lora_rank;
