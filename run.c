@@ -1419,14 +1419,8 @@ typedef struct {
 enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
 static const char *type_name(uint32_t type) {
-    switch (type) {
-    case TYPE_F32: return "F32";
-    case TYPE_BF16: return "BF16";
-    case TYPE_Q8: return "Q8";
-    case TYPE_Q4: return "Q4";
-    case TYPE_U8: return "U8";
-    default: return "unknown";
-    }
+    static const char *names[] = {"F32", "BF16", "Q8", "Q4"};  // TYPE_F32 .. TYPE_Q4
+    return type <= TYPE_Q4 ? names[type] : type == TYPE_U8 ? "U8" : "unknown";
 }
 
 // A tensor name from the file, made safe to print: it may be any bytes.
