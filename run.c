@@ -302,8 +302,8 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // The blocks: rmsnorm, rope/YaRN, mla_attention, route, moe
 
-// RMSNorm: out = w ⊙ x / sqrt(mean(x²) + eps), in fp32 like HF modeling_deepseek.py's
-// DeepseekV2RMSNorm (no 1 + w offset). out may alias x.
+// RMSNorm (Zhang & Sennrich 2019): out = w ⊙ x / sqrt(mean(x²) + eps), in fp32 like HF
+// modeling_deepseek.py's DeepseekV2RMSNorm (no 1 + w offset). out may alias x.
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     float ss = 0.0f;
     for (int i = 0; i < n; i++) ss += x[i] * x[i];
@@ -381,11 +381,12 @@ static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, 
     }
 }
 
-// Rotates adjacent pairs (2i, 2i+1) of x (dr) in place: the complex product
-// (x[2i] + i x[2i+1]) e^{i p θ_i} on the stored weights, as inference/model.py's
-// apply_rotary_emb (view_as_complex). HF modeling_deepseek.py de-interleaves
-// q_pe and k_pe first and rotates halves: the same dot products, so no weight
-// is permuted; rotating halves of unpermuted weights would be wrong.
+// Decoupled RoPE (DeepSeek-V2 §2.1.3) on q_pe or k_pe: rotates adjacent pairs
+// (2i, 2i+1) of x (dr) in place, the complex product (x[2i] + i x[2i+1]) e^{i p θ_i}
+// on the stored weights, as inference/model.py's apply_rotary_emb
+// (view_as_complex). HF modeling_deepseek.py de-interleaves q_pe and k_pe first
+// and rotates halves: the same dot products, so no weight is permuted; rotating
+// halves of unpermuted weights would be wrong.
 static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int half) {
     for (int i = 0; i < half; i++) {
         float a = x[2 * i], b = x[2 * i + 1];
@@ -499,7 +500,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     matmul_n(s->block_out, &lw->o_proj, b->o, n);
 }
 
-// SwiGLU MLPs, out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call
+// SwiGLU MLPs (Shazeer 2020), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call
 // (every expert of DeepSeek-V2 §2.2 and the dense layers: HF
 // modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch,
 // then all down products.
