@@ -30,10 +30,14 @@ the values are quantized with the rounded scale, so the scale's rounding adds no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
+import signal
+import stat
+import string
 import struct
 import sys
 import tempfile
@@ -70,6 +74,7 @@ FP8_BLOCK = 128              # DeepSeek-V3 weight_block_size [128, 128]
 CHUNK_ELEMENTS = 1 << 20     # elements per streamed block of rows (4 MB as f32)
 PROGRESS_SECONDS = 5.0
 MAX_HEADER_BYTES = 100 << 20  # real headers are well under 10 MB
+MAX_JSON_BYTES = 100 << 20    # config, index and tokenizer files too
 
 
 class ExportError(Exception):
@@ -81,7 +86,108 @@ def fail(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# config.json -> the 40 config words
+# input files and JSON
+
+
+def open_input(path: str, what: str) -> BinaryIO:
+    """Open an input file for reading. Only a regular file is accepted: a FIFO, device or
+    directory is refused before it is read (stat first, so a device is not even opened; then
+    O_NONBLOCK, so that a FIFO swapped in meanwhile cannot block the open)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            fail(f"{what} {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        fail(f"{what} not found: {path}")
+    except OSError as e:
+        fail(f"cannot open {what} {path}: {e.strerror or e}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fail(f"{what} {path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def describe(value) -> str:
+    """A value for an error message: as JSON if it is short and flat, else its kind (a deeply
+    nested or huge value is never printed)."""
+    items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else [value]
+    if len(items) <= 8 and all(v is None or isinstance(v, (str, int, float)) for v in items):
+        text = json.dumps(value)
+        if len(text) <= 60:
+            return text
+        if not isinstance(value, (list, dict)):
+            return text[:40] + f"... ({len(text)} characters)"
+    return "a JSON array" if isinstance(value, list) else "a JSON object"
+
+
+def has_lone_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def check_unicode(value, where: str) -> None:
+    """JSON can escape half of a surrogate pair (\\ud800) on its own. That is no character and has
+    no UTF-8 form (HF tokenizers, reading with serde_json, refuses such a file), so every string
+    and key is checked; iteratively, as the document may be nested a thousand deep."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        strings = ()
+        if isinstance(v, str):
+            strings = (v,)
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+            strings = v.keys()
+        for s in strings:
+            if has_lone_surrogate(s):
+                fail(f"{where}: the string {describe(s)} holds a lone surrogate (not valid Unicode)")
+
+
+def parse_json(data: bytes, where: str):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"{where}: not UTF-8 ({e.reason} at byte {e.start})")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        fail(f"{where}: JSON nested too deeply")
+    except ValueError as e:  # JSONDecodeError, or an integer with more digits than Python converts
+        fail(f"{where}: not valid JSON ({e})")
+    if "\\u" in text:  # a lone surrogate can only come from an escape
+        check_unicode(value, where)
+    return value
+
+
+def read_json(path: str, what: str) -> dict:
+    with open_input(path, what) as f:
+        try:
+            data = f.read(MAX_JSON_BYTES + 1)
+        except OSError as e:
+            fail(f"cannot read {what} {path}: {e.strerror or e}")
+    if len(data) > MAX_JSON_BYTES:
+        fail(f"{what} {path} is larger than {MAX_JSON_BYTES >> 20} MB")
+    value = parse_json(data, f"{what} {path}")
+    if not isinstance(value, dict):
+        fail(f"{what} {path}: expected a JSON object, got {describe(value)}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json -> the config words
+#
+# Every field is read with its JSON type checked, ints to the format's int32 and floats to its
+# float32 (so nothing can fail later when the words are packed), then check_config applies the
+# limits run.c's validate_config applies to the file, with the config.json field named.
 
 # (name, kind): kind "i" = int32, "f" = float32, "I" = uint32. Order = word index in the file.
 CONFIG_WORDS = [
@@ -100,153 +206,250 @@ CONFIG_WORDS = [
 ]
 N_CONFIG = len(CONFIG_WORDS)  # 40
 
+MAX_DIM = 1 << 24                 # run.c's MAX_DIM: bounds every dimension and derived product
 
-def read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        fail(f"{what} not found: {path}")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(f"cannot read {what} {path}: {e}")
-    if not isinstance(value, dict):
-        fail(f"{what} {path}: expected a JSON object")
+
+def read_int(obj: dict, key: str, default: Optional[int], name: str) -> int:
+    """obj[key] as an int32; `default` if absent or null (None: required)."""
+    value = obj.get(key)
+    if value is None:
+        if default is None:
+            fail(f"config.json: missing or null '{name}'")
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(f"config.json: '{name}' must be an integer, got {describe(value)}")
+    if not -2**31 <= value < 2**31:
+        fail(f"config.json: '{name}' = {describe(value)} does not fit the model file's int32")
     return value
 
 
-def get_int(raw: dict, key: str, default: Optional[int] = None, null: Optional[int] = None) -> int:
-    """raw[key] as an int; `default` if absent, `null` if present but null."""
-    value = raw.get(key, default)
-    if key in raw and raw[key] is None:
-        value = null
+def read_float(obj: dict, key: str, default: Optional[float], name: str) -> float:
+    """obj[key] rounded to float32 (as a Python float); `default` if absent or null."""
+    value = obj.get(key)
     if value is None:
-        fail(f"config.json: missing or null '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        fail(f"config.json: '{key}' must be an integer, got {value!r}")
+        if default is None:
+            fail(f"config.json: missing or null '{name}'")
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(f"config.json: '{name}' must be a number, got {describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"config.json: '{name}' = {value} is not a finite number")
+    try:
+        return struct.unpack("<f", struct.pack("<f", float(value)))[0]
+    except OverflowError:
+        fail(f"config.json: '{name}' = {describe(value)} does not fit the model file's float32")
+
+
+def read_bool(obj: dict, key: str, default: bool, name: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return int(default)
+    if not isinstance(value, bool):
+        fail(f"config.json: '{name}' must be true or false, got {describe(value)}")
     return int(value)
 
 
-def get_float(raw: dict, key: str, default: Optional[float] = None) -> float:
-    value = raw.get(key)
+def read_choice(obj: dict, key: str, choices: dict, default: str, name: str) -> int:
+    value = obj.get(key)
     if value is None:
         value = default
-    if value is None:
-        fail(f"config.json: missing '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(f"config.json: '{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def get_choice(raw: dict, key: str, choices: dict, default: str) -> int:
-    value = raw.get(key)
-    if value is None:
-        value = default
-    if value not in choices:
-        fail(f"config.json: unsupported {key} {value!r} (supported: {', '.join(choices)})")
+    if not isinstance(value, str) or value not in choices:
+        fail(f"config.json: unsupported {name} {describe(value)} (supported: {', '.join(choices)})")
     return choices[value]
 
 
-def first_token_id(raw: dict, key: str) -> int:
-    """bos/eos may be missing (-1), an int, or a list (use the first)."""
-    value = raw.get(key)
+def read_token_id(obj: dict, key: str) -> int:
+    """bos/eos may be absent or null (-1), an int, or a list of ints (the first is used)."""
+    value = obj.get(key)
     if isinstance(value, list):
-        value = value[0] if value else None
-    if value is None:
-        return -1
-    return get_int({key: value}, key)
+        if value and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            fail(f"config.json: '{key}' must be an integer or a list of integers")
+        return read_int({key: value[0] if value else None}, key, -1, key)
+    return read_int(obj, key, -1, key)
 
 
-def rope_words(raw: dict) -> dict:
+# config word <- config.json key, type, default when absent or null (None: required).
+# A type is "int", "float", "bool" or a dict of the accepted strings.
+CONFIG_FIELDS = [
+    ("dim", "hidden_size", "int", None),
+    ("n_layers", "num_hidden_layers", "int", None),
+    ("vocab_size", "vocab_size", "int", None),
+    ("n_heads", "num_attention_heads", "int", None),
+    ("q_lora_rank", "q_lora_rank", "int", 0),
+    ("kv_lora_rank", "kv_lora_rank", "int", None),
+    ("qk_nope_head_dim", "qk_nope_head_dim", "int", None),
+    ("qk_rope_head_dim", "qk_rope_head_dim", "int", None),
+    ("v_head_dim", "v_head_dim", "int", None),
+    ("intermediate_size", "intermediate_size", "int", None),
+    ("moe_intermediate_size", "moe_intermediate_size", "int", 0),
+    ("n_routed_experts", "n_routed_experts", "int", 0),
+    ("n_shared_experts", "n_shared_experts", "int", 0),
+    ("num_experts_per_tok", "num_experts_per_tok", "int", 0),
+    ("n_group", "n_group", "int", 1),
+    ("topk_group", "topk_group", "int", 1),
+    ("topk_method", "topk_method", TOPK_METHODS, "greedy"),
+    ("scoring_func", "scoring_func", SCORING_FUNCS, "softmax"),
+    ("norm_topk_prob", "norm_topk_prob", "bool", False),
+    ("routed_scaling_factor", "routed_scaling_factor", "float", 1.0),
+    ("first_k_dense_replace", "first_k_dense_replace", "int", 0),
+    ("moe_layer_freq", "moe_layer_freq", "int", 1),
+    ("rms_norm_eps", "rms_norm_eps", "float", 1e-6),
+    ("max_position_embeddings", "max_position_embeddings", "int", None),
+]
+
+# YaRN words <- keys of rope_scaling / rope_parameters. Absent keys take the HF remote code's
+# defaults (DeepseekV2YarnRotaryEmbedding in modeling_deepseek.py: beta_fast 32, beta_slow 1,
+# mscale 1, mscale_all_dim 0, so cos/sin get 0.1 ln(s) + 1 and the softmax no factor);
+# original_max_position_embeddings defaults to max_position_embeddings.
+YARN_FIELDS = [
+    ("rope_factor", "factor", "float", 1.0),
+    ("rope_original_max_pos", "original_max_position_embeddings", "int", None),
+    ("rope_beta_fast", "beta_fast", "float", 32.0),
+    ("rope_beta_slow", "beta_slow", "float", 1.0),
+    ("rope_mscale", "mscale", "float", 1.0),
+    ("rope_mscale_all_dim", "mscale_all_dim", "float", 0.0),
+]
+NO_ROPE_SCALING = dict(rope_type=0, rope_factor=1.0, rope_original_max_pos=0, rope_beta_fast=0.0,
+                       rope_beta_slow=0.0, rope_mscale=0.0, rope_mscale_all_dim=0.0)
+
+
+def read_field(obj: dict, key: str, kind, default, name: str):
+    if kind == "int":
+        return read_int(obj, key, default, name)
+    if kind == "float":
+        return read_float(obj, key, default, name)
+    if kind == "bool":
+        return read_bool(obj, key, default, name)
+    return read_choice(obj, key, kind, default, name)
+
+
+def read_fields(c: dict, obj: dict, fields: list, prefix: str = "") -> None:
+    """Fill c[word] from obj for each field; c["source"][word] names the field for messages."""
+    for word, key, kind, default in fields:
+        if word == "rope_original_max_pos" and default is None:
+            default = c["max_position_embeddings"]
+        c[word] = read_field(obj, key, kind, default, prefix + key)
+        c["source"][word] = prefix + key
+
+
+def read_rope(c: dict, raw: dict) -> None:
     """RoPE/YaRN words. Older configs say rope_scaling {type: ...}; transformers re-saves them as
-    rope_parameters {rope_type: ..., rope_theta: ...}. Spec §1.1 and §3.5."""
-    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        fail("config.json: rope_scaling / rope_parameters must be an object or null")
-    theta = raw.get("rope_theta")
-    for params in (raw.get("rope_parameters"), rope):
-        if theta is None and isinstance(params, dict):
-            theta = params.get("rope_theta")
-    words = {"rope_theta": get_float({"rope_theta": theta}, "rope_theta", 10000.0)}
-    kind = rope.get("type", rope.get("rope_type")) or "default"
+    rope_parameters {rope_type: ..., rope_theta: ...} (YaRN, Peng et al. 2023; the HF
+    modeling_rope_utils.py _compute_yarn_parameters names)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            fail(f"config.json: '{key}' must be an object or null, got {describe(raw[key])}")
+    key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    rope = raw.get(key) or {}
+    places = [("", raw), ("rope_parameters.", raw.get("rope_parameters") or {}), (key + ".", rope)]
+    prefix, obj = next((p for p in places if p[1].get("rope_theta") is not None), places[0])
+    read_fields(c, obj, [("rope_theta", "rope_theta", "float", 10000.0)], prefix)
+    kind = rope.get("type") or rope.get("rope_type") or "default"
     if kind == "yarn":
-        words.update(
-            rope_type=1,
-            rope_factor=get_float(rope, "factor", 1.0),
-            rope_original_max_pos=get_int(
-                rope, "original_max_position_embeddings",
-                default=get_int(raw, "max_position_embeddings")),
-            rope_beta_fast=get_float(rope, "beta_fast", 32.0),
-            rope_beta_slow=get_float(rope, "beta_slow", 1.0),
-            # Absent keys take the HF remote code's defaults (DeepseekV2YarnRotaryEmbedding:
-            # mscale=1, mscale_all_dim=0): cos/sin get 0.1*ln(s)+1, the softmax no factor.
-            rope_mscale=get_float(rope, "mscale", 1.0),
-            rope_mscale_all_dim=get_float(rope, "mscale_all_dim", 0.0))
+        c["rope_type"] = 1
+        read_fields(c, rope, YARN_FIELDS, key + ".")
     elif kind == "default":
-        words.update(rope_type=0, rope_factor=1.0, rope_original_max_pos=0, rope_beta_fast=0.0,
-                     rope_beta_slow=0.0, rope_mscale=0.0, rope_mscale_all_dim=0.0)
+        c.update(NO_ROPE_SCALING)
     else:
-        fail(f"config.json: unsupported rope scaling type {kind!r} (supported: yarn, none)")
-    return words
+        fail(f"config.json: unsupported rope scaling type {describe(kind)} (supported: yarn, default)")
 
 
 def load_config(hf_dir: str) -> dict:
     """Read config.json into a dict with one key per config word (n_tokens and the tokenizer
-    hash are filled in later). Defaults for absent values follow the team brief."""
+    hash are filled in later), then check it as run.c will."""
     raw = read_json(os.path.join(hf_dir, "config.json"), "config.json")
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        fail(f"config.json: unsupported model_type {model_type!r} "
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
+        fail(f"config.json: unsupported model_type {describe(model_type)} "
              f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    c = {
-        "dim": get_int(raw, "hidden_size"),
-        "n_layers": get_int(raw, "num_hidden_layers"),
-        "vocab_size": get_int(raw, "vocab_size"),
-        "n_heads": get_int(raw, "num_attention_heads"),
-        "q_lora_rank": get_int(raw, "q_lora_rank", default=0, null=0),
-        "kv_lora_rank": get_int(raw, "kv_lora_rank"),
-        "qk_nope_head_dim": get_int(raw, "qk_nope_head_dim"),
-        "qk_rope_head_dim": get_int(raw, "qk_rope_head_dim"),
-        "v_head_dim": get_int(raw, "v_head_dim"),
-        "intermediate_size": get_int(raw, "intermediate_size"),
-        "moe_intermediate_size": get_int(raw, "moe_intermediate_size", default=0, null=0),
-        "n_routed_experts": get_int(raw, "n_routed_experts", default=0, null=0),
-        "n_shared_experts": get_int(raw, "n_shared_experts", default=0, null=0),
-        "num_experts_per_tok": get_int(raw, "num_experts_per_tok", default=0, null=0),
-        "n_group": get_int(raw, "n_group", default=1, null=1),
-        "topk_group": get_int(raw, "topk_group", default=1, null=1),
-        "topk_method": get_choice(raw, "topk_method", TOPK_METHODS, "greedy"),
-        "scoring_func": get_choice(raw, "scoring_func", SCORING_FUNCS, "softmax"),
-        "norm_topk_prob": int(bool(raw.get("norm_topk_prob", False))),
-        "routed_scaling_factor": get_float(raw, "routed_scaling_factor", 1.0),
-        "first_k_dense_replace": get_int(raw, "first_k_dense_replace", default=0, null=0),
-        "moe_layer_freq": get_int(raw, "moe_layer_freq", default=1, null=1),
-        **rope_words(raw),
-        "rms_norm_eps": get_float(raw, "rms_norm_eps", 1e-6),
-        "max_position_embeddings": get_int(raw, "max_position_embeddings"),
-        "bos_token_id": first_token_id(raw, "bos_token_id"),
-        "eos_token_id": first_token_id(raw, "eos_token_id"),
-        "n_mtp_layers": 0,  # MTP layers (index >= n_layers) are skipped for now
-        "n_tokens": 0, "tokenizer_hash_lo": 0, "tokenizer_hash_hi": 0,
-        "reserved0": 0, "reserved1": 0,
-    }
-    c["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings", False))  # not a config word
+    c = {"source": {}}
+    read_fields(c, raw, CONFIG_FIELDS)
+    read_rope(c, raw)
+    c["bos_token_id"] = read_token_id(raw, "bos_token_id")
+    c["eos_token_id"] = read_token_id(raw, "eos_token_id")
+    c["source"].update(bos_token_id="bos_token_id", eos_token_id="eos_token_id")
+    c.update(n_mtp_layers=0,  # MTP layers (index >= n_layers) are skipped for now
+             n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, reserved0=0, reserved1=0)
+    c["tie_word_embeddings"] = read_bool(raw, "tie_word_embeddings", False, "tie_word_embeddings")
     check_config(c)
     return c
 
 
+def check_range(c: dict, word: str, lo: int, hi: int) -> None:
+    if not lo <= c[word] <= hi:
+        fail(f"config.json: {c['source'][word]} = {c[word]} is out of range (expected {lo}..{hi})")
+
+
+def check_float(c: dict, word: str, lo: float, hi: float) -> None:
+    """c[word] is a float32 value; lo and hi are rounded to float32 as run.c's literals are."""
+    lo32, hi32 = (struct.unpack("<f", struct.pack("<f", x))[0] for x in (lo, hi))
+    if not lo32 <= c[word] <= hi32:
+        fail(f"config.json: {c['source'][word]} = {c[word]:g} is out of range "
+             f"(expected a finite value in {lo:g}..{hi:g})")
+
+
 def check_config(c: dict) -> None:
-    for key in ("dim", "n_layers", "vocab_size", "n_heads", "kv_lora_rank", "qk_nope_head_dim",
-                "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
-        if not 0 < c[key] < 2**31:
-            fail(f"config.json: {key} = {c[key]} is out of range")
-    for key in ("q_lora_rank", "intermediate_size", "moe_intermediate_size", "n_routed_experts",
-                "n_shared_experts", "num_experts_per_tok", "first_k_dense_replace"):
-        if not 0 <= c[key] < 2**31:
-            fail(f"config.json: {key} = {c[key]} is out of range")
-    if c["moe_layer_freq"] < 1:
-        fail(f"config.json: moe_layer_freq = {c['moe_layer_freq']} must be >= 1")
-    if c["n_routed_experts"] > 0 and c["moe_intermediate_size"] <= 0:
-        fail("config.json: n_routed_experts is set but moe_intermediate_size is not")
+    """The checks of run.c's validate_config, in its order, so that run.c never rejects a file
+    this wrote. They bound every size before any per-layer list is built."""
+    I32_MAX = 2**31 - 1
+    check_range(c, "dim", 1, MAX_DIM)
+    check_range(c, "n_layers", 1, 1 << 16)
+    check_range(c, "vocab_size", 1, MAX_DIM)
+    check_range(c, "n_heads", 1, 1 << 16)
+    check_range(c, "q_lora_rank", 0, MAX_DIM)
+    check_range(c, "kv_lora_rank", 1, MAX_DIM)
+    check_range(c, "qk_nope_head_dim", 1, 1 << 16)
+    check_range(c, "qk_rope_head_dim", 2, 1 << 16)
+    if c["qk_rope_head_dim"] % 2:  # RoPE rotates pairs
+        fail(f"config.json: qk_rope_head_dim = {c['qk_rope_head_dim']} must be even")
+    check_range(c, "v_head_dim", 1, 1 << 16)
+    check_range(c, "n_routed_experts", 0, 1 << 16)
+    check_range(c, "first_k_dense_replace", 0, I32_MAX)
+    check_range(c, "moe_layer_freq", 1, I32_MAX)
+    moe = [is_moe_layer(c, layer) for layer in range(c["n_layers"])]
+    has_moe, has_dense = any(moe), not all(moe)
+    check_range(c, "intermediate_size", 1 if has_dense else 0, MAX_DIM)
+    check_range(c, "moe_intermediate_size", 0, MAX_DIM)
+    check_range(c, "n_shared_experts", 0, 1 << 10)
+    check_range(c, "num_experts_per_tok", 0, 1 << 16)
+    check_range(c, "n_group", 0, 1 << 16)
+    if c["n_shared_experts"] * c["moe_intermediate_size"] > MAX_DIM:
+        fail("config.json: n_shared_experts x moe_intermediate_size is too large")
+    if has_moe:
+        E = c["n_routed_experts"]
+        check_range(c, "moe_intermediate_size", 1, MAX_DIM)
+        check_range(c, "num_experts_per_tok", 1, E)
+        check_range(c, "n_group", 1, E)
+        if E % c["n_group"]:
+            fail(f"config.json: n_group = {c['n_group']} does not divide n_routed_experts = {E}")
+        check_range(c, "topk_group", 1, c["n_group"])
+        check_float(c, "routed_scaling_factor", 0.0, 1e6)
+        group_size = E // c["n_group"]
+        # The kept groups must hold at least K experts (group-limited routing, the official
+        # inference/model.py Gate).
+        if c["topk_method"] != TOPK_METHODS["greedy"] and c["topk_group"] * group_size < c["num_experts_per_tok"]:
+            fail(f"config.json: topk_group {c['topk_group']} x group size {group_size} < "
+                 f"num_experts_per_tok {c['num_experts_per_tok']}")
+        # noaux_tc scores a group by the sum of its two best experts (official inference/model.py Gate).
+        if c["topk_method"] == TOPK_METHODS["noaux_tc"] and c["n_group"] > 1 and group_size < 2:
+            fail(f"config.json: noaux_tc needs >= 2 experts per group (got {group_size})")
+    check_float(c, "rope_theta", 1.0001, 1e30)
+    if c["rope_type"] == 1:
+        check_float(c, "rope_factor", 1e-6, 1e6)
+        check_range(c, "rope_original_max_pos", 1, I32_MAX)
+        check_float(c, "rope_beta_fast", 1e-6, 1e6)
+        check_float(c, "rope_beta_slow", 1e-6, 1e6)
+        check_float(c, "rope_mscale", -1e3, 1e3)
+        check_float(c, "rope_mscale_all_dim", -1e3, 1e3)
+    check_float(c, "rms_norm_eps", 1e-30, 1.0)
+    check_range(c, "max_position_embeddings", 1, I32_MAX)
+    check_range(c, "bos_token_id", -1, c["vocab_size"] - 1)
+    check_range(c, "eos_token_id", -1, c["vocab_size"] - 1)
+    H, dn, dr, dv = c["n_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    if max(H * (dn + dr), H * (dn + dv), H * dv, c["kv_lora_rank"] + dr) > MAX_DIM:
+        fail("config.json: attention shapes are too large (num_attention_heads x head dims)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +465,8 @@ def check_config(c: dict) -> None:
 #   offset 20  i32       bos_id (-1 if none)
 #   offset 24  i32       eos_id (-1 if none)
 #   offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json)
-#   offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (spec §6.1),
-#                                       2 = DeepSeek-V2 7-stage pipeline (spec §6.2)
+#   offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (DeepSeek-V3's tokenizer.json),
+#                                       2 = DeepSeek-V2 7-stage pipeline (DeepSeek-V2's tokenizer.json)
 #   offset 36  u32       chat template family: 0 raw (none/unknown), 1 deepseek_v2 ("User: ...\n\nAssistant:"),
 #                                              2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1
 #   offset 40  u32       template_nbytes: length of the verbatim chat_template string stored at the end
@@ -291,8 +494,8 @@ CHAT_RAW, CHAT_V2, CHAT_V3, CHAT_R1, CHAT_V3_1 = 0, 1, 2, 3, 4
 
 FLAG_BPE, FLAG_ADDED, FLAG_SPECIAL, FLAG_NORMALIZED = 1, 2, 4, 8
 
-# The exact pre-tokenizers run.c implements (spec §6.1, §6.2). Anything else is refused: a tokenizer that
-# silently pre-tokenizes differently would give wrong ids.
+# The exact pre-tokenizers run.c implements (those of DeepSeek-V3's and DeepSeek-V2's tokenizer.json). Anything
+# else is refused: a tokenizer that silently pre-tokenizes differently would give wrong ids.
 V3_SPLITS = [
     "\\p{N}{1,3}",
     "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
@@ -323,7 +526,8 @@ V2_SPLITS = [
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> character table (spec §6.3 step 3)."""
+    """GPT-2's byte -> character table (bytes_to_unicode in OpenAI's GPT-2 encoder.py, which HF
+    tokenizers' ByteLevel pre-tokenizer and decoder use)."""
     keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     table, n = {}, 0
     for b in range(256):
@@ -335,88 +539,242 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def split_patterns(pre: dict, where: str) -> tuple[list[str], list[dict]]:
-    """Regexes of the leading Split(Isolated, not inverted) stages, and the remaining stages."""
-    if not isinstance(pre, dict) or pre.get("type") != "Sequence":
-        fail(f"{where}: pre_tokenizer must be a Sequence")
-    stages = pre.get("pretokenizers")
-    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
-        fail(f"{where}: pretokenizers must be a list of objects")
-    pats = []
-    i = 0
-    while i < len(stages) and stages[i].get("type") == "Split":
-        s = stages[i]
-        if s.get("behavior") != "Isolated" or s.get("invert"):
-            fail(f"{where}: Split stage {i} must be behavior Isolated, invert false")
-        pat = s.get("pattern", {})
-        if "Regex" not in pat:
-            fail(f"{where}: Split stage {i} must use a Regex pattern")
-        pats.append(pat["Regex"])
-        i += 1
-    return pats, stages[i:]
+# What is wrong with a tokenizer decides what happens (README, "Exporting"):
+# - a malformed tokenizer.json / tokenizer_config.json / chat_template.jinja (wrong JSON types,
+#   invalid Unicode, a bad regex escape, ids out of range or used twice, merges of tokens not in
+#   the vocabulary) is bad input like any other: ExportError, exit 1;
+# - a well-formed tokenizer that run.c cannot reproduce exactly (another pre-tokenizer, a
+#   normalizer, a non-BPE model, lstrip/rstrip, ...) is UnsupportedTokenizer: the model exports
+#   without a tokenizer, with a warning (and --tokenizer fails).
+# The files are type-checked when they are read, before anything asks whether run.c supports them.
 
 
-def check_byte_level(stage: dict, where: str) -> None:
-    if stage.get("type") != "ByteLevel" or stage.get("add_prefix_space") or stage.get("use_regex", True):
-        fail(f"{where}: expected a final ByteLevel stage with add_prefix_space false and use_regex false")
+class UnsupportedTokenizer(ExportError):
+    """A well-formed tokenizer that run.c cannot reproduce exactly."""
 
 
-def detect_pre_tokenizer(pre: dict) -> int:
-    where = "tokenizer.json pre_tokenizer"
-    pats, rest = split_patterns(pre, where)
-    if pats == V3_SPLITS:
-        if len(rest) != 1:
-            fail(f"{where}: DeepSeek-V3 splits must be followed by exactly one ByteLevel stage")
-        check_byte_level(rest[0], where)
-        return PRETOK_V3
-    # V2 regexes are written with \u escapes in the file; compare them after expanding the escapes.
-    if [expand_escapes(p) for p in pats] == [expand_escapes(p) for p in V2_SPLITS]:
-        if len(rest) != 2 or rest[0].get("type") != "Digits" or rest[0].get("individual_digits") is not True:
-            fail(f"{where}: DeepSeek-V2 splits must be followed by Digits(individual_digits=true) and ByteLevel")
-        check_byte_level(rest[1], where)
-        return PRETOK_V2
-    fail(f"{where}: not one of the supported pre-tokenizers (DeepSeek-V3 or DeepSeek-V2, spec §6.1/§6.2)")
-    return 0
+def unsupported(msg: str) -> None:
+    raise UnsupportedTokenizer(msg)
 
 
-def expand_escapes(p: str) -> str:
-    """Turn \\uXXXX and \\UXXXXXXXX escapes into characters, leave every other escape alone."""
+MAX_TOKEN_ID = (1 << 24) - 1  # run.c's init_tokenizer reads at most 2^24 ids
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+              list: "an array", dict: "an object"}
+
+
+def get(obj: dict, key: str, types: tuple, where: str, default=None):
+    """obj[key] if it has one of `types` (true/false is not an integer here); `default` if it is
+    absent or null; else an error naming where.key."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        fail(f"{where}: '{key}' must be {' or '.join(TYPE_NAMES[t] for t in types)}, "
+             f"got {describe(value)}")
+    return value
+
+
+def check_id(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_ID:
+        fail(f"{where}: token id must be an integer in 0..{MAX_TOKEN_ID}, got {describe(value)}")
+    return value
+
+
+def read_tokenizer_json(hf_dir: str) -> Optional[dict]:
+    """tokenizer.json with the parts every reader uses type-checked (added_tokens, model, its
+    vocab and their ids), or None if the checkpoint has none."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.lexists(path):
+        return None
+    tj = read_json(path, "tokenizer.json")
+    model = tj.get("model")
+    if not isinstance(model, dict):
+        fail(f"tokenizer.json: 'model' must be an object, got {describe(model)}")
+    get(model, "type", (str,), "tokenizer.json: model")
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+        owner: dict[int, str] = {}
+        for token, i in vocab.items():
+            check_id(i, f"tokenizer.json: model.vocab[{describe(token)}]")
+            if i in owner:
+                fail(f"tokenizer.json: model.vocab gives id {i} to both {describe(owner[i])} "
+                     f"and {describe(token)}")
+            owner[i] = token
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
+        for k, entry in enumerate(vocab):
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                    and isinstance(entry[1], (int, float)) and not isinstance(entry[1], bool)):
+                fail(f"tokenizer.json: model.vocab[{k}] must be [piece, score], got {describe(entry)}")
+        if len(vocab) > MAX_TOKEN_ID + 1:
+            fail(f"tokenizer.json: model.vocab has {len(vocab)} entries, more than {MAX_TOKEN_ID + 1}")
+    else:
+        fail(f"tokenizer.json: model.vocab must be an object (or a Unigram list), got {describe(vocab)}")
+    ids = set()
+    for k, a in enumerate(get(tj, "added_tokens", (list,), "tokenizer.json", [])):
+        where = f"tokenizer.json: added_tokens[{k}]"
+        if not isinstance(a, dict):
+            fail(f"{where} must be an object, got {describe(a)}")
+        if not isinstance(a.get("content"), str) or not a["content"]:
+            fail(f"{where}: 'content' must be a non-empty string, got {describe(a.get('content'))}")
+        if check_id(a.get("id"), where) in ids:
+            fail(f"{where}: id {a['id']} is given to two added tokens")
+        ids.add(a["id"])
+        for flag in ("special", "normalized", "lstrip", "rstrip", "single_word"):
+            get(a, flag, (bool,), where)
+    return tj
+
+
+def read_tokenizer_config(hf_dir: str) -> dict:
+    """tokenizer_config.json (or {}), with the fields used here type-checked."""
+    path = os.path.join(hf_dir, "tokenizer_config.json")
+    cfg = read_json(path, "tokenizer_config.json") if os.path.lexists(path) else {}
+    where = "tokenizer_config.json"
+    for key in ("bos_token", "eos_token"):
+        tok = cfg.get(key)
+        if not (tok is None or isinstance(tok, str)
+                or isinstance(tok, dict) and isinstance(tok.get("content"), str)):
+            fail(f"{where}: '{key}' must be a string or an object with a string 'content', "
+                 f"got {describe(tok)}")
+    get(cfg, "add_bos_token", (bool,), where)
+    get(cfg, "add_eos_token", (bool,), where)
+    t = cfg.get("chat_template")
+    if isinstance(t, list):  # [{"name": ..., "template": ...}, ...]
+        if not all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                   and isinstance(d.get("template"), str) for d in t):
+            fail(f"{where}: a 'chat_template' list must hold objects with a string 'name' and 'template'")
+    elif t is not None and not isinstance(t, str):
+        fail(f"{where}: 'chat_template' must be a string or a list, got {describe(t)}")
+    return cfg
+
+
+def read_chat_template(hf_dir: str, cfg: dict) -> Optional[str]:
+    t = cfg.get("chat_template")
+    if isinstance(t, list):
+        t = {d["name"]: d["template"] for d in t}.get("default")
+    path = os.path.join(hf_dir, "chat_template.jinja")
+    if t is None and os.path.lexists(path):
+        with open_input(path, "chat_template.jinja") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            fail(f"chat_template.jinja {path} is larger than {MAX_JSON_BYTES >> 20} MB")
+        try:
+            t = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            fail(f"chat_template.jinja {path}: not UTF-8 ({e.reason} at byte {e.start})")
+    return t
+
+
+def pre_tokenizer_stages(pre, where: str) -> list[dict]:
+    """The pre_tokenizer's stages (a Sequence's list, or the one stage), type-checked."""
+    if pre is None:
+        return []
+    if not isinstance(pre, dict):
+        fail(f"{where} must be an object, got {describe(pre)}")
+    stages = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(stages, list):
+        fail(f"{where}: 'pretokenizers' must be an array, got {describe(stages)}")
+    for k, s in enumerate(stages):
+        w = f"{where} stage {k}"
+        if not isinstance(s, dict) or not isinstance(s.get("type"), str):
+            fail(f"{w} must be an object with a string 'type', got {describe(s)}")
+        for flag in ("add_prefix_space", "use_regex", "trim_offsets", "individual_digits", "invert"):
+            get(s, flag, (bool,), w)
+        get(s, "behavior", (str,), w)
+        if s["type"] == "Split":
+            pat = s.get("pattern")
+            if not (isinstance(pat, dict) and len(pat) == 1
+                    and isinstance(pat.get("Regex", pat.get("String")), str)):
+                fail(f"{w}: 'pattern' must be {{\"Regex\": string}} or {{\"String\": string}}, "
+                     f"got {describe(pat)}")
+            if "Regex" in pat:
+                expand_escapes(pat["Regex"], w)  # a bad escape is an error here
+    return stages
+
+
+def expand_escapes(p: str, where: str) -> str:
+    """Turn \\uXXXX and \\UXXXXXXXX escapes into characters, leave every other escape alone. An
+    escape the regex engine would refuse (\\u without 4 hex digits, \\U without 8 or beyond
+    U+10FFFF, a trailing backslash) is an error."""
     out, i = [], 0
     while i < len(p):
-        if p[i] == "\\" and i + 1 < len(p):
-            if p[i + 1] == "u" and i + 6 <= len(p):
-                out.append(chr(int(p[i + 2:i + 6], 16)))
-                i += 6
-                continue
-            if p[i + 1] == "U" and i + 10 <= len(p):
-                out.append(chr(int(p[i + 2:i + 10], 16)))
-                i += 10
-                continue
-            out.append(p[i:i + 2])
-            i += 2
+        if p[i] != "\\":
+            out.append(p[i])
+            i += 1
             continue
-        out.append(p[i])
-        i += 1
+        if i + 1 == len(p):
+            fail(f"{where}: the regex ends with a lone backslash")
+        n = {"u": 4, "U": 8}.get(p[i + 1], 0)
+        digits = p[i + 2:i + 2 + n]
+        if n and (len(digits) != n or not all(ch in string.hexdigits for ch in digits)
+                  or int(digits, 16) > 0x10FFFF):
+            fail(f"{where}: bad escape {describe(p[i:i + 2 + n])} in the regex")
+        out.append(chr(int(digits, 16)) if n else p[i:i + 2])
+        i += 2 + n
     return "".join(out)
 
 
-def check_model_and_normalizer(tj: dict) -> None:
-    m = tj.get("model")
-    if not isinstance(m, dict):
-        fail("tokenizer.json: no model object")
-    if m.get("type") != "BPE":
-        fail(f"tokenizer.json: model type must be BPE (got {m.get('type')})")
-    if m.get("byte_fallback") or m.get("dropout") not in (None, 0, 0.0) or m.get("ignore_merges"):
-        fail("tokenizer.json: BPE byte_fallback, dropout and ignore_merges are not supported")
-    if m.get("continuing_subword_prefix") or m.get("end_of_word_suffix"):
-        fail("tokenizer.json: BPE continuing_subword_prefix/end_of_word_suffix are not supported")
-    norm = tj.get("normalizer")
-    if norm is not None and not (norm.get("type") == "Sequence" and not norm.get("normalizers")):
-        fail(f"tokenizer.json: only an empty normalizer is supported (got {norm.get('type')})")
+def check_byte_level(stage: dict, where: str) -> None:
+    if stage["type"] != "ByteLevel" or stage.get("add_prefix_space") or stage.get("use_regex", True):
+        unsupported(f"{where}: expected a final ByteLevel stage with add_prefix_space false and use_regex false")
+
+
+def detect_pre_tokenizer(stages: list[dict]) -> int:
+    where = "tokenizer.json pre_tokenizer"
+    pats, i = [], 0
+    while i < len(stages) and stages[i]["type"] == "Split":
+        s = stages[i]
+        if s.get("behavior") != "Isolated" or s.get("invert") or "Regex" not in s["pattern"]:
+            unsupported(f"{where}: Split stage {i} must be a Regex with behavior Isolated, invert false")
+        pats.append(s["pattern"]["Regex"])
+        i += 1
+    rest = stages[i:]
+    if pats == V3_SPLITS:
+        if len(rest) != 1:
+            unsupported(f"{where}: DeepSeek-V3 splits must be followed by exactly one ByteLevel stage")
+        check_byte_level(rest[0], where)
+        return PRETOK_V3
+    # V2 regexes are written with \u escapes in the file; compare them after expanding the escapes.
+    if [expand_escapes(p, where) for p in pats] == [expand_escapes(p, where) for p in V2_SPLITS]:
+        if len(rest) != 2 or rest[0]["type"] != "Digits" or rest[0].get("individual_digits") is not True:
+            unsupported(f"{where}: DeepSeek-V2 splits must be followed by Digits(individual_digits=true) and ByteLevel")
+        check_byte_level(rest[1], where)
+        return PRETOK_V2
+    unsupported(f"{where}: not one of the supported pre-tokenizers (those of DeepSeek-V3's and "
+                f"DeepSeek-V2's tokenizer.json)")
+    return 0
+
+
+def check_model_fields(m: dict) -> list[tuple[str, str]]:
+    """Type-check the BPE model's options; returns its merges as (left, right) pairs."""
+    where = "tokenizer.json: model"
+    for key in ("byte_fallback", "ignore_merges", "fuse_unk"):
+        get(m, key, (bool,), where)
+    for key in ("continuing_subword_prefix", "end_of_word_suffix", "unk_token"):
+        get(m, key, (str,), where)
+    get(m, "dropout", (int, float), where)
+    merges = []
+    for k, merge in enumerate(get(m, "merges", (list,), where, [])):
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(x, str) for x in parts)):
+            fail(f"tokenizer.json: model.merges[{k}] must be \"left right\" or [left, right], "
+                 f"got {describe(merge)}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def check_normalizer(norm) -> bool:
+    """Type-check the normalizer; True if it is none or empty (all run.c implements)."""
+    if norm is None:
+        return True
+    if not isinstance(norm, dict) or not isinstance(norm.get("type"), str):
+        fail(f"tokenizer.json: 'normalizer' must be null or an object with a string 'type', "
+             f"got {describe(norm)}")
+    return norm["type"] == "Sequence" and not get(norm, "normalizers", (list,), "tokenizer.json: normalizer")
 
 
 def chat_family(template: Optional[str]) -> int:
-    """Which fixed chat rendering (spec §6.5) the template string is."""
+    """Which fixed chat rendering the template string is (the chat_template strings of
+    DeepSeek-V2's, V3's, R1's and V3.1's tokenizer_config.json)."""
     if not template:
         return CHAT_RAW
     if "<｜Assistant｜>" in template:
@@ -432,107 +790,98 @@ def chat_family(template: Optional[str]) -> int:
 
 
 def token_content(tok) -> Optional[str]:
-    if tok is None or isinstance(tok, str):
-        return tok
-    return tok.get("content")
-
-
-def read_chat_template(hf_dir: str, cfg: dict) -> Optional[str]:
-    t = cfg.get("chat_template")
-    if isinstance(t, list):  # [{"name": ..., "template": ...}, ...]
-        named = {d.get("name"): d.get("template") for d in t}
-        t = named.get("default")
-    jinja = os.path.join(hf_dir, "chat_template.jinja")
-    if t is None and os.path.exists(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            t = f.read()
-    return t
+    """bos_token / eos_token: null, a string, or an AddedToken object (type-checked on reading)."""
+    return tok if tok is None or isinstance(tok, str) else tok["content"]
 
 
 def tokenizer_blob(hf_dir: str) -> Optional[bytes]:
     """The tokenizer to embed in a model file, or None if hf_dir has no tokenizer.json or one run.c cannot
-    reproduce exactly (then the model exports without text support, with a warning saying why)."""
+    reproduce exactly (then the model exports without text support, with a warning saying why).
+    A malformed tokenizer is an error."""
     try:
         return build_tokenizer(hf_dir)
-    except ExportError as e:
+    except UnsupportedTokenizer as e:
         print(f"export.py: warning: tokenizer not supported, none embedded: {e}", file=sys.stderr)
         return None
 
 
 def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     """The tokenizer file for the checkpoint in hf_dir, or None if it has no tokenizer.json."""
-    path = os.path.join(hf_dir, "tokenizer.json")
-    if not os.path.exists(path):
+    tj = read_tokenizer_json(hf_dir)
+    if tj is None:
         return None
-    tj = read_json(path, "tokenizer.json")
-    cfg_path = os.path.join(hf_dir, "tokenizer_config.json")
-    cfg = read_json(cfg_path, "tokenizer_config.json") if os.path.exists(cfg_path) else {}
-
-    check_model_and_normalizer(tj)
-    pretok = detect_pre_tokenizer(tj.get("pre_tokenizer"))
-
-    vocab: dict[str, int] = tj["model"].get("vocab")
+    cfg = read_tokenizer_config(hf_dir)
+    template = read_chat_template(hf_dir, cfg)
+    model = tj["model"]
+    merge_pairs = check_model_fields(model)
+    stages = pre_tokenizer_stages(tj.get("pre_tokenizer"), "tokenizer.json pre_tokenizer")
+    empty_normalizer = check_normalizer(tj.get("normalizer"))
+    vocab: dict[str, int] = model["vocab"]
     added = tj.get("added_tokens") or []
-    if not isinstance(vocab, dict) or not isinstance(tj["model"].get("merges"), list):
-        fail("tokenizer.json: BPE model without a vocab object and a merges list")
-    if not all(isinstance(i, int) for i in vocab.values()):
-        fail("tokenizer.json: vocab ids must be integers")
-    for a in added:
-        if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not isinstance(a.get("id"), int):
-            fail("tokenizer.json: added_tokens entries need a string content and an integer id")
-        if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
-            fail(f"tokenizer.json: added token {a['content']!r} uses lstrip/rstrip/single_word (unsupported)")
-        if not a["content"]:
-            fail("tokenizer.json: empty added token")
-    ids = list(vocab.values()) + [a["id"] for a in added]
-    if not ids or min(ids) < 0:
-        fail("tokenizer.json: empty vocabulary or negative id")
-    n_vocab = max(ids) + 1
-    if n_vocab > (1 << 24):
-        fail(f"tokenizer.json: {n_vocab} ids is too many")
 
+    # well-formed as a BPE tokenizer: ids used once, merges of tokens in the vocabulary
+    if model.get("type") != "BPE":
+        unsupported(f"tokenizer.json: model type must be BPE (got {describe(model.get('type'))})")
+    if not isinstance(vocab, dict):
+        fail("tokenizer.json: a BPE model.vocab must be an object")
+    n_vocab = max(list(vocab.values()) + [a["id"] for a in added], default=-1) + 1
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     tokens: list[bytes] = [b""] * n_vocab
     flags = [0] * n_vocab
     for s, i in vocab.items():
+        if not s:
+            fail(f"tokenizer.json: model.vocab has an empty token (id {i})")
         if all(c in byte_of for c in s):
             tokens[i] = bytes(byte_of[c] for c in s)
             flags[i] |= FLAG_BPE
         else:  # HF's ByteLevel decoder falls back to the raw UTF-8 of such a token
             tokens[i] = s.encode("utf-8")
-    for c in byte_of:
-        if c not in vocab:
-            fail(f"tokenizer.json: byte-level character {c!r} is missing from the vocab")
     contents = set()
     for a in added:
-        i = a["id"]
+        i, content = a["id"], a["content"].encode("utf-8")
         if a["content"] in contents:
-            fail(f"tokenizer.json: duplicate added token {a['content']!r}")
+            fail(f"tokenizer.json: added token {describe(a['content'])} appears twice")
         contents.add(a["content"])
-        content = a["content"].encode("utf-8")
-        if flags[i] & FLAG_BPE and tokens[i] != content:
-            fail(f"tokenizer.json: added token {a['content']!r} reuses the id of a different BPE token")
+        if tokens[i] and tokens[i] != content:
+            fail(f"tokenizer.json: added token {describe(a['content'])} has id {i}, which model.vocab "
+                 f"gives to another token")
         tokens[i] = content
         flags[i] |= FLAG_ADDED | (FLAG_SPECIAL if a.get("special") else 0)
         flags[i] |= FLAG_NORMALIZED if a.get("normalized", True) else 0
+    for left, right in merge_pairs:
+        for part in (left, right, left + right):
+            if part not in vocab:
+                fail(f"tokenizer.json: merge {describe(left + ' ' + right)} needs {describe(part)}, "
+                     f"which is not in model.vocab")
+
+    # what run.c reproduces exactly
+    if model.get("byte_fallback") or model.get("dropout") not in (None, 0, 0.0) or model.get("ignore_merges"):
+        unsupported("tokenizer.json: BPE byte_fallback, dropout and ignore_merges are not supported")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        unsupported("tokenizer.json: BPE continuing_subword_prefix/end_of_word_suffix are not supported")
+    if not empty_normalizer:
+        unsupported(f"tokenizer.json: only an empty normalizer is supported (got {tj['normalizer']['type']})")
+    pretok = detect_pre_tokenizer(stages)
+    for c in byte_of:
+        if c not in vocab:
+            unsupported(f"tokenizer.json: byte-level character {c!r} is missing from the vocab")
+    for a in added:
+        if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
+            unsupported(f"tokenizer.json: added token {describe(a['content'])} uses lstrip/rstrip/single_word")
 
     # Merge rank = index in the list; HF builds a map, so a repeated pair keeps its last rank.
     ranked: dict[tuple[int, int], tuple[int, int]] = {}
-    for rank, m in enumerate(tj["model"]["merges"]):
-        parts = m.split(" ") if isinstance(m, str) else list(m)
-        if len(parts) != 2:
-            fail(f"tokenizer.json: bad merge {m!r}")
-        a, b = parts
-        if a not in vocab or b not in vocab or a + b not in vocab:
-            fail(f"tokenizer.json: merge {m!r} refers to a token that is not in the vocab")
-        ia, ib, ir = vocab[a], vocab[b], vocab[a + b]
+    for rank, (left, right) in enumerate(merge_pairs):
+        ia, ib, ir = vocab[left], vocab[right], vocab[left + right]
         if not (flags[ia] & flags[ib] & flags[ir] & FLAG_BPE):
-            fail(f"tokenizer.json: merge {m!r} uses a token that is not byte-level")
+            unsupported(f"tokenizer.json: merge {describe(left + ' ' + right)} uses a token that is not byte-level")
         ranked[(ia, ib)] = (rank, ir)
     merges = sorted((r, a, b, res) for (a, b), (r, res) in ranked.items())
+    if len(merges) > 1 << 24:
+        unsupported(f"tokenizer.json: {len(merges)} merges, run.c reads at most {1 << 24}")
 
-    def token_id(tok) -> int:
-        c = token_content(tok)
+    def token_id(key: str) -> int:
+        c = token_content(cfg.get(key))
         if c is None:
             return -1
         for a in added:
@@ -540,15 +889,13 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
                 return a["id"]
         if c in vocab:
             return vocab[c]
-        fail(f"tokenizer_config.json: token {c!r} is not in the vocabulary")
+        unsupported(f"tokenizer_config.json: {key} {describe(c)} is not in the vocabulary")
         return -1
 
-    bos_id = token_id(cfg.get("bos_token"))
-    eos_id = token_id(cfg.get("eos_token"))
-    cfg_flags = (1 if cfg.get("add_bos_token", False) else 0) | (2 if cfg.get("add_eos_token", False) else 0)
+    bos_id, eos_id = token_id("bos_token"), token_id("eos_token")
+    cfg_flags = (1 if cfg.get("add_bos_token") else 0) | (2 if cfg.get("add_eos_token") else 0)
     if cfg_flags & 1 and bos_id < 0:
-        fail("tokenizer_config.json: add_bos_token is true but there is no bos_token")
-    template = read_chat_template(hf_dir, cfg)
+        unsupported("tokenizer_config.json: add_bos_token is true but there is no bos_token")
     family = chat_family(template)
     tbytes = (template or "").encode("utf-8")
 
@@ -574,30 +921,31 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def count_tokens(hf_dir: str, vocab_size: int) -> int:
-    """n_tokens = 1 + the largest id in tokenizer.json (model.vocab and added_tokens); without
-    a tokenizer.json every row of the embedding counts. Ids >= n_tokens are padding rows."""
-    path = os.path.join(hf_dir, "tokenizer.json")
-    if not os.path.exists(path):
+def count_tokens(hf_dir: str) -> Optional[int]:
+    """1 + the largest id in tokenizer.json (model.vocab and added_tokens), or None without a
+    tokenizer.json (or one without ids)."""
+    tj = read_tokenizer_json(hf_dir)
+    if tj is None:
+        return None
+    vocab = tj["model"]["vocab"]
+    ids = list(vocab.values()) if isinstance(vocab, dict) else [len(vocab) - 1] if vocab else []
+    ids += [a["id"] for a in tj.get("added_tokens") or []]
+    return 1 + max(ids) if ids else None
+
+
+def n_tokens_of(n_ids: Optional[int], vocab_size: int, blob: Optional[bytes]) -> int:
+    """The n_tokens word: the tokenizer's size (ids >= n_tokens are padding rows of the
+    embedding), or every row without a tokenizer."""
+    if n_ids is None:
         return vocab_size
-    tok = read_json(path, "tokenizer.json")
-    vocab = (tok.get("model") or {}).get("vocab") or {}
-    if isinstance(vocab, dict):      # BPE / WordPiece: token -> id
-        ids = [i for i in vocab.values() if isinstance(i, int)]
-    elif isinstance(vocab, list):    # Unigram: [[piece, score], ...], id = position
-        ids = [len(vocab) - 1] if vocab else []
-    else:
-        fail(f"tokenizer.json: unexpected model.vocab of type {type(vocab).__name__}")
-    ids += [t.get("id") for t in tok.get("added_tokens") or []
-            if isinstance(t, dict) and isinstance(t.get("id"), int)]
-    if not ids:
-        return vocab_size
-    n_tokens = 1 + max(ids)
-    if n_tokens > vocab_size:
-        print(f"export.py: warning: tokenizer.json has ids up to {n_tokens - 1} but vocab_size "
+    if n_ids > vocab_size:
+        if blob is not None:
+            fail(f"tokenizer.json has ids up to {n_ids - 1} but config.json vocab_size is "
+                 f"{vocab_size}: the model has no embedding row for them")
+        print(f"export.py: warning: tokenizer.json has ids up to {n_ids - 1} but vocab_size "
               f"is {vocab_size}; using n_tokens = {vocab_size}", file=sys.stderr)
-        n_tokens = vocab_size
-    return n_tokens
+        return vocab_size
+    return n_ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,9 +966,9 @@ class SourceTensor:
 def read_safetensors_header(path: str) -> dict:
     """Parse and validate the header; returns name -> SourceTensor. Every range is checked
     against the file size, so a truncated file or a lying header is caught here."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+    with open_input(path, "safetensors file") as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 fail(f"{path}: not a safetensors file (only {size} bytes)")
@@ -629,12 +977,9 @@ def read_safetensors_header(path: str) -> dict:
                 fail(f"{path}: bad safetensors header length {header_len} (file has {size} bytes;"
                      f" truncated or not a safetensors file)")
             header_bytes = f.read(header_len)
-    except OSError as e:
-        fail(f"cannot read {path}: {e.strerror or e}")
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(f"{path}: safetensors header is not valid JSON ({e})")
+        except OSError as e:
+            fail(f"cannot read {path}: {e.strerror or e}")
+    header = parse_json(header_bytes, f"{path}: safetensors header")
     if not isinstance(header, dict):
         fail(f"{path}: safetensors header is not a JSON object")
     base = 8 + header_len
@@ -656,11 +1001,11 @@ def parse_header_entry(path: str, name: str, info, base: int, size: int) -> Sour
         fail(f"{where}: missing dtype")
     if (not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        fail(f"{where}: bad shape {shape!r}")
+        fail(f"{where}: bad shape {describe(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
-        fail(f"{where}: bad data_offsets {offsets!r}")
+        fail(f"{where}: bad data_offsets {describe(offsets)}")
     start, end = base + offsets[0], base + offsets[1]
     if end > size:
         fail(f"{where}: data ends at byte {end} but the file has only {size} bytes "
@@ -679,9 +1024,11 @@ def check_no_overlap(path: str, tensors: dict) -> None:
             fail(f"{path}: tensors {name_a} and {name_b} overlap in the file")
 
 
-def shard_path(hf_dir: str, filename) -> str:
-    if not isinstance(filename, str) or os.path.basename(filename) != filename or not filename:
-        fail(f"model.safetensors.index.json: bad shard file name {filename!r}")
+def shard_path(hf_dir: str, name: str, filename) -> str:
+    if (not isinstance(filename, str) or not filename or os.path.basename(filename) != filename
+            or "\0" in filename):
+        fail(f"model.safetensors.index.json: weight_map[{describe(name)}] = {describe(filename)} "
+             f"is not a file name in {hf_dir}")
     return os.path.join(hf_dir, filename)
 
 
@@ -689,23 +1036,23 @@ def load_checkpoint(hf_dir: str) -> dict:
     """All tensors of the checkpoint, name -> SourceTensor (headers only, no data)."""
     index_path = os.path.join(hf_dir, "model.safetensors.index.json")
     single_path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.exists(index_path):
-        if not os.path.exists(single_path):
+    if not os.path.lexists(index_path):
+        if not os.path.lexists(single_path):
             fail(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
         return read_safetensors_header(single_path)
     weight_map = read_json(index_path, "model.safetensors.index.json").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         fail(f"{index_path}: missing or empty weight_map")
+    paths = {filename: shard_path(hf_dir, name, filename) for name, filename in weight_map.items()}
     shards = {}
-    for filename in sorted(set(weight_map.values()), key=str):
-        path = shard_path(hf_dir, filename)
-        if not os.path.isfile(path):
+    for filename, path in sorted(paths.items()):
+        if not os.path.lexists(path):
             fail(f"missing shard {filename} (listed in model.safetensors.index.json)")
         shards[filename] = read_safetensors_header(path)
-    tensors = {}
     for name, filename in weight_map.items():
         if name not in shards[filename]:
             fail(f"model.safetensors.index.json puts {name} in {filename}, but it is not there")
+    tensors = {}
     for filename, shard in shards.items():
         for name, tensor in shard.items():
             if name in tensors:
@@ -715,7 +1062,7 @@ def load_checkpoint(hf_dir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# the canonical tensor order (team brief, "Tensor order")
+# the canonical tensor order (the order run.c's walk_weights reads them in)
 
 
 def is_moe_layer(c: dict, layer: int) -> bool:
@@ -762,13 +1109,13 @@ def layer_tensors(c: dict, layer: int) -> list:
     return out
 
 
-def model_tensors(c: dict) -> list:
+def model_tensors(c: dict) -> Iterator[tuple]:
     V, D = c["vocab_size"], c["dim"]
-    out = [("model.embed_tokens.weight", (V, D), False)]
+    yield ("model.embed_tokens.weight", (V, D), False)
     for layer in range(c["n_layers"]):
-        out += layer_tensors(c, layer)
-    out += [("model.norm.weight", (D,), True), ("lm_head.weight", (V, D), False)]
-    return out
+        yield from layer_tensors(c, layer)
+    yield ("model.norm.weight", (D,), True)
+    yield ("lm_head.weight", (V, D), False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -793,7 +1140,7 @@ SCALE_SUFFIX = "_scale_inv"
 
 
 def is_skipped(c: dict, name: str) -> bool:
-    """Tensors of layers >= n_layers (the MTP module, spec §2.2) are not stored yet."""
+    """Tensors of layers >= n_layers (the MTP module, DeepSeek-V3 §2.2) are not stored yet."""
     m = LAYER_RE.match(name)
     return (m is not None and int(m.group(1)) >= c["n_layers"]) or name.endswith(IGNORED_SUFFIXES)
 
@@ -845,7 +1192,15 @@ def check_fp8_scale(name: str, shape: tuple, scale: Optional[SourceTensor]) -> S
 
 
 def plan_export(c: dict, tensors: dict, out_type: int, blob: Optional[bytes]) -> list:
-    expected = model_tensors(c)
+    # A config of 65536 layers of 65536 experts passes run.c's limits, but its list of tensors
+    # would not fit in memory: stop listing once it is far longer than the checkpoint.
+    expected = []
+    for t in model_tensors(c):
+        expected.append(t)
+        if len(expected) > 2 * len(tensors) + 64:
+            fail(f"config.json describes a model of more than {len(expected) - 1} tensors "
+                 f"(num_hidden_layers {c['n_layers']}, n_routed_experts {c['n_routed_experts']}) "
+                 f"but the checkpoint has {len(tensors)}")
     wanted = {name: shape for name, shape, _ in expected}
     check_names(c, wanted, tensors)
     plan = [plan_tensor(name, shape, f32, out_type, tensors, c) for name, shape, f32 in expected]
@@ -907,7 +1262,8 @@ def pack_header(c: dict, plan: list) -> bytes:
 
 
 def fp8_e4m3_table() -> np.ndarray:
-    """float8_e4m3fn byte -> float32 (spec §2.3): no infinities, 0x7f/0xff are NaN."""
+    """float8_e4m3fn byte -> float32 (the OCP FP8 E4M3 format; DeepSeek-V3 §3.3, the official
+    inference/kernel.py weight_dequant): no infinities, 0x7f/0xff are NaN."""
     b = np.arange(256)
     sign, exp, man = b >> 7, (b >> 3) & 15, b & 7
     mag = np.where(exp == 0, np.ldexp(man / 8.0, -6), np.ldexp(1.0 + man / 8.0, exp - 7))
@@ -923,8 +1279,11 @@ NUMPY_DTYPE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(
 
 def read_raw(f: BinaryIO, t: SourceTensor, first_row: int, n_rows: int) -> bytes:
     row_bytes = t.nbytes // t.shape[0] if t.shape and t.shape[0] else 0
-    f.seek(t.start + first_row * row_bytes)
-    data = f.read(n_rows * row_bytes)
+    try:
+        f.seek(t.start + first_row * row_bytes)
+        data = f.read(n_rows * row_bytes)
+    except OSError as e:  # an OSError while writing is the output's (write_atomically)
+        fail(f"cannot read {t.path}: {e.strerror or e}")
     if len(data) != n_rows * row_bytes:
         fail(f"{t.path}: unexpected end of file while reading {t.name} (file changed?)")
     return data
@@ -1027,11 +1386,11 @@ def tensor_chunks(t: OutTensor) -> Iterator[bytes]:
     copy_bits = t.type == BF16 and src.dtype == "BF16" and t.scale is None
     scale = None
     if t.scale is not None:
-        with open(t.scale.path, "rb") as f:
+        with open_input(t.scale.path, "safetensors file") as f:
             raw = read_raw(f, t.scale, 0, t.scale.shape[0])
         scale = decode(raw, t.scale.dtype, t.scale.shape)
     step = rows_per_chunk(t)
-    with open(src.path, "rb") as f:
+    with open_input(src.path, "safetensors file") as f:
         for r0 in range(0, rows, step):
             n = min(step, rows - r0)
             raw = read_raw(f, src, r0, n)
@@ -1067,31 +1426,88 @@ class Progress:
                   file=sys.stderr, flush=True)
 
 
-def write_atomically(path: str, write) -> None:
-    """Call write(f) on a temporary file next to `path`, then rename it to `path`. On any
-    error (or Ctrl-C) the temporary file is removed and `path` is left untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        fail(f"output path is a directory: {path}")
+class Stopped(BaseException):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread so that the temporary file is removed
+    on the way out (a BaseException, like KeyboardInterrupt: no `except ExportError` stops it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def on_stop_signal(signum: int, frame) -> None:
+    for s in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(s, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
-                                   suffix=".tmp")
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def check_output(path: str, inputs: list) -> None:
+    """Refuse an output path that is not a regular file (a directory, a FIFO, a device: it is
+    never replaced) or that is one of the inputs (same device and inode, through any symlink
+    or hard link)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # also a dangling symlink, which the rename replaces
+        return
     except OSError as e:
-        fail(f"cannot create a file in {directory}: {e.strerror or e}")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        fail(f"cannot stat the output path {path}: {e.strerror or e}")
+    if stat.S_ISDIR(st.st_mode):
+        fail(f"output path is a directory: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        fail(f"output path {path} exists and is not a regular file; it is left alone")
+    for p in inputs:
         try:
-            os.unlink(tmp)
+            s = os.stat(p)
         except OSError:
-            pass
+            continue
+        if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+            fail(f"output path {path} is the input file {p}")
+
+
+def write_atomically(path: str, write, inputs: list = ()) -> None:
+    """Call write(f) on a temporary file next to `path`, then rename it to `path`. On any
+    error, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed and `path` is left untouched."""
+    check_output(path, list(inputs))
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        try:
+            with stop_signals_blocked():  # no signal between creating tmp and knowing its name
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
+                                           suffix=".tmp")
+        except OSError as e:
+            fail(f"cannot create a file in {directory}: {e.strerror or e}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, a file size limit, an I/O error
+            fail(f"cannot write {path}: {e.strerror or e} (nothing was written)")
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            fail(f"cannot rename {tmp} to {path}: {e.strerror or e}")
+    except BaseException:
+        if tmp is not None:
+            with stop_signals_blocked():
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         raise
 
 
@@ -1113,19 +1529,25 @@ def write_model(f: BinaryIO, header: bytes, plan: list, file_size: int) -> None:
         fail(f"internal error: file size {pos}, expected {file_size}")
 
 
+# The files of a checkpoint that export.py reads besides the shards: the output may be none of them.
+INPUT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja")
+
+
 def export_model(hf_dir: str, out_path: str, dtype: str) -> None:
     c = load_config(hf_dir)
     tensors = load_checkpoint(hf_dir)
     blob = tokenizer_blob(hf_dir)
-    c["n_tokens"] = count_tokens(hf_dir, c["vocab_size"])
+    c["n_tokens"] = n_tokens_of(count_tokens(hf_dir), c["vocab_size"], blob)
     if blob is not None:
         h = fnv1a64(blob)
         c["tokenizer_hash_lo"], c["tokenizer_hash_hi"] = h & 0xFFFFFFFF, h >> 32
     plan = plan_export(c, tensors, DTYPES[dtype], blob)
     file_size = assign_offsets(plan)
     header = pack_header(c, plan)
+    inputs = [os.path.join(hf_dir, n) for n in INPUT_FILES] + sorted({t.path for t in tensors.values()})
     start = time.monotonic()
-    write_atomically(out_path, lambda f: write_model(f, header, plan, file_size))
+    write_atomically(out_path, lambda f: write_model(f, header, plan, file_size), inputs)
     print(f"export: wrote {out_path}: {len(plan)} tensors, {file_size / 1e6:.1f} MB, {dtype}, "
           f"{time.monotonic() - start:.1f} s", file=sys.stderr)
 
@@ -1134,10 +1556,10 @@ def export_tokenizer(hf_dir: str, out_path: str) -> None:
     blob = tokenizer_blob(hf_dir)
     if blob is None:
         fail(f"no tokenizer could be exported from {hf_dir}")
-    write_atomically(out_path, lambda f: f.write(blob))
+    write_atomically(out_path, lambda f: f.write(blob), [os.path.join(hf_dir, n) for n in INPUT_FILES])
 
 
-def main() -> None:
+def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="export.py",
         description="Export a HuggingFace DeepSeek-V2/V3 checkpoint to a seek.c model file.")
@@ -1147,7 +1569,9 @@ def main() -> None:
                         help="type of the 2-D weight matrices except the router (default f32)")
     parser.add_argument("--tokenizer", action="store_true",
                         help="write only the tokenizer file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for s in STOP_SIGNALS:
+        signal.signal(s, on_stop_signal)
     try:
         if not os.path.isdir(args.hf_dir):
             fail(f"not a directory: {args.hf_dir}")
@@ -1164,9 +1588,11 @@ def main() -> None:
     except MemoryError:
         print("export.py: error: out of memory", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("export.py: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except Stopped as e:
+        print(f"export.py: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        signal.signal(e.signum, signal.SIG_DFL)  # die of the signal, as the caller expects
+        os.kill(os.getpid(), e.signum)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ V2_CONFIG = {
     "moe_intermediate_size": 12, "n_routed_experts": 3, "n_shared_experts": 2,
     "num_experts_per_tok": 2, "topk_method": "greedy", "first_k_dense_replace": 1,
     "moe_layer_freq": 2, "rope_theta": 10000, "rope_scaling": None, "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 512, "bos_token_id": 100, "eos_token_id": [7, 8],
+    "max_position_embeddings": 512, "bos_token_id": 30, "eos_token_id": [7, 8],
 }
 
 
