@@ -25,7 +25,7 @@ ARM64_CC ?= aarch64-linux-gnu-gcc
 QEMU_ARM64 ?= qemu-aarch64
 HAVE_ARM64 := $(shell command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEMU_ARM64) >/dev/null 2>&1 && echo yes)
 
-.PHONY: all test test-asan test-arm64 fuzz-replay fuzz-smoke clean bench
+.PHONY: all test test-asan test-arm64 fuzz-replay fuzz-smoke fuzz-export clean bench
 all: run
 
 # As a prerequisite, `run` is the binary. As the goal (`make run`, the README's first command)
@@ -53,7 +53,7 @@ ifeq ($(HAVE_ARM64),yes)
 else
 	@echo "make test: $(ARM64_CC) or $(QEMU_ARM64) not found; skipping the arm64 tests"
 endif
-	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke
+	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke fuzz-export
 	$(PYTHON) -m pytest -q tests
 
 # The tests that drive the C binary, again against ./run-asan; the matmul tests also against ./run-asan-simd.
@@ -90,6 +90,13 @@ fuzz-smoke:
 	    if [ $$rc -ne 0 ]; then tail -n 60 $$work.log; rm -rf $$work $$work.log; exit 1; fi; \
 	    rm -rf $$work $$work.log; done; \
 	else echo "fuzz-smoke: skipped ($(FUZZ_CC) with libFuzzer not found; apt-get install clang libclang-rt-14-dev)"; fi
+
+# export.py on mutated configs, safetensors headers, tokenizer files and paths (tests/fuzz/fuzz_export.py);
+# the files it accepts must load in ./run. FUZZ_EXPORT_SECONDS=600 for a longer run, FUZZ_EXPORT_SEED=n.
+FUZZ_EXPORT_SECONDS ?= 40
+FUZZ_EXPORT_SEED ?= 0
+fuzz-export: run
+	$(PYTHON) $(FUZZ)/fuzz_export.py --seconds $(FUZZ_EXPORT_SECONDS) --seed $(FUZZ_EXPORT_SEED) --run ./run
 
 # The portable (non-AVX2) kernels, as an arm64 laptop runs them: engine logits, quantized and batched paths.
 test-arm64:

@@ -132,24 +132,37 @@ def has_lone_surrogate(s: str) -> bool:
         return True
 
 
+def json_path(path: tuple) -> str:
+    """("model", "vocab", "a") -> model.vocab["a"] (names a place in a JSON document)."""
+    out = ""
+    for k in path:
+        if isinstance(k, int):
+            out += f"[{k}]"
+        elif k.isidentifier():
+            out += f".{k}" if out else k
+        else:
+            out += f"[{describe(k)}]"
+    return out or "the document"
+
+
 def check_unicode(value, where: str) -> None:
     """JSON can escape half of a surrogate pair (\\ud800) on its own. That is no character and has
     no UTF-8 form (HF tokenizers, reading with serde_json, refuses such a file), so every string
     and key is checked; iteratively, as the document may be nested a thousand deep."""
-    stack = [value]
+    stack = [((), value)]
     while stack:
-        v = stack.pop()
-        strings = ()
-        if isinstance(v, str):
-            strings = (v,)
+        path, v = stack.pop()
+        if isinstance(v, str) and has_lone_surrogate(v):
+            fail(f"{where}: {json_path(path)}: the string {describe(v)} holds a lone surrogate "
+                 f"(not valid Unicode)")
         elif isinstance(v, list):
-            stack.extend(v)
+            stack.extend((path + (k,), x) for k, x in enumerate(v))
         elif isinstance(v, dict):
-            stack.extend(v.values())
-            strings = v.keys()
-        for s in strings:
-            if has_lone_surrogate(s):
-                fail(f"{where}: the string {describe(s)} holds a lone surrogate (not valid Unicode)")
+            for k, x in v.items():
+                if has_lone_surrogate(k):
+                    fail(f"{where}: {json_path(path + (k,))}: the key holds a lone surrogate "
+                         f"(not valid Unicode)")
+                stack.append((path + (k,), x))
 
 
 def parse_json(data: bytes, where: str):
@@ -826,8 +839,8 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
         fail("tokenizer.json: a BPE model.vocab must be an object")
     n_vocab = max(list(vocab.values()) + [a["id"] for a in added], default=-1) + 1
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    tokens: list[bytes] = [b""] * n_vocab
-    flags = [0] * n_vocab
+    tokens: dict[int, bytes] = {}               # ids without a token are holes
+    flags = np.zeros(n_vocab, dtype=np.uint8)   # arrays: a few tokens may have ids up to 2^24
     for s, i in vocab.items():
         if not s:
             fail(f"tokenizer.json: model.vocab has an empty token (id {i})")
@@ -842,7 +855,7 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
         if a["content"] in contents:
             fail(f"tokenizer.json: added token {describe(a['content'])} appears twice")
         contents.add(a["content"])
-        if tokens[i] and tokens[i] != content:
+        if tokens.get(i, content) != content:
             fail(f"tokenizer.json: added token {describe(a['content'])} has id {i}, which model.vocab "
                  f"gives to another token")
         tokens[i] = content
@@ -887,9 +900,11 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
         for a in added:
             if a["content"] == c:
                 return a["id"]
-        if c in vocab:
+        if c in vocab and flags[vocab[c]]:
             return vocab[c]
-        unsupported(f"tokenizer_config.json: {key} {describe(c)} is not in the vocabulary")
+        # A vocab entry that is neither byte-level nor an added token is a hole for run.c.
+        unsupported(f"tokenizer_config.json: {key} {describe(c)} is not an added token or a "
+                    f"byte-level token of the vocabulary")
         return -1
 
     bos_id, eos_id = token_id("bos_token"), token_id("eos_token")
@@ -899,14 +914,15 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     family = chat_family(template)
     tbytes = (template or "").encode("utf-8")
 
-    pool = b"".join(tokens)
-    offsets = [0]
-    for t in tokens:
-        offsets.append(offsets[-1] + len(t))
+    ids = sorted(tokens)
+    pool = b"".join(tokens[i] for i in ids)
+    lengths = np.zeros(n_vocab + 1, dtype=np.int64)
+    lengths[np.array(ids, dtype=np.int64) + 1] = [len(tokens[i]) for i in ids]
+    offsets = np.cumsum(lengths).astype("<u4")
     out = [TOKENIZER_MAGIC, struct.pack("<IIIIiiIIIII", TOKENIZER_VERSION, n_vocab, len(merges), len(added),
                                         bos_id, eos_id, cfg_flags, pretok, family, len(tbytes), len(pool))]
-    out.append(struct.pack(f"<{n_vocab + 1}I", *offsets))
-    out.append(bytes(flags))
+    out.append(offsets.tobytes())
+    out.append(flags.tobytes())
     out.append(pool)
     out.append(b"".join(struct.pack("<III", a, b, r) for _, a, b, r in merges))
     out.append(struct.pack(f"<{len(added)}I", *[a["id"] for a in added]))

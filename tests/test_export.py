@@ -4,9 +4,15 @@ and the model file is read back by an independent reader and compared with value
 
 Run: /usr/bin/python3 -m pytest tests/test_export.py
 """
+import contextlib
+import importlib.util
+import io
 import json
 import math
 import os
+import resource
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -15,9 +21,16 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPORT = os.path.join(ROOT, "export.py")
-sys.path.insert(0, ROOT)
-import export  # noqa: E402  (in-process tests: tokenizer hook, chunking, cleanup)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import gen_checkpoints  # noqa: E402
+
+# The exporter under test, also for the in-process tests (tokenizer hook, chunking, clean-up, the
+# CLI's error contract): $SEEK_EXPORT if set (conftest.py), else the repository's export.py.
+EXPORT = os.environ.get("SEEK_EXPORT") or os.path.join(ROOT, "export.py")
+_spec = importlib.util.spec_from_file_location("export", EXPORT)
+export = importlib.util.module_from_spec(_spec)
+sys.modules["export"] = export
+_spec.loader.exec_module(export)
 
 F32, BF16, U8 = 0, 1, 16
 
@@ -133,7 +146,7 @@ def always_f32(name: str, shape: tuple) -> bool:
 
 
 def mtp_shapes(cfg: dict) -> list:
-    """The MTP module (spec §2.2): layer index n_layers, must be skipped."""
+    """The MTP module (DeepSeek-V3 §2.2): layer index n_layers, must be skipped."""
     L, D, V = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]
     p = f"model.layers.{L}."
     extra = [(p + "embed_tokens.weight", (V, D)), (p + "enorm.weight", (D,)),
@@ -413,7 +426,8 @@ FP8_CONFIG = dict(V3_CONFIG, hidden_size=136, num_hidden_layers=2, vocab_size=30
 
 
 def is_fp8_weight(name: str) -> bool:
-    """As in V3 checkpoints (spec §2.3): projections inside attention and every MLP."""
+    """As in V3 checkpoints (the official inference/fp8_cast_bf16.py: every weight with a
+    _scale_inv companion): projections inside attention and every MLP."""
     return name.endswith("_proj.weight") and ".layers." in name and "eh_proj" not in name
 
 
@@ -756,3 +770,633 @@ def test_streaming_memory_bound(tmp_path):
     assert growth_mb < 60, f"exporter RSS grew by {growth_mb:.0f} MB on a {size / 1e6:.0f} MB model"
     m = read_model(tmp_path / "big.bin")
     assert m["tensors"][0]["shape"] == (100_000, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile input, round two: whatever the input, export.py exits 0 with a file run.c loads, or 1
+# with one line "export.py: error: ..." and no file; never a traceback, a hang or a lost file.
+
+
+def export_cli(*args) -> tuple:
+    """export.py's main() in this process, with sys.argv as its command line (so an older
+    export.py without an argv parameter runs too): (exit status, stderr). Any exception other
+    than SystemExit escapes to the test: that is a traceback the user would have seen."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    argv, sys.argv = sys.argv, ["export.py", *map(str, args)]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            export.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return code, err.getvalue()
+
+
+def assert_one_error(code, stderr: str, *words) -> str:
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("export.py: error: "), stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def base_v3(tmp_path_factory):
+    """The V3-style checkpoint of this file, written once; cases link to its safetensors."""
+    hf = tmp_path_factory.mktemp("base") / "v3"
+    make_checkpoint(hf, V3_CONFIG)
+    return hf
+
+
+def case_dir(tmp_path, base, config: dict, name: str = "hf"):
+    """A checkpoint directory with its own config.json and a link to base's model.safetensors."""
+    hf = tmp_path / name
+    hf.mkdir()
+    (hf / "model.safetensors").symlink_to(base / "model.safetensors")
+    (hf / "config.json").write_text(json.dumps(config, allow_nan=True))
+    return hf
+
+
+def bad_config_export(tmp_path, base, config: dict, *words):
+    """Export with this config.json: one error line naming `words`, no file left."""
+    hf = case_dir(tmp_path, base, config, f"hf{len(list(tmp_path.iterdir()))}")
+    out_dir = hf.parent / (hf.name + "-out")
+    out_dir.mkdir()
+    code, err = export_cli(hf, out_dir / "m.bin")
+    line = assert_one_error(code, err, *words)
+    assert os.listdir(out_dir) == [], "no output and no temporary file left"
+    return line
+
+
+# Every config.json field export.py reads, with values of the wrong JSON type, numbers that do not
+# fit the file's int32 / float32, and non-finite floats (json.dumps writes NaN and Infinity as
+# Python's json module reads them).
+INT_FIELDS = ["hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "q_lora_rank",
+              "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+              "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+              "num_experts_per_tok", "n_group", "topk_group", "first_k_dense_replace",
+              "moe_layer_freq", "max_position_embeddings", "bos_token_id", "eos_token_id"]
+FLOAT_FIELDS = ["routed_scaling_factor", "rope_theta", "rms_norm_eps"]
+CHOICE_FIELDS = ["model_type", "topk_method", "scoring_func"]
+BOOL_FIELDS = ["norm_topk_prob", "tie_word_embeddings"]
+ROPE_INT_FIELDS = ["original_max_position_embeddings"]
+ROPE_FLOAT_FIELDS = ["factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"]
+BAD_INTS = ["12", [12, "x"], {"v": 12}, 1.5, True, 2**31, -2**31 - 1, 2**40, 1e39, float("inf"),
+            float("-inf"), float("nan")]
+BAD_FLOATS = ["1e-6", [1.0, "x"], {"v": 1}, True, 1e39, -1e39, 10**40, float("inf"),
+              float("-inf"), float("nan")]
+BAD_CHOICES = [["noaux_tc"], {"noaux_tc": 1}, 5, True, "\ud800"]
+BAD_BOOLS = ["true", 1, [], {"a": True}]
+
+
+@pytest.mark.parametrize("field", INT_FIELDS + FLOAT_FIELDS + CHOICE_FIELDS + BOOL_FIELDS)
+def test_config_field_of_wrong_type_or_size(tmp_path, base_v3, field):
+    bad = (BAD_INTS if field in INT_FIELDS else BAD_FLOATS if field in FLOAT_FIELDS
+           else BAD_CHOICES if field in CHOICE_FIELDS else BAD_BOOLS)
+    for value in bad:
+        bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, **{field: value}),
+                          "config.json", field if field != "model_type" or value != "\ud800" else "model_type")
+
+
+@pytest.mark.parametrize("field", ROPE_INT_FIELDS + ROPE_FLOAT_FIELDS)
+@pytest.mark.parametrize("spelling", ["rope_scaling", "rope_parameters"])
+def test_yarn_field_of_wrong_type_or_size(tmp_path, base_v3, field, spelling):
+    rope = dict(V3_CONFIG["rope_scaling"], type="yarn")
+    base = {k: v for k, v in V3_CONFIG.items() if k != "rope_scaling"}
+    for value in BAD_INTS if field in ROPE_INT_FIELDS else BAD_FLOATS:
+        cfg = dict(base, **{spelling: dict(rope, **{field: value})})
+        bad_config_export(tmp_path, base_v3, cfg, "config.json", f"{spelling}.{field}")
+
+
+def test_rope_and_token_id_containers_of_wrong_type(tmp_path, base_v3):
+    for value in ([], "yarn", 5, True):
+        bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, rope_scaling=value), "rope_scaling")
+        bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, rope_parameters=value), "rope_parameters")
+    for value in ([1, 2], 5, "linear"):
+        rope = dict(V3_CONFIG["rope_scaling"], type=value)
+        bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, rope_scaling=rope), "rope scaling type")
+    for key in ("bos_token_id", "eos_token_id"):
+        for value in (["0"], [[0]], [True], [0.5], [2**31]):
+            bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, **{key: value}), key)
+
+
+# What run.c's validate_config rejects fails at export, with the config.json field named (limits
+# copied from run.c: dims <= 2^24, layers, heads, experts <= 65536, rope_theta in 1.0001..1e30,
+# rms_norm_eps in 1e-30..1, YaRN factor and betas in 1e-6..1e6, mscales in -1e3..1e3, ids < vocab).
+RUN_C_REJECTS = [
+    (dict(rope_theta=-10000.0), "rope_theta"), (dict(rope_theta=0), "rope_theta"),
+    (dict(rope_theta=1.0), "rope_theta"), (dict(rope_theta=1e31), "rope_theta"),
+    (dict(rms_norm_eps=0.0), "rms_norm_eps"), (dict(rms_norm_eps=-1e-6), "rms_norm_eps"),
+    (dict(rms_norm_eps=1e-50), "rms_norm_eps"), (dict(rms_norm_eps=2.0), "rms_norm_eps"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], factor=-40)), "rope_scaling.factor"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], factor=0)), "rope_scaling.factor"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], factor=1e7)), "rope_scaling.factor"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], beta_fast=0)), "rope_scaling.beta_fast"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], beta_slow=-1)), "rope_scaling.beta_slow"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], mscale=1e4)), "rope_scaling.mscale"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], mscale_all_dim=-2e3)), "rope_scaling.mscale_all_dim"),
+    (dict(rope_scaling=dict(V3_CONFIG["rope_scaling"], original_max_position_embeddings=0)),
+     "rope_scaling.original_max_position_embeddings"),
+    (dict(routed_scaling_factor=-1.0), "routed_scaling_factor"),
+    (dict(routed_scaling_factor=2e6), "routed_scaling_factor"),
+    (dict(bos_token_id=50), "bos_token_id"), (dict(bos_token_id=-2), "bos_token_id"),
+    (dict(eos_token_id=[50, 1]), "eos_token_id"), (dict(eos_token_id=-7), "eos_token_id"),
+    (dict(qk_rope_head_dim=7), "qk_rope_head_dim"), (dict(qk_rope_head_dim=0), "qk_rope_head_dim"),
+    (dict(hidden_size=2**24 + 1), "hidden_size"), (dict(vocab_size=0), "vocab_size"),
+    (dict(num_attention_heads=2**16 + 1), "num_attention_heads"),
+    (dict(qk_nope_head_dim=2**16 + 1), "qk_nope_head_dim"),
+    (dict(n_routed_experts=2**16 + 1), "n_routed_experts"),
+    (dict(n_shared_experts=1025), "n_shared_experts"),
+    (dict(num_experts_per_tok=5), "num_experts_per_tok"), (dict(num_experts_per_tok=0), "num_experts_per_tok"),
+    (dict(n_group=3), "n_group"), (dict(topk_group=3), "topk_group"),
+    (dict(moe_intermediate_size=0), "moe_intermediate_size"),
+    (dict(n_group=4, topk_group=1, num_experts_per_tok=2), "num_experts_per_tok"),
+    (dict(num_attention_heads=2**12, qk_nope_head_dim=2**12), "attention shapes"),
+    (dict(moe_layer_freq=0), "moe_layer_freq"), (dict(first_k_dense_replace=-1), "first_k_dense_replace"),
+    (dict(max_position_embeddings=0), "max_position_embeddings"),
+]
+
+
+def test_config_values_run_c_rejects(tmp_path, base_v3):
+    for changes, field in RUN_C_REJECTS:
+        bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, **changes), "config.json", field)
+
+
+def test_boundary_values_accepted_by_export_load_in_run_c(tmp_path, base_v3, run_bin):
+    """The other side of the limits: values at the edge export and load (run.c is the judge)."""
+    rope = dict(V3_CONFIG["rope_scaling"], factor=1e6, beta_fast=1e-6, beta_slow=1e6, mscale=-1e3,
+                mscale_all_dim=1e3, original_max_position_embeddings=2**31 - 1)
+    edges = [dict(rope_theta=1.0002, rms_norm_eps=1.0), dict(rope_theta=1e30, rms_norm_eps=1e-30),
+             dict(rope_scaling=rope, bos_token_id=49, eos_token_id=-1, routed_scaling_factor=0.0),
+             dict(max_position_embeddings=2**31 - 1, bos_token_id=None, eos_token_id=[49])]
+    for k, changes in enumerate(edges):
+        hf = case_dir(tmp_path, base_v3, dict(V3_CONFIG, **changes), f"edge{k}")
+        code, err = export_cli(hf, tmp_path / f"edge{k}.bin")
+        assert code == 0, err
+        p = subprocess.run([run_bin, tmp_path / f"edge{k}.bin", "--encode"], capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
+        assert b"has no embedded tokenizer" in p.stderr, p.stderr  # it got past the config checks
+
+
+TIMED_EXPORT = """
+import importlib.util, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a runaway list fails, not the machine
+spec = importlib.util.spec_from_file_location("export", sys.argv[1])
+export = importlib.util.module_from_spec(spec)
+sys.modules["export"] = export
+spec.loader.exec_module(export)
+sys.argv = ["export.py"] + sys.argv[2:]
+start = time.monotonic()
+try:
+    export.main()
+finally:
+    print(f"{time.monotonic() - start:.3f}")
+"""
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(num_hidden_layers=10**6), "num_hidden_layers"),
+    (dict(num_hidden_layers=2**31 - 1), "num_hidden_layers"),
+    (dict(n_routed_experts=2**31 - 1), "n_routed_experts"),
+    (dict(num_hidden_layers=2**16, first_k_dense_replace=0, n_routed_experts=2**16, n_group=1,
+          topk_group=1), "num_hidden_layers 65536"),  # within run.c's limits, not the checkpoint's
+    (dict(num_hidden_layers=2**16, first_k_dense_replace=2**16, intermediate_size=2**24), "tensors"),
+], ids=["layers-1e6", "layers-2^31-1", "experts-2^31-1", "65536x65536", "65536-dense"])
+def test_huge_counts_fail_fast(tmp_path, base_v3, changes, field):
+    """Sizes are checked before any per-layer list is built: well under a second, bounded memory."""
+    hf = case_dir(tmp_path, base_v3, dict(V3_CONFIG, **changes))
+    try:
+        p = subprocess.run([sys.executable, "-c", TIMED_EXPORT, EXPORT, hf, tmp_path / "m.bin"],
+                           capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("export.py ran for a minute")
+    assert_one_error(p.returncode, p.stderr, field)
+    assert float(p.stdout) < 0.5, f"{p.stdout.strip()} s"
+    assert not (tmp_path / "m.bin").exists()
+
+
+def test_deep_json_everywhere(tmp_path, base_v3):
+    """Nesting past Python's recursion limit: config.json, the index, a safetensors header,
+    tokenizer.json and tokenizer_config.json."""
+    deep = "[" * 100000 + "]" * 100000
+    hf = case_dir(tmp_path, base_v3, V3_CONFIG, "config")
+    for text in (deep, '{"model_type": ' + deep + "}", '{"rope_scaling": {"factor": ' + deep + "}}"):
+        (hf / "config.json").write_text(text)
+        assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "config.json", "nested too deeply")
+    hf = tmp_path / "header"
+    make_checkpoint(hf, V2_CONFIG)
+    for lie in (lambda h: h.update(__metadata__=json.loads("[" * 500 + "]" * 500)),
+                lambda h: h.update({"model.norm.weight": "@DEEP@"})):
+        rewrite_with(hf, lie=lie)
+        st = hf / "model.safetensors"
+        data = st.read_bytes()
+        (n,) = struct.unpack_from("<Q", data)
+        header = data[8:8 + n].replace(b'"@DEEP@"', deep.encode())
+        header = header.replace(b"[" * 500 + b"]" * 500, deep.encode())
+        header += b" " * (-len(header) % 8)
+        body = data[8 + n:]
+        st.write_bytes(struct.pack("<Q", len(header)) + header + body)
+        assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "safetensors header", "nested too deeply")
+    hf = tmp_path / "index"
+    make_checkpoint(hf, V2_CONFIG, n_shards=2)
+    (hf / "model.safetensors.index.json").write_text('{"weight_map": ' + deep + "}")
+    assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "index.json", "nested too deeply")
+    hf = tokenizer_checkpoint(tmp_path / "tok")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        saved = (hf / name).read_text(encoding="utf-8")
+        (hf / name).write_text('{"added_tokens": ' + deep + "}")
+        assert_one_error(*export_cli(hf, tmp_path / "m.bin"), name, "nested too deeply")
+        assert_one_error(*export_cli("--tokenizer", hf, tmp_path / "t.bin"), name, "nested too deeply")
+        (hf / name).write_text(saved, encoding="utf-8")
+    assert not (tmp_path / "m.bin").exists() and not (tmp_path / "t.bin").exists()
+
+
+def test_weight_map_values_that_are_not_file_names(tmp_path):
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, V2_CONFIG, n_shards=2)
+    index_path = hf / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    for value in ([1], 5, None, {"a": 1}, True, "", "../model-00001-of-00002.safetensors", "a/b",
+                  "model\u0000.safetensors"):
+        wm = dict(index["weight_map"], **{"model.norm.weight": value})
+        index_path.write_text(json.dumps({"weight_map": wm}))
+        assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "weight_map", "model.norm.weight")
+    assert not (tmp_path / "m.bin").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer files: malformed = an error (exit 1); well-formed but not what run.c implements = a
+# warning, and the model exports without a tokenizer (README, "Exporting")
+
+
+TOKENIZER_CONFIG = dict(V2_CONFIG, vocab_size=320, bos_token_id=0, eos_token_id=1)
+
+
+def tokenizer_checkpoint(hf, merges: int = 60):
+    """The V2-shaped model of this file with the miniature V3-style tokenizer of
+    tests/gen_checkpoints.py (3 specials + 256 bytes + `merges` merges = 319 ids < 320)."""
+    make_checkpoint(hf, TOKENIZER_CONFIG)
+    gen_checkpoints.write_tokenizer(str(hf), merges)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def tok_base(tmp_path_factory):
+    hf = tokenizer_checkpoint(tmp_path_factory.mktemp("tokbase") / "hf")
+    out = hf.parent / "ok.bin"
+    code, err = export_cli(hf, out)
+    assert code == 0 and "warning" not in err, err
+    assert read_model(out)["tensors"][-1]["name"] == "tokenizer"  # the intact base embeds one
+    return hf
+
+
+class Root:
+    """What an edit returns to replace the whole document (other edits change it in place)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def tokenizer_case(tmp_path, base, edit, name="tokenizer.json"):
+    """A copy of the base checkpoint (safetensors linked) with `edit` applied to a tokenizer file's
+    JSON."""
+    hf = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+    hf.mkdir()
+    for f in os.listdir(base):
+        if f == "model.safetensors":
+            (hf / f).symlink_to(base / f)
+        else:
+            shutil.copy(base / f, hf / f)
+    doc = json.loads((hf / name).read_text(encoding="utf-8"))
+    new = edit(doc)
+    (hf / name).write_text(json.dumps(new.value if isinstance(new, Root) else doc, allow_nan=True),
+                           encoding="utf-8")
+    return hf
+
+
+def stage(doc, k):
+    return doc["pre_tokenizer"]["pretokenizers"][k]
+
+
+MALFORMED_TOKENIZER_JSON = {
+    "added_tokens-number": lambda d: d.update(added_tokens=5),
+    "added_tokens-string": lambda d: d.update(added_tokens="<s>"),
+    "added_token-number": lambda d: d["added_tokens"].append(7),
+    "added_token-content-number": lambda d: d["added_tokens"][0].update(content=5),
+    "added_token-content-empty": lambda d: d["added_tokens"][1].update(content=""),
+    "added_token-id-string": lambda d: d["added_tokens"][0].update(id="0"),
+    "added_token-id-negative": lambda d: d["added_tokens"][0].update(id=-1),
+    "added_token-id-huge": lambda d: d["added_tokens"][2].update(id=2**24),
+    "added_token-id-twice": lambda d: d["added_tokens"][1].update(id=0),
+    "added_token-content-twice": lambda d: d["added_tokens"][1].update(content=d["added_tokens"][0]["content"]),
+    "added_token-on-a-vocab-id": lambda d: d["added_tokens"][2].update(id=100),
+    "added_token-special-string": lambda d: d["added_tokens"][0].update(special="yes"),
+    "normalizer-string": lambda d: d.update(normalizer="NFC"),
+    "normalizer-number": lambda d: d.update(normalizer=5),
+    "normalizer-type-list": lambda d: d.update(normalizer={"type": ["Sequence"]}),
+    "normalizers-string": lambda d: d.update(normalizer={"type": "Sequence", "normalizers": "x"}),
+    "model-list": lambda d: d.update(model=[d["model"]]),
+    "model-string": lambda d: d.update(model="BPE"),
+    "model-missing": lambda d: d.pop("model"),
+    "model-type-number": lambda d: d["model"].update(type=5),
+    "vocab-list-for-BPE": lambda d: d["model"].update(vocab=list(d["model"]["vocab"])),
+    "vocab-string": lambda d: d["model"].update(vocab="a b c"),
+    "vocab-id-string": lambda d: d["model"]["vocab"].update(a="64"),
+    "vocab-id-bool": lambda d: d["model"]["vocab"].update(a=True),
+    "vocab-id-float": lambda d: d["model"]["vocab"].update(a=64.5),
+    "vocab-id-negative": lambda d: d["model"]["vocab"].update(a=-3),
+    "vocab-id-huge": lambda d: d["model"]["vocab"].update(a=2**24),
+    "vocab-duplicate-id": lambda d: d["model"]["vocab"].update(a=d["model"]["vocab"]["b"]),
+    "vocab-empty-token": lambda d: d["model"]["vocab"].update({"": 318}),
+    "merges-nested-lists": lambda d: d["model"]["merges"].__setitem__(0, [["t"], ["h"]]),
+    "merges-ints": lambda d: d["model"]["merges"].__setitem__(0, [1, 2]),
+    "merges-int": lambda d: d["model"]["merges"].__setitem__(3, 7),
+    "merges-three-parts": lambda d: d["model"]["merges"].__setitem__(3, "a b c"),
+    "merges-one-part": lambda d: d["model"]["merges"].__setitem__(3, ["ab"]),
+    "merges-string": lambda d: d["model"].update(merges="t h"),
+    "merges-unknown-token": lambda d: d["model"]["merges"].append("zq zr"),
+    "merges-result-not-in-vocab": lambda d: d["model"]["merges"].append("Q Z"),
+    "byte_fallback-string": lambda d: d["model"].update(byte_fallback="no"),
+    "dropout-string": lambda d: d["model"].update(dropout="0.1"),
+    "pre_tokenizer-string": lambda d: d.update(pre_tokenizer="Sequence"),
+    "pretokenizers-number": lambda d: d["pre_tokenizer"].update(pretokenizers=5),
+    "stage-number": lambda d: d["pre_tokenizer"]["pretokenizers"].__setitem__(1, 5),
+    "stage-type-number": lambda d: stage(d, 1).update(type=5),
+    "split-pattern-bare-string": lambda d: stage(d, 0).update(pattern="\\p{N}{1,3}"),
+    "split-pattern-number": lambda d: stage(d, 0).update(pattern={"Regex": 5}),
+    "split-pattern-two-keys": lambda d: stage(d, 0).update(pattern={"Regex": "a", "String": "b"}),
+    "split-behavior-number": lambda d: stage(d, 0).update(behavior=1),
+    "split-invert-string": lambda d: stage(d, 0).update(invert="false"),
+    "regex-bad-u-escape": lambda d: stage(d, 1).update(pattern={"Regex": "[\\u4e00-\\u9fzz]+"}),
+    "regex-short-u-escape": lambda d: stage(d, 1).update(pattern={"Regex": "[\\u4e0]+"}),
+    "regex-U-beyond-unicode": lambda d: stage(d, 1).update(pattern={"Regex": "[\\U00110000]+"}),
+    "regex-trailing-backslash": lambda d: stage(d, 0).update(pattern={"Regex": "\\p{N}{1,3}\\"}),
+    "bytelevel-flag-string": lambda d: stage(d, 3).update(use_regex="false"),
+    "surrogate-in-vocab": lambda d: d["model"]["vocab"].update({"a\udc00": 318}),
+    "surrogate-in-added": lambda d: d["added_tokens"][2].update(content="<\ud800>"),
+    "surrogate-in-merge": lambda d: d["model"]["merges"].append("\ud83d a"),
+    "surrogate-in-regex": lambda d: stage(d, 0).update(pattern={"Regex": "\udfff"}),
+    "root-list": lambda d: Root([d]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_TOKENIZER_JSON))
+def test_malformed_tokenizer_json_is_an_error(tmp_path, tok_base, case):
+    hf = tokenizer_case(tmp_path, tok_base, MALFORMED_TOKENIZER_JSON[case])
+    line = assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "tokenizer.json")
+    assert "warning" not in line and not (tmp_path / "m.bin").exists()
+    assert_one_error(*export_cli("--tokenizer", hf, tmp_path / "t.bin"), "tokenizer.json")
+    assert not (tmp_path / "t.bin").exists()
+
+
+MALFORMED_TOKENIZER_CONFIG = {
+    "bos_token-number": lambda d: d.update(bos_token=0),
+    "bos_token-list": lambda d: d.update(bos_token=["<s>"]),
+    "bos_token-content-number": lambda d: d.update(bos_token={"content": 0}),
+    "eos_token-empty-object": lambda d: d.update(eos_token={}),
+    "add_bos_token-string": lambda d: d.update(add_bos_token="true"),
+    "chat_template-number": lambda d: d.update(chat_template=5),
+    "chat_template-object": lambda d: d.update(chat_template={"default": "x"}),
+    "chat_template-list-of-numbers": lambda d: d.update(chat_template=[5]),
+    "chat_template-list-name-number": lambda d: d.update(chat_template=[{"name": 5, "template": "x"}]),
+    "chat_template-surrogate": lambda d: d.update(chat_template="{{ '\ud800' }}"),
+    "bos_token-surrogate": lambda d: d.update(bos_token="\udbff"),
+    "root-string": lambda d: Root("tokenizer"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_TOKENIZER_CONFIG))
+def test_malformed_tokenizer_config_is_an_error(tmp_path, tok_base, case):
+    hf = tokenizer_case(tmp_path, tok_base, MALFORMED_TOKENIZER_CONFIG[case], "tokenizer_config.json")
+    assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "tokenizer_config.json")
+    assert_one_error(*export_cli("--tokenizer", hf, tmp_path / "t.bin"), "tokenizer_config.json")
+    assert os.listdir(tmp_path) == [hf.name]
+
+
+def test_chat_template_jinja_not_utf8(tmp_path, tok_base):
+    hf = tokenizer_case(tmp_path, tok_base, lambda d: d.pop("chat_template", None), "tokenizer_config.json")
+    (hf / "chat_template.jinja").write_bytes(b"{{ bos_token }}\xed\xa0\x80")  # a UTF-8-encoded surrogate
+    assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "chat_template.jinja", "UTF-8")
+
+
+UNSUPPORTED_TOKENIZERS = {
+    "bytelevel-only": lambda d: d.update(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": False}),
+    "no-pre_tokenizer": lambda d: d.update(pre_tokenizer=None),
+    "string-pattern": lambda d: stage(d, 0).update(pattern={"String": " "}),
+    "nfc-normalizer": lambda d: d.update(normalizer={"type": "NFC"}),
+    "lstrip": lambda d: d["added_tokens"][0].update(lstrip=True),
+    "wordpiece": lambda d: d["model"].update(type="WordPiece"),
+    "byte_fallback": lambda d: d["model"].update(byte_fallback=True),
+    "missing-byte": lambda d: d["model"]["vocab"].pop("\u0101"),  # byte 0x01, in no merge
+}
+
+
+@pytest.mark.parametrize("case", list(UNSUPPORTED_TOKENIZERS))
+def test_unsupported_tokenizer_exports_without_one(tmp_path, tok_base, case):
+    """Well-formed, but not what run.c reproduces: a warning, the model without a tokenizer."""
+    edit = UNSUPPORTED_TOKENIZERS[case]
+    hf = tokenizer_case(tmp_path, tok_base, edit)
+    code, err = export_cli(hf, tmp_path / "m.bin")
+    assert code == 0 and "export.py: warning: tokenizer not supported" in err, err
+    m = read_model(tmp_path / "m.bin")
+    assert m["tensors"][-1]["name"] == "lm_head.weight" and word_u(m, 36) == word_u(m, 37) == 0
+    assert word_i(m, 35) == 319  # n_tokens still comes from tokenizer.json
+    code, err = export_cli("--tokenizer", hf, tmp_path / "t.bin")
+    assert code == 1 and not (tmp_path / "t.bin").exists()
+
+
+def test_tokenizer_larger_than_the_embedding_is_an_error(tmp_path):
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, dict(TOKENIZER_CONFIG, vocab_size=300))
+    gen_checkpoints.write_tokenizer(str(hf), 60)  # 319 ids
+    assert_one_error(*export_cli(hf, tmp_path / "m.bin"), "vocab_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# input files that are not regular files: refused at once, never read (a FIFO would block)
+
+
+def no_memory_runaway():
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def export_subprocess(*args, timeout=30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([sys.executable, EXPORT, *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, preexec_fn=no_memory_runaway)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"export.py {' '.join(map(str, args))} did not finish in {timeout} s")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "shard", "index",
+                                  "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_non_regular_input_is_refused(tmp_path, name, kind):
+    hf = tmp_path / "hf"
+    if name in ("shard", "index"):
+        make_checkpoint(hf, V2_CONFIG, n_shards=2)
+        name = "model-00002-of-00002.safetensors" if name == "shard" else "model.safetensors.index.json"
+    else:
+        tokenizer_checkpoint(hf)
+    path = hf / name
+    if path.exists():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    for args in ([hf, tmp_path / "m.bin"], ["--tokenizer", hf, tmp_path / "t.bin"]):
+        if args[0] == "--tokenizer" and name not in ("tokenizer.json", "tokenizer_config.json",
+                                                       "chat_template.jinja"):
+            continue
+        p = export_subprocess(*args, timeout=20)
+        assert_one_error(p.returncode, p.stderr, name, "not a regular file")
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the output: never an input, never something that is not a regular file
+
+
+def test_output_that_is_an_input_is_refused(tmp_path):
+    hf = tokenizer_checkpoint(tmp_path / "hf")
+    sharded = tmp_path / "sharded"
+    make_checkpoint(sharded, V2_CONFIG, n_shards=2)
+    (tmp_path / "link").symlink_to(hf / "model.safetensors")
+    os.link(hf / "config.json", tmp_path / "hardlink")
+    outs = [(hf, hf / "config.json"), (hf, hf / "model.safetensors"), (hf, hf / "tokenizer.json"),
+            (hf, hf / "tokenizer_config.json"), (hf, tmp_path / "link"), (hf, tmp_path / "hardlink"),
+            (hf, hf / ".." / "hf" / "config.json"), (sharded, sharded / "model-00001-of-00002.safetensors"),
+            (sharded, sharded / "model.safetensors.index.json")]
+    before = {p: p.read_bytes() for p in list(hf.iterdir()) + list(sharded.iterdir())}
+    for src, out in outs:
+        assert_one_error(*export_cli(src, out), "is the input file")
+    os.link(hf / "tokenizer.json", tmp_path / "tok-link")
+    for out in (hf / "tokenizer.json", tmp_path / "tok-link", hf / "tokenizer_config.json"):
+        assert_one_error(*export_cli("--tokenizer", hf, out), "is the input file")
+    assert {p: p.read_bytes() for p in before} == before, "no input changed"
+    assert (tmp_path / "link").is_symlink()
+
+
+def test_output_that_is_not_a_regular_file_is_left_alone(tmp_path):
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, V2_CONFIG)
+    fifo, null, dangling = tmp_path / "fifo", tmp_path / "null", tmp_path / "dangling"
+    os.mkfifo(fifo)
+    null.symlink_to("/dev/null")
+    tok = tokenizer_checkpoint(tmp_path / "tok")
+    for out in (fifo, null, "/dev/null"):
+        for args in ([hf, out], ["--tokenizer", tok, out]):
+            p = export_subprocess(*args, timeout=20)
+            assert_one_error(p.returncode, p.stderr, "not a regular file")
+    assert fifo.is_fifo() and null.is_symlink() and os.readlink(null) == "/dev/null"
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "hf", "null", "tok"]
+    dangling.symlink_to(tmp_path / "nowhere")  # a dangling link is replaced, as any name would be
+    code, err = export_cli(hf, dangling)
+    assert code == 0, err
+    assert dangling.is_file() and not dangling.is_symlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# signals and a full disk: the temporary file goes, the message names the file
+
+
+SLOW_EXPORT = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("export", sys.argv[1])
+export = importlib.util.module_from_spec(spec)
+sys.modules["export"] = export
+spec.loader.exec_module(export)
+real = export.tensor_chunks
+def slow_chunks(t):  # the third tensor takes a minute: the temporary file exists by then
+    if t.name == "model.layers.0.self_attn.q_proj.weight":
+        sys.stderr.write("writing\\n"); sys.stderr.flush()
+        time.sleep(60)
+    return real(t)
+export.tensor_chunks = slow_chunks
+sys.argv = ["export.py"] + sys.argv[2:]
+export.main()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signal_removes_the_temporary_file(tmp_path, signum):
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, V2_CONFIG)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "m.bin").write_bytes(b"previous")
+    p = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, EXPORT, hf, out_dir / "m.bin"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr.readline() == "writing\n"
+        assert len(os.listdir(out_dir)) == 2, "the temporary file exists"
+        p.send_signal(signum)
+        err = p.communicate(timeout=30)[1]
+    finally:
+        p.kill()
+    assert p.returncode in (-signum, 128 + signum), (p.returncode, err)
+    assert "Traceback" not in err, err
+    assert os.listdir(out_dir) == ["m.bin"] and (out_dir / "m.bin").read_bytes() == b"previous"
+
+
+def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+def test_file_size_limit_names_the_file(tmp_path):
+    """A real write error from the kernel (EFBIG under RLIMIT_FSIZE; Python ignores SIGXFSZ)."""
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, dict(V2_CONFIG, vocab_size=1000))  # ~300 KB as f32
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "m.bin").write_bytes(b"previous")
+    p = subprocess.run([sys.executable, EXPORT, hf, out_dir / "m.bin"], capture_output=True,
+                       text=True, timeout=60, preexec_fn=limit_file_size)
+    assert_one_error(p.returncode, p.stderr, str(out_dir / "m.bin"), "File too large")
+    assert os.listdir(out_dir) == ["m.bin"] and (out_dir / "m.bin").read_bytes() == b"previous"
+
+
+def test_full_disk_names_the_file_in_process(tmp_path, monkeypatch):
+    """ENOSPC from the final fsync, as a full disk with delayed allocation reports it."""
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, V2_CONFIG)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    assert_one_error(*export_cli(hf, out_dir / "m.bin"), str(out_dir / "m.bin"), "No space left on device")
+    assert os.listdir(out_dir) == []
+
+
+TMPFS_EXPORT = """
+mount -t tmpfs -o size=128k tmpfs "$1" || exit 77
+"$2" "$3" "$4" "$1/m.bin"
+echo "rc=$?"
+ls -A "$1"
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare(1)")
+def test_full_tmpfs_names_the_file(tmp_path):
+    """A real ENOSPC: a 128 KB tmpfs mounted in a private mount namespace (unshare -rm: root or
+    user namespaces needed; skipped where neither is allowed)."""
+    hf = tmp_path / "hf"
+    make_checkpoint(hf, dict(V2_CONFIG, vocab_size=1000))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = subprocess.run(["unshare", "-rm", "sh", "-c", TMPFS_EXPORT, "sh", mnt, sys.executable, EXPORT, hf],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode == 77 or "unshare:" in p.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    assert_one_error(1 if "rc=1" in p.stdout else 0, p.stderr, f"{mnt}/m.bin", "No space left on device")
+    assert p.stdout.split() == ["rc=1"], "nothing left on the tmpfs"
