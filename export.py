@@ -165,6 +165,9 @@ def check_unicode(value, where: str) -> None:
                 stack.append((path + (k,), x))
 
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(data: bytes, where: str):
     try:
         text = data.decode("utf-8")
@@ -176,7 +179,7 @@ def parse_json(data: bytes, where: str):
         fail(f"{where}: JSON nested too deeply")
     except ValueError as e:  # JSONDecodeError, or an integer with more digits than Python converts
         fail(f"{where}: not valid JSON ({e})")
-    if "\\u" in text:  # a lone surrogate can only come from an escape
+    if SURROGATE_ESCAPE.search(text):  # a lone surrogate can only come from an escape
         check_unicode(value, where)
     return value
 
@@ -552,7 +555,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-# What is wrong with a tokenizer decides what happens (README, "Exporting"):
+# What is wrong with a tokenizer decides what happens (README, "Export and run a real model"):
 # - a malformed tokenizer.json / tokenizer_config.json / chat_template.jinja (wrong JSON types,
 #   invalid Unicode, a bad regex escape, ids out of range or used twice, merges of tokens not in
 #   the vocabulary) is bad input like any other: ExportError, exit 1;
@@ -587,10 +590,12 @@ def get(obj: dict, key: str, types: tuple, where: str, default=None):
     return value
 
 
-def check_id(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_ID:
-        fail(f"{where}: token id must be an integer in 0..{MAX_TOKEN_ID}, got {describe(value)}")
-    return value
+def is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_ID
+
+
+def bad_id(value, where: str) -> None:
+    fail(f"{where}: token id must be an integer in 0..{MAX_TOKEN_ID}, got {describe(value)}")
 
 
 def read_tokenizer_json(hf_dir: str) -> Optional[dict]:
@@ -608,7 +613,8 @@ def read_tokenizer_json(hf_dir: str) -> Optional[dict]:
     if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
         owner: dict[int, str] = {}
         for token, i in vocab.items():
-            check_id(i, f"tokenizer.json: model.vocab[{describe(token)}]")
+            if not is_token_id(i):
+                bad_id(i, f"tokenizer.json: model.vocab[{describe(token)}]")
             if i in owner:
                 fail(f"tokenizer.json: model.vocab gives id {i} to both {describe(owner[i])} "
                      f"and {describe(token)}")
@@ -629,7 +635,9 @@ def read_tokenizer_json(hf_dir: str) -> Optional[dict]:
             fail(f"{where} must be an object, got {describe(a)}")
         if not isinstance(a.get("content"), str) or not a["content"]:
             fail(f"{where}: 'content' must be a non-empty string, got {describe(a.get('content'))}")
-        if check_id(a.get("id"), where) in ids:
+        if not is_token_id(a.get("id")):
+            bad_id(a.get("id"), where)
+        if a["id"] in ids:
             fail(f"{where}: id {a['id']} is given to two added tokens")
         ids.add(a["id"])
         for flag in ("special", "normalized", "lstrip", "rstrip", "single_word"):
@@ -840,7 +848,7 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     n_vocab = max(list(vocab.values()) + [a["id"] for a in added], default=-1) + 1
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     tokens: dict[int, bytes] = {}               # ids without a token are holes
-    flags = np.zeros(n_vocab, dtype=np.uint8)   # arrays: a few tokens may have ids up to 2^24
+    flags = bytearray(n_vocab)                  # not a list: a few tokens may have ids up to 2^24
     for s, i in vocab.items():
         if not s:
             fail(f"tokenizer.json: model.vocab has an empty token (id {i})")
@@ -922,7 +930,7 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     out = [TOKENIZER_MAGIC, struct.pack("<IIIIiiIIIII", TOKENIZER_VERSION, n_vocab, len(merges), len(added),
                                         bos_id, eos_id, cfg_flags, pretok, family, len(tbytes), len(pool))]
     out.append(offsets.tobytes())
-    out.append(flags.tobytes())
+    out.append(bytes(flags))
     out.append(pool)
     out.append(b"".join(struct.pack("<III", a, b, r) for _, a, b, r in merges))
     out.append(struct.pack(f"<{len(added)}I", *[a["id"] for a in added]))

@@ -927,6 +927,23 @@ def test_config_values_run_c_rejects(tmp_path, base_v3):
         bad_config_export(tmp_path, base_v3, dict(V3_CONFIG, **changes), "config.json", field)
 
 
+def test_numbers_run_c_ignores_still_fit_the_format(tmp_path):
+    """A dense model: run.c never looks at the router's words, but they must still fit the file's
+    float32 / int32 (packing 1e39 as a float32 is an OverflowError in Python)."""
+    dense = dict(V2_CONFIG, n_routed_experts=0)
+    make_checkpoint(tmp_path / "base", dense)
+    for value in (1e39, -1e39, 10**40, 3.5e38):
+        bad_config_export(tmp_path, tmp_path / "base", dict(dense, routed_scaling_factor=value),
+                          "routed_scaling_factor", "float32")
+    for value in (2**31, -2**31 - 1, 2**40):
+        bad_config_export(tmp_path, tmp_path / "base", dict(dense, topk_group=value), "topk_group", "int32")
+    hf = case_dir(tmp_path, tmp_path / "base", dict(dense, routed_scaling_factor=3.4e38, topk_group=2**31 - 1))
+    code, err = export_cli(hf, tmp_path / "ok.bin")
+    assert code == 0, err
+    m = read_model(tmp_path / "ok.bin")
+    assert word_f(m, 19) == np.float32(3.4e38) and word_i(m, 15) == 2**31 - 1
+
+
 def test_boundary_values_accepted_by_export_load_in_run_c(tmp_path, base_v3, run_bin):
     """The other side of the limits: values at the edge export and load (run.c is the judge)."""
     rope = dict(V3_CONFIG["rope_scaling"], factor=1e6, beta_fast=1e-6, beta_slow=1e6, mscale=-1e3,
@@ -1031,7 +1048,7 @@ def test_weight_map_values_that_are_not_file_names(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # tokenizer files: malformed = an error (exit 1); well-formed but not what run.c implements = a
-# warning, and the model exports without a tokenizer (README, "Exporting")
+# warning, and the model exports without a tokenizer (README, "Export and run a real model")
 
 
 TOKENIZER_CONFIG = dict(V2_CONFIG, vocab_size=320, bos_token_id=0, eos_token_id=1)

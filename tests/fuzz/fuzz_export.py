@@ -264,6 +264,8 @@ def mutate_shard(rng: random.Random, case: str, log: list) -> None:
         header, data = read_header(path)
     except (ValueError, struct.error, RecursionError, OverflowError, MemoryError):  # mutated before
         return
+    if not isinstance(header, dict):
+        return
     names = [n for n in header if n != "__metadata__"]
     length = None
     for _ in range(rng.choice([1, 1, 2, 3])):
@@ -408,44 +410,51 @@ def make_case(rng: random.Random, bases: dict, case: str, out_dir: str, tokenize
     if "tokenizer.json" in files:
         targets += ["tokenizer", "tokenizer", "tokenizer", "tokenizer_config"]
     for _ in range(rng.choice([1, 1, 1, 2])):
-        target = rng.choice(targets)
-        if rng.random() < 0.04:
-            name = rng.choice(sorted(files) + ["chat_template.jinja"])
-            replace_with_special(rng, os.path.join(case, name), log)
-            files.discard(name)
-            continue
-        if target == "shard":
-            mutate_shard(rng, case, log)
-        elif target in ("config", "index", "tokenizer", "tokenizer_config"):
-            name = {"config": "config.json", "index": "model.safetensors.index.json",
-                    "tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json"}[target]
-            path = os.path.join(case, name)
-            if name not in files or not os.path.isfile(path):
-                continue
-            if target == "index":
-                with open(path) as f:
-                    doc = json.load(f)
-                wm = doc.get("weight_map")
-                if not isinstance(wm, dict) or not wm:
-                    continue
-                wm = doc["weight_map"]
-                key = rng.choice(list(wm))
-                wm[key] = rng.choice(["", "../config.json", "nope.safetensors", "config.json", "a/b",
-                                      "a\x00b", 5, None, ["x"], {"a": 1}, "\ud800",
-                                      rng.choice(list(wm.values()))])
-                if rng.random() < 0.1:
-                    doc["weight_map"] = interesting_value(rng)
-                with open(path, "wb") as f:
-                    f.write(to_text(doc))
-                log.append(f"weight_map[{key!r}] mutated")
-            else:
-                targets_of = {"config": lambda r, d: config_targets(d),
-                              "tokenizer": tokenizer_targets,
-                              "tokenizer_config": lambda r, d: [("bos_token",), ("eos_token",),
-                                                                ("add_bos_token",), ("add_eos_token",),
-                                                                ("chat_template",)]}[target]
-                mutate_json_file(rng, path, targets_of, log)
+        try:
+            mutate_once(rng, case, files, targets, log)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError):
+            log.append("a mutation did not apply to the file as mutated before")
     return choose_output(rng, case, out_dir, tokenizer_mode, log)
+
+
+JSON_FILES = {"config": "config.json", "index": "model.safetensors.index.json",
+              "tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json"}
+TOKENIZER_CONFIG_TARGETS = [("bos_token",), ("eos_token",), ("add_bos_token",), ("add_eos_token",),
+                            ("chat_template",)]
+
+
+def mutate_once(rng: random.Random, case: str, files: set, targets: list, log: list) -> None:
+    target = rng.choice(targets)
+    if rng.random() < 0.04:
+        name = rng.choice(sorted(files) + ["chat_template.jinja"])
+        replace_with_special(rng, os.path.join(case, name), log)
+        files.discard(name)
+    elif target == "shard":
+        mutate_shard(rng, case, log)
+    elif JSON_FILES[target] in files and os.path.isfile(os.path.join(case, JSON_FILES[target])):
+        path = os.path.join(case, JSON_FILES[target])
+        if target == "index":
+            mutate_weight_map(rng, path, log)
+        elif target == "config":
+            mutate_json_file(rng, path, lambda r, d: config_targets(d), log)
+        elif target == "tokenizer":
+            mutate_json_file(rng, path, tokenizer_targets, log)
+        else:
+            mutate_json_file(rng, path, lambda r, d: TOKENIZER_CONFIG_TARGETS, log)
+
+
+def mutate_weight_map(rng: random.Random, path: str, log: list) -> None:
+    with open(path) as f:
+        doc = json.load(f)
+    wm = doc["weight_map"]
+    key = rng.choice(list(wm))
+    wm[key] = rng.choice(["", "../config.json", "nope.safetensors", "config.json", "a/b", "a\x00b", 5,
+                          None, ["x"], {"a": 1}, "\ud800", rng.choice(list(wm.values()))])
+    if rng.random() < 0.1:
+        doc["weight_map"] = interesting_value(rng)
+    with open(path, "wb") as f:
+        f.write(to_text(doc))
+    log.append(f"weight_map[{key!r}] mutated")
 
 
 def run_case(k: int, seed: int, bases: dict, work: str, run_bin, timeout: float) -> tuple:
