@@ -116,7 +116,7 @@ def describe(value) -> str:
     nested or huge value is never printed)."""
     items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else [value]
     if len(items) <= 8 and all(v is None or isinstance(v, (str, int, float)) for v in items):
-        text = json.dumps(value)
+        text = json.dumps(value, ensure_ascii=False)
         if len(text) <= 60:
             return text
         if not isinstance(value, (list, dict)):
@@ -585,7 +585,8 @@ def get(obj: dict, key: str, types: tuple, where: str, default=None):
     if value is None:
         return default
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        fail(f"{where}: '{key}' must be {' or '.join(TYPE_NAMES[t] for t in types)}, "
+        names = [TYPE_NAMES[t] for t in types if not (t is int and float in types)]
+        fail(f"{where}: '{key}' must be {' or '.join(names)}, "
              f"got {describe(value)}")
     return value
 
