@@ -14,8 +14,8 @@ u32 n_tensors, n_tensors 128-byte table entries (name[96], type, ndim, rows, col
 u64 nbytes), then each tensor's data at a 64-byte aligned offset, in table order.
 
 Quantized weights (--dtype q8|q4; 2-D matrices only, the router stays F32 like every 1-D tensor).
-Each row of a [rows, cols] matrix is cut into nb = ceil(cols / 32) groups of 32 consecutive values;
-the last group of a row whose length is not a multiple of 32 is padded with zeros (quantized to 0,
+Each row of a [rows, cols] matrix is cut into nb = ceil(cols / 32) blocks of 32 consecutive values;
+the last block of a row whose length is not a multiple of 32 is padded with zeros (quantized to 0,
 so it adds nothing to a dot product). A row is nb blocks back to back, rows back to back, so a
 matrix-vector product streams the tensor front to back:
   type 2 Q8: block = bf16 scale d, then 32 x int8 q; value = d * q, q in -127..127 (d = absmax / 127)
@@ -1345,8 +1345,8 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def quant_groups(x: np.ndarray) -> np.ndarray:
-    """(n, cols) -> (n, nb, 32): the row's groups, the last one zero-padded."""
+def quant_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, cols) -> (n, nb, 32): the row's blocks, the last one zero-padded."""
     n, cols = x.shape
     nb = -(-cols // QUANT_GROUP)
     padded = np.zeros((n, nb * QUANT_GROUP), dtype=np.float32)
@@ -1360,7 +1360,7 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def quantize(x: np.ndarray, ttype: int) -> bytes:
     """(n, cols) float32 rows -> Q8 or Q4 blocks (layout in the module docstring)."""
-    g = quant_groups(x)
+    g = quant_blocks(x)
     if ttype == Q8:
         d_bits = to_bf16(np.abs(g).max(axis=2) / 127.0)
         d = bf16_bits_to_f32(d_bits)
