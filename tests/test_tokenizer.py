@@ -218,7 +218,7 @@ def test_corrupt_tokenizer_files_fail_cleanly(tmp_path, v2_tokenizer, checked_ru
         "truncated header": good[:30],
         "truncated body": good[:-1],
         "extra byte": good + b"\0",
-        "version 2": good[:4] + (2).to_bytes(4, "little") + good[8:],
+        "version 3": good[:4] + (3).to_bytes(4, "little") + good[8:],
         "huge vocab": good[:8] + (0xFFFFFFFF).to_bytes(4, "little") + good[12:],
         "bos out of range": good[:20] + (10 ** 6).to_bytes(4, "little") + good[24:],
         "bad pre-tokenizer": good[:32] + (7).to_bytes(4, "little") + good[36:],

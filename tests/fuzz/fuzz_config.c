@@ -100,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(words, data, sizeof words);
     memset(words + 4 * 36, 0, 8);  // no embedded tokenizer (its hash is fuzz_model.c's business)
     Config c;
-    read_config(&c, words);
+    read_config(&c, words, 1);
     uint32_t mt = data[4 * SEEK_N_CONFIG] & 1 ? TYPE_BF16 : TYPE_F32;
     const uint8_t *pool = data + 4 * SEEK_N_CONFIG + 1;
     size_t pool_n = size - 4 * SEEK_N_CONFIG - 1;
