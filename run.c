@@ -2048,7 +2048,7 @@ static const Matcher pre_tokenizer_stages[][7] = {
 enum { CHAT_RAW, CHAT_DEEPSEEK_V2, CHAT_DEEPSEEK_V3, CHAT_DEEPSEEK_R1, CHAT_DEEPSEEK_V3_1, CHAT_GLM4, CHAT_KIMI };
 enum { TOK_BPE = 1, TOK_ADDED = 2, TOK_SPECIAL = 4, TOK_NORMALIZED = 8 };
 // Header flags; ignore_merges (HF BPE, and tiktoken's rule): a piece that is a whole vocabulary entry is that token.
-enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4, FLAG_TIKTOKEN_RANKS = 8 };
+enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4 };
 
 typedef struct { uint32_t left, right, rank, result; } Merge;  // left == UINT32_MAX: empty slot
 
@@ -2125,7 +2125,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     if (n_vocab < 256 || n_vocab > (1u << 24)) die("%s: bad vocabulary size %u", what, n_vocab);
     if (n_merges > (1u << 24) || n_added > n_vocab) die("%s: bad merge or added-token count", what);
     if (bos < -1 || bos >= (int32_t)n_vocab || eos < -1 || eos >= (int32_t)n_vocab) die("%s: bad BOS/EOS id", what);
-    if (flags > 15 || pretok < PRETOK_V3 || pretok > PRETOK_KIMI || family > CHAT_KIMI)
+    if (flags > 7 || pretok < PRETOK_V3 || pretok > PRETOK_KIMI || family > CHAT_KIMI)
         die("%s: bad flags, pre-tokenizer or chat family field", what);
     uint64_t need = 48 + 4ull * (n_vocab + 1ull) + n_vocab + (uint64_t)pool_len + 12ull * n_merges + 4ull * n_added + tlen;
     if (need != size) die("%s: file is %zu bytes, its header describes %llu", what, size, (unsigned long long)need);
@@ -2177,9 +2177,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         if (find_merge(t, l, rt)) die("%s: merge %u repeats an earlier pair", what, r);
         uint32_t s = merge_slot(t, l, rt);
         while (t->merges[s].left != UINT32_MAX) s = (s + 1) & t->merge_mask;
-        // tiktoken merges the adjacent pair whose concatenation has the lowest rank (Kimi: rank = id), leftmost
-        // on ties; for HF BPE a merge's rank is its place in the list.
-        t->merges[s] = (Merge){l, rt, (flags & FLAG_TIKTOKEN_RANKS) ? res : r, res};
+        t->merges[s] = (Merge){l, rt, r, res};
     }
 
     for (int set = 0; set < 3; set++) t->added[set] = xcalloc(set < 2 ? n_added + 1 : n_vocab, sizeof(int));

@@ -14,6 +14,7 @@ of (variant, seed).
 import argparse
 import json
 import os
+import shutil
 import struct
 import zlib
 
@@ -90,9 +91,12 @@ VARIANTS = {
         _dtype="BF16", _fp8=True, _shards=3, _bias_shift=-1.0),
     # Moonlight-like: no rope_scaling at all (plain RoPE, base 50000, scale 1/sqrt(dn+dr)), no q LoRA,
     # n_group 1, 2 shared experts, and the correction bias stored as BF16 (as Moonlight does: llama.cpp #12044's log).
+    # Ships Kimi's tokenizer files (tests/data/kimi_tokenizer: tiktoken.model, tokenizer_config.json and the
+    # pat_str of tokenization_moonshot.py, no tokenizer.json); vocab_size = its 6916 ranks + 256 specials, as
+    # Moonlight's 163840 = 163584 + 256; bos [BOS] and eos <|im_end|> at the same offsets as Moonlight's.
     "moonlight": dict(
         model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
-        hidden_size=72, num_hidden_layers=3, vocab_size=350, num_attention_heads=3,
+        hidden_size=72, num_hidden_layers=3, vocab_size=7172, num_attention_heads=3,
         q_lora_rank=None, kv_lora_rank=20, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
         intermediate_size=120, moe_intermediate_size=28,
         n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
@@ -100,8 +104,9 @@ VARIANTS = {
         norm_topk_prob=True, routed_scaling_factor=2.446,
         first_k_dense_replace=1, moe_layer_freq=1,
         rope_theta=50000.0, rope_scaling=None, rms_norm_eps=1e-5,
-        max_position_embeddings=8192, bos_token_id=0, eos_token_id=1,
-        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _bias_dtype="BF16"),
+        max_position_embeddings=8192, bos_token_id=6916, eos_token_id=6918,
+        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _bias_dtype="BF16",
+        _tokenizer_dir="kimi_tokenizer", _n_tokens=7172),
     # Kimi-K2/Moonlight-like, saved by a newer transformers: `rope_parameters` spelling (with
     # rope_theta and rope_type inside), no q LoRA, n_group 1, eps 1e-5, F16 weights,
     # eos as a list, moe_layer_freq 2 (MoE only at layer 2 of 4), mscale != mscale_all_dim (so the
@@ -123,7 +128,27 @@ VARIANTS = {
                          "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.85},
         rms_norm_eps=1e-5, max_position_embeddings=131072, bos_token_id=2, eos_token_id=[3, 4],
         num_nextn_predict_layers=0, torch_dtype="float16", _dtype="F16", _tiny_norm_inputs=True),
+    # GLM-4.7-Flash-like (model_type glm4_moe_lite; its config.json field spellings): free head dims with
+    # dv != dn (24/8/32 for the real 192/64/256), a sigmoid noaux_tc router although config.json has no
+    # scoring_func, no YaRN (rope_theta 1e6, rope_scaling null), an eos_token_id list and no bos_token_id,
+    # q LoRA, rms_norm_eps 1e-5 with tiny q_a/kv_a inputs (HF builds q_a_layernorm and kv_a_layernorm with
+    # eps 1e-6), no moe_layer_freq, and the MTP layer in the files. Ships the GLM tokenizer of
+    # tests/data/glm_tokenizer (7029 ids < vocab_size 7040, as 154856 < 154880).
+    "glm": dict(
+        model_type="glm4_moe_lite", architectures=["Glm4MoeLiteForCausalLM"],
+        hidden_size=64, num_hidden_layers=3, vocab_size=7040, num_attention_heads=4,
+        q_lora_rank=40, kv_lora_rank=28, qk_nope_head_dim=24, qk_rope_head_dim=8, v_head_dim=32,
+        intermediate_size=128, moe_intermediate_size=24,
+        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3,
+        n_group=1, topk_group=1, topk_method="noaux_tc",
+        norm_topk_prob=True, routed_scaling_factor=1.8, first_k_dense_replace=1,
+        rope_theta=1000000.0, rope_scaling=None, partial_rotary_factor=1.0, rms_norm_eps=1e-5,
+        max_position_embeddings=202752, eos_token_id=[6993, 7000, 7002], pad_token_id=6993,
+        num_nextn_predict_layers=1, dtype="bfloat16", _dtype="BF16", _tiny_norm_inputs=True,
+        _tokenizer_dir="glm_tokenizer", _n_tokens=7029),
 }
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 # ----------------------------------------------------------------------------
 # dtype encoders
@@ -239,7 +264,7 @@ def byte_chars() -> list:
 
 def tokenizer_size(cfg: dict) -> int:
     n = cfg.get("_tokenizer_merges")
-    return cfg["vocab_size"] if n is None else len(SPECIALS) + 256 + n
+    return cfg.get("_n_tokens", cfg["vocab_size"]) if n is None else len(SPECIALS) + 256 + n
 
 
 def train_merges(n: int) -> list:
@@ -304,7 +329,7 @@ def write_tokenizer(out_dir: str, n_merges: int) -> None:
 
 def is_moe_layer(cfg: dict, l: int) -> bool:
     return bool(cfg["n_routed_experts"]) and l >= cfg["first_k_dense_replace"] \
-        and l % cfg["moe_layer_freq"] == 0
+        and l % cfg.get("moe_layer_freq", 1) == 0
 
 
 def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
@@ -325,7 +350,7 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
     def layer(p, l):
         norm(p + "input_layernorm.weight", D)
         if rq:
-            lin(p + "self_attn.q_a_proj.weight", rq, D)
+            lin(p + "self_attn.q_a_proj.weight", rq, D, 0.003 if cfg.get("_tiny_norm_inputs") else 1.0)
             norm(p + "self_attn.q_a_layernorm.weight", rq)
             lin(p + "self_attn.q_b_proj.weight", H * (dn + dr), rq, 1.5)
         else:
@@ -386,8 +411,11 @@ def hf_config(cfg: dict) -> dict:
     c = {k: v for k, v in cfg.items() if not k.startswith("_")}
     c.update(num_key_value_heads=cfg["num_attention_heads"], hidden_act="silu",
              attention_bias=False, attention_dropout=0.0, tie_word_embeddings=False,
-             initializer_range=0.02, use_cache=True, pretraining_tp=1, ep_size=1,
-             aux_loss_alpha=0.001, seq_aux=True, transformers_version="4.46.3")
+             initializer_range=0.02, use_cache=True)
+    if cfg["model_type"] == "glm4_moe_lite":
+        c.update(transformers_version="5.0.0rc0")
+    else:
+        c.update(pretraining_tp=1, ep_size=1, aux_loss_alpha=0.001, seq_aux=True, transformers_version="4.46.3")
     if cfg["model_type"] == "deepseek_v2":
         c["auto_map"] = {"AutoConfig": "configuration_deepseek.DeepseekV2Config",
                          "AutoModelForCausalLM": "modeling_deepseek.DeepseekV2ForCausalLM"}
@@ -418,6 +446,10 @@ def write_checkpoint(variant: str, out_dir: str, seed: int = 0) -> str:
         json.dump(hf_config(cfg), f, indent=2)
     if cfg.get("_tokenizer_merges"):
         write_tokenizer(out_dir, cfg["_tokenizer_merges"])
+    if cfg.get("_tokenizer_dir"):
+        src = os.path.join(DATA, cfg["_tokenizer_dir"])
+        for name in sorted(os.listdir(src)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
     n_shards = cfg.get("_shards", 1)
     if n_shards == 1:
         write_safetensors(os.path.join(out_dir, "model.safetensors"), entries)

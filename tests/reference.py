@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent numpy reference forward pass for DeepSeek-V2/V3 HF checkpoints.
+"""Independent numpy reference forward pass for DeepSeek-V2/V3 HF checkpoints (and the families with their
+graph: Moonlight / Kimi-K2, GLM-4.7-Flash).
 
 Written from the DeepSeek-V2/V3 papers and the reference code (the HF modeling_deepseek.py shipped with
 the checkpoints, the official inference/model.py), with HuggingFace remote-code semantics:
@@ -197,12 +198,18 @@ def topk_indices(v: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-v, kind="stable")[:k]
 
 
+def scoring_func(cfg: dict) -> str:
+    """DeepSeek's MoEGate defaults to softmax. GLM-4.7-Flash's config.json has no scoring_func, but its router
+    (transformers' Glm4MoeLiteTopkRouter, noaux_tc) always takes the sigmoid."""
+    return cfg.get("scoring_func") or ("sigmoid" if cfg.get("model_type") == "glm4_moe_lite" else "softmax")
+
+
 def route(cfg: dict, z: np.ndarray, bias, group_limit: bool = True, use_bias: bool = True):
     """One token's router (HF modeling_deepseek.py MoEGate, -inf group mask as inference/model.py). z: router logits (E,). Returns (expert ids, weights)."""
     E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
     n_group, topk_group = cfg.get("n_group") or 1, cfg.get("topk_group") or 1
     method = cfg.get("topk_method") or "greedy"
-    if (cfg.get("scoring_func") or "softmax") == "softmax":
+    if scoring_func(cfg) == "softmax":
         s = np.exp(z - z.max())
         s /= s.sum()
     else:
@@ -228,6 +235,10 @@ def route(cfg: dict, z: np.ndarray, bias, group_limit: bool = True, use_bias: bo
 
 
 def is_moe_layer(cfg: dict, l: int) -> bool:
+    """HF modeling_deepseek.py's rule; transformers' GLM-4.7-Flash code reads mlp_layer_types instead when a
+    config has it ("dense" / "sparse" per layer)."""
+    if cfg.get("mlp_layer_types") is not None:
+        return cfg["mlp_layer_types"][l] == "sparse"
     return bool(cfg.get("n_routed_experts")) and l >= (cfg.get("first_k_dense_replace") or 0) \
         and l % (cfg.get("moe_layer_freq") or 1) == 0
 

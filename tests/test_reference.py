@@ -48,6 +48,20 @@ def test_yarn_kimi_vector():
     assert R.yarn_mscale(32, 1.0) ** 2 == pytest.approx(1.813260434, rel=1e-9)
 
 
+def test_glm_rope_scale_and_router_vectors():
+    """GLM-4.7-Flash: plain RoPE base 1e6 over the 64-wide rope part, softmax scale 256^-0.5 = 1/16 with no
+    mscale (values hand-computed), and a sigmoid router although config.json has no scoring_func."""
+    cfg = {"model_type": "glm4_moe_lite", "qk_nope_head_dim": 192, "qk_rope_head_dim": 64, "rope_theta": 1e6,
+           "rope_scaling": None}
+    rope = R.rope_config(cfg)
+    theta, m = R.rope_frequencies(rope, 64)
+    np.testing.assert_allclose(theta[:4], [1, 0.649381632, 0.421696503, 0.273841963], rtol=1e-8)
+    np.testing.assert_allclose(theta[31], 1.5399265e-06, rtol=1e-7)
+    assert m == 1.0 and R.softmax_scale(cfg, rope) == 0.0625
+    assert R.scoring_func(cfg) == "sigmoid" and R.scoring_func({"model_type": "deepseek_v2"}) == "softmax"
+    assert [R.is_moe_layer({"mlp_layer_types": ["dense", "sparse", "sparse"]}, l) for l in range(3)] == [False, True, True]
+
+
 def test_plain_rope_and_spellings():
     assert R.rope_config({"rope_theta": 5e4, "rope_scaling": None}) == {"theta": 5e4, "yarn": None}
     rp = R.rope_config({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e4, "factor": 32.0}})
