@@ -18,7 +18,7 @@ Rules:
   the tolerance: the comparison is sensitive to those features.
 - padding rows (ids >= n_tokens, v3 ships a tokenizer.json smaller than vocab_size) are never
   generated, although their lm_head rows are made to win the unmasked argmax.
-- the exported header and tensor table follow format v1 (export.py's header comment), and tensor data equals the
+- the exported header and tensor table follow format v2 (export.py's header comment), and tensor data equals the
   checkpoint's (dequantised, and for bf16 rounded) weights.
 - run.c rejects corrupt model files and bad arguments with one error line and a non-zero exit.
 
@@ -50,7 +50,7 @@ def prompt_ids(vocab: int, n: int = 40, seed: int = 7) -> list:
     return [int(i) for i in ids]
 
 
-# ---------------------------------------------------------------- model file (format v1)
+# ---------------------------------------------------------------- model file (format v2)
 
 TYPES = {0: "F32", 1: "BF16", 2: "Q8", 3: "Q4", 16: "U8"}
 
@@ -93,8 +93,10 @@ def n_tokens_of(path: str) -> int:
     return read_model_file(path)["ints"][35]
 
 
-def eos_of(path: str) -> int:
-    return read_model_file(path)["ints"][33]
+def eos_of(path: str) -> set:
+    """The ids that end generation: eos_token_id and the rest of an eos_token_id list (words 41..43)."""
+    i = read_model_file(path)["ints"]
+    return {i[k] for k in (33, 41, 42, 43) if i[k] >= 0}
 
 
 # ---------------------------------------------------------------- running the engine
@@ -167,7 +169,7 @@ def test_f32_greedy_continuation(variant, run_bin, exported, checkpoint):
     toks = prompt_ids(n_tokens_of(model))
     got = run_greedy(run_bin, model, toks, N_GEN)
     eos = eos_of(model)
-    assert len(got) == N_GEN or (got and got[-1] == eos and len(got) < N_GEN), \
+    assert len(got) == N_GEN or (got and got[-1] in eos and len(got) < N_GEN), \
         f"run.c printed {len(got)} ids: {got}"
     want = ref.greedy(toks, len(got), n_tokens=n_tokens_of(model))
     assert got == want, f"run.c {got}\n  ref {want}"
@@ -229,7 +231,7 @@ def control_diff(variant, checkpoint, engine_logits, **kw) -> tuple:
     return good, bad
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "moonlight"])  # moonlight: no YaRN
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if R.rope_config(G.VARIANTS[v])["yarn"]])
 def test_control_without_yarn_mscale(variant, checkpoint, engine_logits):
     good, bad = control_diff(variant, checkpoint, engine_logits, yarn_mscale=False)
     assert good <= TOL and bad > 100 * TOL, f"with mscale {good:.3g}, without {bad:.3g}"
@@ -241,7 +243,7 @@ def test_control_without_group_limit(variant, checkpoint, engine_logits):
     assert good <= TOL and bad > 100 * TOL, f"with group limit {good:.3g}, without {bad:.3g}"
 
 
-@pytest.mark.parametrize("variant", ["v3", "v3fp8", "k2rp", "moonlight"])
+@pytest.mark.parametrize("variant", ["v3", "v3fp8", "k2rp", "moonlight", "glm"])
 def test_control_without_bias(variant, checkpoint, engine_logits):
     good, bad = control_diff(variant, checkpoint, engine_logits, use_bias=False)
     assert good <= TOL and bad > 100 * TOL, f"with bias {good:.3g}, without {bad:.3g}"
@@ -301,18 +303,20 @@ def test_export_header(variant, exported, checkpoint):
     rope = R.rope_config(cfg)
     y = rope["yarn"] or {}
     i, f = m["ints"], m["floats"]
-    assert m["version"] == 1 and m["n_config"] == 40
-    eos = cfg["eos_token_id"][0] if isinstance(cfg["eos_token_id"], list) else cfg["eos_token_id"]
+    assert m["version"] == 2 and m["n_config"] == 64
+    eos = cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], list) else [cfg["eos_token_id"]]
+    eos = eos + [-1] * (4 - len(eos))
     want_i = {0: cfg["hidden_size"], 1: cfg["num_hidden_layers"], 2: cfg["vocab_size"],
               3: cfg["num_attention_heads"], 4: cfg["q_lora_rank"] or 0, 5: cfg["kv_lora_rank"],
               6: cfg["qk_nope_head_dim"], 7: cfg["qk_rope_head_dim"], 8: cfg["v_head_dim"],
               9: cfg["intermediate_size"], 10: cfg["moe_intermediate_size"], 11: cfg["n_routed_experts"],
               12: cfg["n_shared_experts"], 13: cfg["num_experts_per_tok"], 14: cfg["n_group"],
               15: cfg["topk_group"], 16: TOPK[cfg["topk_method"]],
-              17: {"softmax": 0, "sigmoid": 1}[cfg["scoring_func"]], 18: int(cfg["norm_topk_prob"]),
-              20: cfg["first_k_dense_replace"], 21: cfg["moe_layer_freq"], 23: 1 if y else 0,
+              17: {"softmax": 0, "sigmoid": 1}[R.scoring_func(cfg)], 18: int(cfg["norm_topk_prob"]),
+              20: cfg["first_k_dense_replace"], 21: cfg.get("moe_layer_freq", 1), 23: 1 if y else 0,
               25: y.get("original_max_position_embeddings", 0), 31: cfg["max_position_embeddings"],
-              32: cfg["bos_token_id"], 33: eos, 34: 0}
+              32: cfg.get("bos_token_id", -1), 33: eos[0], 34: 0, 38: 0, 39: 0, 40: 0,
+              41: eos[1], 42: eos[2], 43: eos[3], **{k: 0 for k in range(44, 64)}}
     want_f = {19: cfg["routed_scaling_factor"], 22: rope["theta"], 24: y.get("factor", 1.0),
               30: cfg["rms_norm_eps"]}
     if y:  # the format leaves these words unspecified without YaRN
@@ -358,8 +362,8 @@ def corrupt(src: str, dst: str, edit) -> str:
 
 
 def entry_offset(i: int) -> int:
-    """File offset of tensor-table entry i (format v1 with 40 config words)."""
-    return 12 + 4 * 40 + 4 + 128 * i
+    """File offset of tensor-table entry i (format v2 with 64 config words)."""
+    return 12 + 4 * 64 + 4 + 128 * i
 
 
 def set_u32(off: int, v: int):
@@ -379,7 +383,9 @@ BAD_FILES = {
     "header_only": lambda b: b[:100],
     "empty": lambda b: bytearray(),
     "bad_magic": lambda b: b"KEES" + b[4:],
-    "version_2": set_u32(4, 2),
+    "version_3": set_u32(4, 3),
+    "version_1_words": set_u32(4, 1),        # a v1 header on a v2 file: n_config must be 40
+    "reserved_word": set_u32(12 + 4 * 50, 7),
     "n_config_39": set_u32(8, 39),
     "n_heads_0": set_u32(12 + 4 * 3, 0),
     "dim_huge": set_u32(12, 1 << 30),
@@ -388,7 +394,7 @@ BAD_FILES = {
     "tensor_renamed": lambda b: b[:entry_offset(0)] + b"model.embed_tokens.weighX" + b[entry_offset(0) + 25:],
     "tensor_wrong_type": set_u32(entry_offset(1) + 96, 1),   # input_layernorm as BF16
     "tensor_wrong_shape": set_u32(entry_offset(0) + 96 + 8, 7),
-    "n_tensors_short": set_u32(12 + 4 * 40, 5),
+    "n_tensors_short": set_u32(12 + 4 * 64, 5),
 }
 
 
@@ -489,3 +495,21 @@ def test_yarn_missing_mscale_keys(drop, run_bin, workdir):
     ref = R.Reference(hf)
     assert R.rope_frequencies(ref.rope, 16)[1] != 1.0
     assert np.abs(got - ref.forward(toks)).max() <= TOL
+
+
+def test_version_1_file_still_runs(run_bin, exported, workdir):
+    """run.c still reads format v1 (40 config words; the v2 words 38..43 take their defaults: no indexer, no
+    extra stop ids). The v2 file rewritten as v1, tensor data left where it is, gives the same logits."""
+    src = read_model_file(exported("v3", "f32"))
+    buf, n_tensors = src["buf"], len(src["tensors"])
+    table_at = 12 + 4 * 64 + 4          # the table and the data stay at their offsets
+    head = b"SEEK" + struct.pack("<II", 1, 40) + buf[12:12 + 4 * 38] + bytes(8) + struct.pack("<I", n_tensors)
+    head += buf[table_at:table_at + 128 * n_tensors]
+    data_at = table_at + 128 * n_tensors
+    v1 = os.path.join(workdir, "v3-as-v1.bin")
+    with open(v1, "wb") as f:
+        f.write(head + bytes(data_at - len(head)) + buf[data_at:])
+    toks = prompt_ids(n_tokens_of(exported("v3", "f32")))[:12]
+    a = run_logits(run_bin, exported("v3", "f32"), toks, os.path.join(workdir, "v2file.logits"))
+    b = run_logits(run_bin, v1, toks, os.path.join(workdir, "v1file.logits"))
+    assert np.array_equal(a, b)

@@ -139,6 +139,48 @@ def test_v3_pre_tokenizer_pieces_match_hf_tokenizers(v3_pieces_tokenizer):
     check_fixture(v3_pieces_tokenizer, load_cases("tokenizer_v3_pieces_fixture.json"))
 
 
+# GLM-4.7-Flash and Kimi / Moonlight: synthetic tokenizers in the real files' forms, ids from HF tokenizers (GLM)
+# and tiktoken (Kimi) for 1,331 texts each; tests/data/README.md tells how they were made.
+FAMILIES = {"glm": ("glm_tokenizer", "tokenizer_glm_fixture.json"),
+            "glm_no_ignore_merges": ("glm_tokenizer_no_ignore_merges", "tokenizer_glm_no_ignore_merges_fixture.json"),
+            "kimi": ("kimi_tokenizer", "tokenizer_kimi_fixture.json")}
+
+
+@pytest.fixture(scope="module")
+def family_tokenizers(tmp_path_factory) -> dict:
+    out = {}
+    for name, (src, _) in FAMILIES.items():
+        out[name] = tmp_path_factory.mktemp(name) / f"{name}.bin"
+        out[name].write_bytes(export.build_tokenizer(str(DATA / src)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_glm_kimi_ids_match_the_oracles(name, family_tokenizers):
+    """GLM: HF tokenizers (its Split regex, ignore_merges true and false, a merge list longer than the
+    vocabulary); Kimi: tiktoken (the Han / case-split pat_str, the whole-piece rule, BPE by the rank of the
+    concatenation), also where HF tokenizers on the B.4 conversion differs (the fixture's hf_ids)."""
+    check_fixture(family_tokenizers[name], load_cases(FAMILIES[name][1]))
+
+
+def test_kimi_follows_tiktoken_where_the_oracles_disagree(family_tokenizers):
+    cases = [c for c in load_cases("tokenizer_kimi_fixture.json") if "hf_ids" in c]
+    assert len(cases) == 15 and all(c["hf_ids"] != c["ids"] for c in cases)
+    assert encode_batch(family_tokenizers["kimi"], [raw_bytes(c) for c in cases]) == [c["ids"] for c in cases]
+    # tokenization_kimi.py cuts runs of more than 25,000 characters before tiktoken; run.c is tiktoken on the
+    # whole text (the cut only matters for such inputs).
+    with open(DATA / "tokenizer_kimi_fixture.json", encoding="utf-8") as f:
+        case = json.load(f)["kimi_wrapper_cases"][0]
+    text = (case["text_repeat"][0] * case["text_repeat"][1]).encode()
+    assert encode_batch(family_tokenizers["kimi"], [text]) == [case["tiktoken_ids"]] != [case["kimi_wrapper_ids"]]
+
+
+def test_glm_kimi_sanitized_build(checked_run, family_tokenizers):
+    for name, (_, fixture) in FAMILIES.items():
+        cases = load_cases(fixture)
+        assert encode_batch(family_tokenizers[name], [raw_bytes(c) for c in cases], checked_run) == [c["ids"] for c in cases]
+
+
 def test_single_text_interface():
     """--encode / --decode (one text per process, as users call them) on a sample of the fixture."""
     cases = load_cases("tokenizer_v3_fixture.json")
