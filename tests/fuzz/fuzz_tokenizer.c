@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         memcpy(id_text, text, n);
         id_text[n] = 0;
         user = strndup((const char *)text, n);
-        turn = render_turn(&t, 1, "system", user);
+        turn = render_turn(&t, 1, "system", user, 1);
         turn_ids = encode(&t, (const uint8_t *)turn, strlen(turn), 0, &n_bad);
         parsed = parse_ids(&t, id_text, n);
         mem = fopen("/dev/null", "wb");

@@ -32,7 +32,8 @@ SEEDS = {
     "v2-bf16": ("v2", dict(TINY, q_lora_rank=4), "bf16"),
     "v2lite-f32": ("v2lite", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1), "f32"),
     "v3-bf16-tok": ("v3", dict(TINY, q_lora_rank=4, vocab_size=300, _tokenizer_merges=12), "bf16"),
-    "moonlight-f32": ("moonlight", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1,
+    "moonlight-f32": ("moonlight", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1, bos_token_id=0,
+                                        eos_token_id=1, _tokenizer_dir=None, _n_tokens=32,
                                         moe_layer_freq=2, first_k_dense_replace=0), "f32"),
 }
 
@@ -44,7 +45,9 @@ for q in ("q8", "q4"):
         SEEDS[f"v3-{q}"] = ("v3", dict(TINY32, vocab_size=300, _tokenizer_merges=12), q)
 
 TEXTS = [b"Hello world, 12345!\n", "  中文 テキスト\u2029 x".encode(), b"\xff\xe4\xb8 a\r\n\tb",
-         b"<|EOT|> <\xef\xbd\x9cUser\xef\xbd\x9c> abc", b"0 1 2 3 255 256 300"]
+         b"<|EOT|> <\xef\xbd\x9cUser\xef\xbd\x9c> abc", b"0 1 2 3 255 256 300",
+         "getUserName's XMLHttpRequest HE'S 'ſ 々〇 ǅx\u0301".encode(), b"[gMASK]<sop><|user|> x<|im_end|>",
+         "  \r\n\t 123456 ${x}\n\n".encode()]
 
 
 def export_seed(name: str, base: str, overrides: dict, dtype: str, tmp: str) -> bytes:
@@ -74,10 +77,12 @@ def main() -> None:
                 f.write(words + bytes([dtype == "bf16"]) + blob[-301:-1])
         tok = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
     for i, text in enumerate(TEXTS):
-        # the same vocabulary with each pre-tokenizer (V3 1, V2 2) and chat family (0..4) in turn
+        # the same vocabulary with each pre-tokenizer (V3 1, V2 2, GLM 3, Kimi 4), chat family (0..6) and
+        # ignore_merges (header flag 4) in turn
         variant = bytearray(tok)
-        variant[32:36] = struct.pack("<I", 1 + i % 2)
-        variant[36:40] = struct.pack("<I", i % 5)
+        variant[28:32] = struct.pack("<I", struct.unpack_from("<I", tok, 28)[0] | (4 if i % 2 else 0))
+        variant[32:36] = struct.pack("<I", 1 + i % 4)
+        variant[36:40] = struct.pack("<I", i % 7)
         with open(os.path.join(tok_dir, f"seed-{i}.bin"), "wb") as f:
             f.write(struct.pack("<H", len(text)) + text + bytes(variant))
     print(f"wrote {len(SEEDS)} model and config seeds, {len(TEXTS)} tokenizer seeds")
