@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """
-Export a HuggingFace DeepSeek-V2/V3 checkpoint to one seek.c model file (format v1).
+Export a HuggingFace DeepSeek-V2/V3 checkpoint (or one of a family with their graph: GLM-4.7-Flash,
+Moonlight, Kimi-K2) to one seek.c model file (format v2).
 
     python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16|q8|q4]
     python3 export.py --tokenizer <hf_dir> <tokenizer.bin>
@@ -9,9 +10,10 @@ Python 3 + numpy only: safetensors is parsed here (8-byte little-endian header l
 header, then raw data whose offsets are relative to the end of the header). Tensors are streamed
 a block of rows at a time, so memory use does not grow with the model size.
 
-File layout (all little-endian): "SEEK", u32 version, u32 n_config, n_config 4-byte config words,
-u32 n_tensors, n_tensors 128-byte table entries (name[96], type, ndim, rows, cols, u64 offset,
-u64 nbytes), then each tensor's data at a 64-byte aligned offset, in table order.
+File layout (all little-endian): "SEEK", u32 version (2), u32 n_config (64), n_config 4-byte config
+words (CONFIG_WORDS), u32 n_tensors, n_tensors 128-byte table entries (name[96], type, ndim, rows, cols,
+u64 offset, u64 nbytes), then each tensor's data at a 64-byte aligned offset, in table order. Version 1
+(which run.c still reads) had 40 config words: the first 38 of version 2 and two unused ones.
 
 Quantized weights (--dtype q8|q4; 2-D matrices only, the router stays F32 like every 1-D tensor).
 Each row of a [rows, cols] matrix is cut into nb = ceil(cols / 32) blocks of 32 consecutive values;
@@ -30,9 +32,13 @@ the values are quantized with the rounded scale, so the scale's rounding adds no
 from __future__ import annotations
 
 import argparse
+import ast
+import base64
+import binascii
 import contextlib
 import json
 import math
+import glob
 import os
 import re
 import signal
@@ -48,7 +54,7 @@ from typing import BinaryIO, Iterator, Optional
 import numpy as np
 
 MAGIC = b"SEEK"
-VERSION = 1
+VERSION = 2
 ALIGN = 64
 NAME_BYTES = 96
 ENTRY_BYTES = 128
@@ -60,7 +66,7 @@ QUANT_GROUP = 32                   # values per scale, along a row
 BLOCK_BYTES = {Q8: 2 + 32, Q4: 2 + 16}
 DTYPES = {"f32": F32, "bf16": BF16, "q8": Q8, "q4": Q4}
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe_lite")
 TOPK_METHODS = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
 SCORING_FUNCS = {"softmax": 0, "sigmoid": 1}
 
@@ -218,9 +224,12 @@ CONFIG_WORDS = [
     ("rope_beta_fast", "f"), ("rope_beta_slow", "f"), ("rope_mscale", "f"),
     ("rope_mscale_all_dim", "f"), ("rms_norm_eps", "f"), ("max_position_embeddings", "i"),
     ("bos_token_id", "i"), ("eos_token_id", "i"), ("n_mtp_layers", "i"), ("n_tokens", "i"),
-    ("tokenizer_hash_lo", "I"), ("tokenizer_hash_hi", "I"), ("reserved0", "i"), ("reserved1", "i"),
-]
-N_CONFIG = len(CONFIG_WORDS)  # 40
+    ("tokenizer_hash_lo", "I"), ("tokenizer_hash_hi", "I"),
+    ("index_n_heads", "i"), ("index_head_dim", "i"), ("index_topk", "i"),  # DeepSeek-V3.2's indexer
+    ("eos_token_id_2", "i"), ("eos_token_id_3", "i"), ("eos_token_id_4", "i"),  # the rest of an eos list
+] + [(f"reserved{k}", "i") for k in range(44, 64)]
+N_CONFIG = len(CONFIG_WORDS)  # 64
+EOS_WORDS = ("eos_token_id", "eos_token_id_2", "eos_token_id_3", "eos_token_id_4")
 
 MAX_DIM = 1 << 24                 # run.c's MAX_DIM: bounds every dimension and derived product
 
@@ -276,14 +285,33 @@ def read_choice(obj: dict, key: str, choices: dict, default: str, name: str) -> 
     return choices[value]
 
 
-def read_token_id(obj: dict, key: str) -> int:
-    """bos/eos may be absent or null (-1), an int, or a list of ints (the first is used)."""
+def read_token_ids(obj: dict, key: str, where: str = "config.json") -> list:
+    """bos/eos may be absent or null ([]), an int, or a list of ints."""
     value = obj.get(key)
-    if isinstance(value, list):
-        if value and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            fail(f"config.json: '{key}' must be an integer or a list of integers")
-        return read_int({key: value[0] if value else None}, key, -1, key)
-    return read_int(obj, key, -1, key)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        fail(f"{where}: '{key}' must be an integer or a list of integers, got {describe(value)}")
+    return [read_int({key: v}, key, None, key) for v in values]
+
+
+def read_token_id(obj: dict, key: str) -> int:
+    """The first id of read_token_ids, or -1."""
+    ids = read_token_ids(obj, key)
+    return ids[0] if ids else -1
+
+
+def read_eos_ids(hf_dir: str, raw: dict) -> list:
+    """Every id that ends generation: config.json's eos_token_id (GLM's is a list of three: <|endoftext|>,
+    <|user|>, <|observation|>), then those generation_config.json adds, which HF's generate() uses. The
+    format has room for four."""
+    ids = read_token_ids(raw, "eos_token_id")
+    path = os.path.join(hf_dir, "generation_config.json")
+    if os.path.lexists(path):
+        ids += read_token_ids(read_json(path, "generation_config.json"), "eos_token_id", "generation_config.json")
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > len(EOS_WORDS):
+        fail(f"config.json: {len(ids)} eos token ids {describe(ids)}; the model file holds at most {len(EOS_WORDS)}")
+    return ids + [-1] * (len(EOS_WORDS) - len(ids))
 
 
 # config word <- config.json key, type, default when absent or null (None: required).
@@ -372,6 +400,44 @@ def read_rope(c: dict, raw: dict) -> None:
         fail(f"config.json: unsupported rope scaling type {describe(kind)} (supported: yarn, default)")
 
 
+# What a model type's config.json leaves out and its modeling code fixes (HF transformers' classes).
+# GLM-4.7-Flash (glm4_moe_lite) has no scoring_func, yet transformers' Glm4MoeLiteTopkRouter always takes
+# the sigmoid (noaux_tc, DeepSeek-V3 §2.1.2); DeepSeek's MoEGate default, softmax, is the bug llama.cpp
+# shipped (PR #18980). Its config.json has no bos_token_id and GLM has no BOS (its template starts with
+# [gMASK]<sop>): HF's class default 0 must never be prepended.
+MODEL_TYPE_RULES = {
+    "glm4_moe_lite": {"scoring_func": "sigmoid", "no_bos": True},
+}
+
+
+def read_model_type_rules(c: dict, raw: dict, model_type: str) -> None:
+    """The model-type rules above, and the config fields of newer families that run.c has one answer for."""
+    rules = MODEL_TYPE_RULES.get(model_type, {})
+    if "scoring_func" in rules:
+        read_fields(c, raw, [("scoring_func", "scoring_func", {rules["scoring_func"]: SCORING_FUNCS[rules["scoring_func"]]},
+                              rules["scoring_func"])])
+    if rules.get("no_bos"):
+        c["bos_token_id"] = -1
+    # RoPE on adjacent pairs of the stored weights, as DeepSeek's (HF's rope_interleave, default true);
+    # the NeoX half-rotation and a partial rotary part are GLM-4.5's (glm4_moe), another architecture.
+    if read_bool(raw, "rope_interleave", True, "rope_interleave") == 0:
+        fail("config.json: rope_interleave false (NeoX-style RoPE on halves) is not supported")
+    if read_float(raw, "partial_rotary_factor", 1.0, "partial_rotary_factor") != 1.0:
+        fail(f"config.json: partial_rotary_factor {describe(raw['partial_rotary_factor'])} is not supported (only 1)")
+    # transformers 5 writes the dense/MoE layout as mlp_layer_types ("dense"/"sparse" per layer) instead of
+    # first_k_dense_replace; run.c has the leading-dense-layers form of it.
+    types = get(raw, "mlp_layer_types", (list,), "config.json")
+    if types is not None:
+        k = next((i for i, t in enumerate(types) if t != "dense"), len(types))
+        if len(types) != c["n_layers"] or any(t != "sparse" for t in types[k:]):
+            fail(f"config.json: mlp_layer_types must be num_hidden_layers entries, \"dense\" then \"sparse\", "
+                 f"got {describe(types)}")
+        if raw.get("first_k_dense_replace") is not None and c["first_k_dense_replace"] != k:
+            fail(f"config.json: first_k_dense_replace {c['first_k_dense_replace']} disagrees with mlp_layer_types")
+        c["first_k_dense_replace"] = k
+        c["source"]["first_k_dense_replace"] = "mlp_layer_types"
+
+
 def load_config(hf_dir: str) -> dict:
     """Read config.json into a dict with one key per config word (n_tokens and the tokenizer
     hash are filled in later), then check it as run.c will."""
@@ -384,10 +450,12 @@ def load_config(hf_dir: str) -> dict:
     read_fields(c, raw, CONFIG_FIELDS)
     read_rope(c, raw)
     c["bos_token_id"] = read_token_id(raw, "bos_token_id")
-    c["eos_token_id"] = read_token_id(raw, "eos_token_id")
-    c["source"].update(bos_token_id="bos_token_id", eos_token_id="eos_token_id")
+    c.update(zip(EOS_WORDS, read_eos_ids(hf_dir, raw)))
+    c["source"].update(bos_token_id="bos_token_id", **{w: "eos_token_id" for w in EOS_WORDS})
+    read_model_type_rules(c, raw, model_type)
     c.update(n_mtp_layers=0,  # MTP layers (index >= n_layers) are skipped for now
-             n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, reserved0=0, reserved1=0)
+             n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, index_n_heads=0, index_head_dim=0,
+             index_topk=0, **{name: 0 for name, _ in CONFIG_WORDS[44:]})
     c["tie_word_embeddings"] = read_bool(raw, "tie_word_embeddings", False, "tie_word_embeddings")
     check_config(c)
     return c
@@ -462,7 +530,8 @@ def check_config(c: dict) -> None:
     check_float(c, "rms_norm_eps", 1e-30, 1.0)
     check_range(c, "max_position_embeddings", 1, I32_MAX)
     check_range(c, "bos_token_id", -1, c["vocab_size"] - 1)
-    check_range(c, "eos_token_id", -1, c["vocab_size"] - 1)
+    for word in EOS_WORDS:
+        check_range(c, word, -1, c["vocab_size"] - 1)
     H, dn, dr, dv = c["n_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     if max(H * (dn + dr), H * (dn + dv), H * dv, c["kv_lora_rank"] + dr) > MAX_DIM:
         fail("config.json: attention shapes are too large (num_attention_heads x head dims)")
@@ -472,19 +541,26 @@ def check_config(c: dict) -> None:
 # tokenizer: n_tokens, the embedded blob and its hash
 
 
-# Tokenizer file, version 1 (all integers little-endian):
+# Tokenizer file, version 2 (all integers little-endian; version 1, which run.c still reads, has the same
+# layout with only the values marked v1):
 #   offset 0   4 bytes   magic "STOK"
-#   offset 4   u32       version = 1
+#   offset 4   u32       version = 2
 #   offset 8   u32       n_vocab: ids are 0 .. n_vocab-1
 #   offset 12  u32       n_merges
 #   offset 16  u32       n_added: number of added tokens (special or not)
 #   offset 20  i32       bos_id (-1 if none)
-#   offset 24  i32       eos_id (-1 if none)
-#   offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json)
+#   offset 24  i32       eos_id: the token the chat template writes after each reply (tokenizer_config.json's
+#                        eos_token; Kimi: <|im_end|>; GLM, which has no end-of-turn token: the <|user|> that
+#                        opens the next turn), -1 if none
+#   offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json) (v1),
+#                        bit 2 ignore_merges (a pre-tokenized piece that is a whole BPE token is that token;
+#                        HF's BPE option, and tiktoken's rule)
 #   offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (DeepSeek-V3's tokenizer.json),
-#                                       2 = DeepSeek-V2 7-stage pipeline (DeepSeek-V2's tokenizer.json)
+#                                       2 = DeepSeek-V2 7-stage pipeline (DeepSeek-V2's tokenizer.json) (v1),
+#                                       3 = GLM-4's Split regex, 4 = Kimi's pat_str
 #   offset 36  u32       chat template family: 0 raw (none/unknown), 1 deepseek_v2 ("User: ...\n\nAssistant:"),
-#                                              2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1
+#                                              2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1 (v1),
+#                                              5 glm4, 6 kimi (<|im_system|>...<|im_middle|>...<|im_end|>)
 #   offset 40  u32       template_nbytes: length of the verbatim chat_template string stored at the end
 #   offset 44  u32       pool_nbytes: total length of all token byte strings
 #   offset 48  (n_vocab+1) x u32   offsets into the pool: token i is pool[off[i] .. off[i+1]), off[0] = 0,
@@ -501,14 +577,14 @@ def check_config(c: dict) -> None:
 #   The file ends exactly there.
 
 TOKENIZER_MAGIC = b"STOK"
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 
-PRETOK_V3 = 1
-PRETOK_V2 = 2
+PRETOK_V3, PRETOK_V2, PRETOK_GLM, PRETOK_KIMI = 1, 2, 3, 4
 
-CHAT_RAW, CHAT_V2, CHAT_V3, CHAT_R1, CHAT_V3_1 = 0, 1, 2, 3, 4
+CHAT_RAW, CHAT_V2, CHAT_V3, CHAT_R1, CHAT_V3_1, CHAT_GLM4, CHAT_KIMI = 0, 1, 2, 3, 4, 5, 6
 
 FLAG_BPE, FLAG_ADDED, FLAG_SPECIAL, FLAG_NORMALIZED = 1, 2, 4, 8
+HEADER_ADD_BOS, HEADER_ADD_EOS, HEADER_IGNORE_MERGES = 1, 2, 4
 
 # The exact pre-tokenizers run.c implements (those of DeepSeek-V3's and DeepSeek-V2's tokenizer.json). Anything
 # else is refused: a tokenizer that silently pre-tokenizes differently would give wrong ids.
@@ -539,6 +615,30 @@ V2_SPLITS = [
     "\\s+$",
     "[\\u4E00-\\u9FA5\\u0800-\\u4E00\\uAC00-\\uD7FF]+",
 ]
+# GLM-4's Split (GLM-4.7-Flash's tokenizer.json, as llama.cpp's "glm4" pre-type): transformers'
+# TikTokenConverter pattern, cl100k_base's.
+GLM_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# Kimi's pat_str (tokenization_kimi.py / tokenization_moonshot.py, TikTokenTokenizer), alternatives joined by |.
+KIMI_SPLIT = "|".join([
+    "[\\p{Han}]+",
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "\\p{N}{1,3}", " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*", "\\s*[\\r\\n]+", "\\s+(?!\\S)", "\\s+"])
+ONE_SPLIT_PRETOKENIZERS = {GLM_SPLIT: PRETOK_GLM, KIMI_SPLIT: PRETOK_KIMI}
+
+
+def canonical_regex(p: str, where: str) -> str:
+    """A regex with \\u escapes expanded and CR/LF written as \\r/\\n (tokenizer.json files have both)."""
+    return expand_escapes(p, where).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def named_pattern(p: str) -> str:
+    """A regex quoted whole for an error message (cut only if it is very long)."""
+    text = json.dumps(p, ensure_ascii=False)
+    return text if len(text) <= 400 else text[:400] + f"... ({len(p)} characters)"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -761,8 +861,13 @@ def detect_pre_tokenizer(stages: list[dict]) -> int:
             unsupported(f"{where}: DeepSeek-V2 splits must be followed by Digits(individual_digits=true) and ByteLevel")
         check_byte_level(rest[1], where)
         return PRETOK_V2
-    unsupported(f"{where}: not one of the supported pre-tokenizers (those of DeepSeek-V3's and "
-                f"DeepSeek-V2's tokenizer.json)")
+    if len(pats) == 1 and canonical_regex(pats[0], where) in ONE_SPLIT_PRETOKENIZERS:
+        if len(rest) != 1:
+            unsupported(f"{where}: the Split must be followed by exactly one ByteLevel stage")
+        check_byte_level(rest[0], where)
+        return ONE_SPLIT_PRETOKENIZERS[canonical_regex(pats[0], where)]
+    unsupported(f"{where}: Split regex {' then '.join(named_pattern(p) for p in pats) or '(none)'}: not one of "
+                f"the supported pre-tokenizers (DeepSeek-V3's, DeepSeek-V2's, GLM-4's, Kimi's)")
     return 0
 
 
@@ -807,8 +912,32 @@ def chat_family(template: Optional[str]) -> int:
         return CHAT_V3
     if "'User: '" in template and "Assistant:" in template:
         return CHAT_V2
+    if "[gMASK]<sop>" in template and "<|assistant|>" in template:  # GLM-4.7's chat_template.jinja
+        return CHAT_GLM4
+    # Moonlight's / Kimi's: run.c writes the default system turn the template injects, so it must be there.
+    if "<|im_middle|>" in template and re.search(r"<\|im_system\|>system<\|im_middle\|>[^{}]*?<\|im_end\|>", template):
+        return CHAT_KIMI
     print("export.py: warning: unrecognised chat_template, chat mode will not be available", file=sys.stderr)
     return CHAT_RAW
+
+
+# The token each family's template writes after a reply (the tokenizer file's eos_id), when it is not
+# tokenizer_config.json's eos_token: Kimi ends a turn with <|im_end|>; GLM has no end-of-turn token, the
+# model ends its turn by emitting <|user|> (or <|observation|>, <|endoftext|>) and the next turn starts
+# with <|user|>.
+TURN_END = {CHAT_GLM4: "<|user|>", CHAT_KIMI: "<|im_end|>"}
+
+
+def chat_family_and_turn_end(template: Optional[str], added: dict, eos_id: int) -> tuple[int, int]:
+    """(chat family, eos_id for the tokenizer file); added maps added-token contents to ids."""
+    family = chat_family(template)
+    if family in TURN_END:
+        if TURN_END[family] not in added:
+            print(f"export.py: warning: {TURN_END[family]} is not an added token; chat mode will not be "
+                  f"available", file=sys.stderr)
+            return CHAT_RAW, eos_id
+        return family, added[TURN_END[family]]
+    return family, eos_id
 
 
 def token_content(tok) -> Optional[str]:
@@ -828,7 +957,10 @@ def tokenizer_blob(hf_dir: str) -> Optional[bytes]:
 
 
 def build_tokenizer(hf_dir: str) -> Optional[bytes]:
-    """The tokenizer file for the checkpoint in hf_dir, or None if it has no tokenizer.json."""
+    """The tokenizer file for the checkpoint in hf_dir (from its tiktoken.model if it has one, as Moonlight
+    and Kimi do, else from tokenizer.json), or None if it has neither."""
+    if os.path.lexists(os.path.join(hf_dir, "tiktoken.model")):
+        return build_tiktoken_tokenizer(hf_dir)
     tj = read_tokenizer_json(hf_dir)
     if tj is None:
         return None
@@ -877,8 +1009,8 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
                      f"which is not in model.vocab")
 
     # what run.c reproduces exactly
-    if model.get("byte_fallback") or model.get("dropout") not in (None, 0, 0.0) or model.get("ignore_merges"):
-        unsupported("tokenizer.json: BPE byte_fallback, dropout and ignore_merges are not supported")
+    if model.get("byte_fallback") or model.get("dropout") not in (None, 0, 0.0):
+        unsupported("tokenizer.json: BPE byte_fallback and dropout are not supported")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         unsupported("tokenizer.json: BPE continuing_subword_prefix/end_of_word_suffix are not supported")
     if not empty_normalizer:
@@ -917,26 +1049,184 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
         return -1
 
     bos_id, eos_id = token_id("bos_token"), token_id("eos_token")
-    cfg_flags = (1 if cfg.get("add_bos_token") else 0) | (2 if cfg.get("add_eos_token") else 0)
-    if cfg_flags & 1 and bos_id < 0:
+    header_flags = ((HEADER_ADD_BOS if cfg.get("add_bos_token") else 0) | (HEADER_ADD_EOS if cfg.get("add_eos_token") else 0)
+                    | (HEADER_IGNORE_MERGES if model.get("ignore_merges") else 0))
+    if header_flags & HEADER_ADD_BOS and bos_id < 0:
         unsupported("tokenizer_config.json: add_bos_token is true but there is no bos_token")
-    family = chat_family(template)
-    tbytes = (template or "").encode("utf-8")
+    family, eos_id = chat_family_and_turn_end(template, {a["content"]: a["id"] for a in added}, eos_id)
+    return pack_tokenizer(tokens, flags, [(a, b, res) for _, a, b, res in merges], [a["id"] for a in added],
+                          (bos_id, eos_id, header_flags, pretok, family), template)
 
+
+def pack_tokenizer(tokens: dict, flags: bytearray, merges: list, added_ids: list, fields: tuple,
+                   template: Optional[str]) -> bytes:
+    """The tokenizer file: tokens id -> bytes (missing ids are holes), merges (left, right, result) in rank
+    order, and the header fields (bos_id, eos_id, flags, pre_tokenizer, chat family)."""
+    n_vocab = len(flags)
+    tbytes = (template or "").encode("utf-8")
     ids = sorted(tokens)
     pool = b"".join(tokens[i] for i in ids)
     lengths = np.zeros(n_vocab + 1, dtype=np.int64)
     lengths[np.array(ids, dtype=np.int64) + 1] = [len(tokens[i]) for i in ids]
     offsets = np.cumsum(lengths).astype("<u4")
-    out = [TOKENIZER_MAGIC, struct.pack("<IIIIiiIIIII", TOKENIZER_VERSION, n_vocab, len(merges), len(added),
-                                        bos_id, eos_id, cfg_flags, pretok, family, len(tbytes), len(pool))]
+    out = [TOKENIZER_MAGIC, struct.pack("<IIIIiiIIIII", TOKENIZER_VERSION, n_vocab, len(merges), len(added_ids),
+                                        *fields, len(tbytes), len(pool))]
     out.append(offsets.tobytes())
     out.append(bytes(flags))
     out.append(pool)
-    out.append(b"".join(struct.pack("<III", a, b, r) for _, a, b, r in merges))
-    out.append(struct.pack(f"<{len(added)}I", *[a["id"] for a in added]))
+    out.append(np.array(merges, dtype="<u4").reshape(-1, 3).tobytes())
+    out.append(struct.pack(f"<{len(added_ids)}I", *added_ids))
     out.append(tbytes)
     return b"".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# a tiktoken vocabulary (Moonlight, Kimi-K2): tiktoken.model + the pattern of tokenization_*.py
+
+
+def read_tiktoken_ranks(path: str) -> list[bytes]:
+    """tiktoken.model (tiktoken.load.load_tiktoken_bpe's format): one line `base64(token bytes) rank` per
+    token, ranks 0..n-1. Returns the token bytes by rank."""
+    with open_input(path, "tiktoken.model") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        fail(f"tiktoken.model {path} is larger than {MAX_JSON_BYTES >> 20} MB")
+    by_rank: dict[int, bytes] = {}
+    for k, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+            if len(parts) != 2 or not token or not 0 <= rank <= MAX_TOKEN_ID:
+                raise ValueError
+        except (ValueError, IndexError, binascii.Error):
+            fail(f"tiktoken.model line {k + 1}: expected 'base64(token) rank' with a rank in 0..{MAX_TOKEN_ID}, "
+                 f"got {describe(line[:60].decode('latin-1'))}")
+        if rank in by_rank:
+            fail(f"tiktoken.model line {k + 1}: rank {rank} appears twice")
+        by_rank[rank] = token
+    tokens = [by_rank.get(r) for r in range(len(by_rank))]
+    if None in tokens:
+        fail(f"tiktoken.model: the ranks are not 0..{len(by_rank) - 1}")
+    if len(set(tokens)) != len(tokens):
+        fail("tiktoken.model: a token appears twice")
+    missing = set(range(256)) - {t[0] for t in tokens if len(t) == 1}
+    if missing:
+        fail(f"tiktoken.model: no token for byte 0x{min(missing):02x} (tiktoken needs all 256)")
+    return tokens
+
+
+def string_value(node) -> Optional[str]:
+    """The value of a string expression made of literals: "a", "a" "b", "a" + "b", "|".join([...])."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        a, b = string_value(node.left), string_value(node.right)
+        return None if a is None or b is None else a + b
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join"
+            and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], (ast.List, ast.Tuple))):
+        sep, parts = string_value(node.func.value), [string_value(e) for e in node.args[0].elts]
+        return None if sep is None or None in parts else sep.join(parts)
+    return None
+
+
+def read_tiktoken_code(hf_dir: str) -> tuple[str, int]:
+    """The split pattern (pat_str) and the number of special ids after the ranks of Moonshot's
+    TikTokenTokenizer, read from the checkpoint's tokenization_*.py with Python's ast (never run):
+    num_reserved_special_tokens, plus 2 where the file reserves `num_reserved_special_tokens + 2` ids
+    (Moonlight: 163584 ranks, 258 special ids)."""
+    paths = sorted(glob.glob(os.path.join(glob.escape(hf_dir), "tokenization_*.py")))
+    if not paths:
+        unsupported("tiktoken.model without a tokenization_*.py: its split pattern (pat_str) is unknown")
+    for path in paths:
+        with open_input(path, "tokenizer code") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        try:
+            tree = ast.parse(data.decode("utf-8"), path)
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError) as e:
+            fail(f"{path}: not Python source this can read ({type(e).__name__})")
+        found = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in ("pat_str", "num_reserved_special_tokens"):
+                        found[target.id] = node.value
+        if "pat_str" not in found:
+            continue
+        pattern = string_value(found["pat_str"])
+        reserved = found.get("num_reserved_special_tokens")
+        if pattern is None:
+            unsupported(f"{path}: pat_str is not a string made of literals")
+        if not (isinstance(reserved, ast.Constant) and is_token_id(reserved.value)):
+            unsupported(f"{path}: no integer num_reserved_special_tokens")
+        plus_two = re.search(rb"num_reserved_special_tokens\s*\+\s*2\b", data) is not None
+        return pattern, reserved.value + (2 if plus_two else 0)
+    unsupported(f"no pat_str in {', '.join(os.path.basename(p) for p in paths)}")
+    return "", 0
+
+
+def config_vocab_size(hf_dir: str) -> Optional[int]:
+    path = os.path.join(hf_dir, "config.json")
+    return read_int(read_json(path, "config.json"), "vocab_size", None, "vocab_size") if os.path.lexists(path) else None
+
+
+def build_tiktoken_tokenizer(hf_dir: str) -> bytes:
+    """A tiktoken vocabulary (tokenizer.json-free checkpoints: Moonlight, Kimi-K2) as a tokenizer file.
+    The ranks become the BPE vocabulary (id = rank). Special ids follow them: tokenizer_config.json's
+    added_tokens_decoder names them, `<|reserved_token_{id}|>` the rest (TikTokenTokenizer's rule); ids
+    beyond config.json's vocab_size, which have no embedding row (Moonlight's two extra ones), are left out,
+    so their text is ordinary text. tiktoken's BPE merges, again and again, the adjacent pair whose
+    concatenation has the lowest rank, and a piece that is a whole token is that token (ignore_merges).
+    The merges written here are every split of every token into two tokens, in the rank order of the token:
+    two different splits of one token never meet in a piece (the parts inside an occurrence of the token only
+    ever merge with each other, by the same ranks everywhere), so ranking a merge by its place in this list is
+    ranking it by its result, exactly tiktoken's order. (The one-merge-per-token conversion of llama.cpp and
+    the HF converters misses tokens whose rank is below their parts'.)"""
+    ranks = read_tiktoken_ranks(os.path.join(hf_dir, "tiktoken.model"))
+    pattern, n_special = read_tiktoken_code(hf_dir)
+    pretok = ONE_SPLIT_PRETOKENIZERS.get(canonical_regex(pattern, "tokenization pat_str"))
+    if pretok is None:
+        unsupported(f"pat_str {named_pattern(pattern)}: not one of the supported pre-tokenizers (GLM-4's, Kimi's)")
+    cfg = read_tokenizer_config(hf_dir)
+    template = read_chat_template(hf_dir, cfg)
+    n_base = len(ranks)
+    names = {}
+    for key, entry in get(cfg, "added_tokens_decoder", (dict,), "tokenizer_config.json", {}).items():
+        where = f"tokenizer_config.json: added_tokens_decoder[{describe(key)}]"
+        if not (key.isdigit() and n_base <= int(key) < n_base + n_special):
+            fail(f"{where}: not a special id of this tiktoken vocabulary ({n_base}..{n_base + n_special - 1})")
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
+            fail(f"{where} must be an object with a non-empty string 'content'")
+        names[int(key)] = entry["content"]
+    vocab_size = config_vocab_size(hf_dir)
+    last = n_base + n_special if vocab_size is None else min(n_base + n_special, max(vocab_size, n_base))
+    if last < n_base + n_special:
+        print(f"export.py: warning: special ids {last}..{n_base + n_special - 1} have no embedding row (vocab_size "
+              f"{vocab_size}); left out, their text is tokenized as ordinary text", file=sys.stderr)
+    specials = {i: names.get(i, f"<|reserved_token_{i}|>") for i in range(n_base, last)}
+    if len(set(specials.values())) != len(specials):
+        fail("tokenizer_config.json: added_tokens_decoder names two special ids alike")
+    tokens = dict(enumerate(ranks)) | {i: name.encode("utf-8") for i, name in specials.items()}
+    flags = bytearray([FLAG_BPE]) * n_base + bytearray([FLAG_ADDED | FLAG_SPECIAL]) * len(specials)
+    index = {t: r for r, t in enumerate(ranks)}
+    merges = [(index[t[:k]], index[t[k:]], r) for r, t in enumerate(ranks)
+              for k in range(1, len(t)) if t[:k] in index and t[k:] in index]
+    if len(merges) > 1 << 24:
+        unsupported(f"tiktoken.model: {len(merges)} merges, run.c reads at most {1 << 24}")
+    by_name = {name: i for i, name in specials.items()}
+
+    def special_id(key: str) -> int:
+        name = token_content(cfg.get(key))
+        if name is not None and name not in by_name:
+            unsupported(f"tokenizer_config.json: {key} {describe(name)} is not a special token")
+        return by_name.get(name, -1)
+
+    # TikTokenTokenizer adds no BOS whatever add_bos_token says (it overrides neither encode nor
+    # build_inputs_with_special_tokens), and its chat template writes none.
+    family, eos_id = chat_family_and_turn_end(template, by_name, special_id("eos_token"))
+    return pack_tokenizer(tokens, flags, merges, sorted(specials),
+                          (special_id("bos_token"), eos_id, HEADER_IGNORE_MERGES, pretok, family), template)
 
 
 def fnv1a64(data: bytes) -> int:
@@ -1555,22 +1845,30 @@ def write_model(f: BinaryIO, header: bytes, plan: list, file_size: int) -> None:
 
 
 # The files of a checkpoint that export.py reads besides the shards: the output may be none of them.
-INPUT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json",
-               "tokenizer_config.json", "chat_template.jinja")
+INPUT_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja", "tiktoken.model")
+
+
+def input_files(hf_dir: str) -> list:
+    return ([os.path.join(hf_dir, n) for n in INPUT_FILES]
+            + sorted(glob.glob(os.path.join(glob.escape(hf_dir), "tokenization_*.py"))))
 
 
 def export_model(hf_dir: str, out_path: str, dtype: str) -> None:
     c = load_config(hf_dir)
     tensors = load_checkpoint(hf_dir)
     blob = tokenizer_blob(hf_dir)
-    c["n_tokens"] = n_tokens_of(count_tokens(hf_dir), c["vocab_size"], blob)
+    n_ids = count_tokens(hf_dir)
+    if blob is not None and os.path.lexists(os.path.join(hf_dir, "tiktoken.model")):
+        n_ids = struct.unpack_from("<I", blob, 8)[0]  # a tiktoken vocabulary: the tokenizer file's size
+    c["n_tokens"] = n_tokens_of(n_ids, c["vocab_size"], blob)
     if blob is not None:
         h = fnv1a64(blob)
         c["tokenizer_hash_lo"], c["tokenizer_hash_hi"] = h & 0xFFFFFFFF, h >> 32
     plan = plan_export(c, tensors, DTYPES[dtype], blob)
     file_size = assign_offsets(plan)
     header = pack_header(c, plan)
-    inputs = [os.path.join(hf_dir, n) for n in INPUT_FILES] + sorted({t.path for t in tensors.values()})
+    inputs = input_files(hf_dir) + sorted({t.path for t in tensors.values()})
     start = time.monotonic()
     write_atomically(out_path, lambda f: write_model(f, header, plan, file_size), inputs)
     print(f"export: wrote {out_path}: {len(plan)} tensors, {file_size / 1e6:.1f} MB, {dtype}, "
@@ -1581,7 +1879,7 @@ def export_tokenizer(hf_dir: str, out_path: str) -> None:
     blob = tokenizer_blob(hf_dir)
     if blob is None:
         fail(f"no tokenizer could be exported from {hf_dir}")
-    write_atomically(out_path, lambda f: f.write(blob), [os.path.join(hf_dir, n) for n in INPUT_FILES])
+    write_atomically(out_path, lambda f: f.write(blob), input_files(hf_dir))
 
 
 def main(argv: Optional[list] = None) -> None:

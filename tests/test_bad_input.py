@@ -21,7 +21,7 @@ EXPORT = os.path.join(ROOT, "export.py")
 TOKENIZER = os.path.join(ROOT, "tokenizer.bin")
 
 CONFIG_AT = 12           # config word i is at 12 + 4 i
-TABLE_AT = 12 + 4 * 40 + 4
+TABLE_AT = 12 + 4 * 64 + 4  # format v2: 64 config words
 ENTRY = 128
 
 
@@ -125,7 +125,7 @@ def test_truncated_everywhere(run_bin, v2, tmp_path):
     t = table(v2)
     table_end = TABLE_AT + ENTRY * len(t)
     first, mid = t[0][5], t[len(t) // 2][5]
-    cuts = [1, 3, 5, 9, 12, 13, 100, 171, 172, 175, 176, 177, TABLE_AT + ENTRY // 2, TABLE_AT + ENTRY,
+    cuts = [1, 3, 5, 9, 12, 13, 100, 267, 268, 271, 272, 273, TABLE_AT + ENTRY // 2, TABLE_AT + ENTRY,
             table_end - 1, table_end, first, first + 1, mid - 1, mid + 3, len(data) - 64, len(data) - 1]
     assert sorted(cuts) == cuts and cuts[-1] < len(data)
     for cut in cuts:

@@ -314,10 +314,11 @@ def ref_dequant(q: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def check_config_words(m: dict, cfg: dict, n_tokens: int) -> None:
-    assert m["version"] == 1 and m["n_config"] == 40
+    assert m["version"] == 2 and m["n_config"] == 64
     rope = cfg.get("rope_scaling") or {}
     moe = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
-    eos = cfg["eos_token_id"]
+    eos = cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], list) else [cfg["eos_token_id"]]
+    eos = eos + [-1] * (4 - len(eos))  # an eos_token_id list fills words 33, 41, 42, 43
     expect_i = {
         0: cfg["hidden_size"], 1: cfg["num_hidden_layers"], 2: cfg["vocab_size"],
         3: cfg["num_attention_heads"], 4: cfg.get("q_lora_rank") or 0, 5: cfg["kv_lora_rank"],
@@ -331,7 +332,8 @@ def check_config_words(m: dict, cfg: dict, n_tokens: int) -> None:
         21: cfg.get("moe_layer_freq", 1), 23: 1 if rope else 0,
         25: rope.get("original_max_position_embeddings", 0),
         31: cfg["max_position_embeddings"], 32: cfg.get("bos_token_id", -1),
-        33: eos[0] if isinstance(eos, list) else eos, 34: 0, 35: n_tokens, 38: 0, 39: 0,
+        33: eos[0], 34: 0, 35: n_tokens, 38: 0, 39: 0, 40: 0, 41: eos[1], 42: eos[2], 43: eos[3],
+        **{k: 0 for k in range(44, 64)},
     }
     for k, v in expect_i.items():
         assert word_i(m, k) == v, f"config word {k}"

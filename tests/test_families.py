@@ -117,6 +117,20 @@ def test_glm_configs_run_c_cannot_run_are_refused(case, edit, message, checkpoin
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
 
 
+def test_eos_ids_from_generation_config(checkpoint, workdir):
+    """HF's generate() stops on generation_config.json's eos_token_id: its ids join config.json's (the
+    format holds four)."""
+    hf = edited_checkpoint(checkpoint, workdir, "glm", "glm-genconfig", lambda c: None)
+    gen = os.path.join(hf, "generation_config.json")
+    json.dump({"eos_token_id": [6993, 5]}, open(gen, "w"))
+    assert export(hf, hf + ".bin", "--dtype", "bf16").returncode == 0
+    i, _ = config_words(hf + ".bin")
+    assert [i[33], i[41], i[42], i[43]] == [6993, 7000, 7002, 5]
+    json.dump({"eos_token_id": [5, 9]}, open(gen, "w"))
+    r = export(hf, hf + "-5.bin", "--dtype", "bf16")
+    assert r.returncode == 1 and "eos token ids" in r.stderr and not os.path.exists(hf + "-5.bin")
+
+
 # ---------------------------------------------------------------- stopping and prompts
 
 def test_generation_stops_on_any_eos_id(checkpoint, exported, run_bin, workdir):

@@ -391,3 +391,58 @@ def test_chat_feeds_the_templates_turns(checkpoint, run_bin, tmp_path):
                                    "--print-ids"], capture_output=True, check=True)
             assert reply == [int(x) for x in want.stdout.split()], (case["family"], text)
             fed += [t for t in reply if t != eos] + [eos]
+
+
+def test_export_names_an_unknown_split_pattern(tmp_path):
+    """A tokenizer whose Split regex (or tiktoken pat_str) is none of those run.c implements is refused, and the
+    message names the pattern: a guess would give wrong ids."""
+    tj = json.loads((DATA / "glm_tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+    split = tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = split["Regex"].replace("\\p{N}{1,3}", "\\p{N}+")
+    (tmp_path / "glm").mkdir()
+    (tmp_path / "glm" / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    with pytest.raises(export.UnsupportedTokenizer, match=r"\\\\p\{N\}\+.*not one of the supported pre-tokenizers"):
+        export.build_tokenizer(str(tmp_path / "glm"))
+    kimi = tmp_path / "kimi"
+    shutil.copytree(DATA / "kimi_tokenizer", kimi)
+    code = (kimi / "tokenization_moonshot.py").read_text(encoding="utf-8")
+    (kimi / "tokenization_moonshot.py").write_text(code.replace('r"""[\\p{Han}]+""",', ""), encoding="utf-8")
+    with pytest.raises(export.UnsupportedTokenizer, match=r"pat_str \"\[\^\\\\r.*not one of the supported"):
+        export.build_tokenizer(str(kimi))
+    (kimi / "tokenization_moonshot.py").unlink()
+    with pytest.raises(export.UnsupportedTokenizer, match="pat_str"):
+        export.build_tokenizer(str(kimi))
+
+
+def test_kimi_special_ids_and_the_embedding(tmp_path):
+    """TikTokenTokenizer's special ids follow the ranks: added_tokens_decoder names them, the rest are
+    <|reserved_token_{id}|>. Moonlight's code reserves num_reserved_special_tokens + 2 ids, but its embedding
+    has rows for 256: the two without a row are left out (with a warning), so their text is ordinary text."""
+    kimi = tmp_path / "kimi"
+    shutil.copytree(DATA / "kimi_tokenizer", kimi)
+    code = (kimi / "tokenization_moonshot.py").read_text(encoding="utf-8")
+    (kimi / "tokenization_moonshot.py").write_text(
+        code + "\n    def specials(self, n):\n        return range(n, n + self.num_reserved_special_tokens + 2)\n",
+        encoding="utf-8")
+    blob = export.build_tokenizer(str(kimi))
+    assert struct.unpack_from("<I", blob, 8)[0] == 6916 + 258
+    (kimi / "t.bin").write_bytes(blob)
+    assert encode_batch(kimi / "t.bin", [b"<|reserved_token_7173|><|im_end|>[PAD]"]) == [[7173, 6918, 7171]]
+    (kimi / "config.json").write_text(json.dumps({"vocab_size": 7172}))
+    blob = export.build_tokenizer(str(kimi))
+    assert struct.unpack_from("<I", blob, 8)[0] == 7172
+    (kimi / "t.bin").write_bytes(blob)
+    assert encode_batch(kimi / "t.bin", [b"<|reserved_token_7173|>"])[0][0] != 7173
+
+
+@pytest.mark.parametrize("bad,message", [
+    (b"IQ== 0\nIg== x\n", "line 2"), (b"IQ== 0\n!!!! 1\n", "line 2"), (b"IQ== 0\nIQ== 1\n", "appears twice"),
+    (b"IQ== 0\nIg== 0\n", "rank 0 appears twice"), (b"IQ== 0\nIg== 5\n", "not 0..1"), (b"IQ== 0\n", "byte 0x00"),
+])
+def test_malformed_tiktoken_model_is_an_error(tmp_path, bad, message):
+    kimi = tmp_path / "kimi"
+    shutil.copytree(DATA / "kimi_tokenizer", kimi)
+    (kimi / "tiktoken.model").write_bytes(bad)
+    with pytest.raises(export.ExportError, match=message) as e:
+        export.build_tokenizer(str(kimi))
+    assert not isinstance(e.value, export.UnsupportedTokenizer)

@@ -11,7 +11,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-enum { MAX_FILE = 4 << 20, MAX_TENSORS = 4096 };
+enum { MAX_FILE = 4 << 20, MAX_TENSORS = 4096, V1_N_CONFIG = 40 };  // the harness writes format v1 files
 
 typedef struct {
     char name[TENSOR_NAME_BYTES];
@@ -95,33 +95,33 @@ static int plan(const Config *c, uint32_t mt) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 4 * SEEK_N_CONFIG + 1) return 0;
-    uint8_t words[4 * SEEK_N_CONFIG];
+    if (size < 4 * V1_N_CONFIG + 1) return 0;
+    uint8_t words[4 * V1_N_CONFIG];
     memcpy(words, data, sizeof words);
     memset(words + 4 * 36, 0, 8);  // no embedded tokenizer (its hash is fuzz_model.c's business)
     Config c;
     read_config(&c, words, 1);
-    uint32_t mt = data[4 * SEEK_N_CONFIG] & 1 ? TYPE_BF16 : TYPE_F32;
-    const uint8_t *pool = data + 4 * SEEK_N_CONFIG + 1;
-    size_t pool_n = size - 4 * SEEK_N_CONFIG - 1;
+    uint32_t mt = data[4 * V1_N_CONFIG] & 1 ? TYPE_BF16 : TYPE_F32;
+    const uint8_t *pool = data + 4 * V1_N_CONFIG + 1;
+    size_t pool_n = size - 4 * V1_N_CONFIG - 1;
     n_entries = 0;
     data_end = 0;
     if (!plan(&c, mt)) return 0;
-    uint64_t header = 12 + 4 * SEEK_N_CONFIG + 4 + (uint64_t)n_entries * TENSOR_ENTRY_BYTES;
+    uint64_t header = 12 + 4 * V1_N_CONFIG + 4 + (uint64_t)n_entries * TENSOR_ENTRY_BYTES;
     uint64_t base = (header + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
     uint64_t file_size = base + data_end;
     if (file_size > MAX_FILE) return 0;
     uint8_t *f = calloc(1, (size_t)file_size);
     memcpy(f, "SEEK", 4);
-    uint32_t u = SEEK_VERSION, n = SEEK_N_CONFIG, nt = (uint32_t)n_entries;
+    uint32_t u = 1, n = V1_N_CONFIG, nt = (uint32_t)n_entries;
     memcpy(f + 4, &u, 4);
     memcpy(f + 8, &n, 4);
     memcpy(f + 12, words, sizeof words);
-    memcpy(f + 12 + 4 * SEEK_N_CONFIG, &nt, 4);
+    memcpy(f + 12 + 4 * V1_N_CONFIG, &nt, 4);
     size_t k = 0;
     for (int i = 0; i < n_entries; i++) {
         Entry *e = &entries[i];
-        uint8_t *t = f + 12 + 4 * SEEK_N_CONFIG + 4 + (size_t)i * TENSOR_ENTRY_BYTES;
+        uint8_t *t = f + 12 + 4 * V1_N_CONFIG + 4 + (size_t)i * TENSOR_ENTRY_BYTES;
         uint64_t off = base + e->offset;
         memcpy(t, e->name, TENSOR_NAME_BYTES);
         memcpy(t + 96, &e->type, 4);
