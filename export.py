@@ -914,8 +914,11 @@ def chat_family(template: Optional[str]) -> int:
         return CHAT_V2
     if "[gMASK]<sop>" in template and "<|assistant|>" in template:  # GLM-4.7's chat_template.jinja
         return CHAT_GLM4
-    # Moonlight's / Kimi's: run.c writes the default system turn the template injects, so it must be there.
-    if "<|im_middle|>" in template and re.search(r"<\|im_system\|>system<\|im_middle\|>[^{}]*?<\|im_end\|>", template):
+    # Moonlight's / Kimi's: run.c copies the default system turn the template injects (its first
+    # <|im_system|>system<|im_middle|>, up to <|im_end|>), so that must be plain text.
+    key = "<|im_system|>system<|im_middle|>"
+    default = template.partition(key)[2].partition("<|im_end|>")
+    if key in template and default[1] and "{" not in default[0] and "}" not in default[0]:
         return CHAT_KIMI
     print("export.py: warning: unrecognised chat_template, chat mode will not be available", file=sys.stderr)
     return CHAT_RAW

@@ -446,3 +446,12 @@ def test_malformed_tiktoken_model_is_an_error(tmp_path, bad, message):
     with pytest.raises(export.ExportError, match=message) as e:
         export.build_tokenizer(str(kimi))
     assert not isinstance(e.value, export.UnsupportedTokenizer)
+
+
+def test_chat_family_detection_glm_kimi():
+    """GLM-4.7's and Moonlight's templates; run.c copies Moonlight's default system turn out of the template,
+    so a template whose default is not plain text has no chat mode."""
+    glm = json.loads((DATA / "glm_tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    kimi = json.loads((DATA / "kimi_tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    assert export.chat_family(glm) == export.CHAT_GLM4 and export.chat_family(kimi) == export.CHAT_KIMI
+    assert export.chat_family(kimi.replace("You are a helpful assistant", "{{ default_system }}")) == export.CHAT_RAW
