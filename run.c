@@ -38,6 +38,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <signal.h>
 // The thread pool: pthreads, sched_yield (POSIX) and C11 atomics; all part of libc.
 #include <pthread.h>
 #include <sched.h>
@@ -52,6 +53,8 @@
 #include <setjmp.h>
 static jmp_buf *fuzz_on_error;
 #endif
+
+static char *temp_path;  // a file being written (--dump-logits): a failed or killed run removes it
 
 // Every way a run can fail ends here: one line on stderr, exit status 1.
 static void die(const char *fmt, ...) {
@@ -69,7 +72,17 @@ static void die(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+    if (temp_path) unlink(temp_path);
     exit(1);
+}
+
+// Removes the temporary file, then dies of the signal as before; SIGBUS: a page of the mapped model file is gone.
+static void on_fatal_signal(int sig) {
+    static const char msg[] = "error: the model file changed or was truncated while running\n";
+    if (temp_path) unlink(temp_path);
+    if (sig == SIGBUS) { (void)!write(2, msg, sizeof msg - 1); _exit(1); }
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 static void *xcalloc(size_t n, size_t size) {
@@ -313,7 +326,9 @@ typedef struct {
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     float ss = 0.0f;
     for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    double wide = 0.0;  // finite |x| above ~1e19 overflows x² in float, never in double; then (only then) sum in double
+    for (int i = 0; isinf(ss) && i < n; i++) wide += (double)x[i] * x[i];
+    float inv = isinf(ss) ? (float)(1.0 / sqrt(wide / n + eps)) : 1.0f / sqrtf(ss / (float)n + eps);
     for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
@@ -1638,27 +1653,34 @@ static int fits_in_memory(const char *path) {
     return (double)st.st_size <= 0.75 * (double)pages * (double)page;
 }
 
+// A regular file opened to read; a FIFO or device is refused (O_NONBLOCK: opening a FIFO must not hang).
+static FILE *open_regular(const char *path, const char *what, struct stat *st) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (!f || fstat(fd, st) != 0) die("cannot open %s %s: %s", what, path, strerror(errno));
+    if (!S_ISREG(st->st_mode))
+        die("%s is %s, not a %s (not a regular file)", path, S_ISDIR(st->st_mode) ? "a directory" : "a FIFO, socket or device", what);
+    return f;
+}
+
 // in_memory: read the file into (huge-page) memory instead of mapping it.
 static void load_model(Model *m, const char *path, int in_memory) {
     memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
-    int fd = open(path, O_RDONLY | O_NONBLOCK);  // O_NONBLOCK: a FIFO must not hang the open
-    if (fd < 0) die("cannot open model file %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) die("cannot stat %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) die("%s is not a regular file", path);
+    FILE *file = open_regular(path, "model file", &st);
     uint64_t size = (uint64_t)st.st_size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
     const uint8_t *f;
     if (in_memory) {
-        f = read_into_memory(fd, size, path);
+        f = read_into_memory(fileno(file), size, path);
         m->copied = 1;
     } else {
-        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fileno(file), 0);
         if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
         f = map;
     }
-    close(fd);
+    fclose(file);
     parse_model(m, f, size, path);
 }
 
@@ -2054,6 +2076,9 @@ typedef struct { uint32_t left, right, rank, result; } Merge;  // left == UINT32
 
 typedef struct { uint32_t rank; int pos, right, left_id, right_id, result; } MergeCandidate;
 
+// Aho-Corasick node of the added tokens (fail: its longest proper suffix node; out: its longest token suffix node)
+typedef struct { int child, sibling, fail, out, token, depth; uint8_t byte; } TrieNode;
+
 typedef struct {
     int n_vocab;
     uint32_t *offsets;         // (n_vocab + 1) token i = pool[offsets[i] .. offsets[i+1])
@@ -2062,9 +2087,7 @@ typedef struct {
     int byte_id[256];          // id of the single-byte BPE token for each byte
     Merge *merges;             // open-addressing hash of (left, right) -> (rank, result)
     uint32_t merge_mask;
-    int *added[3];             // ids sorted by content: added tokens [0] non-normalized, [1] normalized; [2]
-    int n_added[3];            //   with ignore_merges every BPE token (a piece that is one is that token)
-    uint8_t added_first[3][256];  // which bytes can start a token of each set
+    TrieNode *trie;            // roots: 0 non-normalized added tokens, 1 normalized ones, 2 (ignore_merges) BPE tokens
     int bos_id, eos_id, add_bos, add_eos, pre_tokenizer, chat_family;
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
@@ -2100,12 +2123,23 @@ static const Merge *find_merge(const Tokenizer *t, uint32_t left, uint32_t right
     }
 }
 
-static const Tokenizer *sort_tokenizer;  // qsort has no context argument
-static int compare_token_bytes(const void *pa, const void *pb) {
-    int a = *(const int *)pa, b = *(const int *)pb;
-    uint32_t la = token_len(sort_tokenizer, a), lb = token_len(sort_tokenizer, b);
-    int c = memcmp(token_bytes(sort_tokenizer, a), token_bytes(sort_tokenizer, b), la < lb ? la : lb);
-    return c ? c : (la > lb) - (la < lb);
+static int trie_child(const Tokenizer *t, int v, uint8_t byte) {  // -1 if none
+    for (int c = t->trie[v].child; c >= 0; c = t->trie[c].sibling) if (t->trie[c].byte == byte) return c;
+    return -1;
+}
+
+// The node of `id`'s bytes below node v, made as needed.
+static int trie_insert(Tokenizer *t, int v, int id, size_t *n_trie) {
+    for (uint32_t k = 0; k < token_len(t, id); k++) {
+        uint8_t byte = token_bytes(t, id)[k];
+        int c = trie_child(t, v, byte);
+        if (c < 0) {
+            t->trie[*n_trie] = (TrieNode){.child = -1, .sibling = t->trie[v].child, .out = -1, .token = -1, .depth = (int)k + 1, .byte = byte};
+            c = t->trie[v].child = (int)(*n_trie)++;
+        }
+        v = c;
+    }
+    return v;
 }
 
 static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at);
@@ -2146,12 +2180,14 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     p += pool_len;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     uint32_t n_flagged_added = 0;
+    size_t n_trie = 3, trie_size = 3;  // the trie: three roots and at most a node per byte of its tokens
     for (uint32_t i = 0; i < n_vocab; i++) {
         int f = t->flags[i];
         if (f > 15 || ((f & (TOK_SPECIAL | TOK_NORMALIZED)) && !(f & TOK_ADDED)))
             die("%s: token %u has invalid flags %d", what, i, f);
         if (f && token_len(t, (int)i) == 0) die("%s: token %u is empty", what, i);
-        if (f & TOK_ADDED) n_flagged_added++;
+        if (f & TOK_ADDED) { n_flagged_added++; trie_size += token_len(t, (int)i); }
+        if ((flags & FLAG_IGNORE_MERGES) && (f & TOK_BPE)) trie_size += token_len(t, (int)i);
         if ((f & TOK_BPE) && token_len(t, (int)i) == 1) {
             int b = token_bytes(t, (int)i)[0];
             if (t->byte_id[b] >= 0) die("%s: two BPE tokens for byte 0x%02x", what, b);
@@ -2180,29 +2216,31 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         t->merges[s] = (Merge){l, rt, r, res};
     }
 
-    for (int set = 0; set < 3; set++) t->added[set] = xcalloc(set < 2 ? n_added + 1 : n_vocab, sizeof(int));
-    uint8_t *listed = xcalloc(n_vocab, 1);
+    t->trie = xcalloc(trie_size, sizeof(TrieNode));
+    for (int r = 0; r < 3; r++) t->trie[r] = (TrieNode){.child = -1, .sibling = -1, .fail = r, .out = -1, .token = -1};
     for (uint32_t i = 0; i < n_added; i++, p += 4) {
         uint32_t id = read_u32(p);
         if (id >= n_vocab || !(t->flags[id] & TOK_ADDED)) die("%s: added token %u has a bad id", what, i);
-        if (listed[id]++) die("%s: added token id %u is listed twice", what, id);
         size_t bad_at;  // well-formed only: an added token then matches whole characters of the (repaired) text
         if (utf8_chars(token_bytes(t, (int)id), token_len(t, (int)id), &bad_at) < 0) die("%s: added token %u is not UTF-8", what, id);
-        int set = (t->flags[id] & TOK_NORMALIZED) ? 1 : 0;
-        t->added[set][t->n_added[set]++] = (int)id;
-        t->added_first[set][token_bytes(t, (int)id)[0]] = 1;
+        int v = trie_insert(t, (t->flags[id] & TOK_NORMALIZED) ? 1 : 0, (int)id, &n_trie);
+        if (t->trie[v].token >= 0) die("%s: added token %u appears twice", what, id);
+        t->trie[v].token = (int)id;
     }
-    memset(t->added_first[2], 1, 256);  // every byte is a BPE token
-    for (uint32_t i = 0; (flags & FLAG_IGNORE_MERGES) && i < n_vocab; i++)
-        if (t->flags[i] & TOK_BPE) t->added[2][t->n_added[2]++] = (int)i;
-    sort_tokenizer = t;
-    for (int set = 0; set < 3; set++) {
-        qsort(t->added[set], (size_t)t->n_added[set], sizeof(int), compare_token_bytes);
-        for (int i = 1; i < t->n_added[set]; i++)
-            if (compare_token_bytes(&t->added[set][i - 1], &t->added[set][i]) == 0)
-                die("%s: token %d appears twice", what, t->added[set][i]);
+    for (uint32_t i = 0; (flags & FLAG_IGNORE_MERGES) && i < n_vocab; i++)  // root 2: every BPE token
+        if (t->flags[i] & TOK_BPE) t->trie[trie_insert(t, 2, (int)i, &n_trie)].token = (int)i;
+    int *queue = xcalloc(n_trie, sizeof(int)), head = 0, tail = 2;  // breadth first: every fail is set before it is used
+    for (queue[1] = 1; head < tail; head++) {
+        int v = queue[head];
+        t->trie[v].out = t->trie[v].token >= 0 ? v : t->trie[t->trie[v].fail].out;
+        for (int c = t->trie[v].child; c >= 0; c = t->trie[c].sibling) {
+            int f = v > 1 ? t->trie[v].fail : v, g;  // fail(c): the longest suffix of v's string that goes on with c's byte
+            while (f > 1 && trie_child(t, f, t->trie[c].byte) < 0) f = t->trie[f].fail;
+            t->trie[c].fail = (g = trie_child(t, f, t->trie[c].byte)) >= 0 && g != c ? g : f;
+            queue[tail++] = c;
+        }
     }
-    free(listed);
+    free(queue);
     t->chat_template = xcalloc(tlen + 1, 1);
     memcpy(t->chat_template, p, tlen);
 
@@ -2217,7 +2255,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 }
 
 static void free_tokenizer(Tokenizer *t) {
-    free(t->offsets); free(t->flags); free(t->merges); free(t->added[0]); free(t->added[1]); free(t->added[2]);
+    free(t->offsets); free(t->flags); free(t->merges); free(t->trie);
     free(t->chat_template); free(t->owned); free(t->cp); free(t->cp_off); free(t->spans[0]); free(t->spans[1]);
     free(t->sym); free(t->prev); free(t->next); free(t->heap);
 }
@@ -2276,33 +2314,22 @@ static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *
 }
 
 // Leftmost-longest search for an added token of one set in s[from, to) (HF's Aho-Corasick with
-// MatchKind::LeftmostLongest). Tokens are sorted by bytes, so the ones sharing the prefix matched so far
-// are a contiguous range that narrows byte by byte.
+// MatchKind::LeftmostLongest), in one pass of the automaton: the state is the longest suffix of the text
+// read that is a node; once it starts after the best match so far, no later match can start before it.
 static int find_added(const Tokenizer *t, int set, const uint8_t *s, size_t from, size_t to, size_t *at, size_t *len) {
-    const int *ids = t->added[set];
-    for (size_t i = from; i < to; i++) {
-        if (!t->added_first[set][s[i]]) continue;
-        int lo = 0, hi = t->n_added[set], best = -1;
-        for (size_t k = 0; i + k < to && lo < hi; k++) {
-            int c = s[i + k];
-            // keys in [lo, hi): byte k of the token, or -1 if the token has length k (sorts first)
-            int a = lo, b = hi;
-            while (a < b) {
-                int m = (a + b) / 2, key = token_len(t, ids[m]) > k ? token_bytes(t, ids[m])[k] : -1;
-                if (key < c) a = m + 1; else b = m;
-            }
-            lo = a;
-            b = hi;
-            while (a < b) {
-                int m = (a + b) / 2, key = token_len(t, ids[m]) > k ? token_bytes(t, ids[m])[k] : -1;
-                if (key <= c) a = m + 1; else b = m;
-            }
-            hi = a;
-            if (lo < hi && token_len(t, ids[lo]) == k + 1) best = lo;
+    int v = set, best = -1, c;
+    for (size_t j = from; j < to; j++) {
+        while ((c = trie_child(t, v, s[j])) < 0 && v > 1) v = t->trie[v].fail;
+        v = c >= 0 ? c : v;
+        if (best >= 0 && j + 1 - (size_t)t->trie[v].depth > *at) break;
+        int o = t->trie[v].out;
+        if (o >= 0 && (best < 0 || j + 1 - (size_t)t->trie[o].depth <= *at)) {
+            best = t->trie[o].token;
+            *len = (size_t)t->trie[o].depth;
+            *at = j + 1 - *len;
         }
-        if (best >= 0) { *at = i; *len = token_len(t, ids[best]); return ids[best]; }
     }
-    return -1;
+    return best;
 }
 
 static int compare_candidates(const MergeCandidate *a, const MergeCandidate *b) {
@@ -2341,9 +2368,9 @@ static void push_pair(Tokenizer *t, int *n_heap, int i) {
 // lowest merge rank, leftmost on ties, as HF does with its heap of (rank, position). The symbols form a
 // linked list; stale heap entries are recognised by their recorded ids. O(n log n).
 static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
-    size_t at, len = 0;  // ignore_merges: the longest token at 0, which may be the whole piece
-    int whole = n > 1 && t->n_added[2] ? find_added(t, 2, s, 0, (size_t)n, &at, &len) : -1;
-    if (n == 1 || len == (size_t)n) { push_id(out, n == 1 ? t->byte_id[s[0]] : whole); return; }
+    int v = 2;  // with ignore_merges every BPE token hangs below root 2: a piece that is one is that token
+    for (int k = 0; k < n && v >= 0; k++) v = trie_child(t, v, s[k]);
+    if (n == 1 || (v >= 0 && t->trie[v].token >= 0)) { push_id(out, n == 1 ? t->byte_id[s[0]] : t->trie[v].token); return; }
     if ((size_t)n > t->cap_sym) {
         size_t cap = t->cap_sym, cap2 = cap, cap3 = cap;
         t->sym = grow(t->sym, &cap, (size_t)n, sizeof(int));
@@ -2473,17 +2500,13 @@ static void flush_decoder(Decoder *d, FILE *f) {
 }
 
 static uint8_t *read_all(FILE *f, size_t *n) {
-    size_t cap = 1 << 16, len = 0;
-    uint8_t *buf = malloc(cap);
-    if (!buf) die("out of memory");
-    while (1) {
-        if (len == cap) { cap *= 2; buf = realloc(buf, cap); if (!buf) die("out of memory"); }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        if (got == 0) break;
-        len += got;
-    }
+    size_t cap = 0, len = 0, got;
+    uint8_t *buf = NULL;
+    do {
+        buf = grow(buf, &cap, len + (1 << 16), 1);
+        len += got = fread(buf + len, 1, cap - len - 1, f);  // 1 byte kept for the NUL
+    } while (got > 0);
     if (ferror(f)) die("read error: %s", strerror(errno));
-    if (len == cap) { buf = realloc(buf, cap + 1); if (!buf) die("out of memory"); }
     buf[len] = 0;  // so error messages may quote it as a string
     *n = len;
     return buf;
@@ -2497,10 +2520,8 @@ static void model_tokenizer(Tokenizer *t, const Model *m, const char *path) {
         if (!m || !m->weights.tokenizer) die("the model file has no embedded tokenizer; pass -z tokenizer.bin");
         init_tokenizer(t, m->weights.tokenizer, (size_t)m->weights.tokenizer_bytes, "model file: embedded tokenizer");
     } else {
-        FILE *f = fopen(path, "rb");
-        if (!f) die("cannot open tokenizer %s: %s", path, strerror(errno));
-        struct stat st;  // fopen accepts a directory; reading it would fail with a vague error
-        if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) die("%s is a directory, not a tokenizer file", path);
+        struct stat st;
+        FILE *f = open_regular(path, "tokenizer file", &st);
         size_t n;
         uint8_t *data = read_all(f, &n);
         fclose(f);
@@ -2683,11 +2704,15 @@ static int sample_filtered(Sampler *sp, const float *probs, float coin) {
     return sp->candidates[kept - 1].index;  // rounding
 }
 
+// A NaN or inf logit (in rows of `vocab`) comes from broken weights: sampling, scoring or writing it is garbage.
+static void check_logits(const float *logits, size_t n, int vocab) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(logits[i])) die("the model produced a non-finite logit (%g for id %zu); are its weights corrupt?", logits[i], i % (size_t)vocab);
+}
+
 static int sample(Sampler *sp, float *logits) {
     int n = sp->n;
-    // A NaN or inf logit comes from broken weights; sampling it would be silent garbage.
-    for (int i = 0; i < n; i++)
-        if (!isfinite(logits[i])) die("the model produced a non-finite logit (%g for id %d); are its weights corrupt?", logits[i], i);
+    check_logits(logits, (size_t)n, n);
     int best = sample_argmax(logits, n);
     if (sp->temperature == 0.0f) return best;
     // Shift by the max before scaling: with a tiny temperature logit/t alone overflows to inf (inf - inf = NaN).
@@ -2713,18 +2738,26 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-// Teacher forcing: feeds every token and writes the logits after each one,
-// (T, V) float32 little-endian; the interface the tests compare against.
+// Teacher forcing: feeds every token and writes the logits after each one, (T, V) float32 little-endian, the
+// interface the tests compare against; into a file beside path, renamed when complete, so none is ever partial.
 static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, const char *path) {
-    FILE *f = fopen(path, "wb");
-    if (!f) die("cannot open %s for writing: %s", path, strerror(errno));
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) die("%s exists and is not a regular file; not replacing it", path);
+    char *tmp = xcalloc(strlen(path) + 8, 1);
+    int fd = mkstemp(strcat(strcpy(tmp, path), ".XXXXXX"));
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (!f) die("cannot create a file beside %s: %s", path, strerror(errno));
+    temp_path = tmp;
     for (int t = 0; t < n; t += s->chunk) {
         int k = n - t < s->chunk ? n - t : s->chunk;
         size_t count = (size_t)k * (size_t)m->config.vocab_size;
         float *logits = forward_chunk(m, s, tokens + t, k, t, 1);
+        check_logits(logits, count, m->config.vocab_size);
         if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
-    if (fclose(f) != 0) die("write to %s failed: %s", path, strerror(errno));
+    if (fclose(f) != 0 || rename(tmp, path) != 0) die("write to %s failed: %s", path, strerror(errno));
+    temp_path = NULL;
+    free(tmp);
 }
 
 // Whether id ends generation: eos_token_id or another id of the config's eos_token_id list.
@@ -2915,8 +2948,8 @@ static void print_expert_load(const Model *m, const RunState *s) {
 // in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
 // code points. Prints the expert load, then one machine-readable line last on stdout.
 static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    FILE *f = open_regular(path, "text file", &st);
     size_t n_bytes, bad_at = 0;
     uint8_t *text = read_all(f, &n_bytes);
     fclose(f);
@@ -2941,6 +2974,7 @@ static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *
         for (int p = 0; p < n; p += s->chunk) {  // batched prefill with every position's logits
             int k = n - p < s->chunk ? n - p : s->chunk;
             float *logits = forward_chunk(m, s, fed + p, k, p, 1);  // (k, V)
+            check_logits(logits, (size_t)k * V, V);
             for (int j = 0; j < k; j++) nll += token_nll(logits + (size_t)j * V, V, ids.ids[a + p + j]);
         }
     }
@@ -3066,8 +3100,8 @@ static long long parse_int(const char *flag, const char *v) {
 static float parse_float(const char *flag, const char *v) {
     char *end;
     errno = 0;
-    float x = strtof(v, &end);
-    if (errno || end == v || *end || !isfinite(x)) die("%s expects a number, got '%s'", flag, v);
+    float x = strtof(v, &end);  // ERANGE for a subnormal too (1e-38): a valid number, so only inf is refused
+    if ((errno && errno != ERANGE) || end == v || *end || !isfinite(x)) die("%s expects a number, got '%s'", flag, v);
     return x;
 }
 
@@ -3202,19 +3236,23 @@ static int *prompt_ids(const Options *o, const Config *c, Tokenizer *tok, int *n
         *n = list.n;
     } else if (o->tokens) {
         ids = parse_tokens(o->tokens, c->vocab_size, n);
-    } else if (!o->chat && !o->ppl) {
+    } else if (!o->chat && !o->ppl && !o->bench) {
         if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
         ids = xcalloc(1, sizeof(int));
         ids[0] = c->bos_token_id;
         *n = 1;
     }
-    if (*n > o->context)
+    if (*n > o->context) {
+        free(ids);  // LeakSanitizer (make test-asan) checks for leaks at exit, also after die()
         die("prompt has %d tokens but the context holds only %lld (raise -c up to %d)", *n, o->context,
             c->max_position_embeddings);
+    }
     return ids;
 }
 
 int main(int argc, char **argv) {
+    int signals[] = {SIGBUS, SIGHUP, SIGINT, SIGTERM};
+    for (int i = 0; i < 4; i++) signal(signals[i], on_fatal_signal);
     Options o;
     parse_options(&o, argc, argv);
     if (o.tokenizer_mode) return tokenizer_tool(&o);
