@@ -37,13 +37,16 @@ run: run.c
 	$(CC) $(CFLAGS) -o $@ run.c $(LDLIBS)
 	@if [ -n "$(filter run,$(MAKECMDGOALS))" ]; then ./run $(MODEL) -n 200 -t 0.8 -i "$(PROMPT)"; fi
 
-# ./run with AddressSanitizer + UBSan; any report aborts the process.
+# ./run with AddressSanitizer + UBSan; any report aborts the process. Built with clang where it is installed,
+# whose LeakSanitizer reports memory left unreachable at every exit, also after an error (test-asan turns it on).
+SAN_CC ?= $(shell command -v clang >/dev/null 2>&1 && echo clang)
 run-asan: run.c
-	$(CC) $(SANFLAGS) -o $@ $< $(LDLIBS)
+	@test -n "$(SAN_CC)" || echo "run-asan: clang not found, using $(CC) (apt-get install clang for LeakSanitizer)"
+	$(or $(SAN_CC),$(CC)) $(SANFLAGS) -o $@ $< $(LDLIBS)
 
 # The same with this CPU's SIMD kernels (AVX2/AVX-512/VNNI paths), which run-asan's portable build skips.
 run-asan-simd: run.c
-	$(CC) $(SANFLAGS) $(NATIVE) -o $@ $< $(LDLIBS)
+	$(or $(SAN_CC),$(CC)) $(SANFLAGS) $(NATIVE) -o $@ $< $(LDLIBS)
 
 # The whole suite; the full pytest run comes last so that its summary is the closing line.
 test: run run-asan
@@ -58,9 +61,9 @@ endif
 
 # The tests that drive the C binary, again against ./run-asan; the matmul tests also against ./run-asan-simd.
 test-asan: run-asan run-asan-simd
-	SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
+	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
 		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch
-	SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py
+	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
 # built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.

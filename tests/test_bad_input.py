@@ -3,17 +3,27 @@ status 1, never a crash, a hang or silent garbage; export.py must fail cleanly a
 
 tests/test_engine.py (bad model files, --tokens), tests/test_tokenizer.py (corrupt tokenizer files,
 --decode ids) and tests/test_export.py (ERROR_CASES) already cover many cases; this file adds the rest.
-With SEEK_RUN=./run-asan (make test-asan) every case also runs under AddressSanitizer and UBSan, and
-test_valgrind_* run the normal paths under valgrind memcheck when it is installed.
+With SEEK_RUN=./run-asan (make test-asan) every case also runs under AddressSanitizer and UBSan, and (with
+clang) LeakSanitizer, also at the exit after an error; test_valgrind_* run the normal paths under valgrind
+memcheck when it is installed. Issue 14's classes (non-finite results, overflowing rmsnorm, quadratic added-token
+search, non-regular inputs, partial --dump-logits files, a model file truncated while mapped) are at the end.
 """
+import json
 import math
 import os
+import random
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+
+import reference as R
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -481,3 +491,302 @@ def test_valgrind_encode_decode(vg_run, v3):
     assert len(ids.split()) > 5
     valgrind(vg_run, "-z", TOKENIZER, "--decode", stdin=ids)
     valgrind(vg_run, v3, "--encode", stdin=b"ab\xffcd")
+
+
+# ---------------------------------------------------------------- issue 14: no NaN reported as a result
+
+def model_with(src, dst, edits):
+    """Copy of model file src with (tensor name, row, value) edits of an f32 tensor."""
+    t = {e[0]: e for e in table(src)}
+    out = []
+    for name, row, value in edits:
+        _, typ, _, _, cols, off, _ = t[name]
+        assert typ == 0, f"{name} is not f32"
+        out.append((off + 4 * cols * row + 4 * 3, f32(value)))  # element 3 of the row
+    return edited(src, dst, out)
+
+
+# v3 (vocab 600, tokenizer 319 ids): rows 319.. of lm_head are padding, never sampled but in --ppl's softmax.
+NON_FINITE = {
+    "nan_in_padding_row": [("lm_head.weight", 500, math.nan)],
+    "inf_in_padding_row": [("lm_head.weight", 599, math.inf)],
+    "inf_in_a_token_row": [("lm_head.weight", 7, -math.inf)],
+    "nan_in_final_norm": [("model.norm.weight", 0, math.nan)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_ppl_of_non_finite_logits_is_an_error(case, run_bin, v3, tmp_path):
+    bad = model_with(v3, tmp_path / "bad.bin", NON_FINITE[case])
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question. " * 8)
+    assert_one_error(run(run_bin, bad, "--ppl", text), "non-finite logit")
+    assert run(run_bin, v3, "--ppl", text).returncode == 0  # the unedited model scores it
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_dump_of_non_finite_logits_is_an_error_and_keeps_the_old_file(case, run_bin, v3, tmp_path):
+    bad = model_with(v3, tmp_path / "bad.bin", NON_FINITE[case])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "logits.f32"
+    out.write_bytes(b"previous")
+    assert_one_error(run(run_bin, bad, "--tokens", "5,6,7", "--dump-logits", out), "non-finite logit")
+    assert out.read_bytes() == b"previous" and os.listdir(out_dir) == ["logits.f32"], "partial or temporary file"
+
+
+# ---------------------------------------------------------------- rmsnorm of huge (finite) activations
+
+def scaled_checkpoint(src, dst, name, power):
+    """Copy of HF checkpoint src with tensor `name` multiplied by 2**power (exact in F32 and BF16)."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "model.safetensors")
+    b = bytearray(open(path, "rb").read())
+    n = struct.unpack_from("<Q", b)[0]
+    info = json.loads(b[8:8 + n])[name]
+    a, z = (8 + n + o for o in info["data_offsets"])
+    if info["dtype"] == "F32":
+        x = np.frombuffer(bytes(b[a:z]), "<f4") * np.float32(2.0 ** power)
+        b[a:z] = x.astype("<f4").tobytes()
+    else:
+        assert info["dtype"] == "BF16"
+        x = (np.frombuffer(bytes(b[a:z]), "<u2").astype(np.uint32) << 16).view(np.float32) * np.float32(2.0 ** power)
+        b[a:z] = (x.view(np.uint32) >> 16).astype("<u2").tobytes()
+    assert np.all(np.isfinite(x)) and np.abs(x).max() > 1e20
+    open(path, "wb").write(bytes(b))
+    return dst
+
+
+# x² of a finite float overflows above ~1.8e19: each of these puts activations of ~1e28..1e36 into an rmsnorm.
+HUGE = {
+    "embedding": ("v2lite", "model.embed_tokens.weight", 100),
+    "dense_down_proj": ("v2lite", "model.layers.0.mlp.down_proj.weight", 110),
+    "last_o_proj": ("v2lite", "model.layers.2.self_attn.o_proj.weight", 90),
+    "q_a_proj": ("v2", "model.layers.1.self_attn.q_a_proj.weight", 120),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HUGE))
+def test_rmsnorm_of_huge_activations(case, run_bin, checkpoint, tmp_path):
+    """RMSNorm is scale-invariant: the float64 reference computes these logits without trouble, and run.c
+    must too (overflowing Σx² to inf gave all-zero activations and uniform logits)."""
+    variant, name, power = HUGE[case]
+    hf = scaled_checkpoint(checkpoint(variant), tmp_path / "hf", name, power)
+    model = tmp_path / "m.bin"
+    subprocess.run([sys.executable, EXPORT, hf, model, "--dtype", "f32"], check=True, capture_output=True)
+    toks = [5, 17, 3, 200, 42, 9, 77, 120]
+    p = run(run_bin, model, "--tokens", ",".join(map(str, toks)), "--dump-logits", tmp_path / "l.f32")
+    assert p.returncode == 0 and b"Sanitizer" not in p.stderr, p.stderr.decode(errors="replace")
+    got = np.fromfile(tmp_path / "l.f32", "<f4").reshape(len(toks), -1).astype(np.float64)
+    want = R.reference_logits(str(hf), toks)
+    assert want.std(axis=1).min() > 0.01, "the reference logits are flat; the case tests nothing"
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), np.abs(got - want).max()
+
+
+# ---------------------------------------------------------------- added tokens: linear time, leftmost-longest
+
+def tokenizer_with_added(checkpoint, tmp_path, contents, normalized=False):
+    """(tokenizer file, [ids]) of the v3 checkpoint's tokenizer with extra added tokens."""
+    hf = tmp_path / "hf-tok"
+    shutil.copytree(checkpoint("v3"), hf)
+    tj = json.loads((hf / "tokenizer.json").read_text(encoding="utf-8"))
+    n = 1 + max(list(tj["model"]["vocab"].values()) + [a["id"] for a in tj["added_tokens"]])
+    ids = list(range(n, n + len(contents)))
+    for i, c in zip(ids, contents):
+        tj["added_tokens"].append({"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                                   "normalized": normalized, "special": False})
+    (hf / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    out = tmp_path / "tok.bin"
+    subprocess.run([sys.executable, EXPORT, "--tokenizer", hf, out], check=True, capture_output=True)
+    return out, ids
+
+
+# (added tokens, normalized, text, whether the first token ends the text): every one took minutes with a
+# search that restarts at each position.
+LONG_ADDED = {
+    "run_never_closed": (["a" * 20000 + "b"], False, b"a" * (1 << 20), False),
+    "run_never_closed_normalized": (["a" * 20000 + "b"], True, b"a" * (1 << 20), False),
+    "run_closed_at_the_end": (["a" * 20000 + "b"], False, b"a" * (1 << 20) + b"b", True),
+    "period_two": (["ab" * 10000 + "c", "abababx"], False, b"ab" * (1 << 19), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LONG_ADDED))
+def test_added_token_search_is_linear(case, run_bin, checkpoint, tmp_path):
+    contents, normalized, text, at_end = LONG_ADDED[case]
+    tok, ids = tokenizer_with_added(checkpoint, tmp_path, contents, normalized)
+    p = run(run_bin, "-z", tok, "--encode", stdin=text, timeout=40)  # ~0.1 s; a quadratic search takes minutes
+    assert p.returncode == 0 and b"Sanitizer" not in p.stderr, p.stderr[-2000:]
+    got = [int(x) for x in p.stdout.split()]
+    assert (got[-1] == ids[0]) == at_end and ids[0] not in got[:-1] and not set(ids[1:]) & set(got)
+
+
+def leftmost_longest(text, tokens):
+    """[(start, end)] of HF's LeftmostLongest matches, by brute force."""
+    out, i = [], 0
+    while i < len(text):
+        at = next((s for s in range(i, len(text)) if any(text.startswith(t, s) for t in tokens)), None)
+        if at is None:
+            break
+        end = at + max(len(t) for t in tokens if text.startswith(t, at))
+        out.append((at, end))
+        i = end
+    return out
+
+
+def test_added_tokens_match_leftmost_longest(run_bin, checkpoint, tmp_path):
+    """Overlapping added tokens (prefixes, suffixes, a token inside another) on random text: the cut equals a
+    brute-force leftmost-longest search, and the text between matches encodes as it does alone."""
+    contents = ["abcd", "bc", "b", "abcde", "cdx", "xyz", "aaaa", "aaab", "dab", "cda", "e e"]
+    tok, ids = tokenizer_with_added(checkpoint, tmp_path, contents)
+    id_of = dict(zip(contents, ids))
+    rnd = random.Random(14)
+    texts = ["".join(rnd.choice("abcdexyz ") for _ in range(rnd.randrange(1, 60))) for _ in range(300)]
+    gaps, plans = [], []
+    for text in texts:
+        plan, at = [], 0
+        for s, e in leftmost_longest(text, contents):
+            if s > at:
+                plan.append(len(gaps))
+                gaps.append(text[at:s])
+            plan.append(-1 - id_of[text[s:e]])
+            at = e
+        if at < len(text):
+            plan.append(len(gaps))
+            gaps.append(text[at:])
+        plans.append(plan)
+
+    def batch(strings):
+        data = b"".join(b"%d\n%s" % (len(s.encode()), s.encode()) for s in strings)
+        p = run(run_bin, "-z", tok, "--encode", "--batch", stdin=data)
+        assert p.returncode == 0, p.stderr
+        return [[int(x) for x in line.split()] for line in p.stdout.decode().splitlines()]
+
+    got, gap_ids = batch(texts), batch(gaps)
+    for text, plan, ids_got in zip(texts, plans, got):
+        want = [i for k in plan for i in (gap_ids[k] if k >= 0 else [-1 - k])]
+        assert ids_got == want, text
+
+
+# ---------------------------------------------------------------- -z and --ppl: regular files only
+
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero", "dir"])
+def test_tokenizer_and_ppl_inputs_must_be_regular_files(what, run_bin, v3, tmp_path):
+    """A FIFO blocked open() and read() forever; /dev/zero was read until memory ran out."""
+    path = {"fifo": tmp_path / "fifo", "/dev/zero": "/dev/zero", "dir": tmp_path}[what]
+    if what == "fifo":
+        os.mkfifo(path)
+    for args in (["-z", path, "--encode"], [v3, "-z", path, "-i", "hi", "-n", "2"], [v3, "--ppl", path]):
+        assert_one_error(run(run_bin, *args, stdin=b"hello", timeout=20), "not a regular file")
+
+
+# ---------------------------------------------------------------- flags: subnormal temperature, --bench without BOS
+
+@pytest.mark.parametrize("t", ["1e-38", "1e-40", "1.4e-45", "1e-50"])
+def test_subnormal_temperature_is_greedy(t, run_bin, v3):
+    """strtof flags a subnormal (or one rounding to 0) with ERANGE; it is still a number, and that small a
+    temperature is greedy."""
+    assert gen_ids(run_bin, v3, "-t", t, "-s", "3") == gen_ids(run_bin, v3, "-t", "0")
+
+
+@pytest.mark.parametrize("model", ["v2", "v3"])
+def test_bench_needs_no_bos(model, run_bin, v2, v3, tmp_path):
+    bad = edited({"v2": v2, "v3": v3}[model], tmp_path / "nobos.bin", [word(32, i32(-1))])
+    for threads in ("1", "2"):
+        p = run(run_bin, bad, "--bench", "--threads", threads)
+        assert p.returncode == 0 and p.stdout.startswith(b"bench pp="), p.stderr.decode(errors="replace")
+
+
+# ---------------------------------------------------------------- --dump-logits: never a partial file
+
+def test_dump_logits_refuses_a_fifo_or_device(run_bin, v3, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert_one_error(run(run_bin, v3, "--tokens", "5,6", "--dump-logits", fifo, timeout=20), "not a regular file")
+    assert os.path.exists(fifo) and not os.path.isfile(fifo)
+
+
+def test_dump_logits_full_disk_leaves_no_file(run_bin, v3, tmp_path):
+    """A file-size limit makes write() fail with EFBIG, as a full disk fails it with ENOSPC."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+    for previous in (None, b"previous"):
+        out = tmp_path / "out" / "logits.f32"
+        shutil.rmtree(out.parent, ignore_errors=True)
+        out.parent.mkdir()
+        if previous:
+            out.write_bytes(previous)
+        p = subprocess.run([run_bin, v3, "--tokens", ",".join(["5"] * 200), "--dump-logits", out],
+                           capture_output=True, timeout=60, preexec_fn=limit)
+        assert_one_error(p, "logits.f32")
+        assert os.listdir(out.parent) == (["logits.f32"] if previous else []), "partial or temporary file"
+        assert not previous or out.read_bytes() == previous
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_killed_dump_logits_leaves_no_file(sig, run_bin, v3, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = subprocess.Popen([run_bin, v3, "--tokens", ",".join(["5", "6", "7"] * 5000), "-c", "20000",
+                          "--dump-logits", out_dir / "logits.f32"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not any(os.path.getsize(out_dir / f) > 0 for f in os.listdir(out_dir)) and time.time() - t0 < 60:
+        time.sleep(0.01)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -getattr(signal, sig), (p.returncode, err[-2000:])
+    assert os.listdir(out_dir) == [], "partial or temporary file"
+
+
+# ---------------------------------------------------------------- the model file truncated while mapped
+
+@pytest.fixture(scope="module")
+def chat_model(checkpoint, tmp_path_factory):
+    hf = tmp_path_factory.mktemp("chat") / "hf"
+    shutil.copytree(checkpoint("v3"), hf)
+    with open(os.path.join(TESTS, "data", "chat_fixture.json"), encoding="utf-8") as f:
+        template = json.load(f)["cases"][0]["template"]
+    cfg = json.loads((hf / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["chat_template"] = template
+    (hf / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    model = hf.parent / "chat.bin"
+    subprocess.run([sys.executable, EXPORT, hf, model], check=True, capture_output=True)
+    return model
+
+
+@pytest.mark.parametrize("case", ["generate_cut_to_0", "generate_cut_in_half", "chat_cut_to_the_header",
+                                  "no_mmap_control"])
+def test_model_file_truncated_while_running(case, run_bin, v3, chat_model, tmp_path):
+    """Truncating the mapped model file turns the next read of a weight into SIGBUS: the run ends with one
+    error line and exit status 1 instead of dying of the signal. --no-mmap has its own copy and goes on."""
+    copy = tmp_path / "m.bin"
+    if case.startswith("chat"):
+        shutil.copy(chat_model, copy)
+        args = ["-m", "chat", "-n", "4", "-t", "0"]
+    else:  # without an EOS id generation runs until the context is full: long enough to cut the file
+        edited(v3, copy, [word(33, i32(-1))])
+        args = ["--tokens", "5", "-n", "1000000", "-c", "100000", "--print-ids"] + (["--no-mmap"] if "no_mmap" in case else [])
+    p = subprocess.Popen([run_bin, copy, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if case.startswith("chat"):
+            p.stdin.write(b"hello\n")
+            p.stdin.flush()
+            p.stdout.readline()  # the first reply
+        else:
+            p.stdout.read(20)  # generating
+        os.truncate(copy, {"generate_cut_to_0": 0, "generate_cut_in_half": os.path.getsize(copy) // 2}.get(case, 200))
+        if case == "no_mmap_control":
+            time.sleep(0.5)
+            assert p.poll() is None, p.stderr.read()[-2000:]
+            return
+        _, err = p.communicate(b"and again\n" if case.startswith("chat") else None, timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1, f"rc {p.returncode} (-7: killed by SIGBUS)\n{err[-2000:]}"
+    # (chat's "User: " and "Assistant: " prompts on stderr end without a newline)
+    assert err.decode().strip().splitlines()[-1].endswith("error: the model file changed or was truncated while running")
+    assert b"Sanitizer" not in err
