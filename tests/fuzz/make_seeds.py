@@ -7,6 +7,7 @@ and a V3-style router, F32 and BF16, one with an embedded tokenizer), and tokeni
 of each model seed, a type byte, some weight bytes). Run from anywhere:
     /usr/bin/python3 tests/fuzz/make_seeds.py
 """
+import json
 import os
 import struct
 import subprocess
@@ -48,6 +49,10 @@ TEXTS = [b"Hello world, 12345!\n", "  中文 テキスト\u2029 x".encode(), b"\
          b"<|EOT|> <\xef\xbd\x9cUser\xef\xbd\x9c> abc", b"0 1 2 3 255 256 300",
          "getUserName's XMLHttpRequest HE'S 'ſ 々〇 ǅx\u0301".encode(), b"[gMASK]<sop><|user|> x<|im_end|>",
          "  \r\n\t 123456 ${x}\n\n".encode()]
+# Added tokens that overlap (prefixes, suffixes, one inside another; odd ones normalized) for the Aho-Corasick
+# search, with a text that makes them compete: seed-overlap.bin.
+OVERLAP = ["abcd", "bc", "b", "abcde", "cdx", "aaab", "dab", "aaaa", "<|EOT|>x"]
+OVERLAP_TEXT = b"aaaabcdabcdex bc abcde cdxyz aaab <|EOT|>x"
 
 
 def export_seed(name: str, base: str, overrides: dict, dtype: str, tmp: str) -> bytes:
@@ -76,6 +81,15 @@ def main() -> None:
             with open(os.path.join(config_dir, f"seed-{name}.bin"), "wb") as f:
                 f.write(words + bytes([dtype == "bf16"]) + blob[-301:-1])
         tok = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
+        tj_path = os.path.join(tmp, "v3-bf16-tok", "tokenizer.json")
+        with open(tj_path, encoding="utf-8") as f:
+            tj = json.load(f)
+        n = 1 + max(list(tj["model"]["vocab"].values()) + [a["id"] for a in tj["added_tokens"]])
+        tj["added_tokens"] += [{"id": n + k, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                                "normalized": k % 2 == 1, "special": False} for k, c in enumerate(OVERLAP)]
+        with open(tj_path, "w", encoding="utf-8") as f:
+            json.dump(tj, f)
+        overlap = export.build_tokenizer(os.path.join(tmp, "v3-bf16-tok"))
     for i, text in enumerate(TEXTS):
         # the same vocabulary with each pre-tokenizer (V3 1, V2 2, GLM 3, Kimi 4), chat family (0..6) and
         # ignore_merges (header flag 4) in turn
@@ -85,7 +99,9 @@ def main() -> None:
         variant[36:40] = struct.pack("<I", i % 7)
         with open(os.path.join(tok_dir, f"seed-{i}.bin"), "wb") as f:
             f.write(struct.pack("<H", len(text)) + text + bytes(variant))
-    print(f"wrote {len(SEEDS)} model and config seeds, {len(TEXTS)} tokenizer seeds")
+    with open(os.path.join(tok_dir, "seed-overlap.bin"), "wb") as f:
+        f.write(struct.pack("<H", len(OVERLAP_TEXT)) + OVERLAP_TEXT + overlap)
+    print(f"wrote {len(SEEDS)} model and config seeds, {len(TEXTS) + 1} tokenizer seeds")
 
 
 if __name__ == "__main__":
