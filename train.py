@@ -4,26 +4,36 @@ Three steps, each a subcommand, all CPU:
 
   tokenizer  train a byte-level BPE (DeepSeek-V3 pre-tokenizer) on the training split
              and write tokenizer.json + tokenizer_config.json in HF format
-  train      train the model (MLA + DeepSeek MoE with aux-loss-free balancing) for a
-             wall-clock budget, save config.json + model.safetensors (BF16)
-  evaluate   with the BF16-rounded weights: validation loss, parameter counts, expert
-             load balance -> train_log.txt; greedy continuations -> test fixture
+  train      train the model (MLA + DeepSeek MoE with aux-loss-free balancing + one multi-token
+             prediction module) for a wall-clock budget: pre-training at --ctx with plain RoPE,
+             then the YaRN context extension to --ext-ctx; save config.json + model.safetensors
+             (BF16) with the best validation loss of the extension phase
+  evaluate   with the BF16 weights as stored: validation loss on plain and chat-rendered held-out
+             text, loss by position up to twice the context, MTP draft acceptance, expert load
+             -> train_log.txt; greedy continuations and MTP logits -> test fixtures
 
-The model follows the HF DeepseekV3 naming and semantics (../shared/docs/model-spec.md
-sections 1-4), so export.py and run.c treat it like a real DeepSeek-V3 checkpoint.
-Data: tinyshakespeare.txt; the last 10% (by bytes) is validation and never trained on.
+The model follows the naming and semantics of HF transformers' DeepseekV3 modeling file and of
+DeepSeek's released V3 weights (the MTP module as layer num_hidden_layers), so export.py and run.c
+treat it like a real DeepSeek-V3 checkpoint. Data: tinyshakespeare.txt; the last 10% (by bytes) is
+validation and never trained on. About 30% of the training stream is the play's dialogue rendered
+through DeepSeek-V3's chat template (one speech as the user turn, the next as the assistant's).
 
-Usage (what made models/shakespeare/; about an hour on 2 shared cores):
-  /usr/bin/python3 train.py tokenizer
-  /usr/bin/python3 train.py train --minutes 30 --dropout 0.2 --eval-minutes 3
-  /usr/bin/python3 train.py evaluate
+Usage (what made models/shakespeare/; 70 minutes of training and 8 of evaluation on 1 shared core):
+  /usr/bin/python3 train.py tokenizer   # the shipped tokenizer predates the current model; not re-run
+  /usr/bin/python3 train.py train --minutes 70 --dropout 0.2 --eval-minutes 5 --phase1-out build/phase1
+  /usr/bin/python3 train.py evaluate --phase1 build/phase1
 Debian's python3-torch links the reference (netlib) BLAS, about 5x slower than OpenBLAS; with
 libopenblas0-openmp installed, LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp picks it.
+Set OMP_NUM_THREADS=1 with it. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.
+trim_threshold=4000000000:glibc.malloc.top_pad=1000000000 keeps glibc from returning (and page-faulting
+back) the activations of every step.
 """
 import argparse
+import copy
 import json
 import math
 import os
+import random
 import struct
 import time
 from collections import Counter
@@ -61,7 +71,7 @@ def read_splits(path: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# byte-level BPE with the DeepSeek-V3 pre-tokenizer (model-spec 6.1, 6.3)
+# byte-level BPE with the DeepSeek-V3 pre-tokenizer (its tokenizer.json, HF tokenizers semantics)
 
 def v3_tokenizer_json() -> dict:
     return json.load(open(os.path.join(V3_TOKENIZER_DIR, "tokenizer.json"), encoding="utf-8"))
@@ -299,14 +309,82 @@ def cmd_tokenizer(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# model: DeepSeek-V3 (HF naming), model-spec sections 3-4
+# chat-shaped data: the play's dialogue through DeepSeek-V3's chat template
+
+def speeches(text: str) -> list[str]:
+    """The speeches of the play, "NAME:\nline\nline", separated by blank lines in the text."""
+    return [b.strip("\n") for b in text.split("\n\n") if b.strip("\n")]
+
+
+def one_line(speech: str) -> str:
+    """A speech as a chat user types it: "NAME: line line" (run.c's chat reads one line per turn)."""
+    name, _, lines = speech.partition("\n")
+    return " ".join([name] + lines.split("\n")) if lines else name
+
+
+def render_chat(pairs: list[tuple[str, str]], system: str = "") -> str:
+    """DeepSeek-V3's chat template (tokenizer_config.json), rendered: BOS, the system prompt, then
+    <｜User｜>{user}<｜Assistant｜>{reply}<｜end▁of▁sentence｜> per exchange; a last pair with reply None
+    ends in the generation prompt <｜Assistant｜>."""
+    out = BOS + system
+    for user, reply in pairs:
+        out += USER + user + ASSISTANT + (reply + EOS if reply is not None else "")
+    return out
+
+
+def encode_chat(tok: "BPETokenizer", text: str) -> list[int]:
+    """Like HF tokenizers: the added tokens are cut out first, the text between them is BPE-encoded."""
+    special = {BOS: 0, EOS: 1, USER: tok.user_id, ASSISTANT: tok.assistant_id}
+    ids: list[int] = []
+    for part in regex.split("(" + "|".join(map(regex.escape, special)) + ")", text):
+        if part in special:
+            ids.append(special[part])
+        elif part:
+            ids.extend(tok.encode(part))
+    return ids
+
+
+def render_stream(text: str, tok: "BPETokenizer", rng: random.Random, chat_prob: float):
+    """The text as one token stream of segments, in order. A segment is, with probability chat_prob, a
+    conversation of 1-4 exchanges (a speech as the user's turn, the next speech as the assistant's;
+    40% of user turns on one line, the speaker's name kept in every turn), else 1-8 speeches of plain
+    text. Returns (ids, segment starts, reply mask: 1 on the assistant's reply tokens and their EOS)."""
+    sp = speeches(text)
+    ids: list[int] = []
+    starts: list[int] = []
+    reply: list[int] = []
+    i = 0
+    while i < len(sp):
+        starts.append(len(ids))
+        if i + 1 < len(sp) and rng.random() < chat_prob:
+            n = min(rng.randint(1, 4), (len(sp) - i) // 2)
+            ids.append(0)
+            reply.append(0)
+            for k in range(n):
+                user, answer = sp[i + 2 * k], sp[i + 2 * k + 1]
+                u = [tok.user_id] + tok.encode(user if rng.random() < 0.6 else one_line(user)) + [tok.assistant_id]
+                a = tok.encode(answer) + [1]
+                ids += u + a
+                reply += [0] * len(u) + [1] * len(a)
+            i += 2 * n
+        else:
+            n = rng.randint(1, 8)
+            seg = tok.encode("\n\n".join(sp[i:i + n]) + "\n\n")
+            ids += seg
+            reply += [0] * len(seg)
+            i += n
+    return np.array(ids, dtype=np.int64), np.array(starts, dtype=np.int64), np.array(reply, dtype=bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# model: DeepSeek-V3 (HF transformers' modeling_deepseek naming and math)
 
 def yarn_mscale(scale: float, m: float) -> float:
     return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
 
 def rope_cos_sin(cfg: dict, n_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair angles p*theta_i with YaRN frequency interpolation (model-spec 3.5). (n_pos, dr/2)"""
+    """Per-pair angles p*theta_i with YaRN frequency interpolation (YaRN, Peng et al. 2023). (n_pos, dr/2)"""
     d, base = cfg["qk_rope_head_dim"], cfg["rope_theta"]
     freqs = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     m_cs = 1.0
@@ -326,11 +404,11 @@ def rope_cos_sin(cfg: dict, n_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = freqs / s * ramp + freqs * (1 - ramp)
         m_cs = yarn_mscale(s, rs.get("mscale", 0)) / yarn_mscale(s, rs.get("mscale_all_dim", 0))
     ang = torch.arange(n_pos, dtype=torch.float64)[:, None] * freqs[None, :]
-    return (torch.cos(ang) * m_cs).float(), (torch.sin(ang) * m_cs).float()
+    return torch.cos(ang) * m_cs, torch.sin(ang) * m_cs  # float64; used in the model's dtype
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Interleaved pairs (x[2i], x[2i+1]) rotated by angle p*theta_i (model-spec 3.4).
+    """Interleaved pairs (x[2i], x[2i+1]) rotated by angle p*theta_i (DeepSeek's inference/model.py).
     x: (B, T, H, dr), cos/sin: (T, dr/2)"""
     x0, x1 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
@@ -352,7 +430,7 @@ def linear(n_in: int, n_out: int) -> nn.Linear:
 
 
 class Attention(nn.Module):
-    """Multi-head latent attention with q LoRA and decoupled RoPE (model-spec 3.3-3.6)."""
+    """Multi-head latent attention with q LoRA (DeepSeek-V2 paper 2.1.2) and decoupled RoPE (2.1.3)."""
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -366,6 +444,10 @@ class Attention(nn.Module):
         self.kv_a_layernorm = RMSNorm(self.r, 1e-6)
         self.kv_b_proj = linear(self.r, H * (self.dn + self.dv))
         self.o_proj = linear(H * self.dv, D)
+        self.set_scale(cfg)
+
+    def set_scale(self, cfg: dict) -> None:
+        """1/sqrt(dn+dr), times YaRN's mscale(s, mscale_all_dim)^2 (Peng et al. 2023)."""
         self.scale = (self.dn + self.dr) ** -0.5
         rs = cfg.get("rope_scaling")
         if rs and rs.get("mscale_all_dim", 0):
@@ -383,8 +465,12 @@ class Attention(nn.Module):
         k_nope, v = kv[..., :dn], kv[..., dn:]
         qf = torch.cat((q_nope, q_pe), -1).transpose(1, 2)                      # (B, H, T, dn+dr)
         kf = torch.cat((k_nope, k_pe.expand(B, T, H, dr)), -1).transpose(1, 2)  # (B, H, T, dn+dr)
-        att = (qf @ kf.transpose(-1, -2)) * self.scale + mask                   # (B, H, T, T)
-        o = att.softmax(-1) @ v.transpose(1, 2)                                 # (B, H, T, dv)
+        vt = v.transpose(1, 2)                                                  # (B, H, T, dv)
+        # a few sequences at a time: score tensors under 16 MB come from the heap and are reused
+        # (larger ones are fresh mmaps whose page faults cost a quarter of a training step)
+        n = max(1, (1 << 22) // (H * T * T))
+        o = torch.cat([((qf[b:b + n] @ kf[b:b + n].transpose(-1, -2)) * self.scale + mask).softmax(-1)
+                       @ vt[b:b + n] for b in range(0, B, n)])                 # (B, H, T, dv)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, H * dv))
 
 
@@ -400,7 +486,7 @@ class MLP(nn.Module):
 
 
 class Gate(nn.Module):
-    """Sigmoid router with noaux_tc group-limited selection (model-spec 4.2). The bias only
+    """Sigmoid router with noaux_tc group-limited selection (DeepSeek-V3 paper 2.1.2). The bias only
     chooses experts; it gets no gradient and is moved by the aux-loss-free rule instead."""
 
     def __init__(self, cfg: dict):
@@ -414,7 +500,7 @@ class Gate(nn.Module):
 
     def forward(self, x):
         """x: (N, D) -> expert ids (N, K), weights (N, K)"""
-        s = torch.sigmoid(x.float() @ self.weight.float().t())                 # (N, E)
+        s = torch.sigmoid(x @ self.weight.t())                                 # (N, E)
         with torch.no_grad():
             c = s + self.e_score_correction_bias
             N = c.shape[0]
@@ -467,6 +553,37 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
 
+class SharedHead(nn.Module):
+    def __init__(self, D: int, eps: float, head: nn.Linear):
+        super().__init__()
+        self.norm = RMSNorm(D, eps)
+        self.head = head
+
+
+class MTPLayer(DecoderLayer):
+    """Multi-token prediction, one depth (DeepSeek-V3 paper 2.2), stored as layer N = num_hidden_layers
+    with DeepSeek-V3's tensor names. Row i pairs the main model's final hidden h_i (after model.norm)
+    with the embedding of the token at i+1 and predicts the token at i+2:
+        u_i = eh_proj [enorm(emb(t_{i+1})); hnorm(h_i)]   (embedding first, as DeepSeek's weights expect)
+    then a full decoder block (its own MLA and MoE, causal over the rows, RoPE position i) and
+    shared_head.norm / shared_head.head. As in the paper, embedding and output head are the main
+    model's own (shared modules); the checkpoint stores them again under this layer's names."""
+
+    def __init__(self, cfg: dict, layer: int, embed: nn.Embedding, head: nn.Linear):
+        super().__init__(cfg, layer)
+        D, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.embed_tokens = embed
+        self.enorm = RMSNorm(D, eps)
+        self.hnorm = RMSNorm(D, eps)
+        self.eh_proj = linear(2 * D, D)
+        self.shared_head = SharedHead(D, eps, head)
+
+    def forward(self, h, next_ids, cos, sin, mask):
+        u = self.eh_proj(torch.cat((self.enorm(self.embed_tokens(next_ids)), self.hnorm(h)), -1))
+        u = super().forward(u, cos, sin, mask)
+        return self.shared_head.head(self.shared_head.norm(u))
+
+
 class Body(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
@@ -481,31 +598,58 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.cfg = cfg
         self.model = Body(cfg)
         self.lm_head = linear(cfg["hidden_size"], cfg["vocab_size"])
-        cos, sin = rope_cos_sin(cfg, cfg["max_position_embeddings"])
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        n_layers = cfg["num_hidden_layers"]
+        N = cfg["num_hidden_layers"]
+        for k in range(cfg.get("num_nextn_predict_layers") or 0):
+            assert k == 0, "one MTP depth only"
+            self.model.layers.append(MTPLayer(cfg, N + k, self.model.embed_tokens, self.lm_head))
+        self.set_rope(cfg)
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                std = 0.02 / math.sqrt(2 * N) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 nn.init.normal_(p, std=std)
+
+    def set_rope(self, cfg: dict, n_pos: int = 0) -> None:
+        """RoPE tables and softmax scales for cfg's rope_scaling (None: plain RoPE); the context
+        extension switches to YaRN in the middle of training."""
+        self.cfg = cfg
+        cos, sin = rope_cos_sin(cfg, max(n_pos, cfg["max_position_embeddings"]))
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        for layer in self.model.layers:
+            layer.self_attn.set_scale(cfg)
 
     def moe_layers(self) -> list[MoE]:
         return [l.mlp for l in self.model.layers if isinstance(l.mlp, MoE)]
 
+    def mtp(self) -> MTPLayer | None:
+        layers = self.model.layers
+        return layers[-1] if isinstance(layers[-1], MTPLayer) else None
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, T), position 0 = BOS -> final hidden after model.norm (B, T, D)"""
+        T, dt = ids.shape[1], self.lm_head.weight.dtype
+        mask = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
+        cos, sin = self.rope_cos[:T].to(dt), self.rope_sin[:T].to(dt)
+        x = self.model.embed_tokens(ids)
+        for layer in self.model.layers[:self.cfg["num_hidden_layers"]]:
+            x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def mtp_logits(self, h: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, D) final hiddens of positions 0..T-1, next_ids: (B, T) the tokens at 1..T ->
+        (B, T, V) MTP logits for the tokens at 2..T+1 (row i at RoPE position i)."""
+        T, dt = h.shape[1], h.dtype
+        mask = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
+        return self.mtp()(h, next_ids, self.rope_cos[:T].to(dt), self.rope_sin[:T].to(dt), mask)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, T), position 0 = BOS -> logits (B, T, V)"""
-        T = ids.shape[1]
-        mask = torch.full((T, T), float("-inf")).triu(1)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        x = self.model.embed_tokens(ids)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
-        return self.lm_head(self.model.norm(x))
+        return self.lm_head(self.hidden(ids))
 
 
 def make_config(args, n_tokens: int) -> dict:
-    """All the fields of a real DeepSeek-V3 config.json (no quantization_config: BF16 weights)."""
+    """All the fields of a real DeepSeek-V3 config.json (no quantization_config: BF16 weights).
+    The context is the extended one: YaRN factor ext_ctx / ctx over the pre-training context ctx."""
     return {
         "architectures": ["DeepseekV3ForCausalLM"],
         "attention_bias": False,
@@ -520,7 +664,7 @@ def make_config(args, n_tokens: int) -> dict:
         "initializer_range": 0.02,
         "intermediate_size": args.inter,
         "kv_lora_rank": args.kv_lora,
-        "max_position_embeddings": args.ctx * args.rope_factor,
+        "max_position_embeddings": args.ext_ctx,
         "model_type": "deepseek_v3",
         "moe_intermediate_size": args.moe_inter,
         "moe_layer_freq": 1,
@@ -532,7 +676,7 @@ def make_config(args, n_tokens: int) -> dict:
         "num_experts_per_tok": args.topk,
         "num_hidden_layers": args.layers,
         "num_key_value_heads": args.heads,
-        "num_nextn_predict_layers": 0,
+        "num_nextn_predict_layers": 1 if args.mtp else 0,
         "pretraining_tp": 1,
         "q_lora_rank": args.q_lora,
         "qk_nope_head_dim": args.nope,
@@ -541,12 +685,12 @@ def make_config(args, n_tokens: int) -> dict:
         "rope_scaling": {
             "beta_fast": 32,
             "beta_slow": 1,
-            "factor": args.rope_factor,
+            "factor": args.ext_ctx // args.ctx,
             "mscale": 1.0,
             "mscale_all_dim": 1.0,
             "original_max_position_embeddings": args.ctx,
             "type": "yarn",
-        },
+        } if args.ext_ctx > args.ctx else None,
         "rope_theta": 10000,
         "routed_scaling_factor": 2.5,
         "scoring_func": "sigmoid",
@@ -608,60 +752,98 @@ def load_safetensors(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def bf16_round_(model: nn.Module) -> None:
-    """Round every weight to BF16 in place (the bias stays F32, as saved)."""
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not name.endswith("e_score_correction_bias") and t.is_floating_point():
-                t.copy_(t.to(torch.bfloat16).float())
-
-
 def load_model(ckpt: str) -> DeepseekV3ForCausalLM:
     cfg = json.load(open(os.path.join(ckpt, "config.json")))
     model = DeepseekV3ForCausalLM(cfg)
     sd = load_safetensors(os.path.join(ckpt, "model.safetensors"))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and all(m.startswith("rope_") for m in missing), (missing, unexpected)
+    N = cfg["num_hidden_layers"]
+    if model.mtp() is not None:  # the stored copies must be what the MTP forward pass uses
+        assert torch.equal(sd[f"model.layers.{N}.embed_tokens.weight"], sd["model.embed_tokens.weight"])
+        assert torch.equal(sd[f"model.layers.{N}.shared_head.head.weight"], sd["lm_head.weight"])
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation over a token stream: windows of T-1 tokens, each fed after a BOS like inference
+
+def windows(ids: np.ndarray, T: int) -> list[np.ndarray]:
+    return [ids[i:i + T - 1] for i in range(0, len(ids), T - 1)]
+
+
+@torch.no_grad()
+def score_stream(model, ids: np.ndarray, T: int, batch: int = 8, counts=None, mtp: bool = False) -> dict:
+    """Per token of the stream (windows of T-1 after BOS): "nll" of the main model, "pos" (tokens of
+    context before it, BOS included) and "top1" (main argmax is the token). With mtp, for every token
+    that is not first in its window: "mtp_nll" and "mtp_top1" of the MTP prediction made two steps
+    earlier, and "accept": the MTP draft equals the main model's argmax for that token (greedy
+    speculative decoding would keep the draft). NaN where undefined."""
+    was_training = model.training
+    model.eval()
+    n = len(ids)
+    out = {k: np.full(n, np.nan) for k in ("nll", "pos", "top1") + (("mtp_nll", "mtp_top1", "accept") if mtp else ())}
+    wins = windows(ids, T)
+    at = 0
+    for g in range(0, len(wins), batch):
+        group = wins[g:g + batch]
+        for chunk in ([w for w in group if len(w) == len(group[0])], [w for w in group if len(w) != len(group[0])]):
+            if not chunk:
+                continue
+            y = torch.from_numpy(np.stack(chunk)).long()
+            B, L = y.shape
+            x = torch.cat([torch.zeros(B, 1, dtype=torch.long), y[:, :-1]], 1)
+            h = model.hidden(x)
+            logits = model.lm_head(h)
+            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            main_arg = logits.argmax(-1)
+            sl = slice(at, at + B * L)
+            out["nll"][sl] = nll.flatten().numpy()
+            out["pos"][sl] = np.tile(np.arange(1, L + 1), B)
+            out["top1"][sl] = (main_arg == y).flatten().numpy()
+            if mtp and L > 1:
+                m = model.mtp_logits(h, y)[:, :-1]          # row i predicts y[:, i+1]
+                mn = np.full((B, L), np.nan)
+                mt, acc = mn.copy(), mn.copy()
+                mn[:, 1:] = F.cross_entropy(m.transpose(1, 2), y[:, 1:], reduction="none").numpy()
+                draft = m.argmax(-1)
+                mt[:, 1:] = (draft == y[:, 1:]).numpy()
+                acc[:, 1:] = (draft == main_arg[:, 1:]).numpy()
+                out["mtp_nll"][sl], out["mtp_top1"][sl], out["accept"][sl] = mn.flatten(), mt.flatten(), acc.flatten()
+            if counts is not None:
+                for c, moe in zip(counts, model.moe_layers()):
+                    c += moe.last_load
+            at += B * L
+    assert at == n
+    model.train(was_training)
+    return out
+
+
+def val_streams(tok: BPETokenizer, val_text: str) -> dict:
+    """Held-out text plain, and all of it rendered as conversations (fixed seed)."""
+    ids, _, reply = render_stream(val_text, tok, random.Random(0), 1.0)
+    return {"plain": np.array(tok.encode(val_text), dtype=np.int64), "chat": ids, "chat_reply": reply}
 
 
 # ----------------------------------------------------------------------------------------------
 # training
 
-def encode_cached(tok: BPETokenizer, text: str, path: str) -> np.ndarray:
-    if os.path.exists(path):
-        return np.load(path)
-    ids = np.array(tok.encode(text), dtype=np.int32)
-    np.save(path, ids)
-    return ids
-
-
-def val_windows(val_ids: list[int], T: int) -> list[list[int]]:
-    """Non-overlapping windows of T-1 tokens; each is fed after a BOS, like inference."""
-    return [val_ids[i:i + T - 1] for i in range(0, len(val_ids), T - 1)]
-
-
-@torch.no_grad()
-def val_nll(model, val_ids: list[int], T: int, batch: int = 16, counts=None) -> tuple[float, int]:
-    """Total NLL (nats) over all validation tokens; optionally adds per-expert token counts."""
-    was_training = model.training
-    model.eval()
-    wins = val_windows(val_ids, T)
-    groups = [wins[i:i + batch] for i in range(0, len(wins), batch)]
-    nll, n = 0.0, 0
-    for g in groups:
-        full = [w for w in g if len(w) == len(g[0])]
-        for chunk in ([full] + [[w] for w in g if len(w) != len(g[0])]):
-            y = torch.tensor(chunk)
-            x = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.long), y[:, :-1]], 1)
-            logits = model(x)
-            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
-            n += y.numel()
-            if counts is not None:
-                for c, m in zip(counts, model.moe_layers()):
-                    c += m.last_load
-    model.train(was_training)
-    return nll, n
+def sample_batch(streams: list, B: int, T: int, doc_start: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B windows of T tokens from random renderings of the training text: y = the window, x = BOS and
+    y[:-1]. A share doc_start of the windows begins at a segment start (a conversation's BOS is then
+    the window's own), so the model also sees chats and speeches that begin at position 0."""
+    ys = []
+    for _ in range(B):
+        ids, starts, _ = streams[int(torch.randint(len(streams), ()))]
+        if float(torch.rand(())) < doc_start:
+            s = int(starts[int(torch.randint(len(starts), ()))])
+            s += int(ids[s] == 0)
+            s = min(s, len(ids) - T)
+        else:
+            s = int(torch.randint(len(ids) - T, ()))
+        ys.append(torch.from_numpy(ids[s:s + T]))
+    y = torch.stack(ys)
+    return torch.cat([torch.zeros(B, 1, dtype=torch.long), y[:, :-1]], 1), y
 
 
 def cmd_train(args) -> None:
@@ -670,38 +852,58 @@ def cmd_train(args) -> None:
     torch.manual_seed(args.seed)
     tok = load_tokenizer(args.out)
     train_text, val_text = read_splits(args.data)
-    train_ids = torch.from_numpy(np.array(tok.encode(train_text), dtype=np.int64))
-    val_ids = tok.encode(val_text)
+    streams = [render_stream(train_text, tok, random.Random(args.seed + k), args.chat) for k in range(args.renderings)]
+    chat_share = float(np.mean([chat_share_of(*st) for st in streams]))
+    val_ids = np.array(tok.encode(val_text), dtype=np.int64)
     cfg = make_config(args, tok.n_tokens)
-    model = DeepseekV3ForCausalLM(dict(cfg, attention_dropout=args.dropout))
+    # pre-training at ctx with plain RoPE, then the context extension with YaRN (DeepSeek-V3 4.3)
+    pre_cfg = dict(cfg, max_position_embeddings=args.ctx, rope_scaling=None)
+    model = DeepseekV3ForCausalLM(dict(pre_cfg, attention_dropout=args.dropout))
     model.train()
     best = {"val": float("inf"), "step": 0, "tokens": 0, "minutes": 0.0}
-    next_eval = args.eval_minutes * 60.0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config: {json.dumps(cfg)}", flush=True)
-    print(f"params {n_params / 1e6:.3f}M, train tokens {len(train_ids)}", flush=True)
+    print(f"params {n_params / 1e6:.3f}M; train stream {np.mean([len(s[0]) for s in streams]):.0f} tokens "
+          f"x {len(streams)} renderings, chat share {chat_share:.3f}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
+    extend = args.ext_ctx > args.ctx
     T, B = args.ctx, args.batch
     budget = args.minutes * 60.0
     t0 = time.time()
-    step, tokens_seen, loss_avg = 0, 0, None
+    next_eval = args.eval_minutes * 60.0
+    step, tokens_seen, loss_avg, mtp_avg = 0, 0, None, None
+    phase1 = None
     while True:
         frac = (time.time() - t0) / budget
         if frac >= 1.0 or (args.max_steps and step >= args.max_steps):
             break
+        if extend and phase1 is None and frac >= args.ext_at:
+            eval_and_save(model, pre_cfg, args, val_ids, val_text, None, step, tokens_seen, t0, T,
+                          args.phase1_out or None)
+            phase1 = {"steps": step, "tokens": tokens_seen, "minutes": (time.time() - t0) / 60}
+            model.set_rope(dict(cfg, attention_dropout=args.dropout))
+            T, B = args.ext_ctx, max(1, args.batch * args.ctx // args.ext_ctx)
+            print(f"context extension: YaRN factor {cfg['rope_scaling']['factor']}, ctx {T}, batch {B}", flush=True)
+            next_eval = time.time() - t0 + args.eval_minutes * 60.0
         # warmup, then cosine decay to 10% over the wall-clock budget
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        starts = torch.randint(0, len(train_ids) - T, (B,))
-        y = torch.stack([train_ids[s:s + T] for s in starts])
-        x = torch.cat([torch.zeros(B, 1, dtype=torch.long), y[:, :-1]], 1)  # BOS first, like inference
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+        lam = args.mtp_weight if frac < args.mtp_weight_until else args.mtp_weight_late
+        x, y = sample_batch(streams, B, T, args.doc_start)
+        h = model.hidden(x)
+        logits = model.lm_head(h)
+        loss_main = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = loss_main
+        if model.mtp() is not None:  # DeepSeek-V3 2.2: L = L_main + lambda * L_MTP (one depth)
+            m = model.mtp_logits(h, y)[:, :-1]
+            loss_mtp = F.cross_entropy(m.reshape(-1, m.shape[-1]), y[:, 1:].reshape(-1))
+            loss = loss_main + lam * loss_mtp
+            mtp_avg = loss_mtp.item() if mtp_avg is None else 0.95 * mtp_avg + 0.05 * loss_mtp.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -713,36 +915,58 @@ def cmd_train(args) -> None:
                 moe.gate.e_score_correction_bias += args.bias_step * torch.sign(load.mean() - load)
         step += 1
         tokens_seen += B * T
-        loss_avg = loss.item() if loss_avg is None else 0.95 * loss_avg + 0.05 * loss.item()
+        loss_avg = loss_main.item() if loss_avg is None else 0.95 * loss_avg + 0.05 * loss_main.item()
         if step % args.log_every == 0:
             el = time.time() - t0
             loads = [m.last_load.float() for m in model.moe_layers()]
             imb = max((l.max() / l.mean()).item() for l in loads)
-            print(f"step {step} t {el / 60:.1f}m loss {loss.item():.4f} avg {loss_avg:.4f} lr {lr:.2e} "
-                  f"tok/s {tokens_seen / el:.0f} max-load/mean {imb:.2f}", flush=True)
+            print(f"step {step} t {el / 60:.1f}m loss {loss_main.item():.4f} avg {loss_avg:.4f} mtp avg "
+                  f"{mtp_avg or 0:.4f} lambda {lam} lr {lr:.2e} tok/s {tokens_seen / el:.0f} "
+                  f"max-load/mean {imb:.2f}", flush=True)
         if time.time() - t0 >= next_eval:
             next_eval += args.eval_minutes * 60.0
-            eval_and_save(model, cfg, args, val_ids, val_text, best, step, tokens_seen, t0)
+            if extend and phase1 is None:
+                eval_and_save(model, pre_cfg, args, val_ids, val_text, None, step, tokens_seen, t0, T, None)
+            else:
+                eval_and_save(model, cfg, args, val_ids, val_text, best, step, tokens_seen, t0, T, args.out)
     el = time.time() - t0
     print(f"done: {step} steps, {tokens_seen} tokens, {el / 60:.1f} min, final avg loss {loss_avg:.4f}",
           flush=True)
-    eval_and_save(model, cfg, args, val_ids, val_text, best, step, tokens_seen, t0)
-    json.dump({"steps": step, "tokens": tokens_seen, "minutes": el / 60, "batch": B, "ctx": T,
-               "lr": args.lr, "final_train_loss_avg": loss_avg, "threads": args.threads,
-               "dropout": args.dropout, "best": best},
+    eval_and_save(model, cfg, args, val_ids, val_text, best, step, tokens_seen, t0, T, args.out)
+    json.dump({"steps": step, "tokens": tokens_seen, "minutes": el / 60, "batch": args.batch, "ctx": args.ctx,
+               "ext_ctx": args.ext_ctx, "ext_at": args.ext_at, "phase1": phase1, "lr": args.lr,
+               "final_train_loss_avg": loss_avg, "final_mtp_loss_avg": mtp_avg, "threads": args.threads,
+               "dropout": args.dropout, "chat": args.chat, "chat_share": chat_share,
+               "mtp_weight": [args.mtp_weight, args.mtp_weight_until, args.mtp_weight_late], "best": best},
               open(os.path.join(args.out, "..", "train_stats.json"), "w"))
 
 
-def eval_and_save(model, cfg, args, val_ids, val_text, best: dict, step: int, tokens: int, t0: float) -> None:
-    """Keep the checkpoint with the best validation loss (early stopping against overfitting)."""
+def chat_share_of(ids: np.ndarray, starts: np.ndarray, _reply=None) -> float:
+    """Share of a rendered stream's tokens that are in conversations (segments that begin with BOS)."""
+    bounds = list(starts) + [len(ids)]
+    return sum(b - a for a, b in zip(bounds, bounds[1:]) if ids[a] == 0) / len(ids)
+
+
+def eval_and_save(model, cfg, args, val_ids, val_text, best, step: int, tokens: int, t0: float, T: int,
+                  out: str | None) -> None:
+    """Validation on the plain held-out text at the current context; with best, keep the checkpoint
+    with the best validation loss (early stopping against overfitting), without it save to out."""
     t = time.time()
-    nll, n = val_nll(model, val_ids, args.ctx)
+    r = score_stream(model, val_ids, T, mtp=model.mtp() is not None)
+    nll = float(np.sum(r["nll"]))
     per_char = nll / len(val_text)
-    saved = per_char < best["val"]
-    if saved:
-        save_checkpoint(model, cfg, args.out)
+    saved = False
+    if best is None:
+        if out:
+            save_checkpoint(model, cfg, out)
+            saved = True
+    elif per_char < best["val"]:
+        save_checkpoint(model, cfg, out)
         best.update(val=per_char, step=step, tokens=tokens, minutes=(t - t0) / 60)
-    print(f"eval step {step}: val nats/token {nll / n:.4f} nats/char {per_char:.4f} "
+        saved = True
+    mtp = (f" mtp nats/token {np.nanmean(r['mtp_nll']):.4f} accept {np.nanmean(r['accept']):.3f}"
+           if "accept" in r else "")
+    print(f"eval step {step} ctx {T}: val nats/token {nll / len(val_ids):.4f} nats/char {per_char:.4f}{mtp} "
           f"({time.time() - t:.0f}s){' saved' if saved else ''}", flush=True)
 
 
@@ -755,19 +979,23 @@ def save_checkpoint(model: nn.Module, cfg: dict, out: str) -> None:
     os.replace(tmp, os.path.join(out, "model.safetensors"))
 
 
-# ----------------------------------------------------------------------------------------------
-# evaluation (BF16-rounded weights, fp32 math)
 
-def param_counts(cfg: dict, model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
+# ----------------------------------------------------------------------------------------------
+# evaluation (BF16-rounded weights as stored, fp32 math)
+
+def param_counts(cfg: dict, model: nn.Module) -> tuple[int, int, int]:
+    """(main model total, main model active per token, MTP module without its embedding/head copies)"""
+    mtp = model.mtp()
+    mtp_ids = {id(p) for p in mtp.parameters()} - {id(model.lm_head.weight), id(model.model.embed_tokens.weight)} if mtp else set()
+    total = sum(p.numel() for p in model.parameters() if id(p) not in mtp_ids)
     D, Ie = cfg["hidden_size"], cfg["moe_intermediate_size"]
-    per_expert = 3 * D * Ie
-    inactive = len(model.moe_layers()) * (cfg["n_routed_experts"] - cfg["num_experts_per_tok"]) * per_expert
-    return total, total - inactive
+    inactive = (len(model.moe_layers()) - (mtp is not None)) * (cfg["n_routed_experts"] - cfg["num_experts_per_tok"]) * 3 * D * Ie
+    return total, total - inactive, sum(p.numel() for p in model.parameters() if id(p) in mtp_ids)
 
 
 @torch.no_grad()
-def greedy(model, prompt_ids: list[int], n: int) -> tuple[list[int], list[float]]:
+def greedy(model, prompt_ids: list[int], n: int, eos: int = 1) -> tuple[list[int], list[float]]:
+    """Up to n greedy tokens, stopping after the end-of-sentence token as run.c does."""
     ids, out, margins = list(prompt_ids), [], []
     for _ in range(n):
         logits = model(torch.tensor([ids]))[0, -1]
@@ -776,14 +1004,121 @@ def greedy(model, prompt_ids: list[int], n: int) -> tuple[list[int], list[float]
         ids.append(nxt)
         out.append(nxt)
         margins.append(float(top.values[0] - top.values[1]))
+        if nxt == eos:
+            break
     return out, margins
+
+
+@torch.no_grad()
+def speculative_acceptance(model, seq: list[int], n_prompt: int) -> tuple[int, int]:
+    """Greedy speculative decoding with one MTP draft per step, replayed on a greedy sequence (the
+    output is the same with or without drafts). After the prefill gives token P, the MTP drafts P+1
+    from (h_{P-1}, token P); an accepted draft moves the next draft two tokens on, a rejected one.
+    Returns (drafts accepted, drafts made)."""
+    x = torch.tensor([seq])
+    h = model.hidden(x)
+    draft = model.mtp_logits(h[:, :-1], x[:, 1:])[0].argmax(-1)  # row r drafts seq[r + 2]
+    j, made, ok = n_prompt + 1, 0, 0
+    while j < len(seq):
+        made += 1
+        if int(draft[j - 2]) == seq[j]:
+            ok += 1
+            j += 2
+        else:
+            j += 1
+    return ok, made
+
+
+@torch.no_grad()
+def sample_text(model, ids: list[int], n: int, temperature: float, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    ids, out = list(ids), []
+    for _ in range(n):
+        logits = model(torch.tensor([ids]))[0, -1] / temperature
+        nxt = int(torch.multinomial(logits.softmax(-1), 1, generator=g))
+        ids.append(nxt)
+        out.append(nxt)
+    return out
 
 
 PROMPTS = [
     "ROMEO:\nBut soft, what light",
-    "First Citizen:\nWe are accounted poor citizens, the patricians good.",
+    "First Citizen:\nWe are accounted poor citizens, the patricians good.\nWhat authority surfeits on",
     "KING HENRY:\nOnce more unto the",
-]
+]  # none ends in punctuation: the BPE joins it with the newline after it, so a lone "." at the end is
+#    almost only seen before the end-of-sentence of a chat reply, and the model stops right there
+
+
+def chat_prompts(val_text: str) -> list[list]:
+    """Conversations for the chat fixture: (user, reply) pairs, the last reply None (to generate).
+    The third is the beginning of the held-out text as a two-turn chat."""
+    sp = speeches(val_text)
+    return [[["ROMEO:\nWhat light through yonder window breaks?", None]],
+            [["First Citizen: What news from the Capitol? Is the senate risen?", None]],
+            [[sp[1], sp[2]], [sp[3], None]]]
+
+
+class EchoList(list):
+    """The log's lines, printed as they come (the evaluation takes minutes)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+    def __iadd__(self, more):
+        for line in more:
+            self.append(line)
+        return self
+
+
+POS_EDGES = [1, 64, 256, 512, 768, 1024, 1280, 1536, 2048]
+
+
+def position_table(model, cfg: dict, ids: np.ndarray, T: int = 2048) -> list[float]:
+    """Mean NLL per position bucket (POS_EDGES) over full windows of T-1 held-out tokens after BOS;
+    position = tokens of context before the predicted token, BOS included."""
+    model.set_rope(cfg, T)
+    ids = ids[:len(ids) // (T - 1) * (T - 1)]
+    r = score_stream(model, ids, T, batch=1)
+    return [float(np.mean(r["nll"][(r["pos"] >= a) & (r["pos"] < b)])) for a, b in zip(POS_EDGES, POS_EDGES[1:])]
+
+
+@torch.no_grad()
+def mtp_fixture(model, tok: BPETokenizer, seqs: list[tuple[str, list[int]]], path: str) -> list[str]:
+    """tests/data/shakespeare_mtp.json + .f32: the MTP logits of every row of a few sequences, in
+    float64 from the stored (BF16) weights. See the "doc" field."""
+    m64 = copy.deepcopy(model).double()
+    rows, meta, lines = [], [], []
+    for name, ids in seqs:
+        x = torch.tensor([ids])
+        h = m64.hidden(x)
+        logits = m64.mtp_logits(h[:, :-1], x[:, 1:])[0]            # (n-1, V)
+        main = m64.lm_head(h)[0]
+        f32 = model.mtp_logits(model.hidden(x)[:, :-1], x[:, 1:])[0]
+        top = logits.topk(2, -1)
+        meta.append({"name": name, "ids": ids, "row_offset": sum(len(r) for r in rows), "n_rows": len(ids) - 1,
+                     "mtp_argmax": logits.argmax(-1).tolist(), "main_argmax": main.argmax(-1).tolist(),
+                     "mtp_margin": [round(float(a - b), 5) for a, b in top.values.tolist()]})
+        rows.append(logits.numpy().astype("<f4"))
+        lines.append(f"  {name}: {len(ids) - 1} rows, |float32 - float64| max {float((f32.double() - logits).abs().max()):.2e}, "
+                     f"logit range {float(logits.min()):.2f}..{float(logits.max()):.2f}")
+    data = np.concatenate(rows)
+    doc = ("MTP (multi-token prediction) logits of models/shakespeare from train.py's forward pass, in float64 "
+           "from the stored BF16 weights. For a sequence ids[0..n-1] (ids[0] = BOS): h_i = the main model's "
+           "final hidden state of position i (after model.norm, the input of lm_head) when ids[0..i] are fed; "
+           "row r (r = 0..n-2) = MTP logits computed from h_r and the token ids[r+1]: u_r = eh_proj "
+           "[enorm(embed(ids[r+1])); hnorm(h_r)] (embedding first), the MTP decoder block (layer "
+           "num_hidden_layers: its own MLA and MoE, causal over rows 0..r, RoPE position r), shared_head.norm, "
+           "shared_head.head; it predicts ids[r+2]. Rows of all sequences are stored in order in "
+           "shakespeare_mtp.f32 as float32 little-endian, shape (total rows, vocab_size); a sequence's rows "
+           "start at row_offset. mtp_argmax / mtp_margin: argmax and top1-top2 gap of each row; main_argmax[i]: "
+           "argmax of the main model's logits at position i (predicts ids[i+1]).")
+    with open(path, "w") as f:
+        json.dump({"doc": doc, "vocab_size": int(data.shape[1]), "rows": int(data.shape[0]),
+                   "file": os.path.basename(path)[:-5] + ".f32", "sequences": meta}, f, indent=1)
+        f.write("\n")
+    data.tofile(path[:-5] + ".f32")
+    return lines
 
 
 @torch.no_grad()
@@ -793,67 +1128,152 @@ def cmd_evaluate(args) -> None:
     cfg = model.cfg
     tok = load_tokenizer(args.out)
     _, val_text = read_splits(args.data)
-    val_ids = tok.encode(val_text)
-    T = cfg["rope_scaling"]["original_max_position_embeddings"] if cfg.get("rope_scaling") else 256
-    moes = model.moe_layers()
-    counts = [torch.zeros(cfg["n_routed_experts"], dtype=torch.long) for _ in moes]
-    nll, n_tok = val_nll(model, val_ids, T, counts=counts)
-    total, active = param_counts(cfg, model)
-    stats = {}
+    val = val_streams(tok, val_text)
+    rs = cfg.get("rope_scaling") or {}
+    L0, Lmax = rs.get("original_max_position_embeddings", cfg["max_position_embeddings"]), cfg["max_position_embeddings"]
+    total, active, n_mtp = param_counts(cfg, model)
     stats_path = os.path.join(args.out, "..", "train_stats.json")
-    if os.path.exists(stats_path):
-        stats = json.load(open(stats_path))
-    lines = [
+    stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
+    t0 = time.time()
+    lines = EchoList()
+    lines += [
         "seek.c shipped model: DeepSeek-V3 architecture trained on Tiny Shakespeare by train.py",
-        f"config: dim {cfg['hidden_size']}, layers {cfg['num_hidden_layers']} (first dense), heads "
-        f"{cfg['num_attention_heads']}, q_lora {cfg['q_lora_rank']}, kv_lora {cfg['kv_lora_rank']}, "
-        f"qk nope/rope/v {cfg['qk_nope_head_dim']}/{cfg['qk_rope_head_dim']}/{cfg['v_head_dim']}, "
-        f"experts {cfg['n_routed_experts']} routed (top-{cfg['num_experts_per_tok']}, "
-        f"{cfg['n_group']} groups keep {cfg['topk_group']}) + {cfg['n_shared_experts']} shared, "
-        f"moe_inter {cfg['moe_intermediate_size']}, dense inter {cfg['intermediate_size']}, "
-        f"vocab {cfg['vocab_size']}, ctx {T}, yarn factor {cfg['rope_scaling']['factor']}",
-        f"parameters: total {total} ({total / 1e6:.2f}M), active per token {active} ({active / 1e6:.2f}M)",
+        f"config: dim {cfg['hidden_size']}, layers {cfg['num_hidden_layers']} (first dense) + MTP module "
+        f"(layer {cfg['num_hidden_layers']}), heads {cfg['num_attention_heads']}, q_lora {cfg['q_lora_rank']}, "
+        f"kv_lora {cfg['kv_lora_rank']}, qk nope/rope/v {cfg['qk_nope_head_dim']}/{cfg['qk_rope_head_dim']}/"
+        f"{cfg['v_head_dim']}, experts {cfg['n_routed_experts']} routed (top-{cfg['num_experts_per_tok']}, "
+        f"{cfg['n_group']} groups keep {cfg['topk_group']}) + {cfg['n_shared_experts']} shared, moe_inter "
+        f"{cfg['moe_intermediate_size']}, dense inter {cfg['intermediate_size']}, vocab {cfg['vocab_size']}, "
+        f"context {Lmax} (YaRN factor {rs.get('factor')} over {L0})",
+        f"parameters: main model {total} ({total / 1e6:.2f}M), active per token {active} ({active / 1e6:.2f}M); "
+        f"MTP module {n_mtp} ({n_mtp / 1e6:.2f}M) besides the embedding and head it shares",
     ]
     if stats:
-        b = stats["best"]
-        lines.append(f"training: {stats['steps']} steps x batch {stats['batch']} x ctx {stats['ctx']} = "
-                     f"{stats['tokens']} tokens, {stats['minutes']:.1f} min wall on {stats['threads']} "
-                     f"shared CPU threads (AdamW lr {stats['lr']}, cosine by wall clock, residual dropout "
-                     f"{stats['dropout']}); final train loss (EMA) {stats['final_train_loss_avg']:.4f}")
-        lines.append(f"checkpoint: best validation of the periodic evals, at step {b['step']} "
-                     f"({b['tokens']} tokens, {b['minutes']:.1f} min)")
-    lines += [
-        f"validation (last 10% of tinyshakespeare.txt, {len(val_text)} chars, {n_tok} tokens; BF16 weights, "
-        f"fp32 math, windows of {T - 1} tokens after BOS):",
-        f"  nats/token {nll / n_tok:.4f}",
-        f"  nats/char  {nll / len(val_text):.4f}",
-        f"  bits/char  {nll / len(val_text) / math.log(2):.4f}",
-        "expert load on validation (share of routed token slots per expert):",
-    ]
+        b, p1 = stats["best"], stats.get("phase1") or {}
+        lines += [
+            f"training: {stats['steps']} steps, {stats['tokens']} tokens, {stats['minutes']:.1f} min wall on "
+            f"{stats['threads']} shared CPU thread(s); AdamW lr {stats['lr']}, cosine by wall clock, residual "
+            f"dropout {stats['dropout']}; {stats['chat_share']:.1%} of the training stream in chat form",
+            f"  pre-training: ctx {stats['ctx']}, plain RoPE, batch {stats['batch']}: {p1.get('steps')} steps, "
+            f"{p1.get('tokens')} tokens, {p1.get('minutes', 0):.1f} min",
+            f"  context extension: YaRN factor {rs.get('factor')}, ctx {stats['ext_ctx']}, batch "
+            f"{stats['batch'] * stats['ctx'] // stats['ext_ctx']}: {stats['steps'] - p1.get('steps', 0)} steps, "
+            f"{stats['tokens'] - p1.get('tokens', 0)} tokens, {stats['minutes'] - p1.get('minutes', 0):.1f} min",
+            f"  MTP loss weight lambda {stats['mtp_weight'][0]} for the first {stats['mtp_weight'][1]:.0%} of the "
+            f"budget, then {stats['mtp_weight'][2]}; final train loss (EMA) main {stats['final_train_loss_avg']:.4f}, "
+            f"MTP {stats['final_mtp_loss_avg']:.4f}",
+            f"checkpoint: best validation of the periodic evals in the extension phase, at step {b['step']} "
+            f"({b['tokens']} tokens, {b['minutes']:.1f} min)",
+        ]
+    moes = model.moe_layers()
+    counts = [torch.zeros(cfg["n_routed_experts"], dtype=torch.long) for _ in moes]
+    results = {}
+    lines.append(f"validation: the last 10% of tinyshakespeare.txt ({len(val_text)} chars), never trained on; "
+                 f"BF16 weights, fp32 math, windows of T-1 tokens after BOS")
+    for T in (L0, Lmax):
+        r = score_stream(model, val["plain"], T, counts=counts if T == Lmax else None, mtp=True)
+        nll = float(np.sum(r["nll"]))
+        results[f"plain_{T}"] = r
+        lines.append(f"  plain text, T={T}: {len(val['plain'])} tokens, nats/token {nll / len(val['plain']):.4f}, "
+                     f"nats/char {nll / len(val_text):.4f}, bits/char {nll / len(val_text) / math.log(2):.4f}")
+    r = score_stream(model, val["chat"], Lmax, mtp=True)
+    results["chat"] = r
+    rep = val["chat_reply"]
+    lines.append(f"  chat-rendered (every speech pair a user/assistant exchange, 1-4 per conversation), T={Lmax}: "
+                 f"{len(val['chat'])} tokens, nats/token {np.mean(r['nll']):.4f} all tokens, "
+                 f"{np.mean(r['nll'][rep]):.4f} on the assistant replies ({int(rep.sum())} tokens incl. EOS)")
+    lines.append("multi-token prediction (MTP module predicting token i+2 from h_i and token i+1):")
+    for name, r in (("plain", results[f"plain_{Lmax}"]), ("chat", results["chat"])):
+        lines.append(f"  {name} held-out, T={Lmax}: MTP nats/token {np.nanmean(r['mtp_nll']):.4f} (main "
+                     f"{np.mean(r['nll']):.4f}), MTP top-1 {np.nanmean(r['mtp_top1']):.3f} (main "
+                     f"{np.mean(r['top1']):.3f}), draft = main argmax (teacher-forced acceptance) "
+                     f"{np.nanmean(r['accept']):.3f}")
+    # greedy speculative decoding replayed on greedy generations from held-out prompts
+    for form in ("plain", "chat"):
+        ok = made = gen = 0
+        if form == "plain":
+            prompts = [[0] + list(val["plain"][s:s + 32]) for s in range(0, len(val["plain"]) - 32, len(val["plain"]) // 8)][:8]
+        else:
+            starts = [i for i in range(len(val["chat"])) if val["chat"][i] == tok.assistant_id]
+            prompts = [[0] + list(val["chat"][s - 40:s + 1]) for s in starts[1::len(starts) // 8]][:8]
+            prompts = [[0] + p[p.index(tok.user_id, 1):] if tok.user_id in p[1:] else p for p in prompts]
+        for p in prompts:
+            g, _ = greedy(model, p, 128)
+            a, b = speculative_acceptance(model, p + g, len(p))
+            ok, made, gen = ok + a, made + b, gen + len(g)
+        lines.append(f"  greedy speculative decoding, {len(prompts)} held-out {form} prompts, {gen} tokens: "
+                     f"{ok}/{made} drafts accepted = {ok / made:.3f}, {gen / (gen - ok):.2f} tokens per main-model step")
+        results[f"accept_{form}"] = ok / made
+    lines.append(f"expert load on plain validation, T={Lmax} (share of routed token slots per expert):")
     for l, c in zip([i for i, l in enumerate(model.model.layers) if isinstance(l.mlp, MoE)], counts):
         share = c.float() / c.sum()
-        used = int((c > 0).sum())
         ratio = (share.max() / share.min()).item() if share.min() > 0 else float("inf")
-        lines.append(f"  layer {l}: max share {share.max():.4f} min share {share.min():.4f} "
-                     f"max/min {ratio:.2f} experts used {used}/{len(c)}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    open(args.log, "w").write(text)
+        lines.append(f"  layer {l}{' (MTP)' if l == cfg['num_hidden_layers'] else ''}: max share {share.max():.4f} "
+                     f"min share {share.min():.4f} max/min {ratio:.2f} experts used {int((c > 0).sum())}/{len(c)}")
+    # the context: per-position loss past the trained length
+    cols = [("shipped (YaRN x%s, trained to %d)" % (rs.get("factor"), Lmax), model, cfg)]
+    if args.phase1:
+        p1 = load_model(args.phase1)
+        cols += [(f"before extension (plain RoPE, trained to {p1.cfg['max_position_embeddings']})", p1, p1.cfg),
+                 (f"same + YaRN x{rs.get('factor')}, not trained", p1, dict(p1.cfg, rope_scaling=rs, max_position_embeddings=Lmax))]
+    table = [position_table(m, c, val["plain"]) for _, m, c in cols]
+    model.set_rope(cfg, 2048)
+    lines.append(f"held-out plain text, nats/token by position of the predicted token ({len(val['plain']) // 2047} "
+                 f"windows of 2047 tokens after BOS):")
+    lines.append("  positions    " + " | ".join(name for name, _, _ in cols))
+    for i, (a, b) in enumerate(zip(POS_EDGES, POS_EDGES[1:])):
+        lines.append(f"  {a:5d}-{b - 1:<5d}  " + " | ".join(f"{t[i]:.3f}" for t in table))
+    results["positions"] = table
+    prompt = [0] + list(val["plain"][:1000])
+    smp = sample_text(model, prompt, 300, 0.8, 1)
+    cut = Lmax - len(prompt)
+    lines.append(f"beyond the context: sampled at temperature 0.8 (seed 1) after BOS + the first 1000 held-out tokens; "
+                 f"[{Lmax}] marks position {Lmax}:")
+    lines += ["  " + l for l in (tok.decode(list(val["plain"][940:1000])) + "[..1000..]" + tok.decode(smp[:cut]) +
+                                 f"[{Lmax}]" + tok.decode(smp[cut:])).split("\n")]
+    # fixtures for run.c
     fixture = []
     for p in PROMPTS:
         pid = [0] + tok.encode(p)
         g, margins = greedy(model, pid, 64)
-        fixture.append({"prompt": p, "prompt_ids": pid, "greedy_ids": g,
+        fixture.append({"form": "plain", "prompt": p, "prompt_ids": pid, "greedy_ids": g,
                         "margins": [round(m, 5) for m in margins]})
-        print(repr(p + tok.decode(g)), f"min margin {min(margins):.4f}")
+    for conv in chat_prompts(val_text):
+        text = render_chat([tuple(pair) for pair in conv])
+        pid = encode_chat(tok, text)
+        g, margins = greedy(model, pid, 64)
+        fixture.append({"form": "chat", "messages": conv, "prompt": text, "prompt_ids": pid, "greedy_ids": g,
+                        "margins": [round(m, 5) for m in margins]})
+    lines.append("greedy fixture (tests/data/shakespeare_greedy.json):")
+    for case in fixture:
+        lines.append(f"  {case['prompt'] + tok.decode(case['greedy_ids'])!r} min margin {min(case['margins']):.4f}")
     os.makedirs(os.path.dirname(args.fixture), exist_ok=True)
     with open(args.fixture, "w") as f:
-        json.dump(fixture, f, indent=1)
+        json.dump(fixture, f, indent=1, ensure_ascii=False)
         f.write("\n")
-    window = val_windows(val_ids, T)[0]  # for the routing test: BOS + the first val window
-    with open(os.path.join(os.path.dirname(args.fixture), "shakespeare_val.json"), "w") as f:
+    data_dir = os.path.dirname(args.fixture)
+    window = [int(i) for i in val["plain"][:255]]  # for the routing and quantization tests: BOS + 255 held-out tokens
+    with open(os.path.join(data_dir, "shakespeare_val.json"), "w") as f:
         json.dump({"text": tok.decode(window), "ids": [0] + window}, f)
         f.write("\n")
+    c0 = fixture[0]
+    seqs = [("plain: first greedy case, prompt + 32 generated", c0["prompt_ids"] + c0["greedy_ids"][:32]),
+            ("chat: first chat case, prompt + 24 generated", fixture[3]["prompt_ids"] + fixture[3]["greedy_ids"][:24]),
+            ("held-out text: BOS + 32 tokens from position 1000", [0] + [int(i) for i in val["plain"][1000:1032]])]
+    lines.append("MTP fixture (tests/data/shakespeare_mtp.json, .f32):")
+    lines += mtp_fixture(model, tok, seqs, os.path.join(data_dir, "shakespeare_mtp.json"))
+    lines.append(f"(evaluation {time.time() - t0:.0f}s)")
+    open(args.log, "w").write("\n".join(lines) + "\n")
+    if stats:
+        stats["evaluation"] = {
+            "plain_nats_per_char": {str(T): float(np.sum(results[f"plain_{T}"]["nll"])) / len(val_text) for T in (L0, Lmax)},
+            "chat_nats_per_token": float(np.mean(results["chat"]["nll"])),
+            "chat_reply_nats_per_token": float(np.mean(results["chat"]["nll"][rep])),
+            "teacher_forced_acceptance": {"plain": float(np.nanmean(results[f"plain_{Lmax}"]["accept"])),
+                                          "chat": float(np.nanmean(results["chat"]["accept"]))},
+            "greedy_acceptance": {"plain": results["accept_plain"], "chat": results["accept_chat"]},
+            "positions": {"edges": POS_EDGES, "columns": [n for n, _, _ in cols], "nats_per_token": table}}
+        json.dump(stats, open(stats_path, "w"), indent=1)
 
 
 def main() -> None:
@@ -879,8 +1299,19 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=2)
     ap.add_argument("--n-group", type=int, default=4)
     ap.add_argument("--topk-group", type=int, default=2)
-    ap.add_argument("--ctx", type=int, default=256)
-    ap.add_argument("--rope-factor", type=int, default=4)
+    ap.add_argument("--ctx", type=int, default=512, help="pre-training context (plain RoPE)")
+    ap.add_argument("--ext-ctx", type=int, default=1024,
+                    help="context after the YaRN extension (= max_position_embeddings; = ctx: none)")
+    ap.add_argument("--ext-at", type=float, default=0.7, help="share of the budget before the extension")
+    ap.add_argument("--phase1-out", default="", help="train: also save the model as it was before the extension")
+    ap.add_argument("--phase1", default="", help="evaluate: that model, for the per-position table")
+    ap.add_argument("--no-mtp", dest="mtp", action="store_false", help="no multi-token prediction module")
+    ap.add_argument("--mtp-weight", type=float, default=0.3, help="MTP loss weight lambda, early")
+    ap.add_argument("--mtp-weight-until", type=float, default=0.7, help="share of the budget at lambda early")
+    ap.add_argument("--mtp-weight-late", type=float, default=0.1, help="MTP loss weight lambda, late")
+    ap.add_argument("--chat", type=float, default=0.3, help="probability that a segment is a conversation")
+    ap.add_argument("--renderings", type=int, default=4, help="differently segmented copies of the text")
+    ap.add_argument("--doc-start", type=float, default=0.25, help="share of windows at a segment start")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--wd", type=float, default=0.1)
@@ -894,6 +1325,8 @@ def main() -> None:
     ap.add_argument("--eval-minutes", type=float, default=5.0, help="validate + keep best this often")
     ap.add_argument("--dropout", type=float, default=0.1, help="residual dropout while training")
     args = ap.parse_args()
+    if args.ext_ctx < args.ctx or args.ext_ctx % args.ctx:
+        ap.error("--ext-ctx must be a multiple of --ctx")
     {"tokenizer": cmd_tokenizer, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
 
 
