@@ -322,7 +322,7 @@ def one_line(speech: str) -> str:
     return " ".join([name] + lines.split("\n")) if lines else name
 
 
-def render_chat(pairs: list[tuple[str, str]], system: str = "") -> str:
+def render_chat(pairs: list[tuple[str, str | None]], system: str = "") -> str:
     """DeepSeek-V3's chat template (tokenizer_config.json), rendered: BOS, the system prompt, then
     <｜User｜>{user}<｜Assistant｜>{reply}<｜end▁of▁sentence｜> per exchange; a last pair with reply None
     ends in the generation prompt <｜Assistant｜>."""
@@ -332,7 +332,7 @@ def render_chat(pairs: list[tuple[str, str]], system: str = "") -> str:
     return out
 
 
-def encode_chat(tok: "BPETokenizer", text: str) -> list[int]:
+def encode_chat(tok: BPETokenizer, text: str) -> list[int]:
     """Like HF tokenizers: the added tokens are cut out first, the text between them is BPE-encoded."""
     special = {BOS: 0, EOS: 1, USER: tok.user_id, ASSISTANT: tok.assistant_id}
     ids: list[int] = []
@@ -344,7 +344,7 @@ def encode_chat(tok: "BPETokenizer", text: str) -> list[int]:
     return ids
 
 
-def render_stream(text: str, tok: "BPETokenizer", rng: random.Random, chat_prob: float):
+def render_stream(text: str, tok: BPETokenizer, rng: random.Random, chat_prob: float):
     """The text as one token stream of segments, in order. A segment is, with probability chat_prob, a
     conversation of 1-4 exchanges (a speech as the user's turn, the next speech as the assistant's;
     40% of user turns on one line, the speaker's name kept in every turn), else 1-8 speeches of plain
