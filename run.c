@@ -2843,8 +2843,11 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
     return text;
 }
 
-static volatile sig_atomic_t interrupted;  // chat: Ctrl-C stops a reply, or at the prompt ends the chat
-static void on_interrupt(int sig) { (void)sig; interrupted = 1; }
+static volatile sig_atomic_t chat_state;  // 0, or 1 after Ctrl-C during a reply, 2 while waiting for a line
+static void on_interrupt(int sig) {  // at the prompt Ctrl-C ends the chat at once (all output was flushed)
+    if (chat_state == 2) _exit(write(STDERR_FILENO, "\n", 1) < 0);
+    chat_state = sig == SIGINT;
+}
 
 // /save FILE writes the conversation as the model holds it, so that /load continues it without a prefill:
 // this header, the token at each position, then layer by layer the latent cache rows. Written to FILE.tmp,
@@ -2915,16 +2918,18 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
     int *tokens = xcalloc((size_t)s->context, sizeof(int));  // (context) the token at each cached position
     FILE *dump = o->dump_logits ? fopen(o->dump_logits, "wb") : NULL;
     if (o->dump_logits && !dump) die("cannot open %s for writing: %s", o->dump_logits, strerror(errno));
-    struct sigaction sa = {.sa_handler = on_interrupt};  // no SA_RESTART: Ctrl-C interrupts reading a line
+    struct sigaction sa = {.sa_handler = on_interrupt, .sa_flags = SA_RESTART};
     sigaction(SIGINT, &sa, NULL);
     while (!full) {
+        fflush(NULL);  // --dump-logits and --trace too: Ctrl-C at the prompt ends the chat without returning
+        chat_state = 2;
         fprintf(stderr, "User: ");
-        interrupted = 0;
         char *user = NULL, *text = NULL;
         size_t cap = 0, n_bad;
-        ssize_t len = getline(&user, &cap, stdin);  // -1 at the end of input, or when Ctrl-C interrupts it
+        ssize_t len = getline(&user, &cap, stdin);  // -1 at the end of input
+        chat_state = 0;
         while (len > 0 && (user[len - 1] == '\n' || user[len - 1] == '\r')) user[--len] = 0;
-        if (len < 0 || interrupted) { fprintf(stderr, "\n"); free(user); break; }
+        if (len < 0) { fprintf(stderr, "\n"); free(user); break; }
         if (!strcmp(user, "/reset")) pos = 0, fprintf(stderr, "(a new conversation)\n");
         else if (!strncmp(user, "/save ", 6)) save_chat(m, s, tokens, pos, user + 6);
         else if (!strncmp(user, "/load ", 6)) pos = load_chat(m, s, tokens, pos, user + 6);
@@ -2943,7 +2948,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
         // R1's generation prompt opens the thinking section; show it, since what follows is inside it
         if (tok->chat_family == CHAT_DEEPSEEK_R1 && !o->print_ids) printf("<think>\n");
         Decoder d = {.stops = o->stops};
-        for (int g = 0; g < o->steps && !interrupted; g++) {
+        for (int g = 0; g < o->steps && chat_state != 1; g++) {
             if ((full = pos + 1 >= s->context)) break;  // keep room for the closing EOS
             if (dump) fwrite(logits, sizeof(float), (size_t)m->config.vocab_size, dump);
             int token = sample(sp, logits, tokens, pos);
@@ -2955,7 +2960,6 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
         }
         flush_decoder(&d, stdout);
         printf("\n");
-        fflush(stdout);
         // The template closes every assistant turn with the end-of-sentence token (sampled, not yet fed). R1's
         // also drops the thinking: the cache is rewritten from its first changed token, where "<think>" was.
         int start = pos;
@@ -3244,8 +3248,7 @@ static void parse_options(Options *o, int argc, char **argv) {
     if (o->dump_logits && !o->tokens && !o->chat) die("--dump-logits needs --tokens (or -m chat)");
     if (o->bench && (o->chat || o->dump_logits || o->prompt || o->prompt_file || o->tokens || o->ppl || o->trace))
         die("--bench takes no prompt, chat, --ppl, --trace or --dump-logits");
-    for (int i = 0; i < n_stops; i++) if (!*o->stops[i]) die("--stop needs a non-empty string");
-    if (n_stops && o->print_ids) die("--stop works on text; drop --print-ids");
+    for (int i = 0; i < n_stops; i++) if (!*o->stops[i] || o->print_ids) die("--stop needs a non-empty text, and text output");
 }
 
 // --encode: stdin text -> ids on one line (no BOS); --decode: stdin ids -> the exact bytes of their tokens.
