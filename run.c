@@ -27,6 +27,7 @@
 #endif
 #define _DEFAULT_SOURCE  // glibc: MADV_HUGEPAGE (transparent huge pages for the weights)
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <stdarg.h>
@@ -89,6 +90,12 @@ static void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n, size);
     if (!p) die("out of memory (%zu x %zu bytes)", n, size);
     return p;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 // A little-endian u32 from bytes in the model and tokenizer files.
@@ -314,9 +321,13 @@ typedef struct {
     MatmulJob *jobs;      // (2(E+1) + H) one batch of products
     float *logits;        // (chunk, V)
     float *latent_cache;  // (L, context, r+dr) per position the normalised latent c_t and rotated k_pe_t
+    struct Trace *trace;  // --trace: what forward_chunk reports after each layer, or NULL
     void *buffers[64];    // every buffer above, for free_run_state
     int n_buffers;
 } RunState;
+
+// --trace (defined below the sampler): after each layer of a one-token chunk, its experts and attention.
+static void trace_layer(const Model *m, const RunState *s, int layer, int pos, int token);
 
 // ----------------------------------------------------------------------------
 // The blocks: rmsnorm, rope/YaRN, mla_attention, route, moe
@@ -699,6 +710,7 @@ static float *forward_chunk(const Model *m, RunState *s, const int *tokens, int 
             swiglu(s, &dense, 1);
         }
         for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+        if (s->trace) trace_layer(m, s, l, pos0, tokens[0]);  // --trace runs one token per chunk
     }
     int first = all_logits ? 0 : n - 1;
     for (int t = first; t < n; t++)
@@ -1635,12 +1647,16 @@ static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
 #ifdef MADV_HUGEPAGE
     madvise(p, alloc, MADV_HUGEPAGE);  // a hint: without it (or off Linux) the copy still works
 #endif
+    double t0 = now_seconds();
+    int shown = 0, tty = isatty(2);  // progress on a terminal once the read takes more than a second
     for (uint64_t at = 0; at < size;) {
         size_t want = size - at < ((size_t)64 << 20) ? (size_t)(size - at) : ((size_t)64 << 20);
         ssize_t got = pread(fd, (uint8_t *)p + at, want, (off_t)at);
         if (got <= 0) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
         at += (uint64_t)got;
+        if (tty && now_seconds() - t0 > 1.0) shown = fprintf(stderr, "\rreading %s: %.0f%%", path, 100.0 * at / size);
     }
+    if (shown) fprintf(stderr, "\n");
     return p;
 }
 
@@ -1754,6 +1770,12 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
 static void free_run_state(RunState *s) {
     for (int i = 0; i < s->n_buffers; i++) free(s->buffers[i]);
     s->n_buffers = 0;
+}
+
+// A latent cache row (r + dr values) and its size: /save, /load and --trace reach the cache only through these.
+static size_t cache_row_bytes(const Config *c) { return ((size_t)c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float); }
+static void *cache_row(const RunState *s, const Config *c, int layer, int pos) {
+    return (uint8_t *)s->latent_cache + ((size_t)layer * s->context + pos) * cache_row_bytes(c);
 }
 
 // ----------------------------------------------------------------------------
@@ -2462,9 +2484,9 @@ static IdList encode(Tokenizer *t, const uint8_t *text, size_t len, int bos, siz
     return out;
 }
 
-// Streaming decoder: token bytes are written as soon as they end on a character boundary; an incomplete
-// UTF-8 sequence at the end is held back until the next token completes it (or flush_decoder writes it).
-typedef struct { uint8_t held[4]; int n_held; } Decoder;
+// Streaming decoder: token bytes are written as soon as they end on a character boundary and cannot be
+// the start of a stop string; the rest is held back until the next token decides (or flush_decoder writes it).
+typedef struct { uint8_t *held; size_t n_held, cap; char **stops; } Decoder;  // stops: NULL-terminated, or NULL
 
 // Length of a well-formed but incomplete UTF-8 sequence that ends buf[0..n), or 0.
 static int incomplete_tail(const uint8_t *buf, size_t n) {
@@ -2478,25 +2500,29 @@ static int incomplete_tail(const uint8_t *buf, size_t n) {
     return 0;
 }
 
-static void decode_piece(const Tokenizer *t, Decoder *d, int id, FILE *f) {
-    const uint8_t *b = token_bytes(t, id);
-    size_t n = token_len(t, id), i = 0;
-    while (d->n_held && i < n) {  // complete (or give up on) the held sequence byte by byte
-        d->held[d->n_held++] = b[i++];
-        int k = incomplete_tail(d->held, (size_t)d->n_held);
-        fwrite(d->held, 1, (size_t)(d->n_held - k), f);
-        memmove(d->held, d->held + d->n_held - k, (size_t)k);
-        d->n_held = k;
+// Returns 1 when the text completes a stop string: what precedes it is written, the stop string is not.
+static int decode_piece(const Tokenizer *t, Decoder *d, int id, FILE *f) {
+    size_t n = token_len(t, id);
+    d->held = grow(d->held, &d->cap, d->n_held + n + 1, 1);
+    memcpy(d->held + d->n_held, token_bytes(t, id), n);
+    n = d->n_held += n;
+    size_t keep = (size_t)incomplete_tail(d->held, n), stop = n + 1;
+    for (char **s = d->stops; s && *s; s++) {
+        size_t len = strlen(*s);  // >= 1 (parse_options)
+        for (size_t i = 0; i + len <= n && i < stop; i++) if (!memcmp(d->held + i, *s, len)) stop = i;
+        for (size_t k = len - 1 < n ? len - 1 : n; k > keep; k--) if (!memcmp(d->held + n - k, *s, k)) keep = k;
     }
-    int k = incomplete_tail(b + i, n - i);
-    fwrite(b + i, 1, n - i - (size_t)k, f);
-    memcpy(d->held + d->n_held, b + n - k, (size_t)k);
-    d->n_held += k;
+    if (stop <= n) { fwrite(d->held, 1, stop, f); d->n_held = 0; return 1; }
+    fwrite(d->held, 1, n - keep, f);
+    memmove(d->held, d->held + n - keep, keep);
+    d->n_held = keep;
+    return 0;
 }
 
 static void flush_decoder(Decoder *d, FILE *f) {
-    fwrite(d->held, 1, (size_t)d->n_held, f);
-    d->n_held = 0;
+    if (d->n_held) fwrite(d->held, 1, d->n_held, f);
+    free(d->held);
+    d->held = NULL, d->n_held = d->cap = 0;
 }
 
 static uint8_t *read_all(FILE *f, size_t *n) {
@@ -2512,6 +2538,15 @@ static uint8_t *read_all(FILE *f, size_t *n) {
     return buf;
 }
 
+// The whole of a regular file, or of stdin for "-", NUL-terminated; `what` names it in errors.
+static uint8_t *read_file(const char *path, size_t *n, const char *what) {
+    struct stat st;
+    FILE *f = strcmp(path, "-") ? open_regular(path, what, &st) : stdin;
+    uint8_t *data = read_all(f, n);
+    if (f != stdin) fclose(f);
+    return data;
+}
+
 // The model's own tokenizer (a model never runs with a vocabulary that is not its own): the one embedded
 // in the model file, or a tokenizer file whose FNV-1a hash is the one the model file records. For a model
 // exported without a tokenizer only the size can be checked, against n_tokens. m may be NULL (-z alone).
@@ -2520,11 +2555,8 @@ static void model_tokenizer(Tokenizer *t, const Model *m, const char *path) {
         if (!m || !m->weights.tokenizer) die("the model file has no embedded tokenizer; pass -z tokenizer.bin");
         init_tokenizer(t, m->weights.tokenizer, (size_t)m->weights.tokenizer_bytes, "model file: embedded tokenizer");
     } else {
-        struct stat st;
-        FILE *f = open_regular(path, "tokenizer file", &st);
         size_t n;
-        uint8_t *data = read_all(f, &n);
-        fclose(f);
+        uint8_t *data = read_file(path, &n, "tokenizer file");
         init_tokenizer(t, data, n, path);
         t->owned = data;
         uint64_t want = m ? ((uint64_t)m->config.tokenizer_hash_hi << 32) | m->config.tokenizer_hash_lo : 0;
@@ -2536,8 +2568,9 @@ static void model_tokenizer(Tokenizer *t, const Model *m, const char *path) {
 
 static int is_id_separator(uint8_t c) { return c == ' ' || c == ',' || c == '\t' || c == '\r' || c == '\n'; }
 
-// Parses token ids separated by spaces, commas or newlines from text[0..n) (NUL-terminated).
-static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n) {
+// Parses token ids separated by spaces, commas or newlines from text[0..n) (NUL-terminated); each must
+// be below `limit` and, with a tokenizer, one of its tokens. `what` names the flag in errors.
+static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n, int limit, const char *what) {
     IdList ids = {0};
     for (size_t i = 0; i < n;) {
         if (is_id_separator(text[i])) { i++; continue; }
@@ -2545,84 +2578,12 @@ static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n) {
         size_t j = i;
         while (j < n && text[j] >= '0' && text[j] <= '9' && v < (1ll << 40)) v = 10 * v + (text[j++] - '0');
         if (j == i || (j < n && !is_id_separator(text[j])))
-            die("--decode expects token ids separated by spaces, got '%.20s'", (const char *)text + i);
-        if (v >= t->n_vocab || !t->flags[v]) die("--decode: token id %lld is not in the vocabulary (0..%d)", v, t->n_vocab - 1);
+            die("%s expects token ids separated by spaces or commas, got '%.20s'", what, (const char *)text + i);
+        if (v >= limit || (t && !t->flags[v])) die("%s: token id %lld is not in the vocabulary (0..%d)", what, v, limit - 1);
         push_id(&ids, (int)v);
         i = j;
     }
     return ids;
-}
-
-static void print_id_list(const IdList *ids) {
-    for (int i = 0; i < ids->n; i++) printf(i ? " %d" : "%d", ids->ids[i]);
-    printf("\n");
-}
-
-// --encode: stdin text -> ids on one line, no BOS.
-static int encode_stdin(Tokenizer *t) {
-    size_t n, n_bad;
-    uint8_t *text = read_all(stdin, &n);
-    IdList ids = encode(t, text, n, 0, &n_bad);
-    if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the input replaced by U+FFFD\n", n_bad);
-    print_id_list(&ids);
-    free(text);
-    free(ids.ids);
-    return 0;
-}
-
-// --decode: ids on stdin -> the exact bytes of their tokens.
-static int decode_stdin(Tokenizer *t) {
-    size_t n;
-    uint8_t *text = read_all(stdin, &n);
-    IdList ids = parse_ids(t, text, n);
-    Decoder d = {0};
-    for (int i = 0; i < ids.n; i++) decode_piece(t, &d, ids.ids[i], stdout);
-    flush_decoder(&d, stdout);
-    free(text);
-    free(ids.ids);
-    return 0;
-}
-
-// --batch, for tests (one process instead of hundreds). With --encode, stdin holds records
-// "<byte length>\n<bytes>" and each prints one line of ids; with --decode, each stdin line of ids
-// prints a record "<byte length>\n<bytes>".
-static int batch_stdin(Tokenizer *t, int decode) {
-    size_t n;
-    uint8_t *in = read_all(stdin, &n);
-    for (size_t i = 0; i < n;) {
-        if (decode) {
-            size_t e = i;
-            while (e < n && in[e] != '\n') e++;
-            uint8_t saved = in[e];
-            in[e] = 0;
-            IdList ids = parse_ids(t, in + i, e - i);
-            in[e] = saved;
-            char *buf;
-            size_t len;
-            FILE *mem = open_memstream(&buf, &len);
-            if (!mem) die("out of memory");
-            Decoder d = {0};
-            for (int k = 0; k < ids.n; k++) decode_piece(t, &d, ids.ids[k], mem);
-            flush_decoder(&d, mem);
-            fclose(mem);
-            printf("%zu\n", len);
-            fwrite(buf, 1, len, stdout);
-            free(buf);
-            free(ids.ids);
-            i = e + 1;
-        } else {
-            size_t len = 0, j = i;
-            while (j < n && in[j] >= '0' && in[j] <= '9' && len < ((size_t)1 << 40)) len = 10 * len + (in[j++] - '0');
-            if (j == i || j >= n || in[j] != '\n' || len > n - j - 1) die("--batch: bad record header at byte %zu", i);
-            size_t n_bad;
-            IdList ids = encode(t, in + j + 1, len, 0, &n_bad);
-            print_id_list(&ids);
-            free(ids.ids);
-            i = j + 1 + len;
-        }
-    }
-    free(in);
-    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -2636,20 +2597,13 @@ typedef struct {
 typedef struct {
     int n;                  // only ids < n (the tokenizer size) are ever sampled; the rest is padding
     float temperature;      // 0 = greedy
-    float topp;             // nucleus mass; <= 0 or >= 1 disables it
+    float topp, minp;       // nucleus mass, 1 disables it; min-p (relative to the top probability), 0 disables it
     int topk;               // 0 disables it
+    float penalty;          // repeat penalty; 1 disables it
+    int penalty_last_n;     // how many of the latest tokens it looks at; -1 = the whole context
     uint64_t rng_state;
     ProbIndex *candidates;  // (n)
 } Sampler;
-
-static void init_sampler(Sampler *sp, int n, float temperature, float topp, int topk, uint64_t seed) {
-    sp->n = n;
-    sp->temperature = temperature;
-    sp->topp = topp;
-    sp->topk = topk;
-    sp->rng_state = seed ? seed : 0x9e3779b97f4a7c15ULL;
-    sp->candidates = xcalloc((size_t)n, sizeof(ProbIndex));
-}
 
 // xorshift64*: small, fast and reproducible for a given seed.
 static uint32_t random_u32(uint64_t *state) {
@@ -2675,68 +2629,114 @@ static int compare_prob_desc(const void *a, const void *b) {
     return x->index - y->index;
 }
 
-// Draws an id from probs (n) after keeping only the top-k ids and then the
-// smallest prefix whose mass reaches top-p.
-static int sample_filtered(Sampler *sp, const float *probs, float coin) {
-    int n = sp->n, kept = 0;
-    for (int i = 0; i < n; i++) {
-        sp->candidates[kept].prob = probs[i];
-        sp->candidates[kept].index = i;
-        kept++;
-    }
-    qsort(sp->candidates, (size_t)kept, sizeof(ProbIndex), compare_prob_desc);
-    if (sp->topk > 0 && sp->topk < kept) kept = sp->topk;
-    float mass = 0.0f;
-    for (int i = 0; i < kept; i++) mass += sp->candidates[i].prob;
-    if (sp->topp > 0.0f && sp->topp < 1.0f) {
-        float cum = 0.0f;
-        for (int i = 0; i < kept; i++) {
-            cum += sp->candidates[i].prob;
-            if (cum >= sp->topp * mass) { kept = i + 1; break; }
-        }
-        mass = cum;
-    }
-    float r = coin * mass, cum = 0.0f;
-    for (int i = 0; i < kept; i++) {
-        cum += sp->candidates[i].prob;
-        if (r < cum) return sp->candidates[i].index;
-    }
-    return sp->candidates[kept - 1].index;  // rounding
-}
-
 // A NaN or inf logit (in rows of `vocab`) comes from broken weights: sampling, scoring or writing it is garbage.
 static void check_logits(const float *logits, size_t n, int vocab) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(logits[i])) die("the model produced a non-finite logit (%g for id %zu); are its weights corrupt?", logits[i], i % (size_t)vocab);
 }
 
-static int sample(Sampler *sp, float *logits) {
+// The next id from logits (V), with llama.cpp's default sampler chain restricted to the samplers we
+// have (common/sampling.cpp, src/llama-sampler.cpp): repeat penalty -> top-k -> top-p -> min-p ->
+// temperature -> draw. Each filter keeps a prefix of the ids sorted by logit and sees the logits at
+// temperature 1; the temperature only reshapes what they kept. history (n_hist): the tokens so far,
+// prompt included, as llama.cpp's completion tool feeds the prompt to its penalty sampler.
+static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
     int n = sp->n;
+    ProbIndex *cand = sp->candidates;
     check_logits(logits, (size_t)n, n);
-    int best = sample_argmax(logits, n);
-    if (sp->temperature == 0.0f) return best;
-    // Shift by the max before scaling: with a tiny temperature logit/t alone overflows to inf (inf - inf = NaN).
-    float max = logits[best];
-    for (int i = 0; i < n; i++) logits[i] = (logits[i] - max) / sp->temperature;
-    softmax(logits, n);
-    float coin = random_f32(&sp->rng_state);
-    if (sp->topk > 0 || (sp->topp > 0.0f && sp->topp < 1.0f)) return sample_filtered(sp, logits, coin);
-    float cum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        cum += logits[i];
-        if (coin < cum) return i;
+    // The repeat penalty of CTRL (Keskar et al. 2019) with llama.cpp's sign rule, once per distinct id of
+    // the window: a positive logit is divided by it, a negative one multiplied.
+    int from = sp->penalty_last_n >= 0 && sp->penalty_last_n < n_hist ? n_hist - sp->penalty_last_n : 0;
+    for (int i = from; i < n_hist; i++) if (history[i] < n) cand[history[i]].index = 0;  // index: "done" mark
+    for (int i = from; i < n_hist && sp->penalty != 1.0f; i++) {
+        int id = history[i];
+        if (id >= n || cand[id].index++) continue;
+        logits[id] = logits[id] > 0.0f ? logits[id] / sp->penalty : logits[id] * sp->penalty;
     }
-    return n - 1;  // rounding
+    int best = sample_argmax(logits, n), kept = n;
+    if (sp->temperature == 0.0f) return best;
+    for (int i = 0; i < n; i++) cand[i] = (ProbIndex){logits[i], i};  // .prob holds the logit until the draw
+    if (sp->topk > 0 || sp->topp < 1.0f || sp->minp > 0.0f) qsort(cand, (size_t)n, sizeof *cand, compare_prob_desc);
+    if (sp->topk > 0 && sp->topk < kept) kept = sp->topk;
+    float max = logits[best], sum = 0.0f, cum = 0.0f;
+    if (sp->topp < 1.0f) {  // the smallest prefix whose softmax (over the kept ids) reaches topp
+        for (int i = 0; i < kept; i++) sum += expf(cand[i].prob - max);
+        for (int i = 0; i < kept; i++) if ((cum += expf(cand[i].prob - max) / sum) >= sp->topp) { kept = i + 1; break; }
+    }
+    // min-p: p_i >= minp * p_max, that is logit_i >= max + log(minp)
+    for (int i = 1; i < kept && sp->minp > 0.0f; i++) if (cand[i].prob < max + logf(sp->minp)) { kept = i; break; }
+    // Temperature on the logits shifted by the max first: with a tiny temperature logit/t alone overflows.
+    sum = cum = 0.0f;
+    for (int i = 0; i < kept; i++) sum += cand[i].prob = expf((cand[i].prob - max) / sp->temperature);
+    float r = random_f32(&sp->rng_state) * sum;
+    for (int i = 0; i < kept; i++) if (r < (cum += cand[i].prob)) return cand[i].index;
+    return cand[kept - 1].index;  // rounding
+}
+
+// ----------------------------------------------------------------------------
+// Trace
+
+// --trace FILE: one JSON line per token the model reads (a chunk is one token while tracing): its position,
+// id and text, then per layer the experts route() chose with their gate weights, and in the traced layer
+// each head's four most attended positions with their probabilities. tools/trace_view.py draws it.
+struct Trace { FILE *f; int layer; const Tokenizer *tok; };  // layer: whose attention is shown; tok: NULL = no text
+
+// Bytes as a JSON string; ill-formed UTF-8 (a token may hold part of a character) becomes U+FFFD.
+static void json_string(FILE *f, const uint8_t *b, size_t n) {
+    size_t len, n_bad;
+    uint8_t *u = utf8_lossy(b, n, &len, &n_bad);
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) fprintf(f, u[i] == '"' || u[i] == '\\' || u[i] < 0x20 ? "\\u%04x" : "%c", u[i]);
+    fputc('"', f);
+    free(u);
+}
+
+// After layer l of the token at pos: what route() left in topk_idx / topk_w and, in the traced layer, the
+// attention recomputed from what mla_attention left (per head the absorbed query and the rotated q_pe)
+// and the cache, as attend() scores it: softmax_scale (q_absorbed · c_t + q_pe · k_pe_t).
+static void trace_layer(const Model *m, const RunState *s, int l, int pos, int token) {
+    const Config *c = &m->config;
+    const struct Trace *tr = s->trace;
+    int K = c->num_experts_per_tok, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    if (l == 0) {
+        fprintf(tr->f, "{\"pos\":%d,\"id\":%d,\"text\":", pos, token);
+        if (tr->tok && token < tr->tok->n_vocab) json_string(tr->f, token_bytes(tr->tok, token), token_len(tr->tok, token));
+        fprintf(tr->f, tr->tok && token < tr->tok->n_vocab ? ",\"layers\":[" : "null,\"layers\":[");
+    }
+    fprintf(tr->f, "%s{\"layer\":%d", l ? "," : "", l);
+    for (int k = 0; k < K && m->weights.layers[l].is_moe; k++)  // [expert, gate weight] pairs
+        fprintf(tr->f, "%s[%d,%.6g]%s", k ? "," : ",\"experts\":[", s->moe.topk_idx[k], s->moe.topk_w[k], k + 1 < K ? "" : "]");
+    for (int h = 0; h < c->n_heads && l == tr->layer; h++) {
+        float *p = s->mla.scores;  // (pos+1) thread 0's scratch, free between layers
+        const float *q_abs = s->mla.q_absorbed + (size_t)h * r, *q_pe = s->mla.q + (size_t)h * (dn + dr) + dn;
+        for (int t = 0; t <= pos; t++) {
+            const float *row = cache_row(s, c, l, t);
+            p[t] = m->rope.softmax_scale * (dot_f32(q_abs, row, r) + dot_f32(q_pe, row + r, dr));
+        }
+        softmax(p, pos + 1);
+        fprintf(tr->f, h ? ",[" : ",\"attention\":[[");
+        for (int k = 0; k < 4 && k <= pos; k++) {
+            int t = argmax_finite(p, pos + 1);
+            fprintf(tr->f, "%s[%d,%.4f]", k ? "," : "", t, p[t]);
+            p[t] = -INFINITY;
+        }
+        fprintf(tr->f, h + 1 < c->n_heads ? "]" : "]]");
+    }
+    fprintf(tr->f, l + 1 < c->n_layers ? "}" : "}]}\n");
 }
 
 // ----------------------------------------------------------------------------
 // Generate and chat
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+// The command line: parse_options fills it from the table `flags` above main.
+typedef struct {
+    const char *model_path, *tokenizer_path, *prompt, *prompt_file, *tokens;  // model.bin, -z, -i, -f, --tokens
+    const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
+    char **stops;                                                             // --stop strings, NULL-terminated
+    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think;
+    long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
+    float temperature, topp, minp, repeat_penalty;
+} Options;
 
 // Teacher forcing: feeds every token and writes the logits after each one, (T, V) float32 little-endian, the
 // interface the tests compare against; into a file beside path, renamed when complete, so none is ever partial.
@@ -2765,33 +2765,37 @@ static int is_eos(const Config *c, int id) {
     return id == c->eos_token_id || id == c->eos_token_id_2 || id == c->eos_token_id_3 || id == c->eos_token_id_4;
 }
 
-// Feeds the prompt, then samples up to `steps` new tokens, streaming each one
-// to stdout as soon as it exists: as text through the streaming decoder, or as
-// ids when tok is NULL. Stops early at the end-of-sequence token (printed as the
-// last id, so callers can tell why generation ended; not printed as text) or
-// when the cache is full.
-static void generate(const Model *m, RunState *s, Sampler *sp, const int *prompt, int n_prompt,
-                     int steps, const Tokenizer *tok) {
+// Feeds the prompt, then samples up to -n new tokens, streaming each one to stdout as soon as it exists:
+// as text through the streaming decoder (after the prompt, unless --no-echo), or as ids when tok is NULL.
+// Stops early at the end-of-sequence token (printed as the last id, so callers can tell why generation
+// ended; not printed as text), before a --stop string, or when the cache is full.
+static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o, const int *prompt, int n_prompt,
+                     const Tokenizer *tok) {
     const Config *c = &m->config;
-    int pos = 0, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
+    int pos = n_prompt, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
+    int *tokens = xcalloc((size_t)s->context, sizeof(int));  // (context) the prompt, then the sampled tokens
+    memcpy(tokens, prompt, (size_t)n_prompt * sizeof(int));
     Decoder text = {0};
+    for (int i = 0; tok && !o->no_echo && i < n_prompt; i++)  // as llama.cpp: special tokens (BOS) are not shown
+        if (prompt[i] < tok->n_vocab && !(tok->flags[prompt[i]] & TOK_SPECIAL)) decode_piece(tok, &text, prompt[i], stdout);
+    flush_decoder(&text, stdout);
+    text.stops = o->stops;  // the prompt may hold a stop string; only the continuation stops
     double t0 = now_seconds();
     float *logits = prefill(m, s, prompt, n_prompt, 0);
-    pos = n_prompt;
     double t1 = now_seconds();
-    while (generated < steps) {
-        int token = sample(sp, logits);
+    while (generated < o->steps) {
+        int token = sample(sp, logits, tokens, pos), stop = 0;
         if (!tok) printf(generated ? " %d" : "%d", token);
-        else if (!is_eos(c, token)) decode_piece(tok, &text, token, stdout);
+        else if (!is_eos(c, token)) stop = decode_piece(tok, &text, token, stdout);
         fflush(stdout);
         generated++;
-        if (is_eos(c, token) || generated == steps) break;
+        if (stop || is_eos(c, token) || generated == o->steps) break;
         if (pos >= s->context) {
             fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context);
             break;
         }
-        logits = forward(m, s, token, pos);
-        pos++;
+        tokens[pos] = token;
+        logits = forward(m, s, token, pos++);
         decoded++;
     }
     flush_decoder(&text, stdout);
@@ -2800,22 +2804,7 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const int *prompt
     double t2 = now_seconds();
     fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generated: %d tokens, %.2f tok/s\n", n_prompt,
             n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, decoded / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
-}
-
-// One line of stdin without its line ending, or NULL at end of input.
-static char *read_line(FILE *f) {
-    size_t cap = 256, n = 0;
-    char *line = malloc(cap);
-    if (!line) die("out of memory");
-    int ch;
-    while ((ch = fgetc(f)) != EOF && ch != '\n') {
-        if (n + 1 == cap) { cap *= 2; line = realloc(line, cap); if (!line) die("out of memory"); }
-        line[n++] = (char)ch;
-    }
-    if (ch == EOF && n == 0) { free(line); return NULL; }
-    if (n > 0 && line[n - 1] == '\r') n--;
-    line[n] = 0;
-    return line;
+    free(tokens);
 }
 
 // The text of one user turn in the model's own chat template (the chat_template of its
@@ -2854,53 +2843,138 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
     return text;
 }
 
+static volatile sig_atomic_t chat_state;  // 0, or 1 after Ctrl-C during a reply, 2 while waiting for a line
+static void on_interrupt(int sig) {  // at the prompt Ctrl-C ends the chat at once (all output was flushed)
+    if (chat_state == 2) _exit(write(STDERR_FILENO, "\n", 1) < 0);
+    chat_state = sig == SIGINT;
+}
+
+// /save FILE writes the conversation as the model holds it, so that /load continues it without a prefill:
+// this header, the token at each position, then layer by layer the latent cache rows. Written to FILE.tmp,
+// then renamed over FILE. /load takes only a file whose header matches (but for n) and fits the context.
+typedef struct { uint32_t magic, cache_type, row_bytes, n; Config config; } ChatHeader;  // magic "SKCH"
+
+static ChatHeader chat_header(const Model *m, int n) {
+    return (ChatHeader){0x48434B53, TYPE_F32, (uint32_t)cache_row_bytes(&m->config), (uint32_t)n, m->config};
+}
+
+static void save_chat(const Model *m, const RunState *s, const int *tokens, int pos, const char *path) {
+    ChatHeader h = chat_header(m, pos);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(&h, sizeof h, 1, f) && fwrite(tokens, sizeof(int), (size_t)pos, f) == (size_t)pos;
+    for (int l = 0; ok && l < h.config.n_layers; l++) ok = fwrite(cache_row(s, &h.config, l, 0), h.row_bytes, (size_t)pos, f) == (size_t)pos;
+    if (f && fclose(f) != 0) ok = 0;
+    if (ok && rename(tmp, path) == 0) fprintf(stderr, "(saved %d positions to %s)\n", pos, path);
+    else fprintf(stderr, "(cannot write %s: %s)\n", path, strerror(errno)), remove(tmp);
+}
+
+// Returns the loaded conversation's length: pos when the file is refused before anything changed, 0 (a new
+// conversation) when it breaks off midway.
+static int load_chat(const Model *m, RunState *s, int *tokens, int pos, const char *path) {
+    ChatHeader h, want = chat_header(m, 0);
+    FILE *f = fopen(path, "rb");
+    int fits = f && fread(&h, sizeof h, 1, f) == 1 && (want.n = h.n) < (uint32_t)s->context && !memcmp(&h, &want, sizeof h);
+    int n = fits ? (int)h.n : pos, ok = fits && fread(tokens, sizeof(int), (size_t)n, f) == (size_t)n;
+    for (int l = 0; ok && l < h.config.n_layers; l++) ok = fread(cache_row(s, &h.config, l, 0), h.row_bytes, (size_t)n, f) == (size_t)n;
+    for (int i = 0; ok && i < n; i++) ok = tokens[i] >= 0 && tokens[i] < h.config.n_tokens;
+    ok = ok && fgetc(f) == EOF;
+    if (!fits) fprintf(stderr, "(cannot load %s: %s)\n", path, f ? "not saved with this model, or longer than -c" : strerror(errno));
+    else if (ok) fprintf(stderr, "(loaded %d positions from %s)\n", n, path);
+    else fprintf(stderr, "(%s is truncated or corrupt; a new conversation starts)\n", path);
+    if (f) fclose(f);
+    return !fits ? pos : ok ? n : 0;
+}
+
+// R1's template renders an earlier reply as its text after the last </think> only
+// (content.split('</think>')[-1]), without the "<think>\n" its generation prompt opened. Returns the
+// tokens of that text, to replace tokens[*start..) where the reply tokens[reply..*start) ended; *start
+// moves back to where the "<think>\n" began.
+static IdList r1_history(Tokenizer *tok, const int *tokens, int reply, int *start) {
+    char *text = NULL;
+    size_t len = 0, from = 0, n_bad;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem) die("out of memory");
+    for (int i = reply; i < *start; i++) fwrite(token_bytes(tok, tokens[i]), 1, token_len(tok, tokens[i]), mem);
+    fclose(mem);
+    for (size_t i = 0; i + 8 <= len; i++) if (!memcmp(text + i, "</think>", 8)) from = i + 8;
+    IdList think = encode(tok, (const uint8_t *)"<think>\n", 8, 0, &n_bad);
+    IdList kept = encode(tok, (const uint8_t *)text + from, len - from, 0, &n_bad);
+    *start = reply - think.n;
+    free(think.ids);
+    free(text);
+    return kept;
+}
+
 // Multi-turn chat on stdin/stdout. The KV cache is kept across turns, so history is never prefilled again;
 // each turn's text is encoded on its own, which cuts it exactly where encoding the whole conversation would,
-// since turns meet at added tokens (or, for V2, at the end-of-sentence token). Unlike the R1 template, which
-// drops earlier <think> sections from the history, the cache keeps them.
-static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok,
-                 const char *system, int steps, int print_ids, int think) {
-    int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id;
+// since turns meet at added tokens (or, for V2, at the end-of-sentence token). Ctrl-C stops a reply; at the
+// prompt it ends the chat, as Ctrl-D does. With --dump-logits, the logits every reply token is sampled from.
+static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const Options *o) {
+    int eos = tok->eos_id >= 0 ? tok->eos_id : m->config.eos_token_id, pos = 0, full = 0;
     if (tok->chat_family == CHAT_RAW) die("the model's tokenizer has no known chat template; use -i");
     if (eos < 0) die("chat needs an end-of-sentence token");
-    int pos = 0;
-    float *logits = NULL;
-    for (int turn = 0;; turn++) {
+    int *tokens = xcalloc((size_t)s->context, sizeof(int));  // (context) the token at each cached position
+    FILE *dump = o->dump_logits ? fopen(o->dump_logits, "wb") : NULL;
+    if (o->dump_logits && !dump) die("cannot open %s for writing: %s", o->dump_logits, strerror(errno));
+    struct sigaction sa = {.sa_handler = on_interrupt, .sa_flags = SA_RESTART};
+    sigaction(SIGINT, &sa, NULL);
+    while (!full) {
+        fflush(NULL);  // --dump-logits and --trace too: Ctrl-C at the prompt ends the chat without returning
+        chat_state = 2;
         fprintf(stderr, "User: ");
-        char *user = read_line(stdin);
-        if (!user) break;
-        char *text = render_turn(tok, turn == 0, system, user, think);
-        size_t n_bad;
-        IdList ids = encode(tok, (const uint8_t *)text, strlen(text), turn == 0, &n_bad);
+        char *user = NULL, *text = NULL;
+        size_t cap = 0, n_bad;
+        ssize_t len = getline(&user, &cap, stdin);  // -1 at the end of input
+        chat_state = 0;
+        while (len > 0 && (user[len - 1] == '\n' || user[len - 1] == '\r')) user[--len] = 0;
+        if (len < 0) { fprintf(stderr, "\n"); free(user); break; }
+        if (!strcmp(user, "/reset")) pos = 0, fprintf(stderr, "(a new conversation)\n");
+        else if (!strncmp(user, "/save ", 6)) save_chat(m, s, tokens, pos, user + 6);
+        else if (!strncmp(user, "/load ", 6)) pos = load_chat(m, s, tokens, pos, user + 6);
+        else if (*user) text = render_turn(tok, pos == 0, o->system_prompt, user, !o->no_think);  // empty lines are ignored
+        free(user);
+        if (!text) continue;
+        IdList ids = encode(tok, (const uint8_t *)text, strlen(text), pos == 0, &n_bad);
+        free(text);
         if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) replaced by U+FFFD\n", n_bad);
-        if (pos + ids.n + 1 >= s->context) {
-            fprintf(stderr, "\nthe context of %d tokens is full; ending the chat\n", s->context);
-            free(user); free(text); free(ids.ids);
-            break;
-        }
-        logits = prefill(m, s, ids.ids, ids.n, pos);
-        pos += ids.n;
+        if ((full = pos + ids.n + 1 >= s->context)) { free(ids.ids); break; }
+        memcpy(tokens + pos, ids.ids, (size_t)ids.n * sizeof(int));
+        float *logits = prefill(m, s, ids.ids, ids.n, pos);
+        int reply = pos += ids.n;
+        free(ids.ids);
         fprintf(stderr, "Assistant: ");
         // R1's generation prompt opens the thinking section; show it, since what follows is inside it
-        if (tok->chat_family == CHAT_DEEPSEEK_R1 && !print_ids) printf("<think>\n");
-        Decoder d = {0};
-        for (int g = 0; g < steps && pos + 1 < s->context; g++) {  // keep room for the closing EOS
-            int token = sample(sp, logits);
-            if (print_ids) printf(g ? " %d" : "%d", token);
-            if (token == eos || is_eos(&m->config, token)) break;
-            if (!print_ids) decode_piece(tok, &d, token, stdout);
+        if (tok->chat_family == CHAT_DEEPSEEK_R1 && !o->print_ids) printf("<think>\n");
+        Decoder d = {.stops = o->stops};
+        for (int g = 0; g < o->steps && chat_state != 1; g++) {
+            if ((full = pos + 1 >= s->context)) break;  // keep room for the closing EOS
+            if (dump) fwrite(logits, sizeof(float), (size_t)m->config.vocab_size, dump);
+            int token = sample(sp, logits, tokens, pos);
+            if (o->print_ids) printf(g ? " %d" : "%d", token);
+            if (token == eos || is_eos(&m->config, token) || (!o->print_ids && decode_piece(tok, &d, token, stdout))) break;
             fflush(stdout);
+            tokens[pos] = token;
             logits = forward(m, s, token, pos++);
         }
         flush_decoder(&d, stdout);
         printf("\n");
-        fflush(stdout);
-        // The template closes every assistant turn with this token (sampled or not, it is not fed yet).
-        logits = forward(m, s, eos, pos++);
-        free(user);
-        free(text);
-        free(ids.ids);
+        // The template closes every assistant turn with the end-of-sentence token (sampled, not yet fed). R1's
+        // also drops the thinking: the cache is rewritten from its first changed token, where "<think>" was.
+        int start = pos;
+        IdList tail = !full && tok->chat_family == CHAT_DEEPSEEK_R1 ? r1_history(tok, tokens, reply, &start) : (IdList){0};
+        push_id(&tail, eos);
+        if (!(full = full || start + tail.n > s->context)) {
+            memcpy(tokens + start, tail.ids, (size_t)tail.n * sizeof(int));
+            prefill(m, s, tail.ids, tail.n, start);
+            pos = start + tail.n;
+        }
+        free(tail.ids);
     }
+    if (full) fprintf(stderr, "the context of %d tokens is full; ending the chat\n", s->context);
+    if (dump && (ferror(dump) | fclose(dump))) die("write to %s failed: %s", o->dump_logits, strerror(errno));
+    free(tokens);
 }
 
 // ----------------------------------------------------------------------------
@@ -2932,9 +3006,8 @@ static void print_expert_load(const Model *m, const RunState *s) {
             if (n[e] < min) min = n[e];
         }
         double t = total > 0 ? (double)total : 1.0;
-        printf("expert_load layer=%d used=%d/%d max_share=%.4f min_share=%.4f max_min=", l, used, E, max / t, min / t);
-        if (min > 0) printf("%.3f", (double)max / (double)min); else printf("inf");
-        printf(" counts=");
+        printf("expert_load layer=%d used=%d/%d max_share=%.4f min_share=%.4f max_min=%.3f counts=", l, used, E, max / t,
+               min / t, min > 0 ? (double)max / (double)min : INFINITY);
         for (int e = 0; e < E; e++) printf(e ? ",%lld" : "%lld", n[e]);
         printf("\n");
     }
@@ -2948,11 +3021,8 @@ static void print_expert_load(const Model *m, const RunState *s) {
 // in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
 // code points. Prints the expert load, then one machine-readable line last on stdout.
 static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *path) {
-    struct stat st;
-    FILE *f = open_regular(path, "text file", &st);
     size_t n_bytes, bad_at = 0;
-    uint8_t *text = read_all(f, &n_bytes);
-    fclose(f);
+    uint8_t *text = read_file(path, &n_bytes, "text file");
     if (n_bytes == 0) die("%s is empty: no text to score", path);
     long long chars = utf8_chars(text, n_bytes, &bad_at);
     if (chars < 0)
@@ -3058,194 +3128,203 @@ static void bench(const Model *m, RunState *s, int n_threads) {
 // ----------------------------------------------------------------------------
 // main
 
-static void usage(void) {
-    fprintf(stderr,
-            "usage: run model.bin [options]\n"
-            "  -i <string>        text prompt (encoded with BOS if the tokenizer config says so)\n"
-            "  -z <tokenizer.bin> tokenizer file (default: the one embedded in model.bin)\n"
-            "  --tokens <a,b,c>   prompt as token ids (no BOS is added)\n"
-            "  -n <int>           number of tokens to generate (default 256)\n"
-            "  -t <float>         temperature, 0 = greedy (default 1.0)\n"
-            "  -p <float>         top-p in [0,1], 0 or 1 disables (default 0.9)\n"
-            "  -k <int>           top-k, 0 disables (default 0)\n"
-            "  -s <int>           random seed, 0 = time-based (default 0)\n"
-            "  -c <int>           context length cap (default 4096; also capped by the model)\n"
-            "  --print-ids        print generated ids instead of text\n"
-            "  -m <mode>          generate (default) or chat: turns from stdin, in the model's chat template\n"
-            "  -y <string>        system prompt for chat\n"
-            "  --no-think         chat: close the thinking section (GLM's enable_thinking=false)\n"
-            "  --dump-logits <f>  teacher-force --tokens and write (T, vocab) float32 logits to f\n"
-            "  --ppl <file>       mean negative log-likelihood of a UTF-8 text file, in windows of the\n"
-            "                     context (default: the model's original context for YaRN models); last line\n"
-            "                     'ppl tokens= chars= nll_per_token= nll_per_char= bits_per_char= ppl='\n"
-            "  --threads <int>    worker threads (default: online cores)\n"
-            "  --bench            time a 64-token prompt and 32 generated tokens (last line: bench ...)\n"
-            "  --no-mmap          read the model file into huge-page memory instead of mapping it: reads\n"
-            "                     every expert at load, but generation is faster on large models\n"
-            "tokenizer only: run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n"
-            "  --encode           stdin UTF-8 text -> ids on one line (no BOS)\n"
-            "  --decode           stdin ids -> the exact bytes of their tokens\n"
-            "  --batch            many texts/id lists per run (record format: see batch_stdin in run.c)\n");
-    exit(1);
-}
-
-static long long parse_int(const char *flag, const char *v) {
+// The number that follows a flag; an integer (up to 2^53, exact in a double) when `integer` says so. ERANGE
+// also flags an underflow (1e-320), a valid number: only inf, which isfinite refuses, is an error.
+static double parse_number(const char *flag, const char *v, int integer) {
     char *end;
     errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end) die("%s expects an integer, got '%s'", flag, v);
+    double x = strtod(v, &end);
+    if ((errno && errno != ERANGE) || end == v || *end || !isfinite(x) || (integer && x != floor(x)))
+        die("%s expects %s, got '%s'", flag, integer ? "an integer" : "a number", v);
     return x;
 }
 
-static float parse_float(const char *flag, const char *v) {
-    char *end;
-    errno = 0;
-    float x = strtof(v, &end);  // ERANGE for a subnormal too (1e-38): a valid number, so only inf is refused
-    if ((errno && errno != ERANGE) || end == v || *end || !isfinite(x)) die("%s expects a number, got '%s'", flag, v);
-    return x;
+// A flag: its names, its value ("<int>"; NULL for a switch, which stores lo) and where that goes in Options, as
+// kind 's' a string, 'i' an integer or 'f' a float in [lo, hi], 'S' one more --stop; 'h', 'v': help, version.
+typedef struct { const char *names, *value; char kind; size_t offset; double lo, hi; const char *help; } Flag;
+#define OPT(field) offsetof(Options, field)
+static const Flag flags[] = {
+    {"-i --prompt", "<text>", 's', OPT(prompt), 0, 0, "prompt (encoded with BOS if the tokenizer config says so)"},
+    {"-f --file", "<file>", 's', OPT(prompt_file), 0, 0, "read the prompt from a file; - reads stdin"},
+    {"--tokens", "<a,b,c>", 's', OPT(tokens), 0, 0, "prompt as token ids (no BOS is added)"},
+    {"-z --tokenizer", "<file>", 's', OPT(tokenizer_path), 0, 0, "tokenizer file (default: the one in model.bin; must match it)"},
+    {"-n --n-predict --predict", "<int>", 'i', OPT(steps), 0, INT32_MAX, "tokens to generate, per reply in chat (default 256)"},
+    {"-t --temp --temperature", "<float>", 'f', OPT(temperature), 0, 3.4e38, "temperature, 0 = greedy (default 1.0)"},
+    {"-p --top-p", "<float>", 'f', OPT(topp), 0, 1, "top-p, 1 = off (default 0.9)"},
+    {"-k --top-k", "<int>", 'i', OPT(topk), 0, INT32_MAX, "top-k, 0 = off (default 0)"},
+    {"--min-p", "<float>", 'f', OPT(minp), 0, 1, "min-p, relative to the most likely token; 0 = off (default 0)"},
+    {"--repeat-penalty", "<float>", 'f', OPT(repeat_penalty), 1e-6, 3.4e38, "repeat penalty, 1 = off (default 1.0)"},
+    {"--repeat-last-n", "<int>", 'i', OPT(repeat_last_n), -1, INT32_MAX, "tokens it looks back, -1 = all (default 64)"},
+    {"-s --seed", "<int>", 'i', OPT(seed), 0, UINT32_MAX, "random seed, 0 = time-based (default; printed on stderr)"},
+    {"-c --ctx-size --context", "<int>", 'i', OPT(context), 1, INT32_MAX, "context length (default 4096, capped by the model)"},
+    {"--keep-last", NULL, '1', OPT(keep_last), 1, 1, "a prompt longer than the context keeps BOS and its end"},
+    {"--stop", "<text>", 'S', OPT(stops), 0, 0, "stop before this text, unprinted (repeatable)"},
+    {"--no-echo --no-display-prompt", NULL, '1', OPT(no_echo), 1, 1, "print the continuation without the prompt"},
+    {"--print-ids", NULL, '1', OPT(print_ids), 1, 1, "print generated ids instead of text"},
+    {"-m --mode", "<mode>", 's', OPT(mode), 0, 0, "generate (default) or chat: turns from stdin, in the model's template"},
+    {"-y --system-prompt -sys", "<text>", 's', OPT(system_prompt), 0, 0, "system prompt for chat"},
+    {"--no-think", NULL, '1', OPT(no_think), 1, 1, "chat: close the thinking section (GLM's enable_thinking=false)"},
+    {"--dump-logits", "<file>", 's', OPT(dump_logits), 0, 0, "(T, vocab) float32 logits of --tokens, or of chat replies"},
+    {"--ppl", "<file>", 's', OPT(ppl), 0, 0, "score a text: expert_load lines, then 'ppl tokens= ... ppl='"},
+    {"--trace", "<file>", 's', OPT(trace), 0, 0, "a JSON line per token read: experts, attention (tools/trace_view.py)"},
+    {"--trace-layer", "<int>", 'i', OPT(trace_layer), -1, INT32_MAX, "the layer whose attention --trace shows (default -1: last)"},
+    {"--threads", "<int>", 'i', OPT(threads), 1, 1024, "worker threads (default: online cores)"},
+    {"-ub --ubatch-size", "<int>", 'i', OPT(chunk), 1, 4096, "tokens per prefill pass (default 64)"},
+    {"--bench", NULL, '1', OPT(bench), 1, 1, "time a 64-token prompt and 32 generated tokens"},
+    {"--no-mmap", NULL, '1', OPT(no_mmap), 1, 1, "read the model into huge-page memory instead of mapping it"},
+    {"--encode", NULL, '1', OPT(tokenizer_mode), 1, 1, "tokenizer only: stdin text -> ids on one line (no BOS)"},
+    {"--decode", NULL, '1', OPT(tokenizer_mode), 2, 2, "tokenizer only: stdin ids -> the exact bytes of their tokens"},
+    {"--batch", NULL, '1', OPT(batch), 1, 1, "tokenizer only: many records per run (see tokenizer_tool)"},
+    {"-v --version", NULL, 'v', 0, 0, 0, "print the version and exit"},
+    {"-h --help", NULL, 'h', 0, 0, 0, "print this help and exit"},
+};
+enum { N_FLAGS = sizeof flags / sizeof flags[0] };
+
+static void usage(FILE *f, int status) {
+    fprintf(f, "usage: run model.bin [options]  (options may also come first)\n"
+               "       run [model.bin] [-z tokenizer.bin] --encode|--decode [--batch]\n");
+    for (int i = 0; i < N_FLAGS; i++)
+        fprintf(f, "  %s %-*s %s\n", flags[i].names, 32 - (int)strlen(flags[i].names), flags[i].value ? flags[i].value : "", flags[i].help);
+    exit(status);
 }
 
-// "5,17,3" -> ids; each must be a row of the embedding.
-static int *parse_tokens(const char *v, int vocab_size, int *n_out) {
-    int cap = 1;
-    for (const char *p = v; *p; p++) if (*p == ',') cap++;
-    int *ids = xcalloc((size_t)cap, sizeof(int));
-    int n = 0;
-    const char *p = v;
-    while (1) {
-        char *end;
-        errno = 0;
-        long long x = strtoll(p, &end, 10);
-        if (errno || end == p || (*end && *end != ',')) die("--tokens expects comma-separated integers, got '%s'", v);
-        if (x < 0 || x >= vocab_size) die("--tokens: id %lld is outside the vocabulary (0..%d)", x, vocab_size - 1);
-        ids[n++] = (int)x;
-        if (!*end) break;
-        p = end + 1;
-    }
-    *n_out = n;
-    return ids;
+// The index in `flags` of option a, or -1.
+static int find_flag(const char *a) {
+    size_t n = strlen(a);
+    for (int i = 0; i < N_FLAGS; i++)
+        for (const char *p = flags[i].names; (p = strstr(p, a)); p += n)
+            if ((p == flags[i].names || p[-1] == ' ') && (p[n] == ' ' || !p[n])) return i;
+    return -1;
 }
 
-// The command line. To add a flag: a field here, a line in parse_options, a line in usage().
-typedef struct {
-    const char *model_path, *tokenizer_path;  // model.bin, -z
-    const char *prompt, *tokens;    // -i text, --tokens ids
-    const char *dump_logits, *ppl;  // --dump-logits file, --ppl file
-    const char *system_prompt;      // -y
-    int chat;                       // -m chat
-    int tokenizer_mode;             // 1 --encode, 2 --decode, 0 neither
-    int batch, print_ids, bench, no_mmap, context_given, no_think;
-    long long steps, topk, seed, context, threads, chunk;
-    float temperature, topp;
-} Options;
-
-// The value that must follow flag argv[*i].
-static const char *flag_value(int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) die("option %s needs a value", argv[*i]);
-    return argv[++*i];
-}
-
+// Every value is read as written first (the last of a flag counts), then converted and checked: so the
+// meaning of one flag may depend on another that comes after it.
 static void parse_options(Options *o, int argc, char **argv) {
-    *o = (Options){.steps = 256, .temperature = 1.0f, .topp = 0.9f, .context = 4096, .chunk = PREFILL_CHUNK,
-                   .threads = sysconf(_SC_NPROCESSORS_ONLN)};
-    const char *mode = "generate";
-    int i = 1;
-    if (argc < 2) usage();
-    if (argv[1][0] != '-') o->model_path = argv[i++];
-    for (; i < argc; i++) {
+    *o = (Options){.steps = 256, .temperature = 1.0f, .topp = 0.9f, .repeat_penalty = 1.0f, .repeat_last_n = 64,
+                   .chunk = PREFILL_CHUNK, .trace_layer = -1, .mode = "generate", .threads = sysconf(_SC_NPROCESSORS_ONLN),
+                   .stops = xcalloc((size_t)argc, sizeof(char *))};
+    const char *value[N_FLAGS] = {0}, *given[N_FLAGS] = {0};  // the value of each flag, the name it was given by
+    int n_stops = 0;
+    if (argc < 2) usage(stderr, 1);
+    for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
-        else if (!strcmp(a, "--print-ids")) o->print_ids = 1;
-        else if (!strcmp(a, "--encode")) o->tokenizer_mode = 1;
-        else if (!strcmp(a, "--decode")) o->tokenizer_mode = 2;
-        else if (!strcmp(a, "--batch")) o->batch = 1;
-        else if (!strcmp(a, "--bench")) o->bench = 1;
-        else if (!strcmp(a, "--no-mmap")) o->no_mmap = 1;
-        else if (!strcmp(a, "--no-think")) o->no_think = 1;
-        else if (!strcmp(a, "-n")) o->steps = parse_int(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "-t")) o->temperature = parse_float(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "-p")) o->topp = parse_float(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "-k")) o->topk = parse_int(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "-s")) o->seed = parse_int(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "-c") || !strcmp(a, "--context")) {
-            o->context = parse_int(a, flag_value(argc, argv, &i));
-            o->context_given = 1;
-        }
-        else if (!strcmp(a, "-i")) o->prompt = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "--tokens")) o->tokens = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "--dump-logits")) o->dump_logits = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "-z")) o->tokenizer_path = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "-m")) mode = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "-y")) o->system_prompt = flag_value(argc, argv, &i);
-        else if (!strcmp(a, "--threads")) o->threads = parse_int(a, flag_value(argc, argv, &i));
-        else if (!strcmp(a, "--ppl")) o->ppl = flag_value(argc, argv, &i);
-        else die("unknown option '%s' (run with -h for usage)", a);
+        int f = a[0] == '-' && a[1] ? find_flag(a) : -2;
+        if (f == -1) die("unknown option '%s' (run with --help for usage)", a);
+        if (f == -2 && o->model_path) die("two model files given, '%s' and '%s'", o->model_path, a);
+        if (f == -2) { o->model_path = a; continue; }
+        if (flags[f].kind == 'h') usage(stdout, 0);
+        if (flags[f].kind == 'v') { printf("seek.c: model file formats 1-2, tokenizer formats 1-2; built with %s\n", __VERSION__); exit(0); }
+        if (flags[f].value && i + 1 == argc) die("option %s needs a value", a);
+        given[f] = a;
+        value[f] = flags[f].value ? argv[++i] : "";
+        if (flags[f].kind == 'S') o->stops[n_stops++] = argv[i];
     }
-    o->chat = !strcmp(mode, "chat");
-    if (!o->chat && strcmp(mode, "generate")) die("-m must be generate or chat, got '%s'", mode);
-    if (o->chat && (o->prompt || o->tokens || o->dump_logits)) die("-m chat reads its turns from stdin; drop -i/--tokens/--dump-logits");
+    for (int f = 0; f < N_FLAGS; f++) {
+        void *field = (char *)o + flags[f].offset;
+        char kind = flags[f].kind;
+        if (!value[f] || kind == 'S') continue;
+        if (kind == 's') *(const char **)field = value[f];
+        if (kind == '1') *(int *)field = (int)flags[f].lo;
+        if (kind != 'i' && kind != 'f') continue;
+        double x = parse_number(given[f], value[f], kind == 'i');
+        if (x < flags[f].lo || x > flags[f].hi)
+            die("%s must be %s in %.10g..%.10g, got %s", given[f], kind == 'i' ? "an integer" : "a number", flags[f].lo, flags[f].hi, value[f]);
+        if (kind == 'i') *(long long *)field = (long long)x;
+        else *(float *)field = (float)x;
+    }
+    o->chat = !strcmp(o->mode, "chat");
+    if (!o->chat && strcmp(o->mode, "generate")) die("-m must be generate or chat, got '%s'", o->mode);
+    if (o->chat && (o->prompt || o->prompt_file || o->tokens)) die("-m chat reads its turns from stdin; drop -i/-f/--tokens");
     if ((o->system_prompt || o->no_think) && !o->chat) die("-y (system prompt) and --no-think go with -m chat");
     if (o->batch && !o->tokenizer_mode) die("--batch goes with --encode or --decode");
-    if (o->ppl && (o->chat || o->prompt || o->tokens || o->dump_logits || o->tokenizer_mode))
-        die("--ppl reads its text from the file; drop -m chat/-i/--tokens/--dump-logits/--encode/--decode");
+    if (o->ppl && (o->chat || o->prompt || o->prompt_file || o->tokens || o->dump_logits || o->tokenizer_mode))
+        die("--ppl reads its text from the file; drop -m chat/-i/-f/--tokens/--dump-logits/--encode/--decode");
     if (o->tokenizer_mode) {
         if (!o->model_path && !o->tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
         return;
     }
     if (!o->model_path) die("no model file given (usage: run model.bin [options])");
-    if (o->steps < 0 || o->steps > INT32_MAX) die("-n must be in 0..%d, got %lld", INT32_MAX, o->steps);
-    if (o->temperature < 0.0f) die("-t must be >= 0, got %g", o->temperature);
-    if (o->topp < 0.0f || o->topp > 1.0f) die("-p must be in [0, 1], got %g", o->topp);
-    if (o->topk < 0 || o->topk > INT32_MAX) die("-k must be in 0..%d, got %lld", INT32_MAX, o->topk);
-    if (o->seed < 0) die("-s must be >= 0, got %lld", o->seed);
-    if (o->context < 1 || o->context > INT32_MAX) die("-c must be in 1..%d, got %lld", INT32_MAX, o->context);
-    if (o->prompt && o->tokens) die("give either -i or --tokens, not both");
-    if (o->dump_logits && !o->tokens) die("--dump-logits needs --tokens");
-    if (o->threads < 1 || o->threads > 1024) die("--threads must be in 1..1024, got %lld", o->threads);
-    if (o->bench && (o->chat || o->dump_logits || o->prompt || o->tokens || o->ppl))
-        die("--bench takes no prompt, chat, --ppl or --dump-logits");
-    // Tokens per prefill pass; SEEK_PREFILL_CHUNK=1 feeds prompts token by token (tests compare the two).
-    if (getenv("SEEK_PREFILL_CHUNK")) o->chunk = parse_int("SEEK_PREFILL_CHUNK", getenv("SEEK_PREFILL_CHUNK"));
-    if (o->chunk < 1 || o->chunk > 4096) die("SEEK_PREFILL_CHUNK must be in 1..4096, got %lld", o->chunk);
+    if (!!o->prompt + !!o->prompt_file + !!o->tokens > 1) die("give either -i, -f or --tokens, not two of them");
+    if (o->dump_logits && !o->tokens && !o->chat) die("--dump-logits needs --tokens (or -m chat)");
+    if (o->bench && (o->chat || o->dump_logits || o->prompt || o->prompt_file || o->tokens || o->ppl || o->trace))
+        die("--bench takes no prompt, chat, --ppl, --trace or --dump-logits");
+    for (int i = 0; i < n_stops; i++) if (!*o->stops[i] || o->print_ids) die("--stop needs a non-empty text, and text output");
 }
 
-// --encode / --decode: the tokenizer alone, of a model file or from -z.
+// --encode: stdin text -> ids on one line (no BOS); --decode: stdin ids -> the exact bytes of their tokens.
+// With --batch, for tests (one process instead of hundreds): --encode reads records "<byte length>\n<bytes>"
+// and prints one line of ids for each; --decode prints a record "<byte length>\n<bytes>" per line of ids.
 static int tokenizer_tool(const Options *o) {
     Model model = {0};
     if (o->model_path) load_model(&model, o->model_path, 0);
-    Tokenizer tok;
-    model_tokenizer(&tok, o->model_path ? &model : NULL, o->tokenizer_path);
-    int rc = o->batch ? batch_stdin(&tok, o->tokenizer_mode == 2)
-                      : o->tokenizer_mode == 1 ? encode_stdin(&tok) : decode_stdin(&tok);
-    free_tokenizer(&tok);
+    Tokenizer tok, *t = &tok;
+    model_tokenizer(t, o->model_path ? &model : NULL, o->tokenizer_path);
+    int decode = o->tokenizer_mode == 2, batch = o->batch;
+    size_t n, n_bad = 0, len = 0;
+    uint8_t *in = read_all(stdin, &n);
+    for (size_t i = 0; i < n || (i == 0 && !batch);) {
+        size_t a = i, e = n;  // the record in[a..e)
+        if (batch && decode) for (e = a; e < n && in[e] != '\n'; e++) {}
+        if (batch && !decode) {
+            for (len = 0; a < n && in[a] >= '0' && in[a] <= '9' && len < ((size_t)1 << 40); a++) len = 10 * len + (in[a] - '0');
+            if (a == i || a >= n || in[a] != '\n' || len > n - a - 1) die("--batch: bad record header at byte %zu", i);
+            e = ++a + len;
+        }
+        i = batch ? e + (size_t)decode : n + 1;
+        IdList ids = {0};
+        if (decode) {
+            uint8_t saved = in[e];  // parse_ids quotes from a NUL-terminated string
+            in[e] = 0;
+            ids = parse_ids(t, in + a, e - a, t->n_vocab, "--decode");
+            in[e] = saved;
+            char *buf = NULL;
+            FILE *out = batch ? open_memstream(&buf, &len) : stdout;
+            if (!out) die("out of memory");
+            Decoder d = {0};
+            for (int k = 0; k < ids.n; k++) decode_piece(t, &d, ids.ids[k], out);
+            flush_decoder(&d, out);
+            if (batch) { fclose(out); printf("%zu\n", len); fwrite(buf, 1, len, stdout); }
+            free(buf);
+        } else {
+            ids = encode(t, in + a, e - a, 0, &n_bad);
+            if (n_bad && !batch) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the input replaced by U+FFFD\n", n_bad);
+            for (int k = 0; k < ids.n; k++) printf(k ? " %d" : "%d", ids.ids[k]);
+            printf("\n");
+        }
+        free(ids.ids);
+    }
+    free(in);
+    free_tokenizer(t);
     if (o->model_path) free_model(&model);
-    return rc;
+    free(o->stops);
+    return 0;
 }
 
-// The prompt as ids (*n of them): -i encoded (with BOS if the tokenizer says so),
-// --tokens, or BOS alone; none for chat and --ppl.
+// The prompt as ids (*n of them): -i or -f encoded (with BOS if the tokenizer says so), --tokens, or BOS alone;
+// none for chat and --ppl. --keep-last cuts it from the left after BOS, leaving room for min(-n, context/2).
 static int *prompt_ids(const Options *o, const Config *c, Tokenizer *tok, int *n) {
-    int *ids = NULL;
-    *n = 0;
-    if (o->prompt) {
-        size_t n_bad;
-        IdList list = encode(tok, (const uint8_t *)o->prompt, strlen(o->prompt), 1, &n_bad);
-        if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the prompt replaced by U+FFFD\n", n_bad);
-        if (list.n == 0) die("the prompt encodes to no tokens (empty prompt and no BOS)");
-        ids = list.ids;
-        *n = list.n;
-    } else if (o->tokens) {
-        ids = parse_tokens(o->tokens, c->vocab_size, n);
-    } else if (!o->chat && !o->ppl && !o->bench) {
-        if (c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
-        ids = xcalloc(1, sizeof(int));
-        ids[0] = c->bos_token_id;
-        *n = 1;
+    size_t n_bad = 0, len = 0;
+    uint8_t *file = o->prompt_file ? read_file(o->prompt_file, &len, "prompt file") : NULL;
+    IdList list = {0};
+    if (o->tokens) list = parse_ids(NULL, (const uint8_t *)o->tokens, strlen(o->tokens), c->vocab_size, "--tokens");
+    else if (o->prompt || file) list = encode(tok, file ? file : (const uint8_t *)o->prompt, file ? len : strlen(o->prompt), 1, &n_bad);
+    else if (!o->chat && !o->ppl && !o->bench && c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
+    else if (!o->chat && !o->ppl && !o->bench) push_id(&list, c->bos_token_id);
+    free(file);
+    if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the prompt replaced by U+FFFD\n", n_bad);
+    if (list.n == 0 && (o->tokens || o->prompt || o->prompt_file)) die("the prompt is empty (no tokens, and no BOS)");
+    int *ids = list.ids;
+    *n = list.n;
+    if (*n > o->context && !o->keep_last) {
+        free(ids);  // LeakSanitizer (make test-asan) checks for leaks at exit, also after die()
+        die("prompt has %d tokens but the context holds only %lld (%s %d; --keep-last keeps the prompt's end)", *n,
+            o->context, o->context < c->max_position_embeddings ? "raise -c up to" : "the model's maximum is", c->max_position_embeddings);
     }
     if (*n > o->context) {
-        free(ids);  // LeakSanitizer (make test-asan) checks for leaks at exit, also after die()
-        die("prompt has %d tokens but the context holds only %lld (raise -c up to %d)", *n, o->context,
-            c->max_position_embeddings);
+        int bos = ids[0] == c->bos_token_id, keep = (int)(o->context - (o->steps < o->context / 2 ? o->steps : o->context / 2));
+        fprintf(stderr, "--keep-last: the prompt keeps %s%d of its %d tokens\n", bos ? "BOS and the last " : "the last ", keep - bos, *n);
+        memmove(ids + bos, ids + *n - (keep - bos), (size_t)(keep - bos) * sizeof(int));
+        *n = keep;
     }
     return ids;
 }
@@ -3266,36 +3345,43 @@ int main(int argc, char **argv) {
                 model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
     const Config *c = &model.config;
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
-    if (o.ppl && !o.context_given && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0) o.context = c->rope_orig_max_pos;
+    if (!o.context) o.context = o.ppl && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0 ? c->rope_orig_max_pos : 4096;
     if (o.context > c->max_position_embeddings) o.context = c->max_position_embeddings;
+    if (o.trace_layer >= c->n_layers) die("--trace-layer must be below the model's %d layers", c->n_layers);
 
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
-    int have_tok = o.prompt || o.chat || o.ppl ||
-                   (!o.print_ids && !o.dump_logits && !o.bench && (o.tokenizer_path || model.weights.tokenizer));
+    int have_tok = o.prompt || o.prompt_file || o.chat || o.ppl ||
+                   ((!o.print_ids || o.trace) && !o.dump_logits && !o.bench && (o.tokenizer_path || model.weights.tokenizer));
     if (have_tok) model_tokenizer(&tok, &model, o.tokenizer_path);
     int n_prompt;
     int *prompt = prompt_ids(&o, c, &tok, &n_prompt);
 
     pool_start((int)o.threads);
     RunState state;
-    alloc_run_state(&state, c, (int)o.context, (int)o.chunk);
+    alloc_run_state(&state, c, (int)o.context, o.trace ? 1 : (int)o.chunk);  // --trace reports one token at a time
+    struct Trace trace = {o.trace ? fopen(o.trace, "w") : NULL, o.trace_layer < 0 ? c->n_layers - 1 : (int)o.trace_layer,
+                          have_tok ? &tok : NULL};
+    if (o.trace && !(state.trace = trace.f ? &trace : NULL)) die("cannot open %s for writing: %s", o.trace, strerror(errno));
     if (o.bench) {
         bench(&model, &state, (int)o.threads);
-    } else if (o.dump_logits) {
+    } else if (o.dump_logits && !o.chat) {
         dump_logits(&model, &state, prompt, n_prompt, o.dump_logits);
     } else if (o.ppl) {
         perplexity(&model, &state, &tok, o.ppl);
     } else {
-        uint64_t seed = (uint64_t)o.seed;
-        if (seed == 0) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(now_seconds() * 1e9);
-        Sampler sampler;
-        init_sampler(&sampler, c->n_tokens, o.temperature, o.topp, (int)o.topk, seed);
-        if (o.chat) chat(&model, &state, &sampler, &tok, o.system_prompt, (int)o.steps, o.print_ids, !o.no_think);
-        else generate(&model, &state, &sampler, prompt, n_prompt, (int)o.steps, have_tok && !o.print_ids ? &tok : NULL);
+        uint64_t seed = o.seed ? (uint64_t)o.seed  // else a time-based one in 1..2^32-1, printed so that -s can repeat it
+                               : ((uint64_t)time(NULL) ^ (uint64_t)getpid() << 16 ^ (uint64_t)(now_seconds() * 1e9)) % UINT32_MAX + 1;
+        fprintf(stderr, "seed: %llu\n", (unsigned long long)seed);
+        Sampler sampler = {c->n_tokens, o.temperature, o.topp, o.minp, (int)o.topk, o.repeat_penalty, (int)o.repeat_last_n,
+                           seed * 0x9E3779B97F4A7C15ULL, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex))};
+        if (o.chat) chat(&model, &state, &sampler, &tok, &o);
+        else generate(&model, &state, &sampler, &o, prompt, n_prompt, have_tok && !o.print_ids ? &tok : NULL);
         free(sampler.candidates);
     }
+    if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
     free(prompt);
+    free(o.stops);
     if (have_tok) free_tokenizer(&tok);
     free_run_state(&state);
     pool_stop();

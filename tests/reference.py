@@ -270,8 +270,9 @@ class Reference:
             self.w[name] = x.astype(np.float64)
 
     def attention(self, l: int, x: np.ndarray, pos: np.ndarray, absorbed: bool = False,
-                  yarn_mscale: bool = True) -> np.ndarray:
-        """MLA over the whole causal sequence. x: (T, D) normed input."""
+                  yarn_mscale: bool = True, probs: dict = None) -> np.ndarray:
+        """MLA over the whole causal sequence. x: (T, D) normed input; probs[l] gets the (H, T, T)
+        attention probabilities when probs is a dict."""
         cfg, w, p = self.cfg, self.w, f"model.layers.{l}.self_attn."
         H, r = cfg["num_attention_heads"], cfg["kv_lora_rank"]
         dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
@@ -304,6 +305,8 @@ class Reference:
         scores -= scores.max(axis=-1, keepdims=True)
         prob = np.exp(scores)
         prob /= prob.sum(axis=-1, keepdims=True)           # (H, T, T)
+        if probs is not None:
+            probs[l] = prob
         if absorbed:
             u = np.einsum("hts,sr->thr", prob, c)
             o = np.einsum("hvr,thr->thv", W_UV, u)
@@ -334,11 +337,12 @@ class Reference:
         return y
 
     def forward(self, tokens, yarn_mscale: bool = True, group_limit: bool = True,
-                use_bias: bool = True, absorbed: bool = False, routing: list = None) -> np.ndarray:
+                use_bias: bool = True, absorbed: bool = False, routing: list = None,
+                attention_probs: dict = None) -> np.ndarray:
         """Logits (T, vocab_size) for every position. The switches are negative controls:
         yarn_mscale=False drops the mscale^2 softmax factor, group_limit=False ignores expert
         groups, use_bias=False ignores e_score_correction_bias; `routing` collects
-        (layer, position, sorted expert ids, {expert: weight})."""
+        (layer, position, sorted expert ids, {expert: weight}), `attention_probs` {layer: (H, T, T)}."""
         cfg, w = self.cfg, self.w
         eps = cfg["rms_norm_eps"]
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -346,8 +350,9 @@ class Reference:
         x = w["model.embed_tokens.weight"][tokens]
         for l in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{l}."
+            probs = {} if attention_probs is None else {"probs": attention_probs}  # subclasses may not take it
             x = x + self.attention(l, rmsnorm(x, w[p + "input_layernorm.weight"], eps), pos,
-                                   absorbed, yarn_mscale)
+                                   absorbed, yarn_mscale, **probs)
             x = x + self.ffn(l, rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps),
                              group_limit, use_bias, routing)
         h = rmsnorm(x, w["model.norm.weight"], eps)
@@ -379,7 +384,8 @@ def load(hf_dir: str, bf16_weights: bool = False) -> Reference:
 
 
 def reference_logits(hf_dir: str, token_ids, bf16_weights: bool = False, **kw) -> np.ndarray:
-    """(T, vocab_size) float64 logits; kw: yarn_mscale, group_limit, use_bias, absorbed, routing."""
+    """(T, vocab_size) float64 logits; kw: yarn_mscale, group_limit, use_bias, absorbed, routing,
+    attention_probs."""
     return load(hf_dir, bf16_weights).forward(token_ids, **kw)
 
 

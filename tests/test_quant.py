@@ -17,7 +17,7 @@ Rules:
   reference's logits by 0.1-0.2 relative, q4 by 0.6-0.8); real accuracy is measured on the trained
   Shakespeare model (README). A scrambled kernel gives ~1.4.
 - Batched prefill (chunks of 64, MoE tokens grouped per expert) gives the same logits as feeding
-  tokens one at a time (SEEK_PREFILL_CHUNK=1) and as odd chunks (7), to fp32 rounding; so do 1 and 3
+  tokens one at a time (-ub 1) and as odd chunks (-ub 7), to fp32 rounding; so do 1 and 3
   threads.
 - run.c rejects a Q8 tensor whose byte count does not match its block layout, and a quantized norm.
 - The shipped Shakespeare checkpoint exported as q8/q4: NLL within 0.5% / 3% of f32 and top-1
@@ -171,8 +171,8 @@ def test_export_blocks(variant, dtype, exported, checkpoint):
 def quant_logits(run_bin, exported, workdir):
     made = {}
 
-    def get(variant: str, dtype: str, env: dict = None, threads: int = None):
-        key = (variant, dtype, tuple(sorted((env or {}).items())), threads)
+    def get(variant: str, dtype: str, chunk: int = None, threads: int = None):
+        key = (variant, dtype, chunk, threads)
         if key not in made:
             model = exported(variant, dtype)
             toks = prompt_ids(n_tokens_of(model))
@@ -180,7 +180,9 @@ def quant_logits(run_bin, exported, workdir):
             cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "--dump-logits", out]
             if threads:
                 cmd += ["--threads", str(threads)]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+            if chunk:
+                cmd += ["-ub", str(chunk)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, r.stderr
             V = read_model_file(model)["ints"][2]
             made[key] = toks, np.fromfile(out, "<f4").reshape(len(toks), V).astype(np.float64)
@@ -219,8 +221,8 @@ def test_quant_error_vs_f32(variant, quant_logits, checkpoint):
 @pytest.mark.parametrize("variant", ["v2", "v3", "k2rp"])
 def test_batched_prefill_equals_token_by_token(variant, dtype, quant_logits):
     _, batched = quant_logits(variant, dtype)
-    _, single = quant_logits(variant, dtype, {"SEEK_PREFILL_CHUNK": "1"})
-    _, odd = quant_logits(variant, dtype, {"SEEK_PREFILL_CHUNK": "7"})
+    _, single = quant_logits(variant, dtype, chunk=1)
+    _, odd = quant_logits(variant, dtype, chunk=7)
     assert np.abs(batched - single).max() <= 1e-5
     assert np.abs(odd - single).max() <= 1e-5
 

@@ -352,7 +352,9 @@ def test_text_prompt_uses_the_models_tokenizer(exported, checkpoint, run_bin, tm
     gen = [int(x) for x in by_ids.stdout.split()]
     as_text = subprocess.run([run_bin, model, "-i", text, "-n", "12", "-t", "0"], capture_output=True)
     want = run(["-z", str(tok), "--decode"], " ".join(str(i) for i in gen if i != 1).encode()).stdout
-    assert as_text.returncode == 0 and as_text.stdout == want + b"\n"
+    assert as_text.returncode == 0 and as_text.stdout == text.encode() + want + b"\n"  # the prompt is echoed
+    no_echo = subprocess.run([run_bin, model, "-i", text, "-n", "12", "-t", "0", "--no-echo"], capture_output=True)
+    assert no_echo.returncode == 0 and no_echo.stdout == want + b"\n"
     # with -z, the file must be the model's own tokenizer
     ok = subprocess.run([run_bin, model, "-z", str(tok), "-i", text, "-n", "12", "-t", "0"], capture_output=True)
     assert ok.returncode == 0 and ok.stdout == as_text.stdout

@@ -38,10 +38,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const Config *c = &m.config;
         int context = c->max_position_embeddings < 3 ? c->max_position_embeddings : 3;
         alloc_run_state(&s, c, context, 1);
-        init_sampler(&sp, c->n_tokens, 1.0f, 0.9f, 3, 42);
+        sp = (Sampler){c->n_tokens, 1.0f, 0.9f, 0.05f, 3, 1.3f, 64, 42, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex))};
         float *logits = NULL;
-        for (int pos = 0; pos < context; pos++) logits = forward(&m, &s, (pos * 7) % c->vocab_size, pos);
-        int id = sample(&sp, logits);
+        int fed[3];  // context <= 3
+        for (int pos = 0; pos < context; pos++) logits = forward(&m, &s, fed[pos] = (pos * 7) % c->vocab_size, pos);
+        int id = sample(&sp, logits, fed, context);
         if (id < 0 || id >= c->n_tokens) abort();  // sampled outside the real vocabulary
         if (m.weights.tokenizer) model_tokenizer(&tok, &m, NULL);
     }

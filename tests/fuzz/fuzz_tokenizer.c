@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         user = strndup((const char *)text, n);
         turn = render_turn(&t, 1, "system", user, 1);
         turn_ids = encode(&t, (const uint8_t *)turn, strlen(turn), 0, &n_bad);
-        parsed = parse_ids(&t, id_text, n);
+        parsed = parse_ids(&t, id_text, n, t.n_vocab, "--decode");
         mem = fopen("/dev/null", "wb");
         decode_ids(&t, &parsed, 0, mem);
         fclose(mem);
