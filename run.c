@@ -20,7 +20,7 @@
  * The latent cache is RunState.latent_cache (allocated in alloc_run_state,
  * written by mla_attention): per layer and position the normalised KV latent c
  * (kv_lora_rank values) and the rotated shared key k_pe (qk_rope_head_dim),
- * 512 + 64 = 576 floats for DeepSeek-V2/V3. Keys and values are never expanded.
+ * 512 + 64 = 576 values (f32 or bf16) for DeepSeek-V2/V3, never expanded.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -259,7 +259,8 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n
 static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
 static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
 static float dot_f32(const float *w, const float *x, int n);
-static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx);  // task on every thread
+static float bf16_to_f32(uint16_t h);
+static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
 
 // ----------------------------------------------------------------------------
 // Run state
@@ -269,14 +270,16 @@ static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *c
 // (decoding is the one-row case). Each block has its own scratch struct.
 
 #define PREFILL_CHUNK 64
+#define ATTN_BLOCK 64     // cached positions per block of attention (V2: 147 KB as f32, stays in L2)
 
 typedef struct {          // mla_attention's scratch
     float *q_latent;      // (chunk, rq) compressed query c_Q
     float *q;             // (chunk, H, dn+dr) per head [q_nope; q_pe]
-    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe]
-    float *q_absorbed;    // (chunk, H, r) W_UK^T q_nope per head
-    float *scores;        // (threads, context) attention scores of one head, per thread
-    float *u;             // (chunk, H, r) attention-weighted latent per head
+    float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe], then the row the cache stores
+    float *q_absorbed;    // (chunk, H, r+dr) per head [W_UK^T q_nope; q_pe], against cached [c; k_pe]
+    float *att;           // (chunk, H, 2+r) per query: max score m, l = Σ exp(s-m), u = Σ exp(s-m) c_t
+    float *att_blocks;    // (context / ATTN_BLOCK + 1, H, 2+r) the same per block of one token's positions
+    float *att_scratch;   // (threads, ATTN_BLOCK, r+dr+1) a block of a bf16 cache widened to f32, scores
     float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
     float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
     float *rope_sin;      // (chunk, dr/2)
@@ -320,7 +323,8 @@ typedef struct {
     MoEBuffers moe;
     MatmulJob *jobs;      // (2(E+1) + H) one batch of products
     float *logits;        // (chunk, V)
-    float *latent_cache;  // (L, context, r+dr) per position the normalised latent c_t and rotated k_pe_t
+    void *latent_cache;   // (L, context, r+dr) f32 or bf16: per position the normalised c_t and rotated k_pe_t
+    int cache_bf16;       // --cache-type bf16
     struct Trace *trace;  // --trace: what forward_chunk reports after each layer, or NULL
     void *buffers[64];    // every buffer above, for free_run_state
     int n_buffers;
@@ -414,56 +418,70 @@ static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, 
 }
 
 // Decoupled RoPE (DeepSeek-V2 §2.1.3) on q_pe or k_pe: rotates adjacent pairs
-// (2i, 2i+1) of x (dr) in place, the complex product (x[2i] + i x[2i+1]) e^{i p θ_i}
+// (2i, 2i+1) of x (dr) into y (may be x), the complex product (x[2i] + i x[2i+1]) e^{i p θ_i}
 // on the stored weights, as inference/model.py's apply_rotary_emb
 // (view_as_complex). HF modeling_deepseek.py de-interleaves q_pe and k_pe first
 // and rotates halves: the same dot products, so no weight is permuted; rotating
 // halves of unpermuted weights would be wrong.
-static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int half) {
+static void rope_rotate(float *y, const float *x, const float *cos_t, const float *sin_t, int half) {
     for (int i = 0; i < half; i++) {
         float a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = a * cos_t[i] - b * sin_t[i];
-        x[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
+        y[2 * i] = a * cos_t[i] - b * sin_t[i];
+        y[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
     }
 }
 
-// Attention of one query (one head of one token) at position pos over the
-// cached latents 0..pos: q_abs (r) = W_UK^T q_nope, q_pe (dr) rotated.
-// Writes u (r) = Σ_t p_t c_t; scores (pos+1) is scratch.
-static void attend(const Model *m, const float *cache, const float *q_abs, const float *q_pe, int pos, float *scores,
-                   float *u) {
-    int r = m->config.kv_lora_rank, dr = m->config.qk_rope_head_dim;
-    size_t row = (size_t)r + (size_t)dr;
-    for (int t = 0; t <= pos; t++) {
-        const float *ct = cache + (size_t)t * row;
-        scores[t] = m->rope.softmax_scale * (dot_f32(q_abs, ct, r) + dot_f32(q_pe, ct + r, dr));
-    }
-    softmax(scores, pos + 1);
-    for (int i = 0; i < r; i++) u[i] = 0.0f;
-    for (int t = 0; t <= pos; t++) {
-        const float *ct = cache + (size_t)t * row;
-        float p = scores[t];
-        for (int i = 0; i < r; i++) u[i] += p * ct[i];
+// Attention over the latent cache, ATTN_BLOCK positions at a time. In the absorbed
+// form (DeepSeek-V2 §2.1.2) MLA is multi-query attention: every head's query [W_UK^T
+// q_nope; q_pe] scores the same cached row [c_t; k_pe_t] and c_t is every head's value,
+// so a block is read once for all heads. Online softmax (Milakov & Gimelshein 2018),
+// blocks split over threads as in flash-decoding (Dao et al. 2023): per head, a block's
+// summary is its max score m, l = Σ exp(s - m) and the unnormalised u = Σ exp(s - m) c_t.
+
+// The summary (H, 2+r) of n cached rows (n, r+dr) for one token's queries q (H, r+dr); scores (n) is scratch.
+static void attend_block(const Model *m, const float *rows, int n, const float *q, float *scores, float *out) {
+    int H = m->config.n_heads, r = m->config.kv_lora_rank, w = r + m->config.qk_rope_head_dim;
+    for (int h = 0; h < H; h++) {
+        float *s = scores, *o = out + (size_t)h * (2 + r);
+        for (int t = 0; t < n; t++) s[t] = m->rope.softmax_scale * dot_f32(q + (size_t)h * w, rows + (size_t)t * w, w);
+        o[0] = s[0];
+        o[1] = 0.0f;
+        for (int t = 1; t < n; t++) o[0] = fmaxf(o[0], s[t]);
+        for (int t = 0; t < n; t++) { s[t] = expf(s[t] - o[0]); o[1] += s[t]; }
+        memset(o + 2, 0, (size_t)r * sizeof(float));
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < r; k++) o[2 + k] += s[t] * rows[(size_t)t * w + k];
     }
 }
 
-typedef struct {
-    const Model *m;
-    RunState *s;
-    const float *cache;   // (context, r+dr) of this layer
-    int pos0, n;
-} AttendBatch;
+// a = a ⊕ b for H summaries, each rescaled by exp(its max - the larger max).
+static void attend_fold(float *a, const float *b, int H, int r) {
+    for (int h = 0; h < H; h++, a += 2 + r, b += 2 + r) {
+        float m = fmaxf(a[0], b[0]), ea = expf(a[0] - m), eb = expf(b[0] - m);
+        for (int j = 1; j < 2 + r; j++) a[j] = ea * a[j] + eb * b[j];
+        a[0] = m;
+    }
+}
 
-// The (token, head) queries of a chunk are independent: spread them over the threads.
+typedef struct { const Model *m; RunState *s; int layer, pos, t; atomic_int next; } AttendBatch;  // next: block to claim
+
+// The blocks of token t of the chunk (at position pos) over the threads: block 0's summary goes to the token's,
+// the others' to att_blocks, which mla_attention folds into it in block order. Prefill runs this token by
+// token, so it agrees with decoding bit for bit, whatever the threads.
 static void attend_task(void *ctx, int thread, int n_threads) {
-    const AttendBatch *a = ctx;
-    const Config *c = &a->m->config;
-    MLABuffers *b = &a->s->mla;
-    int H = c->n_heads, r = c->kv_lora_rank, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    for (int i = thread; i < a->n * H; i += n_threads) {
-        int t = i / H;  // query i is head i % H of token t
-        attend(a->m, a->cache, b->q_absorbed + (size_t)i * r, b->q + (size_t)i * qk + c->qk_nope_head_dim,
-               a->pos0 + t, b->scores + (size_t)thread * a->s->context, b->u + (size_t)i * r);
+    (void)n_threads;
+    AttendBatch *a = ctx;
+    const RunState *s = a->s;
+    int H = a->m->config.n_heads, r = a->m->config.kv_lora_rank, w = r + a->m->config.qk_rope_head_dim;
+    float *rows = s->mla.att_scratch + (size_t)thread * ATTN_BLOCK * (w + 1), *scores = rows + (size_t)ATTN_BLOCK * w;
+    for (int blk; (blk = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed)) <= a->pos / ATTN_BLOCK;) {
+        int p0 = blk * ATTN_BLOCK, n = a->pos - p0 < ATTN_BLOCK ? a->pos - p0 + 1 : ATTN_BLOCK;
+        size_t at = ((size_t)a->layer * (size_t)s->context + (size_t)p0) * (size_t)w, summary = (size_t)H * (2 + r);
+        const float *block = s->cache_bf16 ? rows : (const float *)s->latent_cache + at;
+        for (size_t k = 0; s->cache_bf16 && k < (size_t)n * w; k++)
+            rows[k] = bf16_to_f32(((const uint16_t *)s->latent_cache)[at + k]);
+        float *out = blk ? s->mla.att_blocks + (size_t)blk * summary : s->mla.att + (size_t)a->t * summary;
+        attend_block(a->m, block, n, s->mla.q_absorbed + (size_t)a->t * H * w, scores, out);
     }
 }
 
@@ -494,7 +512,6 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
     int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
     size_t row = (size_t)r + (size_t)dr;
-    float *layer_cache = s->latent_cache + (size_t)layer * (size_t)s->context * row;  // (context, r+dr)
 
     // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection. HF
     // modeling_deepseek.py builds q_a_layernorm and kv_a_layernorm without an
@@ -508,26 +525,42 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
         matmul_n(b->q, &lw->q_proj, s->xn, n);
     }
 
-    // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe rotated.
+    // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe
+    // rotated. Each head's rotated q_pe goes beside its absorbed query (below).
     matmul_n(b->kv_a, &lw->kv_a_proj, s->xn, n);
     for (int t = 0; t < n; t++) {
         float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
-        float *slot = layer_cache + (size_t)(pos0 + t) * row;  // (r+dr)
-        const float *kv = b->kv_a + (size_t)t * row;
-        rmsnorm(slot, kv, lw->kv_a_norm, r, 1e-6f);
-        memcpy(slot + r, kv + r, (size_t)dr * sizeof(float));
-        rope_rotate(slot + r, cos_t, sin_t, half);
-        for (int h = 0; h < H; h++) rope_rotate(b->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t, half);
+        float *kv = b->kv_a + (size_t)t * row;
+        rmsnorm(kv, kv, lw->kv_a_norm, r, 1e-6f);
+        rope_rotate(kv + r, kv + r, cos_t, sin_t, half);
+        size_t at = ((size_t)layer * (size_t)s->context + (size_t)(pos0 + t)) * row;
+        for (size_t i = 0; i < row; i++) {  // f32, or bf16 rounded to nearest even
+            uint32_t u;
+            memcpy(&u, &kv[i], 4);
+            if (s->cache_bf16) ((uint16_t *)s->latent_cache)[at + i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+            else ((float *)s->latent_cache)[at + i] = kv[i];
+        }
+        for (int h = 0; h < H; h++)
+            rope_rotate(b->q_absorbed + ((size_t)t * H + h) * row + r, b->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t,
+                        half);
     }
 
     // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
-    head_jobs(s->jobs, c, &lw->kv_b_proj, 0, dn, b->q_absorbed, r, b->q, qk, n);
+    head_jobs(s->jobs, c, &lw->kv_b_proj, 0, dn, b->q_absorbed, (int)row, b->q, qk, n);
     matmuls_t(s->jobs, H);
-    AttendBatch batch = {m, s, layer_cache, pos0, n};
-    pool_run(attend_task, &batch);
+
+    // Each token's summary (blocked attention, above), then u / l = Σ_t softmax(s)_t c_t.
+    for (int t = 0; t < n; t++) {
+        AttendBatch batch = {m, s, layer, pos0 + t, t, 0};
+        pool_run(attend_task, &batch, pos0 + t < ATTN_BLOCK ? 0 : (double)(pos0 + t + 1) * H * (double)(r + row));
+        for (int blk = 1; blk <= (pos0 + t) / ATTN_BLOCK; blk++)
+            attend_fold(b->att + (size_t)t * H * (2 + r), b->att_blocks + (size_t)blk * H * (2 + r), H, r);
+    }
+    for (int i = 0; i < n * H; i++)
+        for (int j = 0; j < r; j++) b->att[(size_t)i * (2 + r) + 2 + j] /= b->att[(size_t)i * (2 + r) + 1];
 
     // Σ_t p_t (W_UV c_t) = W_UV (Σ_t p_t c_t): each head's W_UV on its u, all heads in one batch.
-    head_jobs(s->jobs, c, &lw->kv_b_proj, dn, dv, b->o, dv, b->u, r, n);
+    head_jobs(s->jobs, c, &lw->kv_b_proj, dn, dv, b->o, dv, b->att + 2, r + 2, n);
     matmuls(s->jobs, H);
     matmul_n(s->block_out, &lw->o_proj, b->o, n);
 }
@@ -758,6 +791,9 @@ static Pool pool = {.n_threads = 1};
 #ifndef POOL_SPIN
 #define POOL_SPIN 4000  // pause instructions before a waiting thread yields or sleeps (~0.1 ms)
 #endif
+// Smaller dispatches (multiply-adds) run on this thread: a woken worker costs microseconds, or a scheduler slice
+// on a busy host (shipped model, busy 2-core host: 960-1180 tok/s on one thread, 30-360 on 2). --threads: 0.
+static double pool_min_work = 1e6;
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -789,9 +825,9 @@ static void *pool_worker(void *arg) {
     }
 }
 
-// Runs task(ctx, i, n) for i = 0 .. n-1, one per thread, and returns when all are done.
-static void pool_run(void (*task)(void *, int, int), void *ctx) {
-    if (pool.n_threads == 1) { task(ctx, 0, 1); return; }
+// Runs task(ctx, i, n) for i = 0 .. n-1, one per thread (below pool_min_work this one alone); returns when all are done.
+static void pool_run(void (*task)(void *, int, int), void *ctx, double work) {
+    if (pool.n_threads == 1 || work < pool_min_work) { task(ctx, 0, 1); return; }
     pool.task = task;
     pool.ctx = ctx;
     atomic_store_explicit(&pool.pending, pool.n_threads - 1, memory_order_relaxed);
@@ -1229,10 +1265,11 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
     }
     // About 16 chunks per thread over the whole batch, but at least 16 rows each.
     long long rows = 0;
-    for (int j = 0; j < n_jobs; j++) rows += jobs[j].w.rows;
+    double work = 0;  // multiply-adds
+    for (int j = 0; j < n_jobs; j++) { rows += jobs[j].w.rows; work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
     long long chunk = rows / (16LL * pool.n_threads);
     MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
-    pool_run(matmul_task, &batch);
+    pool_run(matmul_task, &batch, work);
 }
 
 // y (n, W.rows) = x (n, W.cols) W^T
@@ -1317,7 +1354,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 // each row of W is decoded once and added into every y row.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
     MatmulBatch batch = {jobs, n_jobs, 0, 0};
-    pool_run(matmul_t_task, &batch);
+    pool_run(matmul_t_task, &batch, (double)n_jobs * jobs[0].w.rows * jobs[0].w.cols * jobs[0].n);  // heads: one shape
 }
 
 // ----------------------------------------------------------------------------
@@ -1694,6 +1731,9 @@ static void load_model(Model *m, const char *path, int in_memory) {
     } else {
         void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fileno(file), 0);
         if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
+#ifdef MADV_HUGEPAGE  // what our faults read in comes as 2 MB page-cache folios, mapped whole (Linux 6.x, ext4:
+        madvise(map, (size_t)size, MADV_HUGEPAGE);  // 99% of a cold V2-Lite q8 read, 11% without): TLB as --no-mmap
+#endif
         f = map;
     }
     fclose(file);
@@ -1715,7 +1755,7 @@ static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
     return s->buffers[s->n_buffers++] = xcalloc(a * b > 0 ? a * b : 1, size);
 }
 
-static void alloc_run_state(RunState *s, const Config *c, int context, int chunk) {
+static void alloc_run_state(RunState *s, const Config *c, int context, int chunk, int cache_bf16) {
     int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
     int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
     int G = c->n_group > 0 ? c->n_group : 1;
@@ -1736,9 +1776,10 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     a->q_latent = state_buffer(s, n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1), F);
     a->q = state_buffer(s, n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim), F);
     a->kv_a = state_buffer(s, n, cache_row, F);
-    a->q_absorbed = state_buffer(s, n * H, r, F);
-    a->scores = state_buffer(s, (size_t)pool.n_threads, (size_t)context, F);
-    a->u = state_buffer(s, n * H, r, F);
+    a->q_absorbed = state_buffer(s, n * H, cache_row, F);
+    a->att = state_buffer(s, n * H, r + 2, F);
+    a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * H, r + 2, F);
+    a->att_scratch = state_buffer(s, (size_t)pool.n_threads * ATTN_BLOCK, cache_row + 1, F);
     a->o = state_buffer(s, n * H, (size_t)c->v_head_dim, F);
     a->rope_cos = state_buffer(s, n, half, F);
     a->rope_sin = state_buffer(s, n, half, F);
@@ -1762,9 +1803,10 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     b->expert_load = state_buffer(s, (size_t)c->n_layers, (size_t)E, sizeof(long long));
     s->jobs = state_buffer(s, 2 * ((size_t)E + 1) + H, 1, sizeof(MatmulJob));
     s->logits = state_buffer(s, n, (size_t)c->vocab_size, F);
-    if ((double)c->n_layers * context * (double)cache_row * sizeof(float) > (double)SIZE_MAX / 2)
+    if ((double)c->n_layers * context * (double)cache_row * F > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
-    s->latent_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, cache_row, F);
+    s->latent_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, cache_row, cache_bf16 ? 2 : F);
+    s->cache_bf16 = cache_bf16;
 }
 
 static void free_run_state(RunState *s) {
@@ -1773,9 +1815,14 @@ static void free_run_state(RunState *s) {
 }
 
 // A latent cache row (r + dr values) and its size: /save, /load and --trace reach the cache only through these.
-static size_t cache_row_bytes(const Config *c) { return ((size_t)c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float); }
+static size_t cache_row_bytes(const RunState *s, const Config *c) {
+    return ((size_t)c->kv_lora_rank + c->qk_rope_head_dim) * (s->cache_bf16 ? 2 : sizeof(float));
+}
 static void *cache_row(const RunState *s, const Config *c, int layer, int pos) {
-    return (uint8_t *)s->latent_cache + ((size_t)layer * s->context + pos) * cache_row_bytes(c);
+    return (uint8_t *)s->latent_cache + ((size_t)layer * s->context + pos) * cache_row_bytes(s, c);
+}
+static float cache_value(const RunState *s, const void *row, int i) {
+    return s->cache_bf16 ? bf16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
 // ----------------------------------------------------------------------------
@@ -2679,7 +2726,8 @@ static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
 // --trace FILE: one JSON line per token the model reads (a chunk is one token while tracing): its position,
 // id and text, then per layer the experts route() chose with their gate weights, and in the traced layer
 // each head's four most attended positions with their probabilities. tools/trace_view.py draws it.
-struct Trace { FILE *f; int layer; const Tokenizer *tok; };  // layer: whose attention is shown; tok: NULL = no text
+struct Trace { FILE *f; int layer; const Tokenizer *tok; float *p; };  // layer: whose attention is shown; tok: NULL =
+                                                                       // no text; p: (context) attention of one head
 
 // Bytes as a JSON string; ill-formed UTF-8 (a token may hold part of a character) becomes U+FFFD.
 static void json_string(FILE *f, const uint8_t *b, size_t n) {
@@ -2697,7 +2745,7 @@ static void json_string(FILE *f, const uint8_t *b, size_t n) {
 static void trace_layer(const Model *m, const RunState *s, int l, int pos, int token) {
     const Config *c = &m->config;
     const struct Trace *tr = s->trace;
-    int K = c->num_experts_per_tok, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int K = c->num_experts_per_tok, r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     if (l == 0) {
         fprintf(tr->f, "{\"pos\":%d,\"id\":%d,\"text\":", pos, token);
         if (tr->tok && token < tr->tok->n_vocab) json_string(tr->f, token_bytes(tr->tok, token), token_len(tr->tok, token));
@@ -2707,11 +2755,13 @@ static void trace_layer(const Model *m, const RunState *s, int l, int pos, int t
     for (int k = 0; k < K && m->weights.layers[l].is_moe; k++)  // [expert, gate weight] pairs
         fprintf(tr->f, "%s[%d,%.6g]%s", k ? "," : ",\"experts\":[", s->moe.topk_idx[k], s->moe.topk_w[k], k + 1 < K ? "" : "]");
     for (int h = 0; h < c->n_heads && l == tr->layer; h++) {
-        float *p = s->mla.scores;  // (pos+1) thread 0's scratch, free between layers
-        const float *q_abs = s->mla.q_absorbed + (size_t)h * r, *q_pe = s->mla.q + (size_t)h * (dn + dr) + dn;
+        float *p = tr->p;
+        const float *q_abs = s->mla.q_absorbed + (size_t)h * (r + dr);  // [W_UK^T q_nope; q_pe]
         for (int t = 0; t <= pos; t++) {
-            const float *row = cache_row(s, c, l, t);
-            p[t] = m->rope.softmax_scale * (dot_f32(q_abs, row, r) + dot_f32(q_pe, row + r, dr));
+            const void *row = cache_row(s, c, l, t);
+            double dot = 0;
+            for (int i = 0; i < r + dr; i++) dot += q_abs[i] * cache_value(s, row, i);
+            p[t] = m->rope.softmax_scale * (float)dot;
         }
         softmax(p, pos + 1);
         fprintf(tr->f, h ? ",[" : ",\"attention\":[[");
@@ -2728,14 +2778,19 @@ static void trace_layer(const Model *m, const RunState *s, int l, int pos, int t
 // ----------------------------------------------------------------------------
 // Generate and chat
 
+// --bench's tests, as llama-bench's -p, -n, -d and -r name them (0 in -p or -n: no such test).
+typedef struct { int *pp, *tg, *depth, n_pp, n_tg, n_depth, reps, context; } BenchPlan;
+
 // The command line: parse_options fills it from the table `flags` above main.
 typedef struct {
     const char *model_path, *tokenizer_path, *prompt, *prompt_file, *tokens;  // model.bin, -z, -i, -f, --tokens
     const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
+    const char *cache_type, *bench_p, *bench_n, *bench_d, *bench_r;          // --cache-type; -p -n -d -r with --bench
     char **stops;                                                             // --stop strings, NULL-terminated
-    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think;
+    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think, cache_bf16;
     long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
     float temperature, topp, minp, repeat_penalty;
+    BenchPlan plan;  // --bench
 } Options;
 
 // Teacher forcing: feeds every token and writes the logits after each one, (T, V) float32 little-endian, the
@@ -2854,12 +2909,12 @@ static void on_interrupt(int sig) {  // at the prompt Ctrl-C ends the chat at on
 // then renamed over FILE. /load takes only a file whose header matches (but for n) and fits the context.
 typedef struct { uint32_t magic, cache_type, row_bytes, n; Config config; } ChatHeader;  // magic "SKCH"
 
-static ChatHeader chat_header(const Model *m, int n) {
-    return (ChatHeader){0x48434B53, TYPE_F32, (uint32_t)cache_row_bytes(&m->config), (uint32_t)n, m->config};
+static ChatHeader chat_header(const Model *m, const RunState *s, int n) {
+    return (ChatHeader){0x48434B53, s->cache_bf16 ? TYPE_BF16 : TYPE_F32, (uint32_t)cache_row_bytes(s, &m->config), (uint32_t)n, m->config};
 }
 
 static void save_chat(const Model *m, const RunState *s, const int *tokens, int pos, const char *path) {
-    ChatHeader h = chat_header(m, pos);
+    ChatHeader h = chat_header(m, s, pos);
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
@@ -2873,7 +2928,7 @@ static void save_chat(const Model *m, const RunState *s, const int *tokens, int 
 // Returns the loaded conversation's length: pos when the file is refused before anything changed, 0 (a new
 // conversation) when it breaks off midway.
 static int load_chat(const Model *m, RunState *s, int *tokens, int pos, const char *path) {
-    ChatHeader h, want = chat_header(m, 0);
+    ChatHeader h, want = chat_header(m, s, 0);
     FILE *f = fopen(path, "rb");
     int fits = f && fread(&h, sizeof h, 1, f) == 1 && (want.n = h.n) < (uint32_t)s->context && !memcmp(&h, &want, sizeof h);
     int n = fits ? (int)h.n : pos, ok = fits && fread(tokens, sizeof(int), (size_t)n, f) == (size_t)n;
@@ -3064,65 +3119,60 @@ static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *
 // ----------------------------------------------------------------------------
 // Benchmark
 
-static uint64_t tensor_bytes(const Tensor *t) { return (uint64_t)t->rows * row_bytes(t); }
-
-static uint64_t mlp_bytes(const MLPWeights *m) {
-    return tensor_bytes(&m->gate) + tensor_bytes(&m->up) + tensor_bytes(&m->down);
-}
-
-// Weight bytes one decoding step reads: every attention and dense matrix, the
-// router, K routed experts (all experts of a layer have one size) and the
-// shared ones, lm_head, one embedding row and the norms.
-static uint64_t weight_bytes_per_token(const Model *m) {
-    const Config *c = &m->config;
-    const Weights *w = &m->weights;
-    uint64_t D = (uint64_t)c->dim, total = row_bytes(&w->embed) + tensor_bytes(&w->lm_head) + 4 * D;
-    for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        total += 4 * (2 * D + (uint64_t)c->kv_lora_rank + (uint64_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 0));
-        if (c->q_lora_rank > 0) total += tensor_bytes(&lw->q_a_proj) + tensor_bytes(&lw->q_b_proj);
-        else total += tensor_bytes(&lw->q_proj);
-        total += tensor_bytes(&lw->kv_a_proj) + tensor_bytes(&lw->kv_b_proj) + tensor_bytes(&lw->o_proj);
-        if (lw->is_moe) {
-            total += tensor_bytes(&lw->router) + (uint64_t)c->num_experts_per_tok * mlp_bytes(&lw->experts[0]);
-            if (lw->has_shared) total += mlp_bytes(&lw->shared);
-        } else {
-            total += mlp_bytes(&lw->mlp);
-        }
-    }
-    return total;
-}
-
-// pp: a 64-token prompt in one prefill; tg: 32 greedy tokens decoded after it;
-// ttft: a 16-token prompt to its first sampled token. All after a warm-up pass
-// that brings the weights into the page cache.
-static void bench(const Model *m, RunState *s, int n_threads) {
-    const Config *c = &m->config;
-    enum { PP = 64, TG = 32, TTFT = 16 };
-    if (s->context < PP + TG) die("--bench needs a context of at least %d tokens (-c)", PP + TG);
-    int prompt[PP];
-    for (int i = 0; i < PP; i++) prompt[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)c->n_tokens);
-    float *logits = prefill(m, s, prompt, PP, 0);  // warm-up
-    for (int i = 0; i < 8; i++) logits = forward(m, s, sample_argmax(logits, c->n_tokens), PP + i);
-
+// tok/s of one test at positions depth..: a prompt of n tokens in one prefill
+// (pp), or n tokens decoded one at a time, each the argmax of the last (tg).
+static double bench_test(const Model *m, RunState *s, const int *tokens, int n, int depth, int pp) {
     double t0 = now_seconds();
-    logits = prefill(m, s, prompt, TTFT, 0);
-    sample_argmax(logits, c->n_tokens);
-    double ttft = now_seconds() - t0;
+    if (pp) prefill(m, s, tokens + depth, n, depth);
+    for (int i = 0, token = tokens[depth]; !pp && i < n; i++)
+        token = sample_argmax(forward(m, s, token, depth + i), m->config.n_tokens);
+    return n / (now_seconds() - t0);
+}
 
-    t0 = now_seconds();
-    logits = prefill(m, s, prompt, PP, 0);
-    double pp = now_seconds() - t0;
-
-    t0 = now_seconds();
-    for (int i = 0; i < TG; i++) logits = forward(m, s, sample_argmax(logits, c->n_tokens), PP + i);
-    double tg = now_seconds() - t0;
-
-    uint64_t bytes = weight_bytes_per_token(m);
-    fprintf(stderr, "pp%d: %.3f s, tg%d: %.3f s, ttft (%d-token prompt): %.1f ms, %.3f GB of weights per token\n",
-            PP, pp, TG, tg, TTFT, ttft * 1e3, (double)bytes / 1e9);
-    printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", PP / pp, TG / tg,
-           ttft * 1e3, (unsigned long long)bytes, n_threads);
+// After a warm-up (64 tokens prefilled, 8 decoded) that brings the weights into the page cache: ttft, a
+// 16-token prompt, then every test at every depth, filled first by an untimed prefill. Prints a markdown table
+// (mean ± sd of the repetitions), a line per test, and last the first pp and tg (older scripts read it).
+static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads) {
+    int *tokens = xcalloc((size_t)s->context, sizeof(int)), per_depth = b->n_pp + b->n_tg, n_tests = b->n_depth * per_depth;
+    double (*result)[2] = xcalloc((size_t)n_tests, sizeof *result);  // (n_tests) mean, sd
+    for (int i = 0; i < s->context; i++) tokens[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)m->config.n_tokens);
+    bench_test(m, s, tokens, 64, 0, 1);
+    bench_test(m, s, tokens, 8, 0, 0);
+    double ttft = 16 / bench_test(m, s, tokens, 16, 0, 1);  // s
+    for (int i = 0; i < n_tests; i++) {
+        int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
+        if (t == 0 && depth > 0) prefill(m, s, tokens, depth, 0);
+        double sum = 0, sq = 0;
+        for (int r = 0; r < b->reps && n > 0; r++) {
+            double x = bench_test(m, s, tokens, n, depth, pp);
+            sum += x;
+            sq += x * x;
+        }
+        result[i][0] = sum / b->reps;
+        result[i][1] = b->reps > 1 ? sqrt(fmax(0.0, (sq - sum * sum / b->reps) / (b->reps - 1))) : 0.0;
+    }
+    // Weight bytes one decoding step reads: the file (its header and table are under 0.1% of V2-Lite's) but
+    // the embedding rows of other tokens, the unchosen routed experts (a layer's have one size), the tokenizer.
+    const Weights *w = &m->weights;
+    uint64_t bytes = m->file_size - w->tokenizer_bytes - (uint64_t)(w->embed.rows - 1) * row_bytes(&w->embed);
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const MLPWeights *e = w->layers[l].experts;  // gate, up and down: one size
+        if (e) bytes -= (uint64_t)(m->config.n_routed_experts - m->config.num_experts_per_tok) * 3 * e->gate.rows * row_bytes(&e->gate);
+    }
+    printf("| test | tok/s |\n|---|---|\n");
+    for (int line = 0; line < 2; line++)  // the table, then the machine-readable lines
+        for (int i = 0; i < n_tests; i++) {
+            int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
+            if (n && !line)
+                printf("| %s%d%s%.0d | %.2f ± %.2f |\n", pp ? "pp" : "tg", n, depth ? " @ d" : "", depth, result[i][0], result[i][1]);
+            else if (n)
+                printf("bench test=%s%d depth=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%llu threads=%d\n", pp ? "pp" : "tg",
+                       n, depth, result[i][0], result[i][1], (unsigned long long)bytes, n_threads);
+        }
+    printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", b->n_pp ? result[0][0] : 0.0,
+           b->n_tg ? result[b->n_pp][0] : 0.0, ttft * 1e3, (unsigned long long)bytes, n_threads);
+    free(tokens);
+    free(result);
 }
 
 // ----------------------------------------------------------------------------
@@ -3170,7 +3220,10 @@ static const Flag flags[] = {
     {"--trace-layer", "<int>", 'i', OPT(trace_layer), -1, INT32_MAX, "the layer whose attention --trace shows (default -1: last)"},
     {"--threads", "<int>", 'i', OPT(threads), 1, 1024, "worker threads (default: online cores)"},
     {"-ub --ubatch-size", "<int>", 'i', OPT(chunk), 1, 4096, "tokens per prefill pass (default 64)"},
-    {"--bench", NULL, '1', OPT(bench), 1, 1, "time a 64-token prompt and 32 generated tokens"},
+    {"--bench", NULL, '1', OPT(bench), 1, 1, "llama-bench's tests: -p, -n lists of prompt and generated lengths (64, 32)"},
+    {"-d --n-depth", "<list>", 's', OPT(bench_d), 0, 0, "--bench: context depths the tests start at (default 0)"},
+    {"-r --repetitions", "<int>", 's', OPT(bench_r), 0, 0, "--bench: repetitions of each test (default 1)"},
+    {"--cache-type -ctk", "<type>", 's', OPT(cache_type), 0, 0, "latent cache in f32 (default) or bf16 (half the memory)"},
     {"--no-mmap", NULL, '1', OPT(no_mmap), 1, 1, "read the model into huge-page memory instead of mapping it"},
     {"--encode", NULL, '1', OPT(tokenizer_mode), 1, 1, "tokenizer only: stdin text -> ids on one line (no BOS)"},
     {"--decode", NULL, '1', OPT(tokenizer_mode), 2, 2, "tokenizer only: stdin ids -> the exact bytes of their tokens"},
@@ -3197,6 +3250,25 @@ static int find_flag(const char *a) {
     return -1;
 }
 
+// "5,17,3" -> ints, each in lo..hi (*n_out of them).
+static int *parse_ints(const char *flag, const char *v, long long lo, long long hi, int *n_out) {
+    int cap = 1, n = 0;
+    for (const char *p = v; *p; p++) if (*p == ',') cap++;
+    int *ids = xcalloc((size_t)cap, sizeof(int));
+    for (const char *p = v;; p++) {
+        char *end;
+        errno = 0;
+        long long x = strtoll(p, &end, 10);
+        if (errno || end == p || (*end && *end != ',') || x < lo || x > hi)
+            die("%s expects comma-separated integers in %lld..%lld, got '%s'", flag, lo, hi, v);
+        ids[n++] = (int)x;
+        if (!*end) break;
+        p = end;
+    }
+    *n_out = n;
+    return ids;
+}
+
 // Every value is read as written first (the last of a flag counts), then converted and checked: so the
 // meaning of one flag may depend on another that comes after it.
 static void parse_options(Options *o, int argc, char **argv) {
@@ -3219,6 +3291,12 @@ static void parse_options(Options *o, int argc, char **argv) {
         value[f] = flags[f].value ? argv[++i] : "";
         if (flags[f].kind == 'S') o->stops[n_stops++] = argv[i];
     }
+    if (value[find_flag("--threads")]) pool_min_work = 0;  // every product split, as asked (tests of the thread split)
+    if (value[find_flag("--bench")]) {  // -p and -n are llama-bench's lists of prompt and generated lengths then
+        int p = find_flag("-p"), n = find_flag("-n");
+        o->bench_p = value[p], o->bench_n = value[n];
+        value[p] = value[n] = NULL;
+    }
     for (int f = 0; f < N_FLAGS; f++) {
         void *field = (char *)o + flags[f].offset;
         char kind = flags[f].kind;
@@ -3232,6 +3310,21 @@ static void parse_options(Options *o, int argc, char **argv) {
         if (kind == 'i') *(long long *)field = (long long)x;
         else *(float *)field = (float)x;
     }
+    if (o->bench) {
+        BenchPlan *b = &o->plan;
+        b->pp = parse_ints("-p", o->bench_p ? o->bench_p : "64", 0, 1 << 24, &b->n_pp);
+        b->tg = parse_ints("-n", o->bench_n ? o->bench_n : "32", 0, 1 << 24, &b->n_tg);
+        b->depth = parse_ints("-d", o->bench_d ? o->bench_d : "0", 0, 1 << 24, &b->n_depth);
+        b->reps = o->bench_r ? (int)parse_number("-r", o->bench_r, 1) : 1;
+        if (b->reps < 1 || b->reps > 1000) die("-r must be in 1..1000, got %d", b->reps);
+        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
+        for (int k = 0; k < b->n_pp; k++) len = b->pp[k] > len ? b->pp[k] : len;
+        for (int k = 0; k < b->n_tg; k++) len = b->tg[k] > len ? b->tg[k] : len;
+        for (int k = 0; k < b->n_depth; k++) deep = b->depth[k] > deep ? b->depth[k] : deep;
+        b->context = deep + len;
+    } else if (o->bench_d || o->bench_r) die("-d and -r go with --bench");
+    o->cache_bf16 = o->cache_type && !strcmp(o->cache_type, "bf16");
+    if (o->cache_type && !o->cache_bf16 && strcmp(o->cache_type, "f32")) die("--cache-type must be bf16 or f32, got '%s'", o->cache_type);
     o->chat = !strcmp(o->mode, "chat");
     if (!o->chat && strcmp(o->mode, "generate")) die("-m must be generate or chat, got '%s'", o->mode);
     if (o->chat && (o->prompt || o->prompt_file || o->tokens)) die("-m chat reads its turns from stdin; drop -i/-f/--tokens");
@@ -3340,14 +3433,15 @@ int main(int argc, char **argv) {
     double t_load = now_seconds();
     if (o.no_mmap && !fits_in_memory(o.model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", o.model_path);
     load_model(&model, o.model_path, o.no_mmap);
+    const Config *c = &model.config;
+    // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
+    if (!o.context) o.context = o.bench ? o.plan.context : o.ppl && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0 ? c->rope_orig_max_pos : 4096;
+    if (o.context > c->max_position_embeddings) o.context = c->max_position_embeddings;
+    if (o.trace_layer >= c->n_layers) die("--trace-layer must be below the model's %d layers", c->n_layers);
+    if (o.bench && o.context < o.plan.context) die("--bench: these tests need a context of %d positions", o.plan.context);
     if (o.bench)
         fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", o.model_path, (double)model.file_size / 1e9,
                 model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
-    const Config *c = &model.config;
-    // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
-    if (!o.context) o.context = o.ppl && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0 ? c->rope_orig_max_pos : 4096;
-    if (o.context > c->max_position_embeddings) o.context = c->max_position_embeddings;
-    if (o.trace_layer >= c->n_layers) die("--trace-layer must be below the model's %d layers", c->n_layers);
 
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
@@ -3359,12 +3453,12 @@ int main(int argc, char **argv) {
 
     pool_start((int)o.threads);
     RunState state;
-    alloc_run_state(&state, c, (int)o.context, o.trace ? 1 : (int)o.chunk);  // --trace reports one token at a time
+    alloc_run_state(&state, c, (int)o.context, o.trace ? 1 : (int)o.chunk, o.cache_bf16);  // --trace: one token at a time
     struct Trace trace = {o.trace ? fopen(o.trace, "w") : NULL, o.trace_layer < 0 ? c->n_layers - 1 : (int)o.trace_layer,
-                          have_tok ? &tok : NULL};
+                          have_tok ? &tok : NULL, o.trace ? xcalloc((size_t)o.context, sizeof(float)) : NULL};
     if (o.trace && !(state.trace = trace.f ? &trace : NULL)) die("cannot open %s for writing: %s", o.trace, strerror(errno));
     if (o.bench) {
-        bench(&model, &state, (int)o.threads);
+        bench(&model, &state, &o.plan, (int)o.threads);
     } else if (o.dump_logits && !o.chat) {
         dump_logits(&model, &state, prompt, n_prompt, o.dump_logits);
     } else if (o.ppl) {
@@ -3380,8 +3474,10 @@ int main(int argc, char **argv) {
         free(sampler.candidates);
     }
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
+    free(trace.p);
     free(prompt);
     free(o.stops);
+    free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
     if (have_tok) free_tokenizer(&tok);
     free_run_state(&state);
     pool_stop();

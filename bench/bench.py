@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""`make bench`: the DeepSeek-V2-Lite-shaped benchmark end to end.
+"""`make bench`: the DeepSeek-V2-Lite-shaped benchmark end to end, written into README.md.
 
 Writes the random-weight models (bench/gen_model.py) to $BENCH_MODEL_DIR (default bench/models/)
-unless they exist, measures read bandwidth (bench/bandwidth) and runs `./run <model> --bench` for
-each weight type and thread count. Prints a table whose last column is the fraction of the
-bandwidth limit reached while generating: tg x weight_bytes_per_token / bandwidth.
+unless they exist, measures read bandwidth (bench/bandwidth), then for each weight type, thread count
+and loading runs `./run <model> --bench -p 64,512 -n 32 -d 0,4096` (llama-bench's tests: pp64, tg32,
+pp512 and tg32 at depth 0 and 4096). Prints a table and writes it, with the commands, between the
+bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token / bandwidth.
+
+If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
+shape), it runs the same tests on it for comparison (IK_LLAMA_BENCH likewise, for ik_llama.cpp, with
+its default flags). Nothing here builds either.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import re
 import subprocess
@@ -16,6 +23,9 @@ import sys
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
+README = os.path.join(ROOT, "README.md")
+BEGIN, END = "<!-- bench.py: begin -->", "<!-- bench.py: end -->"
+TESTS = [("pp64", 0), ("tg32", 0), ("pp512", 0), ("pp512", 4096), ("tg32", 4096)]
 
 
 def run(cmd: list) -> str:
@@ -23,7 +33,7 @@ def run(cmd: list) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
-    sys.stderr.write(r.stderr)
+    sys.stderr.write(r.stderr[-2000:])
     return r.stdout
 
 
@@ -36,32 +46,89 @@ def bandwidth(threads: int) -> float:
     return best
 
 
+def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
+    """-> ({(test, depth): (tok/s, sd)}, ttft_ms, weight_bytes_per_token, command)"""
+    cmd = ["./run", os.path.relpath(model, ROOT), "--bench", "-p", "64,512", "-n", "32", "-d", "0,4096",
+           "-r", str(reps), "--threads", str(threads)] + (["--no-mmap"] if no_mmap else [])
+    out = run([os.path.join(ROOT, "run")] + cmd[1:])
+    res, legacy = {}, {}
+    for line in out.splitlines():
+        kv = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+        if line.startswith("bench test="):
+            res[(kv["test"], int(kv["depth"]))] = (float(kv["tok_s"]), float(kv["sd"]))
+        elif line.startswith("bench pp="):
+            legacy = kv
+    return res, float(legacy["ttft_ms"]), float(legacy["weight_bytes_per_token"]), " ".join(cmd)
+
+
+def llama(binary: str, gguf: str, threads: int, reps: int) -> tuple:
+    """The same tests on llama-bench (its default flags, mmap): -> ({(test, depth): (tok/s, sd)}, command)"""
+    cmd = [binary, "-m", gguf, "-p", "64,512", "-n", "32", "-d", "0,4096", "-t", str(threads), "-r", str(reps),
+           "-o", "jsonl"]
+    res = {}
+    for line in run(cmd).splitlines():
+        if line.startswith("{"):
+            j = json.loads(line)
+            test = f"pp{j['n_prompt']}" if j["n_prompt"] else f"tg{j['n_gen']}"
+            res[(test, int(j.get("n_depth", 0)))] = (float(j["avg_ts"]), float(j["stddev_ts"]))
+    return res, " ".join(os.path.basename(c) if c == binary else c for c in cmd)
+
+
+def cell(res: dict, key: tuple) -> str:
+    if key not in res:
+        return "-"
+    mean, sd = res[key]
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", default="q8,q4")
-    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--loading", default="mmap", help="mmap, no-mmap or both (comma list)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--no-readme", action="store_true", help="print the table, do not write README.md")
     args = ap.parse_args()
     model_dir = os.environ.get("BENCH_MODEL_DIR") or os.path.join(BENCH, "models")
     os.makedirs(model_dir, exist_ok=True)
-    threads = [int(t) for t in args.threads.split(",")]
-    rows = []
+    head = "| engine | weights | threads | loading | " + " | ".join(
+        t + (f" @ d{d}" if d else "") for t, d in TESTS) + " | TTFT ms | GB/token | probe GB/s | tg32 x GB/token / GB/s |"
+    rows, commands = [head, "|" + "---|" * (head.count("|") - 1)], []
     for dtype in args.dtypes.split(","):
         model = os.path.join(model_dir, f"v2lite-{dtype}.bin")
         if not os.path.exists(model):
             run([sys.executable, os.path.join(BENCH, "gen_model.py"), dtype, model])
-        for t in threads:
-            bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
-            out = run([os.path.join(ROOT, "run"), model, "--bench", "--no-mmap", "--threads", str(t), "-c", "256"])
-            last = out.strip().splitlines()[-1]
-            m = dict(kv.split("=") for kv in last.split()[1:])
-            tg, wb = float(m["tg"]), float(m["weight_bytes_per_token"])
-            rows.append((dtype, t, float(m["pp"]), tg, float(m["ttft_ms"]), wb / 1e9, bw / 1e9, tg * wb / bw))
-            print(last, flush=True)
-    print()
-    print("| weights | threads | pp64 tok/s | tg32 tok/s | TTFT ms (16 tok) | GB/token | read GB/s | tg x GB/token / GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for dtype, t, pp, tg, ttft, gb, bws, frac in rows:
-        print(f"| {dtype} | {t} | {pp:.1f} | {tg:.2f} | {ttft:.0f} | {gb:.2f} | {bws:.1f} | {frac:.0%} |")
+        for t in map(int, args.threads.split(",")):
+            for loading in args.loading.split(","):
+                bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
+                res, ttft, wb, cmd = seek(model, t, loading == "no-mmap", args.reps)
+                commands.append(cmd)
+                frac = res[("tg32", 0)][0] * wb / bw
+                rows.append(f"| seek.c | {dtype} | {t} | {loading} | " + " | ".join(cell(res, k) for k in TESTS) +
+                            f" | {ttft:.0f} | {wb / 1e9:.3f} | {bw / 1e9:.1f} | {frac:.0%} |")
+                print(rows[-1], flush=True)
+            for env, name in (("LLAMA_BENCH", "llama.cpp"), ("IK_LLAMA_BENCH", "ik_llama.cpp")):
+                gguf = os.environ.get(f"LLAMA_GGUF_{dtype.upper()}")
+                if os.environ.get(env) and gguf:
+                    res, cmd = llama(os.environ[env], gguf, t, args.reps)
+                    commands.append(cmd)
+                    rows.append(f"| {name} | {dtype} | {t} | mmap | " + " | ".join(cell(res, k) for k in TESTS) +
+                                " | - | - | - | - |")
+                    print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    print("\n" + table)
+    if args.no_readme:
+        return
+    block = (f"{BEGIN}\nWritten by `make bench` ({datetime.date.today()}; tok/s, mean ± sd of {args.reps} runs):\n\n"
+             + table + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n" + END)
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"bench: README.md has no {BEGIN} ... {END} section to write")
+    text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(text)
+    print("bench: wrote the table into README.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

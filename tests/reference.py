@@ -270,9 +270,10 @@ class Reference:
             self.w[name] = x.astype(np.float64)
 
     def attention(self, l: int, x: np.ndarray, pos: np.ndarray, absorbed: bool = False,
-                  yarn_mscale: bool = True, probs: dict = None) -> np.ndarray:
-        """MLA over the whole causal sequence. x: (T, D) normed input; probs[l] gets the (H, T, T)
-        attention probabilities when probs is a dict."""
+                  yarn_mscale: bool = True, bf16_cache: bool = False, probs: dict = None) -> np.ndarray:
+        """MLA over the whole causal sequence. x: (T, D) normed input. bf16_cache: c and the
+        rotated k_pe (what run.c caches) are rounded to bf16 as `--cache-type bf16` stores them;
+        probs[l] gets the (H, T, T) attention probabilities when probs is a dict."""
         cfg, w, p = self.cfg, self.w, f"model.layers.{l}.self_attn."
         H, r = cfg["num_attention_heads"], cfg["kv_lora_rank"]
         dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
@@ -290,6 +291,8 @@ class Reference:
         theta, m_cs = rope_frequencies(self.rope, dr)
         q_pe = apply_rope(q_pe, pos, theta, m_cs)
         k_pe = apply_rope(k_pe, pos, theta, m_cs)
+        if bf16_cache:
+            c, k_pe = round_to_bf16(c).astype(np.float64), round_to_bf16(k_pe).astype(np.float64)
         kvb = w[p + "kv_b_proj.weight"].reshape(H, dn + dv, r)   # per head [W_UK | W_UV]
         W_UK, W_UV = kvb[:, :dn, :], kvb[:, dn:, :]
         scale = softmax_scale(cfg, self.rope, yarn_mscale)
@@ -338,11 +341,12 @@ class Reference:
 
     def forward(self, tokens, yarn_mscale: bool = True, group_limit: bool = True,
                 use_bias: bool = True, absorbed: bool = False, routing: list = None,
-                attention_probs: dict = None) -> np.ndarray:
+                attention_probs: dict = None, bf16_cache: bool = False) -> np.ndarray:
         """Logits (T, vocab_size) for every position. The switches are negative controls:
         yarn_mscale=False drops the mscale^2 softmax factor, group_limit=False ignores expert
         groups, use_bias=False ignores e_score_correction_bias; `routing` collects
-        (layer, position, sorted expert ids, {expert: weight}), `attention_probs` {layer: (H, T, T)}."""
+        (layer, position, sorted expert ids, {expert: weight}), `attention_probs` {layer: (H, T, T)};
+        bf16_cache rounds the latent cache."""
         cfg, w = self.cfg, self.w
         eps = cfg["rms_norm_eps"]
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -352,7 +356,7 @@ class Reference:
             p = f"model.layers.{l}."
             probs = {} if attention_probs is None else {"probs": attention_probs}  # subclasses may not take it
             x = x + self.attention(l, rmsnorm(x, w[p + "input_layernorm.weight"], eps), pos,
-                                   absorbed, yarn_mscale, **probs)
+                                   absorbed, yarn_mscale, bf16_cache, **probs)
             x = x + self.ffn(l, rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps),
                              group_limit, use_bias, routing)
         h = rmsnorm(x, w["model.norm.weight"], eps)
@@ -385,7 +389,7 @@ def load(hf_dir: str, bf16_weights: bool = False) -> Reference:
 
 def reference_logits(hf_dir: str, token_ids, bf16_weights: bool = False, **kw) -> np.ndarray:
     """(T, vocab_size) float64 logits; kw: yarn_mscale, group_limit, use_bias, absorbed, routing,
-    attention_probs."""
+    attention_probs, bf16_cache."""
     return load(hf_dir, bf16_weights).forward(token_ids, **kw)
 
 

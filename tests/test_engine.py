@@ -21,6 +21,8 @@ Rules:
 - the exported header and tensor table follow format v2 (export.py's header comment), and tensor data equals the
   checkpoint's (dequantised, and for bf16 rounded) weights.
 - run.c rejects corrupt model files and bad arguments with one error line and a non-zero exit.
+- the bf16 latent cache (--cache-type bf16) against the reference with its latents rounded to bf16
+  (see test_bf16_cache_logits for the bound); --bench's output format and options.
 
 To check that a test can fail, point it at a broken copy: SEEK_RUN=/tmp/run-broken pytest tests
 (or SEEK_EXPORT=/tmp/export-broken.py); see conftest.py.
@@ -420,6 +422,74 @@ def test_run_missing_file(run_bin, workdir):
     r = subprocess.run([run_bin, os.path.join(workdir, "no-such.bin"), "--tokens", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode > 0 and r.stderr.strip()
+
+
+# ---------------------------------------------------------------- the bf16 latent cache
+
+BF16_CACHE_MEDIAN = 2e-3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_cache_logits(variant, run_bin, exported, checkpoint, workdir):
+    """--cache-type bf16 rounds each cached c and k_pe to bf16 (nearest even); the fair reference
+    rounds its own (fp64) latents the same way. Where a value lies within fp32 error of a bf16
+    rounding midpoint, run.c and the reference round it apart, one bf16 step (0.4%); these random
+    models amplify that at later positions (up to 1e-2 measured over 200 positions), so the bound is
+    on the median position's max |diff|: measured 1e-5 to 7e-4 (the f32 cache: 1e-4 everywhere,
+    above), while truncating instead of rounding puts it at 5e-2 to 0.2."""
+    model = exported(variant, "f32")
+    toks = (prompt_ids(n_tokens_of(model)) * 5)[:200]
+    out = os.path.join(workdir, f"{variant}-bf16cache.logits")
+    cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "--dump-logits", out, "--cache-type", "bf16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(out, "<f4").reshape(len(toks), -1).astype(np.float64)
+    diff = np.abs(got - R.reference_logits(checkpoint(variant), toks, bf16_cache=True)).max(axis=1)
+    assert np.median(diff) <= BF16_CACHE_MEDIAN, f"median position's max |diff| {np.median(diff):.3g}"
+
+
+# ---------------------------------------------------------------- --bench
+
+BENCH_LINE = r"bench test=(pp|tg)(\d+) depth=(\d+) tok_s=[0-9.]+ sd=[0-9.]+ weight_bytes_per_token=\d+ threads=\d+"
+LEGACY_LINE = r"bench pp=[0-9.]+ tg=[0-9.]+ ttft_ms=[0-9.]+ weight_bytes_per_token=\d+ threads=\d+"
+
+
+def test_bench_lines(run_bin, exported):
+    """--bench speaks llama-bench (-p, -n, -d lists, -r): a markdown table of every test at every
+    depth, one machine-readable line per test, and last the line older scripts read. Format only."""
+    import re
+    model = exported("v2", "f32")
+    r = subprocess.run([run_bin, model, "--bench", "-p", "8,16", "-n", "4", "-d", "0,70", "-r", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    names = ["pp8", "pp16", "tg4", "pp8 @ d70", "pp16 @ d70", "tg4 @ d70"]
+    assert lines[:2] == ["| test | tok/s |", "|---|---|"], lines
+    for line, name in zip(lines[2:8], names):
+        assert re.fullmatch(rf"\| {name} \| [0-9.]+ ± [0-9.]+ \|", line), line
+    tests = [re.fullmatch(BENCH_LINE, line) for line in lines[8:14]]
+    assert all(tests), lines[8:14]
+    assert [f"{m[1]}{m[2]}" + (f" @ d{m[3]}" if m[3] != "0" else "") for m in tests] == names
+    assert len(lines) == 15 and re.fullmatch(LEGACY_LINE, lines[14]), lines[14:]
+    # --bench alone: pp64 and tg32, as before
+    r = subprocess.run([run_bin, model, "--bench"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and re.fullmatch(LEGACY_LINE, r.stdout.splitlines()[-1]), r.stdout
+    assert [l.split()[1] for l in r.stdout.splitlines() if l.startswith("bench test=")] == ["test=pp64", "test=tg32"]
+
+
+@pytest.mark.parametrize("args", [["--bench", "-p", "8,x"], ["--bench", "-r", "0"], ["--bench", "-n", "-4"],
+                                  ["--bench", "-d", "70", "-c", "100"], ["-d", "5", "--tokens", "1"],
+                                  ["--cache-type", "f16", "--tokens", "1"], ["-p", "2", "--tokens", "1"]])
+def test_bench_rejects_bad_arguments(args, run_bin, exported):
+    """Outside --bench, -p and -n keep their meanings (top-p, tokens to generate), and -d/-r are errors."""
+    r = subprocess.run([run_bin, exported("v2", "f32")] + args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_p_and_n_outside_bench(run_bin, exported):
+    r = subprocess.run([run_bin, exported("v2", "f32"), "--tokens", "1,2", "-n", "3", "-p", "0.5", "-t", "0", "--print-ids"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and len(r.stdout.split()) == 3, r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- edges

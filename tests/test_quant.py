@@ -18,7 +18,8 @@ Rules:
   Shakespeare model (README). A scrambled kernel gives ~1.4.
 - Batched prefill (chunks of 64, MoE tokens grouped per expert) gives the same logits as feeding
   tokens one at a time (-ub 1) and as odd chunks (-ub 7), to fp32 rounding; so do 1 and 3
-  threads.
+  threads. Over 150 positions (three blocks of the blocked attention), with f32 and bf16 caches, all
+  of these and the default thread choice give bit-identical logits.
 - run.c rejects a Q8 tensor whose byte count does not match its block layout, and a quantized norm.
 - The shipped Shakespeare checkpoint exported as q8/q4: NLL within 0.5% / 3% of f32 and top-1
   agreement with f32 of at least 95% / 80% on the held-out snippet in tests/data.
@@ -111,10 +112,10 @@ class EmulatingReference(R.Reference):
             self.w[name] = vals.view(QuantizedMatrix)
         self.quantized = set(decoded_weights(path))
 
-    def attention(self, l, x, pos, absorbed=False, yarn_mscale=True):
+    def attention(self, l, x, pos, absorbed=False, yarn_mscale=True, bf16_cache=False):
         name = f"model.layers.{l}.self_attn.kv_b_proj.weight"
         if name not in self.quantized:
-            return super().attention(l, x, pos, absorbed, yarn_mscale)
+            return super().attention(l, x, pos, absorbed, yarn_mscale, bf16_cache)
         einsum = np.einsum
 
         def quantizing_einsum(spec, *ops, **kw):
@@ -123,7 +124,7 @@ class EmulatingReference(R.Reference):
             return einsum(spec, *ops, **kw)
         R.np.einsum = quantizing_einsum
         try:
-            return super().attention(l, x, pos, True, yarn_mscale)
+            return super().attention(l, x, pos, True, yarn_mscale, bf16_cache)
         finally:
             R.np.einsum = einsum
 
@@ -232,6 +233,32 @@ def test_threads_agree(dtype, quant_logits):
     _, one = quant_logits("v3", dtype, threads=1)
     _, three = quant_logits("v3", dtype, threads=3)
     assert np.abs(one - three).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,cache", [("f32", "f32"), ("q8", "f32"), ("q4", "bf16")])
+def test_blocked_attention_bit_identical(dtype, cache, run_bin, exported, workdir):
+    """150 positions span three blocks of run.c's blocked attention (ATTN_BLOCK = 64). Decoding
+    spreads a token's blocks over the threads and folds their summaries afterwards; prefill spreads
+    the tokens and folds each block as it is read. Both fold the same blocks in the same order, so
+    chunks of 64 and of 7, token-by-token decoding, 1 and 3 threads (--threads forces every product
+    onto them) and the default thread choice by work size give bit-identical logits."""
+    model = exported("v3", dtype)
+    toks = np.random.default_rng(3).integers(0, n_tokens_of(model), 150).tolist()
+    V = read_model_file(model)["ints"][2]
+    ways = {"chunks of 64": [], "chunks of 7": ["-ub", "7"], "decoding": ["-ub", "1"],
+            "decoding, 3 threads": ["-ub", "1", "--threads", "3"], "1 thread": ["--threads", "1"],
+            "3 threads": ["--threads", "3"]}
+    got = {}
+    for name, opts in ways.items():
+        out = os.path.join(workdir, f"blocked-{dtype}-{cache}.f32")
+        cmd = [run_bin, model, "--tokens", ",".join(map(str, toks)), "--dump-logits", out, "--cache-type", cache] + opts
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got[name] = np.fromfile(out, "<f4").reshape(len(toks), V)
+    for name, x in got.items():
+        diff = np.abs(x - got["chunks of 64"]).max(axis=1)
+        assert np.array_equal(x, got["chunks of 64"]), \
+            f"{name} differs from chunks of 64 (first at position {int(np.argmax(diff > 0))}, max {diff.max():.3g})"
 
 
 # ---------------------------------------------------------------- bad files
