@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         parse_model(&m, data, size, "fuzz input");
         const Config *c = &m.config;
         int context = c->max_position_embeddings < 3 ? c->max_position_embeddings : 3;
-        alloc_run_state(&s, c, context, 1);
+        alloc_run_state(&s, c, context, 1, (int)(size & 1));  // either latent cache type
         sp = (Sampler){c->n_tokens, 1.0f, 0.9f, 0.05f, 3, 1.3f, 64, 42, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex))};
         float *logits = NULL;
         int fed[3];  // context <= 3
