@@ -2111,29 +2111,10 @@ static int match_v2_cjk(const uint32_t *c, int i, int end) {
 // general category N) is its own piece.
 static int match_v2_digit(const uint32_t *c, int i, int end) { (void)end; return is_number(c[i]) ? i + 1 : -1; }
 
-typedef struct { int a, b; } Span;  // a piece: code points [a, b)
-typedef int (*Matcher)(const uint32_t *c, int i, int end);
-
-// Split(Isolated) over every piece: matches and the gaps between them both become pieces.
-static int split_isolated(Matcher match, const uint32_t *c, const Span *in, int n_in, Span *out) {
-    int n = 0;
-    for (int p = 0; p < n_in; p++) {
-        int gap = in[p].a, end = in[p].b;
-        for (int i = gap; i < end;) {
-            int e = match(c, i, end);
-            if (e < 0) { i++; continue; }
-            if (gap < i) out[n++] = (Span){gap, i};
-            out[n++] = (Span){i, e};
-            i = gap = e;
-        }
-        if (gap < end) out[n++] = (Span){gap, end};
-    }
-    return n;
-}
-
 // The Split stages of each pre-tokenizer (the file's pre_tokenizer code), in order; export.py tells them
 // apart by their regex strings.
 enum { PRETOK_V3 = 1, PRETOK_V2 = 2, PRETOK_GLM = 3, PRETOK_KIMI = 4 };
+typedef int (*Matcher)(const uint32_t *c, int i, int end);
 static const Matcher pre_tokenizer_stages[][7] = {
     [PRETOK_V3] = {match_digits, match_v3_cjk, match_v3_words},
     [PRETOK_V2] = {match_v2_newline, match_v2_letters, match_v2_punct, match_v2_trailing_space, match_v2_cjk,
@@ -2166,7 +2147,7 @@ typedef struct {
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
     // scratch buffers reused across calls
-    uint32_t *cp; uint32_t *cp_off; Span *spans[2]; size_t cap_cp;
+    uint32_t *cp, *cp_off; size_t cap_cp;  // (2, text bytes + 1): code points, then their byte offsets
     int *sym, *prev, *next; MergeCandidate *heap; size_t cap_sym, cap_heap;
 } Tokenizer;
 
@@ -2330,7 +2311,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 
 static void free_tokenizer(Tokenizer *t) {
     free(t->offsets); free(t->flags); free(t->merges); free(t->trie);
-    free(t->chat_template); free(t->owned); free(t->cp); free(t->cp_off); free(t->spans[0]); free(t->spans[1]);
+    free(t->chat_template); free(t->owned); free(t->cp);
     free(t->sym); free(t->prev); free(t->next); free(t->heap);
 }
 
@@ -2473,17 +2454,26 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
     for (int i = 0; i >= 0; i = t->next[i]) push_id(out, t->sym[i]);
 }
 
+// Split(Isolated), one stage after the other: in the piece of code points [a, b) the matches of the stage's
+// regex and the gaps between them both become pieces, each split by the next stage; after the last, BPE.
+static void split_piece(Tokenizer *t, const Matcher *stage, const uint8_t *s, int a, int b, IdList *out) {
+    if (a >= b) return;
+    if (!*stage) { bpe_piece(t, s + t->cp_off[a], (int)(t->cp_off[b] - t->cp_off[a]), out); return; }
+    int gap = a;
+    for (int i = a; i < b;) {
+        int e = (*stage)(t->cp, i, b);
+        if (e < 0) { i++; continue; }
+        split_piece(t, stage + 1, s, gap, i, out);
+        split_piece(t, stage + 1, s, i, e, out);
+        i = gap = e;
+    }
+    split_piece(t, stage + 1, s, gap, b, out);
+}
+
 // Pre-tokenizes s[a, b) (valid UTF-8, no added tokens) and appends the BPE ids of every piece.
 static void encode_ordinary(Tokenizer *t, const uint8_t *s, size_t a, size_t b, IdList *out) {
-    size_t n_max = b - a;
-    if (n_max + 1 > t->cap_cp) {
-        size_t c1 = t->cap_cp, c2 = c1, c3 = c1, c4 = c1;
-        t->cp = grow(t->cp, &c1, n_max + 1, sizeof(uint32_t));
-        t->cp_off = grow(t->cp_off, &c2, n_max + 1, sizeof(uint32_t));
-        t->spans[0] = grow(t->spans[0], &c3, n_max + 1, sizeof(Span));
-        t->spans[1] = grow(t->spans[1], &c4, n_max + 1, sizeof(Span));
-        t->cap_cp = c1;
-    }
+    t->cp = grow(t->cp, &t->cap_cp, 2 * (b - a + 1), sizeof(uint32_t));
+    t->cp_off = t->cp + (b - a + 1);
     int n = 0;
     for (size_t i = a; i < b; n++) {
         int bad, len = utf8_sequence(s + i, b - i, &t->cp[n], &bad);
@@ -2492,19 +2482,7 @@ static void encode_ordinary(Tokenizer *t, const uint8_t *s, size_t a, size_t b, 
         i += (size_t)len;
     }
     t->cp_off[n] = (uint32_t)(b - a);
-    if (n == 0) return;
-    const uint32_t *c = t->cp;
-    Span *in = t->spans[0], *tmp = t->spans[1];
-    in[0] = (Span){0, n};
-    int m = 1;
-    for (const Matcher *stage = pre_tokenizer_stages[t->pre_tokenizer]; *stage; stage++) {
-        m = split_isolated(*stage, c, in, m, tmp);
-        Span *sw = in; in = tmp; tmp = sw;
-    }
-    for (int p = 0; p < m; p++) {
-        uint32_t from = t->cp_off[in[p].a], to = t->cp_off[in[p].b];
-        bpe_piece(t, s + a + from, (int)(to - from), out);
-    }
+    split_piece(t, pre_tokenizer_stages[t->pre_tokenizer], s + a, 0, n, out);
 }
 
 // Added tokens of `set` are cut out first (set 0: not normalized, set 1: normalized, as HF splits the raw
