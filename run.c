@@ -2129,7 +2129,7 @@ enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4 };
 
 typedef struct { uint32_t left, right, rank, result; } Merge;  // left == UINT32_MAX: empty slot
 
-typedef struct { uint32_t rank; int pos, right, left_id, right_id, result; } MergeCandidate;
+typedef struct { uint64_t key; int right, left_id, right_id, result; } MergeCandidate;  // key: rank << 32 | position
 
 // Aho-Corasick node of the added tokens (fail: its longest proper suffix node; out: its longest token suffix node)
 typedef struct { int child, sibling, fail, out, token, depth; uint8_t byte; } TrieNode;
@@ -2138,43 +2138,35 @@ typedef struct {
     int n_vocab;
     uint32_t *offsets;         // (n_vocab + 1) token i = pool[offsets[i] .. offsets[i+1])
     const uint8_t *pool;       // token byte strings (points into the file data)
-    uint8_t *flags;            // (n_vocab) TOK_* bits
+    const uint8_t *flags;      // (n_vocab) TOK_* bits (points into the file data)
     int byte_id[256];          // id of the single-byte BPE token for each byte
     Merge *merges;             // open-addressing hash of (left, right) -> (rank, result)
     uint32_t merge_mask;
     TrieNode *trie;            // roots: 0 non-normalized added tokens, 1 normalized ones, 2 (ignore_merges) BPE tokens
-    int bos_id, eos_id, add_bos, add_eos, pre_tokenizer, chat_family;
+    int bos_id, eos_id, add_bos, pre_tokenizer, chat_family;
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
     // scratch buffers reused across calls
     uint32_t *cp, *cp_off; size_t cap_cp;  // (2, text bytes + 1): code points, then their byte offsets
-    int *sym, *prev, *next; MergeCandidate *heap; size_t cap_sym, cap_heap;
+    int *sym, *prev, *next; MergeCandidate *heap; size_t cap_sym, cap_heap;  // sym: (3, piece bytes) with prev, next
 } Tokenizer;
 
-typedef struct { int *ids; int n, cap; } IdList;
+typedef struct { int *ids; int n; size_t cap; } IdList;
 
 static void push_id(IdList *l, int id) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 256;
-        l->ids = realloc(l->ids, (size_t)l->cap * sizeof(int));
-        if (!l->ids) die("out of memory");
-    }
+    l->ids = grow(l->ids, &l->cap, (size_t)l->n + 1, sizeof(int));
     l->ids[l->n++] = id;
 }
 
 static uint32_t token_len(const Tokenizer *t, int id) { return t->offsets[id + 1] - t->offsets[id]; }
 static const uint8_t *token_bytes(const Tokenizer *t, int id) { return t->pool + t->offsets[id]; }
 
-static uint32_t merge_slot(const Tokenizer *t, uint32_t left, uint32_t right) {
+// The merge of (left, right), or the empty slot where it would go.
+static Merge *merge_slot(const Tokenizer *t, uint32_t left, uint32_t right) {
     uint64_t h = (((uint64_t)left << 32) | right) * 0x9E3779B97F4A7C15ull;
-    return (uint32_t)(h >> 32) & t->merge_mask;
-}
-
-static const Merge *find_merge(const Tokenizer *t, uint32_t left, uint32_t right) {
-    for (uint32_t s = merge_slot(t, left, right);; s = (s + 1) & t->merge_mask) {
-        const Merge *m = &t->merges[s];
-        if (m->left == UINT32_MAX) return NULL;
-        if (m->left == left && m->right == right) return m;
+    for (uint32_t s = (uint32_t)(h >> 32) & t->merge_mask;; s = (s + 1) & t->merge_mask) {
+        Merge *m = &t->merges[s];
+        if (m->left == UINT32_MAX || (m->left == left && m->right == right)) return m;
     }
 }
 
@@ -2228,8 +2220,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
             die("%s: token offsets are not increasing from 0", what);
     }
     if (t->offsets[n_vocab] != pool_len) die("%s: token offsets do not end at the pool size", what);
-    t->flags = xcalloc(n_vocab, 1);
-    memcpy(t->flags, p, n_vocab);
+    t->flags = p;
     p += n_vocab;
     t->pool = p;
     p += pool_len;
@@ -2265,10 +2256,9 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         if (token_len(t, (int)res) != ll + lr || memcmp(token_bytes(t, (int)res), token_bytes(t, (int)l), ll) ||
             memcmp(token_bytes(t, (int)res) + ll, token_bytes(t, (int)rt), lr))
             die("%s: merge %u result is not the concatenation of its parts", what, r);
-        if (find_merge(t, l, rt)) die("%s: merge %u repeats an earlier pair", what, r);
-        uint32_t s = merge_slot(t, l, rt);
-        while (t->merges[s].left != UINT32_MAX) s = (s + 1) & t->merge_mask;
-        t->merges[s] = (Merge){l, rt, r, res};
+        Merge *slot = merge_slot(t, l, rt);
+        if (slot->left != UINT32_MAX) die("%s: merge %u repeats an earlier pair", what, r);
+        *slot = (Merge){l, rt, r, res};
     }
 
     t->trie = xcalloc(trie_size, sizeof(TrieNode));
@@ -2302,7 +2292,6 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     t->bos_id = bos;
     t->eos_id = eos;
     t->add_bos = flags & FLAG_ADD_BOS;
-    t->add_eos = (flags & FLAG_ADD_EOS) != 0;
     t->pre_tokenizer = (int)pretok;
     t->chat_family = (int)family;
     if ((bos >= 0 && !t->flags[bos]) || (eos >= 0 && !t->flags[eos])) die("%s: BOS/EOS id has no token", what);
@@ -2310,9 +2299,9 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 }
 
 static void free_tokenizer(Tokenizer *t) {
-    free(t->offsets); free(t->flags); free(t->merges); free(t->trie);
+    free(t->offsets); free(t->merges); free(t->trie);
     free(t->chat_template); free(t->owned); free(t->cp);
-    free(t->sym); free(t->prev); free(t->next); free(t->heap);
+    free(t->sym); free(t->heap);
 }
 
 // Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is ill-formed. *bad is then the length
@@ -2387,26 +2376,19 @@ static int find_added(const Tokenizer *t, int set, const uint8_t *s, size_t from
     return best;
 }
 
-static int compare_candidates(const MergeCandidate *a, const MergeCandidate *b) {
-    return a->rank != b->rank ? (a->rank < b->rank ? -1 : 1) : (a->pos < b->pos ? -1 : a->pos > b->pos);
-}
-
 static void heap_push(MergeCandidate *h, int *n, MergeCandidate x) {
     int i = (*n)++;
-    while (i > 0 && compare_candidates(&x, &h[(i - 1) / 2]) < 0) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+    while (i > 0 && x.key < h[(i - 1) / 2].key) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
     h[i] = x;
 }
 
 static MergeCandidate heap_pop(MergeCandidate *h, int *n) {
     MergeCandidate top = h[0], x = h[--(*n)];
     int i = 0;
-    while (1) {
-        int c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && compare_candidates(&h[c + 1], &h[c]) < 0) c++;
-        if (compare_candidates(&h[c], &x) >= 0) break;
+    for (int c; (c = 2 * i + 1) < *n; i = c) {
+        if (c + 1 < *n && h[c + 1].key < h[c].key) c++;
+        if (h[c].key >= x.key) break;
         h[i] = h[c];
-        i = c;
     }
     if (*n > 0) h[i] = x;
     return top;
@@ -2415,8 +2397,9 @@ static MergeCandidate heap_pop(MergeCandidate *h, int *n) {
 static void push_pair(Tokenizer *t, int *n_heap, int i) {
     if (i < 0 || t->next[i] < 0) return;
     int j = t->next[i];
-    const Merge *m = find_merge(t, (uint32_t)t->sym[i], (uint32_t)t->sym[j]);
-    if (m) heap_push(t->heap, n_heap, (MergeCandidate){m->rank, i, j, t->sym[i], t->sym[j], (int)m->result});
+    const Merge *m = merge_slot(t, (uint32_t)t->sym[i], (uint32_t)t->sym[j]);
+    uint64_t key = (uint64_t)m->rank << 32 | (uint32_t)i;
+    if (m->left != UINT32_MAX) heap_push(t->heap, n_heap, (MergeCandidate){key, j, t->sym[i], t->sym[j], (int)m->result});
 }
 
 // BPE on one piece (HF tokenizers' BPE model): start from single bytes, repeatedly merge the adjacent pair with the
@@ -2426,13 +2409,9 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
     int v = 2;  // with ignore_merges every BPE token hangs below root 2: a piece that is one is that token
     for (int k = 0; k < n && v >= 0; k++) v = trie_child(t, v, s[k]);
     if (n == 1 || (v >= 0 && t->trie[v].token >= 0)) { push_id(out, n == 1 ? t->byte_id[s[0]] : t->trie[v].token); return; }
-    if ((size_t)n > t->cap_sym) {
-        size_t cap = t->cap_sym, cap2 = cap, cap3 = cap;
-        t->sym = grow(t->sym, &cap, (size_t)n, sizeof(int));
-        t->prev = grow(t->prev, &cap2, (size_t)n, sizeof(int));
-        t->next = grow(t->next, &cap3, (size_t)n, sizeof(int));
-        t->cap_sym = cap;
-    }
+    t->sym = grow(t->sym, &t->cap_sym, 3 * (size_t)n, sizeof(int));
+    t->prev = t->sym + n;
+    t->next = t->prev + n;
     t->heap = grow(t->heap, &t->cap_heap, 3 * (size_t)n, sizeof(MergeCandidate));
     int n_heap = 0;
     for (int i = 0; i < n; i++) {
@@ -2443,13 +2422,14 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
     for (int i = 0; i + 1 < n; i++) push_pair(t, &n_heap, i);
     while (n_heap > 0) {
         MergeCandidate m = heap_pop(t->heap, &n_heap);
-        if (t->sym[m.pos] != m.left_id || t->next[m.pos] != m.right || t->sym[m.right] != m.right_id) continue;
-        t->sym[m.pos] = m.result;
+        int pos = (int)(uint32_t)m.key;
+        if (t->sym[pos] != m.left_id || t->next[pos] != m.right || t->sym[m.right] != m.right_id) continue;
+        t->sym[pos] = m.result;
         t->sym[m.right] = -1;
-        t->next[m.pos] = t->next[m.right];
-        if (t->next[m.pos] >= 0) t->prev[t->next[m.pos]] = m.pos;
-        push_pair(t, &n_heap, t->prev[m.pos]);
-        push_pair(t, &n_heap, m.pos);
+        t->next[pos] = t->next[m.right];
+        if (t->next[pos] >= 0) t->prev[t->next[pos]] = pos;
+        push_pair(t, &n_heap, t->prev[pos]);
+        push_pair(t, &n_heap, pos);
     }
     for (int i = 0; i >= 0; i = t->next[i]) push_id(out, t->sym[i]);
 }
