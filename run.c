@@ -2599,10 +2599,7 @@ static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n, int l
 // ----------------------------------------------------------------------------
 // Sampler
 
-typedef struct {
-    float prob;
-    int index;
-} ProbIndex;
+typedef struct { float prob; int index; } ProbIndex;
 
 typedef struct {
     int n;                  // only ids < n (the tokenizer size) are ever sampled; the rest is padding
@@ -2615,16 +2612,12 @@ typedef struct {
     ProbIndex *candidates;  // (n)
 } Sampler;
 
-// xorshift64*: small, fast and reproducible for a given seed.
-static uint32_t random_u32(uint64_t *state) {
+// In [0, 1): the top 24 bits of xorshift64*, small, fast and reproducible for a given seed.
+static float random_f32(uint64_t *state) {
     *state ^= *state >> 12;
     *state ^= *state << 25;
     *state ^= *state >> 27;
-    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
-}
-
-static float random_f32(uint64_t *state) {  // in [0, 1)
-    return (float)(random_u32(state) >> 8) / 16777216.0f;
+    return (float)((*state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
 }
 
 static int sample_argmax(const float *x, int n) {
