@@ -1924,8 +1924,6 @@ static void init_unicode_classes(void) {
     unicode_class_ready = 1;
 }
 
-static int uclass(uint32_t c) { return c < 0x110000 ? unicode_class[c] : U_OTHER; }
-
 // The classes the regexes name, as sets of U_* (bit k = class k).
 enum {
     IN_HAN = 1 << U_HAN_LO | 1 << U_HAN_M | 1 << U_HAN_N | 1 << U_HAN_P | 1 << U_HAN_S,       // \p{Han}
@@ -1935,9 +1933,9 @@ enum {
     IN_UPPER = 1 << U_LU | 1 << U_V2_LU | 1 << U_LO | 1 << U_M,  // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]
     IN_LOWER = 1 << U_LL | 1 << U_V2_LL | 1 << U_LO | 1 << U_M,  // [\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]
 };
-static int in_set(uint32_t c, int set) { return set >> uclass(c) & 1; }
+static int in_set(uint32_t c, int set) { return c < 0x110000 && (set >> unicode_class[c] & 1); }
 
-static int is_space(uint32_t c) { return uclass(c) == U_WS; }
+static int is_space(uint32_t c) { return in_set(c, 1 << U_WS); }
 static int is_letter(uint32_t c) { return in_set(c, IN_LETTER); }
 static int is_letter_or_mark(uint32_t c) { return in_set(c, IN_LETTER | IN_MARK); }
 static int is_punct_or_symbol(uint32_t c) { return in_set(c, IN_PUNCT_SYMBOL); }
@@ -2340,8 +2338,7 @@ static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at) {
 
 // Returns text with every ill-formed UTF-8 subpart replaced by U+FFFD (EF BF BD) and the number replaced.
 static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *n_replaced) {
-    uint8_t *out = malloc(3 * n + 1);
-    if (!out) die("out of memory");
+    uint8_t *out = xcalloc(3 * n + 1, 1);
     size_t o = 0;
     *n_replaced = 0;
     for (size_t i = 0; i < n;) {
@@ -3208,21 +3205,19 @@ static int find_flag(const char *a) {
 
 // "5,17,3" -> ints, each in lo..hi (*n_out of them).
 static int *parse_ints(const char *flag, const char *v, long long lo, long long hi, int *n_out) {
-    int cap = 1, n = 0;
-    for (const char *p = v; *p; p++) if (*p == ',') cap++;
-    int *ids = xcalloc((size_t)cap, sizeof(int));
+    IdList l = {0};
     for (const char *p = v;; p++) {
         char *end;
         errno = 0;
         long long x = strtoll(p, &end, 10);
         if (errno || end == p || (*end && *end != ',') || x < lo || x > hi)
             die("%s expects comma-separated integers in %lld..%lld, got '%s'", flag, lo, hi, v);
-        ids[n++] = (int)x;
+        push_id(&l, (int)x);
         if (!*end) break;
         p = end;
     }
-    *n_out = n;
-    return ids;
+    *n_out = l.n;
+    return l.ids;
 }
 
 // Every value is read as written first (the last of a flag counts), then converted and checked: so the
@@ -3326,14 +3321,10 @@ static int tokenizer_tool(const Options *o) {
             in[e] = 0;
             ids = parse_ids(t, in + a, e - a, t->n_vocab, "--decode");
             in[e] = saved;
-            char *buf = NULL;
-            FILE *out = batch ? open_memstream(&buf, &len) : stdout;
-            if (!out) die("out of memory");
-            Decoder d = {0};
-            for (int k = 0; k < ids.n; k++) decode_piece(t, &d, ids.ids[k], out);
-            flush_decoder(&d, out);
-            if (batch) { fclose(out); printf("%zu\n", len); fwrite(buf, 1, len, stdout); }
-            free(buf);
+            size_t bytes = 0;  // the exact bytes of the tokens, no streaming decoder needed
+            for (int k = 0; k < ids.n; k++) bytes += token_len(t, ids.ids[k]);
+            if (batch) printf("%zu\n", bytes);
+            for (int k = 0; k < ids.n; k++) fwrite(token_bytes(t, ids.ids[k]), 1, token_len(t, ids.ids[k]), stdout);
         } else {
             ids = encode(t, in + a, e - a, 0, &n_bad);
             if (n_bad && !batch) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the input replaced by U+FFFD\n", n_bad);
