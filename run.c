@@ -2018,9 +2018,7 @@ static int match_symbols(const uint32_t *c, int i, int end, int (*in)(uint32_t))
 }
 
 // [一-龥぀-ゟ゠-ヿ]+
-static int match_v3_cjk(const uint32_t *c, int i, int end) {
-    return is_v3_cjk(c[i]) ? run_end(c, i, end, is_v3_cjk) : -1;
-}
+static int match_v3_cjk(const uint32_t *c, int i, int end) { return is_v3_cjk(c[i]) ? run_end(c, i, end, is_v3_cjk) : -1; }
 
 // The alternatives of V3's third Split, tried in order at i (Oniguruma is leftmost-first, not longest):
 //   [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+
@@ -2081,33 +2079,26 @@ static int match_kimi(const uint32_t *c, int i, int end) {
     return match_spaces(c, i, end);
 }
 
-// V2 stage 1: [\r\n]
-static int match_v2_newline(const uint32_t *c, int i, int end) { (void)end; return is_newline(c[i]) ? i + 1 : -1; }
-
-// \s?[class]+, the optional space taken greedily then given back.
+// DeepSeek-V2's six Split stages, in order: [\r\n]; \s?[letters]+ and \s?[punctuation]+ (the optional space
+// taken greedily then given back); \s+$ (below); [\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+; and
+// Digits(individual_digits=true): every numeric character (Rust char::is_numeric, i.e. category N) alone.
 static int match_space_then_run(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
     if (is_space(c[i]) && i + 1 < end && in(c[i + 1])) return run_end(c, i + 1, end, in);
     return in(c[i]) ? run_end(c, i, end, in) : -1;
 }
+static int match_v2_newline(const uint32_t *c, int i, int end) { (void)end; return is_newline(c[i]) ? i + 1 : -1; }
 static int match_v2_letters(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_letter); }
 static int match_v2_punct(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_punct); }
+static int match_v2_cjk(const uint32_t *c, int i, int end) { return is_v2_cjk(c[i]) ? run_end(c, i, end, is_v2_cjk) : -1; }
+static int match_v2_digit(const uint32_t *c, int i, int end) { (void)end; return is_number(c[i]) ? i + 1 : -1; }
 
-// V2 stage 4, \s+$: the whitespace run that ends the piece (no piece holds a newline by now, so $ is its
+// V2's \s+$: the whitespace run that ends the piece (no piece holds a newline by now, so $ is its
 // end). Tried only where a run starts, which keeps the scan linear: after whitespace at i-1 the run was
 // tried already, or i-1 ends the previous piece and a match could only be this whole piece, no cut.
 static int match_v2_trailing_space(const uint32_t *c, int i, int end) {
     if (!is_space(c[i]) || (i > 0 && is_space(c[i - 1]))) return -1;
     return run_end(c, i, end, is_space) == end ? end : -1;
 }
-
-// V2 stage 5: [\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+
-static int match_v2_cjk(const uint32_t *c, int i, int end) {
-    return is_v2_cjk(c[i]) ? run_end(c, i, end, is_v2_cjk) : -1;
-}
-
-// V2 stage 6, Digits(individual_digits=true): every numeric character (Rust char::is_numeric, i.e.
-// general category N) is its own piece.
-static int match_v2_digit(const uint32_t *c, int i, int end) { (void)end; return is_number(c[i]) ? i + 1 : -1; }
 
 // The Split stages of each pre-tokenizer (the file's pre_tokenizer code), in order; export.py tells them
 // apart by their regex strings.
