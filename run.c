@@ -1908,9 +1908,9 @@ static const char unicode_class_runs[] =
 // END generated
 
 static uint8_t unicode_class[0x110000];  // U_* of every code point, expanded from unicode_class_runs
-static int unicode_class_ready;
 
 static void init_unicode_classes(void) {
+    if (unicode_class['A'] == U_LU) return;  // expanded already
     uint32_t c = 0;
     for (const char *p = unicode_class_runs; *p && c < 0x110000;) {
         const char *letter = strchr(unicode_class_letters, *p++);
@@ -1921,7 +1921,6 @@ static void init_unicode_classes(void) {
             unicode_class[i] = *letter == '*' ? unicode_class[i - 2] : (uint8_t)(letter - unicode_class_letters);
         c += n;
     }
-    unicode_class_ready = 1;
 }
 
 // The classes the regexes name, as sets of U_* (bit k = class k).
@@ -2184,7 +2183,7 @@ static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at);
 // any inconsistency is a one-line error naming `what`, never a crash later on.
 static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const char *what) {
     memset(t, 0, sizeof(*t));
-    if (!unicode_class_ready) init_unicode_classes();
+    init_unicode_classes();
     if (size < 48 || memcmp(data, "STOK", 4)) die("%s: not a seek.c tokenizer file (bad magic or too short)", what);
     uint32_t version = read_u32(data + 4), n_vocab = read_u32(data + 8), n_merges = read_u32(data + 12);
     uint32_t n_added = read_u32(data + 16), flags = read_u32(data + 28), pretok = read_u32(data + 32);
@@ -2288,9 +2287,8 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 }
 
 static void free_tokenizer(Tokenizer *t) {
-    free(t->offsets); free(t->merges); free(t->trie);
-    free(t->chat_template); free(t->owned); free(t->cp);
-    free(t->sym); free(t->heap);
+    free(t->offsets); free(t->merges); free(t->trie); free(t->chat_template);
+    free(t->owned); free(t->cp); free(t->sym); free(t->heap);
 }
 
 // Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is ill-formed. *bad is then the length
