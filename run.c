@@ -1943,9 +1943,10 @@ static int is_han(uint32_t c) { return in_set(c, IN_HAN); }
 static int is_upper(uint32_t c) { return in_set(c, IN_UPPER); }
 static int is_lower(uint32_t c) { return in_set(c, IN_LOWER); }
 static int is_newline(uint32_t c) { return c == '\r' || c == '\n'; }
-// [^\r\n\p{L}\p{N}] and [^\s\p{L}\p{N}]
+// [^\r\n\p{L}\p{N}], [^\s\p{L}\p{N}] and V3's [^\r\n\p{L}\p{P}\p{S}]
 static int is_word_prefix(uint32_t c) { return !is_newline(c) && !in_set(c, IN_LETTER | IN_NUMBER); }
 static int is_not_word(uint32_t c) { return !is_space(c) && !in_set(c, IN_LETTER | IN_NUMBER); }
+static int is_v3_word_prefix(uint32_t c) { return !is_newline(c) && !in_set(c, IN_LETTER | IN_PUNCT_SYMBOL); }
 static int is_ascii_letter(uint32_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 static int is_ascii_punct(uint32_t c) {
     return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
@@ -2010,6 +2011,12 @@ static int match_spaces(const uint32_t *c, int i, int end) {
     return j - i >= 2 ? j - 1 : j;
 }
 
+// [first]?[class]+, the optional first character taken greedily, given back when no run follows it.
+static int match_optional_then_run(const uint32_t *c, int i, int end, int (*first)(uint32_t), int (*in)(uint32_t)) {
+    if (first(c[i]) && i + 1 < end && in(c[i + 1])) return run_end(c, i + 1, end, in);
+    return in(c[i]) ? run_end(c, i, end, in) : -1;
+}
+
 //  ?[class]+[\r\n]*, the optional space taken greedily then given back.
 static int match_symbols(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
     if (c[i] == ' ' && i + 1 < end && in(c[i + 1])) i++;
@@ -2025,13 +2032,9 @@ static int match_v3_cjk(const uint32_t *c, int i, int end) { return is_v3_cjk(c[
 //    ?[\p{P}\p{S}]+[\r\n]*
 //   and match_spaces
 static int match_v3_words(const uint32_t *c, int i, int end) {
-    uint32_t x = c[i];
-    if (is_ascii_punct(x) && i + 1 < end && is_ascii_letter(c[i + 1])) return run_end(c, i + 1, end, is_ascii_letter);
-    // The optional leading character is taken greedily; without a letter/mark after it, backtrack to none.
-    if (!is_newline(x) && !is_letter(x) && !is_punct_or_symbol(x) && i + 1 < end && is_letter_or_mark(c[i + 1]))
-        return run_end(c, i + 1, end, is_letter_or_mark);
-    if (is_letter_or_mark(x)) return run_end(c, i, end, is_letter_or_mark);
-    int e = match_symbols(c, i, end, is_punct_or_symbol);
+    if (is_ascii_punct(c[i]) && i + 1 < end && is_ascii_letter(c[i + 1])) return run_end(c, i + 1, end, is_ascii_letter);
+    int e = match_optional_then_run(c, i, end, is_v3_word_prefix, is_letter_or_mark);
+    if (e < 0) e = match_symbols(c, i, end, is_punct_or_symbol);
     return e >= 0 ? e : match_spaces(c, i, end);
 }
 
@@ -2043,11 +2046,10 @@ static int match_v3_words(const uint32_t *c, int i, int end) {
 //   and match_spaces
 static int match_glm(const uint32_t *c, int i, int end) {
     int e = match_contraction(c, i, end);
-    if (e >= 0) return e;
-    if (is_word_prefix(c[i]) && i + 1 < end && is_letter(c[i + 1])) return run_end(c, i + 1, end, is_letter);
-    if (is_letter(c[i])) return run_end(c, i, end, is_letter);
-    if ((e = match_digits(c, i, end)) >= 0 || (e = match_symbols(c, i, end, is_not_word)) >= 0) return e;
-    return match_spaces(c, i, end);
+    if (e < 0) e = match_optional_then_run(c, i, end, is_word_prefix, is_letter);
+    if (e < 0) e = match_digits(c, i, end);
+    if (e < 0) e = match_symbols(c, i, end, is_not_word);
+    return e >= 0 ? e : match_spaces(c, i, end);
 }
 
 // Kimi's case split at p, after the optional prefix: U*L+C? (need_lower) or U+L*C?, where U = is_upper,
@@ -2081,13 +2083,9 @@ static int match_kimi(const uint32_t *c, int i, int end) {
 // DeepSeek-V2's six Split stages, in order: [\r\n]; \s?[letters]+ and \s?[punctuation]+ (the optional space
 // taken greedily then given back); \s+$ (below); [\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+; and
 // Digits(individual_digits=true): every numeric character (Rust char::is_numeric, i.e. category N) alone.
-static int match_space_then_run(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
-    if (is_space(c[i]) && i + 1 < end && in(c[i + 1])) return run_end(c, i + 1, end, in);
-    return in(c[i]) ? run_end(c, i, end, in) : -1;
-}
 static int match_v2_newline(const uint32_t *c, int i, int end) { (void)end; return is_newline(c[i]) ? i + 1 : -1; }
-static int match_v2_letters(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_letter); }
-static int match_v2_punct(const uint32_t *c, int i, int end) { return match_space_then_run(c, i, end, is_v2_punct); }
+static int match_v2_letters(const uint32_t *c, int i, int end) { return match_optional_then_run(c, i, end, is_space, is_v2_letter); }
+static int match_v2_punct(const uint32_t *c, int i, int end) { return match_optional_then_run(c, i, end, is_space, is_v2_punct); }
 static int match_v2_cjk(const uint32_t *c, int i, int end) { return is_v2_cjk(c[i]) ? run_end(c, i, end, is_v2_cjk) : -1; }
 static int match_v2_digit(const uint32_t *c, int i, int end) { (void)end; return is_number(c[i]) ? i + 1 : -1; }
 
