@@ -2114,7 +2114,6 @@ enum { TOK_BPE = 1, TOK_ADDED = 2, TOK_SPECIAL = 4, TOK_NORMALIZED = 8 };
 enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4 };
 
 typedef struct { uint32_t left, right, rank, result; } Merge;  // left == UINT32_MAX: empty slot
-
 typedef struct { uint64_t key; int right, left_id, right_id, result; } MergeCandidate;  // key: rank << 32 | position
 
 // Aho-Corasick node of the added tokens (fail: its longest proper suffix node; out: its longest token suffix node)
@@ -3304,10 +3303,8 @@ static int tokenizer_tool(const Options *o) {
         i = batch ? e + (size_t)decode : n + 1;
         IdList ids = {0};
         if (decode) {
-            uint8_t saved = in[e];  // parse_ids quotes from a NUL-terminated string
-            in[e] = 0;
+            in[e] = 0;  // the record's '\n' or the end: parse_ids quotes from a NUL-terminated string
             ids = parse_ids(t, in + a, e - a, t->n_vocab, "--decode");
-            in[e] = saved;
             size_t bytes = 0;  // the exact bytes of the tokens, no streaming decoder needed
             for (int k = 0; k < ids.n; k++) bytes += token_len(t, ids.ids[k]);
             if (batch) printf("%zu\n", bytes);
