@@ -18,16 +18,18 @@ u64 offset, u64 nbytes), then each tensor's data at a 64-byte aligned offset, in
 Quantized weights (--dtype q8|q4; 2-D matrices only, the router stays F32 like every 1-D tensor).
 Each row of a [rows, cols] matrix is cut into nb = ceil(cols / 32) blocks of 32 consecutive values;
 the last block of a row whose length is not a multiple of 32 is padded with zeros (quantized to 0,
-so it adds nothing to a dot product). A row is nb blocks back to back, rows back to back, so a
-matrix-vector product streams the tensor front to back:
-  type 2 Q8: block = bf16 scale d, then 32 x int8 q; value = d * q, q in -127..127 (d = absmax / 127)
-             34 bytes per block, nbytes = rows * nb * 34
-  type 3 Q4: block = bf16 scale d, then 16 bytes; byte j holds q_j in its low nibble and q_{j+16} in
-             its high nibble; value = d * (q - 8), q in 0..15 (d = -m / 8 where m is the value of
-             largest magnitude, so m itself is exactly -8 d)
-             18 bytes per block, nbytes = rows * nb * 18
-bf16 scales (round to nearest even) keep the blocks at 34 and 18 bytes and cost a shift to decode;
-the values are quantized with the rounded scale, so the scale's rounding adds no error of its own.
+so it adds nothing to a dot product). A block is a bf16 scale d and its q bytes:
+  Q8: 32 x int8 q; value = d * q, q in -127..127 (d = absmax / 127)
+  Q4: 16 bytes; byte j holds q_j in its low nibble and q_{j+16} in its high nibble;
+      value = d * (q - 8), q in 0..15 (d = -m / 8 where m is the value of largest magnitude, so m
+      itself is exactly -8 d)
+bf16 scales (round to nearest even) cost a shift to decode; the values are quantized with the
+rounded scale, so the scale's rounding adds no error of its own. Rows are interleaved 16 at a time
+for run.c's vector kernels (a group; the last group of a matrix is padded with zero rows). A group
+holds the 16 rows' scales for block 0, block 1, ... (16 x nb bf16), then for each block the rows' q
+bytes in 4-byte pieces: piece j of row k at 64 j + 4 k. So nbytes = ceil(rows / 16) * 16 * nb * 34
+(type 4 Q8) or * 18 (type 5 Q4). Version 1's types 2 and 3 held the same blocks row after row, each
+scale before its q bytes.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ NAME_BYTES = 96
 ENTRY_BYTES = 128
 
 # tensor types in the model file
-F32, BF16, Q8, Q4, U8 = 0, 1, 2, 3, 16
+F32, BF16, Q8, Q4, U8 = 0, 1, 4, 5, 16
+GROUP_ROWS = 16                    # rows interleaved in a Q8/Q4 matrix
 TYPE_SIZE = {F32: 4, BF16: 2, U8: 1}
 QUANT_GROUP = 32                   # values per scale, along a row
 BLOCK_BYTES = {Q8: 2 + 32, Q4: 2 + 16}
@@ -1531,7 +1534,7 @@ def plan_export(c: dict, tensors: dict, out_type: int, blob: Optional[bytes]) ->
 
 def tensor_nbytes(ttype: int, shape: tuple) -> int:
     if ttype in BLOCK_BYTES:
-        return shape[0] * -(-shape[1] // QUANT_GROUP) * BLOCK_BYTES[ttype]
+        return -(-shape[0] // GROUP_ROWS) * GROUP_ROWS * -(-shape[1] // QUANT_GROUP) * BLOCK_BYTES[ttype]
     return math.prod(shape) * TYPE_SIZE[ttype]
 
 
@@ -1652,7 +1655,7 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, ttype: int) -> bytes:
-    """(n, cols) float32 rows -> Q8 or Q4 blocks (layout in the module docstring)."""
+    """(n, cols) float32 rows -> Q8 or Q4 groups of 16 interleaved rows (layout in the module docstring)."""
     g = quant_blocks(x)
     if ttype == Q8:
         d_bits = to_bf16(np.abs(g).max(axis=2) / 127.0)
@@ -1668,27 +1671,42 @@ def quantize(x: np.ndarray, ttype: int) -> bytes:
         q = np.clip(np.rint(g * inv[..., None]) + 8, 0, 15).astype(np.uint8)
         half = QUANT_GROUP // 2
         q = q[..., :half] | (q[..., half:] << 4)
-    blocks = np.concatenate([d_bits.astype("<u2").view(np.uint8).reshape(*d.shape, 2), q], axis=2)
-    return blocks.tobytes()
+    return interleave(d_bits, q)
+
+
+def interleave(d_bits: np.ndarray, q: np.ndarray) -> bytes:
+    """Scales (n, nb) and q bytes (n, nb, 32 or 16) of n rows -> groups of 16 rows, zero rows padding
+    the last one: per group the scales (nb, 16), then the q bytes as (nb, pieces, 16 rows, 4)."""
+    n, nb, qb = q.shape
+    groups = -(-n // GROUP_ROWS)
+    pad = groups * GROUP_ROWS - n
+    d = np.pad(d_bits.astype("<u2"), ((0, pad), (0, 0))).reshape(groups, GROUP_ROWS, nb).transpose(0, 2, 1)
+    q = np.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(groups, GROUP_ROWS, nb, qb // 4, 4).transpose(0, 2, 3, 1, 4)
+    d = np.ascontiguousarray(d).view(np.uint8).reshape(groups, -1)
+    return np.concatenate([d, np.ascontiguousarray(q).reshape(groups, -1)], axis=1).tobytes()
 
 
 def dequantize(raw: bytes, ttype: int, rows: int, cols: int) -> np.ndarray:
     """Inverse of quantize (for tests and tools): Q8/Q4 bytes -> (rows, cols) float32."""
-    nb = -(-cols // QUANT_GROUP)
-    b = np.frombuffer(raw, dtype=np.uint8).reshape(rows, nb, BLOCK_BYTES[ttype])
-    d = bf16_bits_to_f32(np.ascontiguousarray(b[..., :2]).view("<u2")[..., 0])
+    nb, qb = -(-cols // QUANT_GROUP), BLOCK_BYTES[ttype] - 2
+    g = np.frombuffer(raw, dtype=np.uint8).reshape(-1, GROUP_ROWS * nb * (2 + qb))
+    d = bf16_bits_to_f32(np.ascontiguousarray(g[:, :GROUP_ROWS * nb * 2]).view("<u2").reshape(-1, nb, GROUP_ROWS))
+    b = g[:, GROUP_ROWS * nb * 2:].reshape(-1, nb, qb // 4, GROUP_ROWS, 4).transpose(0, 3, 1, 2, 4)
+    b = b.reshape(-1, nb, qb)[:rows]
+    d = d.transpose(0, 2, 1).reshape(-1, nb)[:rows]
     if ttype == Q8:
-        q = b[..., 2:].view(np.int8).astype(np.float32)
+        q = b.view(np.int8).astype(np.float32)
     else:
-        lo, hi = b[..., 2:] & 15, b[..., 2:] >> 4
-        q = np.concatenate([lo, hi], axis=2).astype(np.float32) - 8
+        q = np.concatenate([b & 15, b >> 4], axis=2).astype(np.float32) - 8
     return (q * d[..., None]).reshape(rows, nb * QUANT_GROUP)[:, :cols]
 
 
 def rows_per_chunk(t: OutTensor) -> int:
     cols = t.shape[1] if len(t.shape) == 2 else 1
     rows = max(1, CHUNK_ELEMENTS // cols)
-    if t.scale is not None:  # whole FP8 row blocks per chunk
+    if t.type in BLOCK_BYTES:  # whole groups of interleaved rows
+        rows = max(GROUP_ROWS, rows // GROUP_ROWS * GROUP_ROWS)
+    if t.scale is not None:  # whole FP8 row blocks per chunk (128 is a multiple of GROUP_ROWS)
         rows = max(FP8_BLOCK, rows // FP8_BLOCK * FP8_BLOCK)
     return rows
 

@@ -44,7 +44,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 // a*b+c stays two roundings unless a kernel asks for an FMA: clang contracts by default, gcc in ISO C mode
@@ -123,7 +123,8 @@ static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
 // Config: the model file's config words, field by field in the file's order
 // (read_config); the comments give HF config.json's names and the papers' symbols.
 
-enum { TYPE_F32 = 0, TYPE_BF16 = 1, TYPE_Q8 = 2, TYPE_Q4 = 3, TYPE_U8 = 16 };
+// Types 2 and 3 were version 1's Q8 and Q4, whose rows were not interleaved (see Matmul).
+enum { TYPE_F32 = 0, TYPE_BF16 = 1, TYPE_Q8 = 4, TYPE_Q4 = 5, TYPE_U8 = 16 };
 enum { TOPK_GREEDY = 0, TOPK_GROUP_LIMITED_GREEDY = 1, TOPK_NOAUX_TC = 2 };
 enum { SCORE_SOFTMAX = 0, SCORE_SIGMOID = 1 };
 enum { ROPE_NONE = 0, ROPE_YARN = 1 };
@@ -186,6 +187,7 @@ typedef struct {
     int type;   // TYPE_*
     int rows;   // shape[0] (1-D: the length)
     int cols;   // shape[1] (1-D: 1)
+    int lane0;  // Q8/Q4 row slices: row 0 is this lane of the first group (see row_slice)
 } Tensor;
 
 typedef struct {
@@ -882,42 +884,50 @@ static void pool_stop(void) {
 // job's rows over the thread pool in one dispatch, so each weight row is read
 // once per batch.
 //
-// Quantized matrices (types Q8 and Q4): each row is cut into ceil(cols / 32)
-// blocks of 32 values, the last one zero-padded, stored back to back:
-//   Q8: bf16 scale d, 32 x int8 q;           value = d * q        (34 bytes)
-//   Q4: bf16 scale d, 16 bytes of nibbles;   value = d * (q - 8)  (18 bytes)
-//       byte j holds q_j (low nibble) and q_{j+16} (high nibble).
+// Quantized matrices (types Q8 and Q4) cut each row into nb = ceil(cols / 32)
+// blocks of 32 values, the last one zero-padded, each with a bf16 scale d:
+//   Q8: 32 x int8 q;                                 value = d * q
+//   Q4: 16 bytes, byte i = q_i | q_{i+16} << 4;      value = d * (q - 8)
+// Rows are interleaved 16 at a time (a group; the last group is padded with
+// zero rows): a group holds its 16 x nb scales, block by block, then block by
+// block the 16 rows' bytes in 4-byte pieces, piece j of row k at 64 j + 4 k
+// (8 pieces a block for Q8, 4 for Q4). So one aligned 64-byte load brings four
+// bytes of each of 16 rows, a row per 32-bit lane: the operand of vpdpbusd,
+// which adds to each lane the dot product of its 4 bytes with 4 activation
+// bytes broadcast to every lane (the idea of ik_llama.cpp's repacked
+// Q8_0_R8/Q4_0_R8). Version-1 files kept each row's blocks back to back.
+//
 // They are multiplied llama.cpp-style: the activation row is quantized once to
-// int8 per block of QK (scale d_x), each block's dot product is an int32 sum,
-// then scaled by d_w * d_x in fp32. Loops are written so gcc/clang vectorise
-// the portable path; x86 gets AVX2 versions of the two hot loops.
+// int8 per block (scale d_x); each block's dot product is an exact int32 sum s;
+// then s * (d_w * d_x) is added to the (row, token) sum in fp32, block after
+// block, in every path (AVX-512, AVX2, portable) and tile shape, so batched and
+// token-by-token products are identical, and so are the three paths.
 
-#define QK 32  // values per quantization block (one scale each), along a row
-
-// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
-// for Q8/Q4 one block of QK values.
-static int unit_bytes(int type) {
-    switch (type) {
-    case TYPE_F32: return 4;
-    case TYPE_BF16: return 2;
-    case TYPE_Q8: return 2 + QK;
-    case TYPE_Q4: return 2 + QK / 2;
-    case TYPE_U8: return 1;
-    default: return 0;
-    }
-}
+#define QK 32          // values per quantization block (one scale each), along a row
+#define GROUP_ROWS 16  // rows interleaved in a quantized matrix
 
 static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
+static int quant_bytes(int type) { return type == TYPE_Q8 ? QK : QK / 2; }  // of one block's q
+static int blocks(int cols) { return (cols + QK - 1) / QK; }
 
-// Units in one row of `cols` values (blocks of a quantized row round up).
-static uint64_t row_units(int type, uint64_t cols) { return is_quantized(type) ? (cols + QK - 1) / QK : cols; }
+// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
+// for Q8/Q4 one block (scale and q).
+static int unit_bytes(int type) {
+    if (is_quantized(type)) return 2 + quant_bytes(type);
+    return type == TYPE_F32 ? 4 : type == TYPE_BF16 ? 2 : type == TYPE_U8 ? 1 : 0;
+}
 
-typedef struct { uint16_t d; int8_t q[QK]; } BlockQ8;          // weights: d (bf16) * q
-typedef struct { uint16_t d; uint8_t q[QK / 2]; } BlockQ4;     // weights: d (bf16) * (nibble - 8)
-// An activation block: values d * q; dsum = d Σq and neg8[i] = -8 (q[4i] + .. + q[4i+3])
-// serve the -8 offset of Q4 weights (scalar and vector kernels).
-struct BlockX8 { float d; float dsum; int8_t q[QK]; int32_t neg8[QK / 4]; };
-_Static_assert(sizeof(BlockQ8) == 2 + QK && sizeof(BlockQ4) == 2 + QK / 2, "blocks must be packed as in the file");
+// Units of a rows x cols tensor (quantized: the blocks of whole groups).
+static uint64_t tensor_units(int type, uint64_t rows, uint64_t cols) {
+    if (!is_quantized(type)) return rows * cols;
+    return (rows + GROUP_ROWS - 1) / GROUP_ROWS * GROUP_ROWS * (uint64_t)blocks((int)cols);
+}
+
+// An activation block: values d * q, and sum = Σ q, which pays for the weights' offsets.
+struct BlockX8 { float d; int32_t sum; int8_t q[QK]; };
+
+// Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane.
+static int x_word(const BlockX8 *xb, int j) { return (int)read_u32((const uint8_t *)xb->q + 4 * j); }
 
 static float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -981,9 +991,7 @@ static void quantize_block(BlockX8 *out, const float *v) {
         sum += q;
     }
     out->d = d;
-    out->dsum = d * (float)sum;
-    for (int i = 0; i < QK / 4; i++)
-        out->neg8[i] = -8 * (out->q[4 * i] + out->q[4 * i + 1] + out->q[4 * i + 2] + out->q[4 * i + 3]);
+    out->sum = sum;
 }
 
 // x (n) -> ceil(n / QK) blocks; the padding of the last block is 0.
@@ -997,260 +1005,299 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
     }
 }
 
-// The kernels multiply a tile: R consecutive weight rows (`stride` bytes apart)
-// by T <= 4 activation rows (row t at x + t * nb blocks), writing out[r * T + t].
-// Prefill uses TILE_ROWS x 4 tiles, so each weight block is decoded once for
-// four tokens (and, with AVX-512's 32 vector registers, the activation blocks
-// are loaded once for two rows); decoding uses 1 x 1. Every (row, token) sum
-// runs over the blocks in the same order whatever the tile, so batched and
-// token-by-token results are identical.
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-#define TILE_ROWS 2
-#else
-#define TILE_ROWS 1
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__)
-// The kernel is written for constant R and T; inlining makes them constant, so
-// the accumulators live in registers (gcc will not inline this much by itself).
+// The tile kernel: the 16 rows of group g (nb blocks each) times T activation
+// rows (row t at x + t * nb blocks), out[16 t + k] = row k · row t. Each weight
+// block is unpacked once for the T tokens. Loads are requested PREFETCH_AHEAD
+// bytes ahead of use (a thread's groups are contiguous, so this runs on into the
+// next group): with two threads streaming, the hardware prefetcher alone left
+// bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32 about +5%,
+// measured from 1 KB to 16 KB ahead; 512 B was slower).
+#define PREFETCH_AHEAD 4096
+#define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
+// The kernel is written for constant T; inlining makes it constant, so the
+// accumulators live in registers (gcc will not inline this much by itself).
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 
-static float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-// Σ u s over one block, as 8 int32 lanes, plus `acc`: maddubs multiplies
-// unsigned by signed bytes, pairs fit int16 as u <= 127 (Q8: |w|) or 15 (Q4).
-// With VNNI one vpdpbusd does the multiply and all the additions (same sums).
-static __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
-
-static __m256i load32(const void *q) { return _mm256_loadu_si256((const __m256i *)q); }
-
-// A block's bf16 scale in all 8 lanes as f32: broadcast the 16 bits, shift them to the top of each lane.
-static __m256 block_scale(const uint8_t *block) {
-    int16_t d;
-    memcpy(&d, block, 2);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_set1_epi16(d), 16));
-}
-
-// Q8: Σ w x = Σ |w| (x carrying w's sign). Q4: Σ (nib - 8) x = Σ nib x plus
-// the activation's precomputed -8 Σx per lane (neg8).
-static ALWAYS_INLINE __m256i block_dot(int type, __m256i u, __m256i wq, const BlockX8 *xb) {
-    return type == TYPE_Q8 ? dot_u8_s8(_mm256_setzero_si256(), u, _mm256_sign_epi8(load32(xb->q), wq))
-                           : dot_u8_s8(load32(xb->neg8), u, load32(xb->q));
-}
-
-// Block b of a weight row, as the unsigned bytes u and (Q8) the signed weights wq.
-static ALWAYS_INLINE __m256i weight_block(int type, const uint8_t *wb, __m256i *wq) {
-    if (type == TYPE_Q8) {
-        *wq = load32(wb + 2);
-        return _mm256_sign_epi8(*wq, *wq);
-    }
-    *wq = _mm256_setzero_si256();
-    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wb + 2)));
-    return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
-}
-
-// acc[r][t] += block b of row r · block b of token t, scaled by d_w d_x.
-static ALWAYS_INLINE void accumulate_block(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x,
-                                           int nb, const int T, int b, __m256 acc[TILE_ROWS][4]) {
-    size_t block_bytes = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
-    for (int r = 0; r < R; r++) {
-        const uint8_t *wb = w + (size_t)r * stride + (size_t)b * block_bytes;
-        __m256 dw = block_scale(wb);
-        __m256i wq, u = weight_block(type, wb, &wq);
+// vpdpbusd takes unsigned weight bytes: Q4's nibbles are, Q8's q + 128 are
+// (q ^ 0x80); s starts at -offset * Σ x, so it ends as the exact Σ q x.
+static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+    __m512 acc[TILE_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    const uint8_t *piece = g + 2 * GROUP_ROWS * nb;
+    for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type)) {
+        __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
+        for (int j = 0; j < quant_bytes(type) / 4; j++) {
+            _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
+            __m512i v = _mm512_loadu_si512(piece + 64 * j);
+            if (type == TYPE_Q8) w[j] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
+            else {
+                w[j] = _mm512_and_si512(v, _mm512_set1_epi8(15));
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
+            }
+        }
+        __m512i dbits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + 2 * GROUP_ROWS * b)));
+        __m512 dw = _mm512_castsi512_ps(_mm512_slli_epi32(dbits, 16));
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
-            __m256 p = _mm256_cvtepi32_ps(block_dot(type, u, wq, xb));
-            acc[r][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), acc[r][t]);
+            __m512i s = _mm512_set1_epi32((type == TYPE_Q8 ? -128 : -8) * xb->sum);
+            for (int j = 0; j < 8; j++) s = _mm512_dpbusd_epi32(s, w[j], _mm512_set1_epi32(x_word(xb, j)));
+            __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)));
+            acc[t] = _mm512_add_ps(acc[t], p);
         }
     }
+    for (int t = 0; t < T; t++) _mm512_storeu_ps(out + GROUP_ROWS * t, acc[t]);
+}
+#elif defined(__AVX2__)
+
+// Σ over each lane's 4 bytes of w x, added to s; Q8 as |w| times x with w's
+// sign, so that maddubs's pairs fit int16 (127 * 127 * 2; Q4: 15 * 127 * 2).
+static ALWAYS_INLINE __m256i dot4(int type, __m256i s, __m256i w, __m256i x) {
+    __m256i u = type == TYPE_Q8 ? _mm256_sign_epi8(w, w) : w;
+    x = type == TYPE_Q8 ? _mm256_sign_epi8(x, w) : x;
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(s, u, x);
+#else
+    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+#endif
 }
 
-// Each (row, token) keeps two partial sums, even and odd blocks: one chain of
-// dependent multiply-adds would stall on their latency when decoding. Loads
-// are requested PREFETCH_AHEAD bytes ahead of use (rows of a chunk are
-// contiguous, so this runs on into the next rows): with two threads streaming,
-// the hardware prefetcher alone left bandwidth unused (V2-Lite q8, 2 threads:
-// pp64 +8-10%, tg32 about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower).
-#define PREFETCH_AHEAD 4096
-static ALWAYS_INLINE void tile_kernel(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb,
-                                   const int T, float *out) {
-    __m256 even[TILE_ROWS][4], odd[TILE_ROWS][4];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) even[r][t] = odd[r][t] = _mm256_setzero_ps();
-    int b = 0;
-    size_t block_bytes = type == TYPE_Q8 ? sizeof(BlockQ8) : sizeof(BlockQ4);
-    for (; b + 1 < nb; b += 2) {
-        for (int r = 0; r < R; r++)
-            _mm_prefetch((const char *)w + (size_t)r * stride + (size_t)b * block_bytes + PREFETCH_AHEAD, _MM_HINT_T0);
-        accumulate_block(type, w, stride, R, x, nb, T, b, even);
-        accumulate_block(type, w, stride, R, x, nb, T, b + 1, odd);
-    }
-    if (b < nb) accumulate_block(type, w, stride, R, x, nb, T, b, even);
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) out[r * T + t] = hsum256(_mm256_add_ps(even[r][t], odd[r][t]));
-}
-#else
-static void tile_kernel(int type, const uint8_t *w, size_t stride, const int R, const BlockX8 *x, int nb, const int T,
-                     float *out) {
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            const uint8_t *row = w + (size_t)r * stride;
-            const BlockX8 *xt = x + (size_t)t * nb;
-            float s = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                int32_t acc = 0;
-                if (type == TYPE_Q8) {
-                    const BlockQ8 *wb = (const BlockQ8 *)row + b;
-                    for (int j = 0; j < QK; j++) acc += (int32_t)wb->q[j] * (int32_t)xt[b].q[j];
-                    s += (float)acc * bf16_to_f32(wb->d) * xt[b].d;
-                } else {
-                    const BlockQ4 *wb = (const BlockQ4 *)row + b;
-                    for (int j = 0; j < QK / 2; j++)
-                        acc += (int32_t)(wb->q[j] & 15) * xt[b].q[j] + (int32_t)(wb->q[j] >> 4) * xt[b].q[j + QK / 2];
-                    s += bf16_to_f32(wb->d) * ((float)acc * xt[b].d - 8.0f * xt[b].dsum);
+// The group's rows in two halves of 8 lanes (the low and high 32 bytes of each piece).
+static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[TILE_TOKENS];
+        for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+        const uint8_t *piece = g + 2 * GROUP_ROWS * nb + 32 * h;
+        for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type)) {
+            __m256i w[8];
+            for (int j = 0; j < quant_bytes(type) / 4; j++) {
+                _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
+                __m256i v = _mm256_loadu_si256((const __m256i *)(piece + 64 * j));
+                if (type == TYPE_Q8) w[j] = v;
+                else {
+                    w[j] = _mm256_and_si256(v, _mm256_set1_epi8(15));
+                    w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
                 }
             }
-            out[r * T + t] = s;
+            __m256i dbits = _mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)(g + 2 * GROUP_ROWS * b + 16 * h)));
+            __m256 dw = _mm256_castsi256_ps(_mm256_slli_epi32(dbits, 16));
+            for (int t = 0; t < T; t++) {
+                const BlockX8 *xb = x + (size_t)t * nb + b;
+                __m256i s = _mm256_set1_epi32(type == TYPE_Q8 ? 0 : -8 * xb->sum);
+                for (int j = 0; j < 8; j++) s = dot4(type, s, w[j], _mm256_set1_epi32(x_word(xb, j)));
+                __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xb->d)));
+                acc[t] = _mm256_add_ps(acc[t], p);
+            }
+        }
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(out + GROUP_ROWS * t + 8 * h, acc[t]);
+    }
+}
+#else
+// The same sums in plain C (arm64 runs this), written so that compilers
+// vectorise the loops over a piece's 16 rows (arm64: ld4, smlal).
+static void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+    for (int i = 0; i < GROUP_ROWS * T; i++) out[i] = 0.0f;
+    const uint8_t *piece = g + 2 * GROUP_ROWS * nb;
+    for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type))
+        for (int t = 0; t < T; t++) {
+            const BlockX8 *xb = x + (size_t)t * nb + b;
+            int32_t s[GROUP_ROWS];
+            for (int k = 0; k < GROUP_ROWS; k++) s[k] = type == TYPE_Q8 ? 0 : -8 * xb->sum;
+            for (int j = 0; j < quant_bytes(type) / 4; j++) {
+                const uint8_t *p = piece + 64 * j;
+                const int8_t *a = xb->q + 4 * j, *h = a + QK / 2;  // Q4: low nibbles meet a, high ones h
+                if (type == TYPE_Q8)
+                    for (int k = 0; k < GROUP_ROWS; k++)
+                        s[k] += (int8_t)p[4 * k] * a[0] + (int8_t)p[4 * k + 1] * a[1] + (int8_t)p[4 * k + 2] * a[2] +
+                                (int8_t)p[4 * k + 3] * a[3];
+                else
+                    for (int k = 0; k < GROUP_ROWS; k++)
+                        s[k] += (p[4 * k] & 15) * a[0] + (p[4 * k + 1] & 15) * a[1] + (p[4 * k + 2] & 15) * a[2] +
+                                (p[4 * k + 3] & 15) * a[3] + (p[4 * k] >> 4) * h[0] + (p[4 * k + 1] >> 4) * h[1] +
+                                (p[4 * k + 2] >> 4) * h[2] + (p[4 * k + 3] >> 4) * h[3];
+            }
+            for (int k = 0; k < GROUP_ROWS; k++) {
+                uint16_t h;
+                memcpy(&h, g + 2 * (GROUP_ROWS * b + k), 2);
+                float p = (float)s[k] * (bf16_to_f32(h) * xb->d);  // two statements: no fused multiply-add
+                out[GROUP_ROWS * t + k] += p;
+            }
         }
 }
 #endif
 
-// The two tile shapes used get their own copies of tile_kernel with R and T
-// constant, so that its accumulators live in registers.
-static void quantized_tile(int type, const uint8_t *w, size_t stride, int R, const BlockX8 *x, int nb, int T, float *out) {
-    if (T == 1)
-        for (int r = 0; r < R; r++) tile_kernel(type, w + (size_t)r * stride, stride, 1, x, nb, 1, out + r);
-    else if (R == TILE_ROWS && T == 4) tile_kernel(type, w, stride, TILE_ROWS, x, nb, 4, out);
-    else
-        for (int r = 0; r < R; r++)
-            for (int t = 0; t < T; t++) tile_kernel(type, w + (size_t)r * stride, stride, 1, x + (size_t)t * nb, nb, 1, out + r * T + t);
+// Tiles of up to 8 tokens, each size a copy of the kernel with T constant.
+static void quantized_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, int T, float *out) {
+    for (int t = 0; t < T; t += TILE_TOKENS) {
+        const BlockX8 *xt = x + (size_t)t * nb;
+        float *o = out + GROUP_ROWS * t;
+        switch (T - t < TILE_TOKENS ? T - t : TILE_TOKENS) {
+        case 1: group_tile(type, g, nb, xt, 1, o); break;
+        case 2: group_tile(type, g, nb, xt, 2, o); break;
+        case 3: group_tile(type, g, nb, xt, 3, o); break;
+        case 4: group_tile(type, g, nb, xt, 4, o); break;
+        case 5: group_tile(type, g, nb, xt, 5, o); break;
+        case 6: group_tile(type, g, nb, xt, 6, o); break;
+        case 7: group_tile(type, g, nb, xt, 7, o); break;
+        default: group_tile(type, g, nb, xt, 8, o);
+        }
+    }
 }
 
-static size_t row_bytes(const Tensor *w) { return (size_t)row_units(w->type, (uint64_t)w->cols) * (size_t)unit_bytes(w->type); }
+// Bytes of one row (quantized: a sixteenth of a group).
+static size_t row_bytes(const Tensor *w) {
+    return (size_t)(is_quantized(w->type) ? blocks(w->cols) : w->cols) * (size_t)unit_bytes(w->type);
+}
 
-// Rows [row0, row0 + n) of w as a matrix of their own (rows are contiguous in every type).
+// Row `row` of w: f32/bf16, its bytes; quantized, its group (with *lane set to its lane).
+static const uint8_t *row_data(const Tensor *w, int row, int *lane) {
+    int p = w->lane0 + row;
+    *lane = p % GROUP_ROWS;
+    if (!is_quantized(w->type)) return (const uint8_t *)w->data + (size_t)row * row_bytes(w);
+    return (const uint8_t *)w->data + (size_t)(p / GROUP_ROWS) * GROUP_ROWS * row_bytes(w);
+}
+
+// Rows [row0, row0 + n) of w as a matrix of their own.
 static Tensor row_slice(const Tensor *w, int row0, int n) {
     Tensor t = *w;
-    t.data = (const uint8_t *)w->data + (size_t)row0 * row_bytes(w);
+    int lane;
+    t.data = row_data(w, row0, &lane);
+    t.lane0 = is_quantized(w->type) ? lane : 0;
     t.rows = n;
     return t;
 }
 
-// The m <= QK values of a weight row (`row`: its bytes) from column j (a
-// multiple of QK) as f32 values q and one scale: the weights are d * q. f32
-// and bf16 rows get d = 1, Q8/Q4 rows their integers and block scale.
-static void block_values(float *q, float *d, int type, const uint8_t *row, int j, int m) {
-    if (type == TYPE_F32) {
-        memcpy(q, row + (size_t)j * 4, (size_t)m * sizeof(float));
-        *d = 1.0f;
-    } else if (type == TYPE_BF16) {
-        for (int k = 0; k < m; k++) { uint16_t h; memcpy(&h, row + 2 * (size_t)(j + k), 2); q[k] = bf16_to_f32(h); }
-        *d = 1.0f;
-    } else if (type == TYPE_Q8) {
-        const BlockQ8 *b = (const BlockQ8 *)row + j / QK;
-        for (int k = 0; k < m; k++) q[k] = (float)b->q[k];
-        *d = bf16_to_f32(b->d);
-    } else {
-        const BlockQ4 *b = (const BlockQ4 *)row + j / QK;
-        for (int k = 0; k < m; k++) q[k] = (float)((k < QK / 2 ? b->q[k] & 15 : b->q[k - QK / 2] >> 4) - 8);
-        *d = bf16_to_f32(b->d);
+// Block b of a group's 16 rows as f32 q[k] and scales d[k]: the weights are d * q.
+static void group_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], int type, const uint8_t *g, int nb, int b) {
+    const uint8_t *p = g + 2 * GROUP_ROWS * nb + (size_t)b * GROUP_ROWS * quant_bytes(type);
+    for (int k = 0; k < GROUP_ROWS; k++) {
+        uint16_t h;
+        memcpy(&h, g + 2 * (GROUP_ROWS * b + k), 2);
+        d[k] = bf16_to_f32(h);
+    }
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    // The rows out of the pieces by a 4x4 transpose of 32-bit words in each 128-bit lane: lane l of
+    // t[r] (r < 4) gets bytes 0..15 of row 4l + r, lane l of t[4 + r] its bytes 16..31 (Q8).
+    __m512i t[8], u[8];
+    uint8_t rows[8][64];
+    for (int j = 0; j < quant_bytes(type) / 4; j += 2) {
+        __m512i a = _mm512_loadu_si512(p + 64 * j), b = _mm512_loadu_si512(p + 64 * j + 64);
+        u[j] = _mm512_unpacklo_epi32(a, b), u[j + 1] = _mm512_unpackhi_epi32(a, b);
+    }
+    for (int r = 0; r < quant_bytes(type) / 4; r++) {
+        int h = r / 4 * 4 + r % 4 / 2;
+        t[r] = r % 2 ? _mm512_unpackhi_epi64(u[h], u[h + 2]) : _mm512_unpacklo_epi64(u[h], u[h + 2]);
+        _mm512_storeu_si512(rows[r], t[r]);
+    }
+#else
+    uint8_t rows[GROUP_ROWS][QK];  // each row's q bytes, in order
+    for (int j = 0; j < quant_bytes(type) / 4; j++)  // piece j: bytes 4j..4j+3 of each row's q
+        for (int k = 0; k < GROUP_ROWS; k++) memcpy(rows[k] + 4 * j, p + 64 * j + 4 * k, 4);
+#endif
+    for (int k = 0; k < GROUP_ROWS; k++) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        const uint8_t *lo = rows[k % 4] + 16 * (k / 4), *hi = rows[4 + k % 4] + 16 * (k / 4);
+#else
+        const uint8_t *lo = rows[k], *hi = rows[k] + QK / 2;
+#endif
+        for (int i = 0; i < QK / 2; i++) {
+            if (type == TYPE_Q8) q[k][i] = (float)(int8_t)lo[i], q[k][i + QK / 2] = (float)(int8_t)hi[i];
+            else q[k][i] = (float)((lo[i] & 15) - 8), q[k][i + QK / 2] = (float)((lo[i] >> 4) - 8);
+        }
     }
 }
 
-static const uint8_t *row_data(const Tensor *w, int row) { return (const uint8_t *)w->data + (size_t)row * row_bytes(w); }
+// Block j / QK of rows i0 .. i0 + 15 of w as f32 q[k] and scales d[k] (the
+// weights are d * q): a group when quantized, else the rows < W.rows (d = 1).
+static void rows_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], const Tensor *w, int i0, int j) {
+    int lane;
+    if (is_quantized(w->type)) {
+        group_block(q, d, w->type, row_data(w, i0, &lane), blocks(w->cols), j / QK);
+        return;
+    }
+    memset(q, 0, sizeof(float) * GROUP_ROWS * QK);
+    for (int k = 0; k < GROUP_ROWS && i0 + k < w->rows; k++) {
+        const uint8_t *r = row_data(w, i0 + k, &lane);
+        d[k] = 1.0f;
+        for (int e = 0; e < QK && j + e < w->cols; e++)
+            q[k][e] = w->type == TYPE_F32 ? ((const float *)r)[j + e] : bf16_to_f32(((const uint16_t *)r)[j + e]);
+    }
+}
 
 // y (W.cols) = row `row` of W, as f32 (the embedding lookup).
 static void dequantize_row(float *y, const Tensor *w, int row) {
-    for (int g = 0; g < w->cols; g += QK) {
-        int m = w->cols - g < QK ? w->cols - g : QK;
-        float d;
-        block_values(y + g, &d, w->type, row_data(w, row), g, m);
-        for (int k = 0; k < m; k++) y[g + k] *= d;
+    int lane;
+    row_data(w, row, &lane);
+    for (int j = 0; j < w->cols; j += QK) {
+        float q[GROUP_ROWS][QK], d[GROUP_ROWS];
+        rows_block(q, d, w, row - lane, j);
+        for (int e = 0; e < QK && j + e < w->cols; e++) y[j + e] = q[lane][e] * d[lane];
     }
 }
 
-// Jobs cut into chunks of rows that threads claim one at a time: a thread that
-// is late (another process ran on its core) does fewer chunks instead of
-// holding everyone up at the end of the batch.
+// Jobs cut into chunks of groups of rows (f32/bf16: of 16 rows) that threads
+// claim one at a time: a thread that is late (another process ran on its core)
+// does fewer chunks instead of holding everyone up at the end of the batch.
 typedef struct {
     const MatmulJob *jobs;
     int n_jobs;
-    int chunk_rows;       // rows per chunk
+    int chunk_groups;     // groups per chunk (matmuls_t: floats of x_t per thread)
     atomic_int next;      // next unclaimed chunk (matmuls_t: job)
+    float *x_t;           // matmuls_t: per thread, a job's x transposed (W.rows, n)
 } MatmulBatch;
 
-// out[k] = row `row` of W · activation row k, for k < n (f32 and bf16 weights).
-static void dot_rows_float(const Tensor *w, int row, const float *x, size_t x_stride, int n, float *out) {
-    const uint8_t *r = row_data(w, row);
-    for (int k = 0; k < n; k++)
-        out[k] = w->type == TYPE_F32 ? dot_f32((const float *)r, x + k * x_stride, w->cols)
-                                     : dot_bf16((const uint16_t *)r, x + k * x_stride, w->cols);
+static int job_groups(const MatmulJob *job) { return (job->w.lane0 + job->w.rows + GROUP_ROWS - 1) / GROUP_ROWS; }
+static int job_chunks(const MatmulBatch *b, int j) {
+    return (job_groups(&b->jobs[j]) + b->chunk_groups - 1) / b->chunk_groups;
 }
 
-// Rows [r0, r1) of one job for all its activation rows: when decoding (n = 1)
-// straight into y, else in tiles of TILE_ROWS rows x up to 4 tokens.
-static void matmul_rows(const MatmulJob *job, int r0, int r1) {
+// Groups [g0, g1) of one job's matrix for all its activation rows, a group at
+// a time for all tokens: the group's weights stay in cache while the tokens pass.
+static void matmul_rows(const MatmulJob *job, int g0, int g1) {
     const Tensor *w = &job->w;
-    size_t stride = row_bytes(w);
-    const uint8_t *base = (const uint8_t *)w->data;
-    int nb = (w->cols + QK - 1) / QK;
-    if (job->n == 1) {
-        if (is_quantized(w->type)) quantized_tile(w->type, base + (size_t)r0 * stride, stride, r1 - r0, job->xq, nb, 1, job->y + r0);
-        else for (int i = r0; i < r1; i++) dot_rows_float(w, i, job->x, (size_t)job->x_stride, 1, job->y + i);
-        return;
-    }
-    for (int i = r0; i < r1; i += TILE_ROWS)
-        for (int t = 0; t < job->n; t += 4) {
-            float out[TILE_ROWS * 4];
-            int rows = r1 - i < TILE_ROWS ? r1 - i : TILE_ROWS, k = job->n - t < 4 ? job->n - t : 4;
-            if (is_quantized(w->type))
-                quantized_tile(w->type, base + (size_t)i * stride, stride, rows, job->xq + (size_t)t * nb, nb, k, out);
-            else
-                for (int r = 0; r < rows; r++)
-                    dot_rows_float(w, i + r, job->x + (size_t)t * job->x_stride, (size_t)job->x_stride, k, out + r * k);
-            for (int r = 0; r < rows; r++)
-                for (int m = 0; m < k; m++) job->y[(size_t)(t + m) * job->y_stride + i + r] = out[r * k + m];
+    int nb = blocks(w->cols), n = job->n;
+    for (int g = g0; g < g1; g++)
+        for (int t0 = 0; t0 < n; t0 += PREFILL_CHUNK) {
+            float out[PREFILL_CHUNK * GROUP_ROWS];
+            int T = n - t0 < PREFILL_CHUNK ? n - t0 : PREFILL_CHUNK, lane;
+            const uint8_t *group = is_quantized(w->type) ? row_data(w, g * GROUP_ROWS - w->lane0, &lane) : NULL;
+            if (group) quantized_tile(w->type, group, nb, job->xq + (size_t)t0 * nb, T, out);
+            for (int k = 0; k < GROUP_ROWS; k++) {
+                int row = g * GROUP_ROWS + k - w->lane0;
+                for (int t = 0; t < T && row >= 0 && row < w->rows; t++) {
+                    const float *x = job->x + (size_t)(t0 + t) * job->x_stride;
+                    const uint8_t *r = row_data(w, row, &lane);
+                    job->y[(size_t)(t0 + t) * job->y_stride + row] = group ? out[GROUP_ROWS * t + k]
+                        : w->type == TYPE_F32 ? dot_f32((const float *)r, x, w->cols)
+                                              : dot_bf16((const uint16_t *)r, x, w->cols);
+                }
+            }
         }
 }
 
-// Claims chunks until none is left: chunk c is rows [r0, r0 + chunk_rows) of
-// the job it falls in.
+// Claims chunks until none is left: chunk c is groups [g0, g0 + chunk_groups)
+// of the job it falls in.
 static void matmul_task(void *ctx, int thread, int n_threads) {
     (void)thread; (void)n_threads;
     MatmulBatch *batch = ctx;
     int j = 0, first_of_job = 0;  // chunks are claimed in increasing order, so the job index only moves forward
     for (;;) {
         int c = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
-        while (j < batch->n_jobs && c >= first_of_job + (batch->jobs[j].w.rows + batch->chunk_rows - 1) / batch->chunk_rows)
-            first_of_job += (batch->jobs[j++].w.rows + batch->chunk_rows - 1) / batch->chunk_rows;
+        while (j < batch->n_jobs && c >= first_of_job + job_chunks(batch, j)) first_of_job += job_chunks(batch, j++);
         if (j == batch->n_jobs) return;
-        const MatmulJob *job = &batch->jobs[j];
-        int r0 = (c - first_of_job) * batch->chunk_rows;
-        matmul_rows(job, r0, r0 + batch->chunk_rows < job->w.rows ? r0 + batch->chunk_rows : job->w.rows);
+        int g0 = (c - first_of_job) * batch->chunk_groups, g1 = g0 + batch->chunk_groups;
+        matmul_rows(&batch->jobs[j], g0, g1 < job_groups(&batch->jobs[j]) ? g1 : job_groups(&batch->jobs[j]));
     }
 }
 
-static struct { BlockX8 *xq; size_t cap; } scratch;  // grown on demand
+static struct { BlockX8 *xq; size_t cap; float *x_t; size_t x_t_cap; } scratch;  // grown on demand
 
 // Runs all jobs in one dispatch. Jobs that follow each other with the same
 // input share its quantization.
 static void matmuls(MatmulJob *jobs, int n_jobs) {
     size_t need = 0;
     for (int j = 0; j < n_jobs; j++)
-        if (is_quantized(jobs[j].w.type)) need += (size_t)jobs[j].n * (size_t)((jobs[j].w.cols + QK - 1) / QK);
+        if (is_quantized(jobs[j].w.type)) need += (size_t)jobs[j].n * (size_t)blocks(jobs[j].w.cols);
     scratch.xq = grow(scratch.xq, &scratch.cap, need, sizeof(BlockX8));
     size_t used = 0;
     for (int j = 0; j < n_jobs; j++) {
@@ -1262,18 +1309,18 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
             job->xq = prev->xq;
             continue;
         }
-        int nb = (job->w.cols + QK - 1) / QK;
+        int nb = blocks(job->w.cols);
         BlockX8 *xq = scratch.xq + used;
         for (int t = 0; t < job->n; t++) quantize_row(xq + (size_t)t * nb, job->x + (size_t)t * job->x_stride, job->w.cols);
         job->xq = xq;
         used += (size_t)job->n * (size_t)nb;
     }
-    // About 16 chunks per thread over the whole batch, but at least 16 rows each.
-    long long rows = 0;
+    // About 16 chunks per thread over the whole batch.
+    long long groups = 0;
     double work = 0;  // multiply-adds
-    for (int j = 0; j < n_jobs; j++) { rows += jobs[j].w.rows; work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
-    long long chunk = rows / (16LL * pool.n_threads);
-    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 16 ? 16 : chunk), 0};
+    for (int j = 0; j < n_jobs; j++) { groups += job_groups(&jobs[j]); work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
+    long long chunk = groups / (16LL * pool.n_threads);
+    MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 1 ? 1 : chunk), 0, NULL};
     pool_run(matmul_task, &batch, work);
 }
 
@@ -1283,83 +1330,53 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
     matmuls(&job, 1);
 }
 
-
-// Threads claim whole jobs (one head of W_UK each) and read its rows front to
-// back (split by columns, each thread read half of every row, a strided
-// pattern that left this product waiting on memory when decoding). Columns go
-// T_COLS at a time: each weight row's span is decoded once and added,
-// times x[t][i], into every activation row t, as (x d) q for every n, so
-// batched and token-by-token results agree.
-#define T_COLS 512
-
-// Decoding (one activation row) with Q8/Q4 weights: the same sums, but each
-// block is decoded in place and added straight into a local span of y. Going
-// through block_values and a row buffer made this product 3-4x slower per
-// token (perf share 7.5% of decoding vs 2%), so the two block decodings are
-// written out here.
-static void matmul_t_one_row(float *y, const Tensor *w, const float *x, int j0, int j1) {
-    float acc[T_COLS] = {0};  // (j1 - j0) columns of y, rounded up to whole blocks
-    for (int i = 0; i < w->rows; i++) {
-        const uint8_t *row = row_data(w, i);
-        for (int g = j0; g < j1; g += QK) {
-            float *a = acc + (g - j0);
-            if (w->type == TYPE_Q8) {
-                const BlockQ8 *b = (const BlockQ8 *)row + g / QK;
-                float s = x[i] * bf16_to_f32(b->d);
-                for (int k = 0; k < QK; k++) a[k] += s * (float)b->q[k];
-            } else {
-                const BlockQ4 *b = (const BlockQ4 *)row + g / QK;
-                float s = x[i] * bf16_to_f32(b->d);
-                for (int k = 0; k < QK / 2; k++) {
-                    a[k] += s * (float)((b->q[k] & 15) - 8);
-                    a[k + QK / 2] += s * (float)((b->q[k] >> 4) - 8);
-                }
-            }
-        }
-    }
-    memcpy(y + j0, acc, (size_t)(j1 - j0) * sizeof(float));
-}
-
+// Threads claim whole jobs (one head of W_UK each). A job goes a block of
+// columns at a time for up to PREFILL_CHUNK tokens, summed in a local tile
+// over the rows in order: y = Σ_i (x_i d_i) q_i, the same sum for every n,
+// so batched and token-by-token results agree. Rows are decoded 16 at a time
+// before they are used (reading them right after writing them stalled on
+// store forwarding), x and y are copied once per job (their rows lie H r
+// floats apart, on the same cache sets: summing in place was 30x slower).
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
-    (void)thread; (void)n_threads;
+    (void)n_threads;
     MatmulBatch *batch = ctx;
-    float q[T_COLS], d[T_COLS / QK];  // one weight row's span: values and block scales
+    float *x_t = batch->x_t + (size_t)thread * (size_t)batch->chunk_groups;  // (W.rows, n)
     for (;;) {
         int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
         if (j >= batch->n_jobs) return;
         const MatmulJob *job = &batch->jobs[j];
-        for (int j0 = 0; j0 < job->w.cols; j0 += T_COLS) {
-            int j1 = j0 + T_COLS < job->w.cols ? j0 + T_COLS : job->w.cols;
-            if (job->n == 1 && is_quantized(job->w.type)) {
-                matmul_t_one_row(job->y, &job->w, job->x, j0, j1);
-                continue;
-            }
-            for (int t = 0; t < job->n; t++)
-                for (int c = j0; c < j1; c++) job->y[(size_t)t * job->y_stride + c] = 0.0f;
-            for (int i = 0; i < job->w.rows; i++) {
-                for (int g = j0; g < j1; g += QK)
-                    block_values(q + (g - j0), &d[(g - j0) / QK], job->w.type, row_data(&job->w, i), g,
-                                 j1 - g < QK ? j1 - g : QK);
-                for (int t = 0; t < job->n; t++) {
-                    float a = job->x[(size_t)t * job->x_stride + i], *y = job->y + (size_t)t * job->y_stride + j0;
-                    for (int g = 0; g < j1 - j0; g += QK) {
-                        float s = a * d[g / QK];
-                        int m = j1 - j0 - g < QK ? j1 - j0 - g : QK;
-                        for (int k = 0; k < m; k++) y[g + k] += s * q[g + k];
-                    }
+        const Tensor *w = &job->w;
+        for (int t = 0; t < job->n; t++)
+            for (int i = 0; i < w->rows; i++) x_t[(size_t)i * job->n + t] = job->x[(size_t)t * job->x_stride + i];
+        for (int c0 = 0; c0 < w->cols; c0 += QK)
+            for (int t0 = 0; t0 < job->n; t0 += PREFILL_CHUNK) {
+                int m = w->cols - c0 < QK ? w->cols - c0 : QK, n = job->n - t0 < PREFILL_CHUNK ? job->n - t0 : PREFILL_CHUNK;
+                float acc[PREFILL_CHUNK][QK];
+                memset(acc, 0, (size_t)n * sizeof acc[0]);
+                for (int g = 0; g < job_groups(job); g++) {
+                    float q[GROUP_ROWS][QK], d[GROUP_ROWS];
+                    int i0 = g * GROUP_ROWS - w->lane0;  // rows i0 .. i0 + 15 (f32/bf16: 16 rows from i0)
+                    rows_block(q, d, w, i0, c0);
+                    for (int k = 0; k < GROUP_ROWS; k++)
+                        for (int t = 0; t < n && i0 + k >= 0 && i0 + k < w->rows; t++) {
+                            float s = x_t[(size_t)(i0 + k) * job->n + t0 + t] * d[k];
+                            for (int e = 0; e < QK; e++) acc[t][e] += s * q[k][e];
+                        }
                 }
+                for (int t = 0; t < n; t++) memcpy(job->y + (size_t)(t0 + t) * job->y_stride + c0, acc[t], (size_t)m * sizeof(float));
             }
-        }
     }
 }
 
 // The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one
 // dispatch (x_stride and y_stride as in MatmulJob, but y rows hold W.cols
-// values). Folds W_UK into the query (DeepSeek-V2 §2.1.2) without a transposed copy:
-// each row of W is decoded once and added into every y row.
+// values). Folds W_UK into the query (DeepSeek-V2 §2.1.2) without a transposed copy.
+// The jobs (heads) have one shape.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
-    MatmulBatch batch = {jobs, n_jobs, 0, 0};
-    pool_run(matmul_t_task, &batch, (double)n_jobs * jobs[0].w.rows * jobs[0].w.cols * jobs[0].n);  // heads: one shape
+    size_t per_thread = (size_t)jobs[0].n * (size_t)jobs[0].w.rows;  // floats of x_t
+    scratch.x_t = grow(scratch.x_t, &scratch.x_t_cap, per_thread * (size_t)pool.n_threads, sizeof(float));
+    MatmulBatch batch = {jobs, n_jobs, (int)per_thread, 0, scratch.x_t};
+    pool_run(matmul_t_task, &batch, (double)n_jobs * (double)per_thread * jobs[0].w.cols);
 }
 
 // ----------------------------------------------------------------------------
@@ -1368,7 +1385,8 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 // File format v2 (shared contract with export.py): "SEEK", u32 version, u32
 // n_config (64; 40 in version 1), n_config 4-byte words, u32 n_tensors,
 // n_tensors 128-byte table entries, then 64-byte-aligned tensor data. All
-// little-endian. Q8/Q4 rows are laid out as the Matmul section describes.
+// little-endian. Q8/Q4 rows are laid out as the Matmul section describes;
+// files with version 1's Q8/Q4 layout (types 2, 3) are refused.
 
 #define TENSOR_ENTRY_BYTES 128
 #define TENSOR_NAME_BYTES 96
@@ -1503,7 +1521,7 @@ typedef struct {
 enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
 static const char *type_name(uint32_t type) {
-    static const char *names[] = {"F32", "BF16", "Q8", "Q4"};  // TYPE_F32 .. TYPE_Q4
+    static const char *names[] = {"F32", "BF16", "version 1 Q8", "version 1 Q4", "Q8", "Q4"};  // TYPE_F32 .. TYPE_Q4
     return type <= TYPE_Q4 ? names[type] : type == TYPE_U8 ? "U8" : "unknown";
 }
 
@@ -1541,11 +1559,13 @@ static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uin
         if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
     } else if (kind == KIND_F32) {
         if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
+    } else if (type == 2 || type == 3) {
+        die("model file: tensor '%s' has the %s layout, which this build does not read; export the model again", name, type_name(type));
     } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
         die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
     }
     // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
-    uint64_t elems = (uint64_t)r * row_units((int)type, c);
+    uint64_t elems = tensor_units((int)type, r, c);
     uint64_t esize = (uint64_t)unit_bytes((int)type);
     if (elems > UINT64_MAX / esize || elems * esize != nbytes)
         die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
@@ -1564,7 +1584,7 @@ static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uin
 // kind: KIND_MATRIX, or KIND_F32 for the router.
 static Tensor walk_matrix(TableWalker *tw, const char *name, int kind, long long rows, long long cols) {
     uint32_t type;
-    Tensor t;
+    Tensor t = {0};
     t.data = walk_entry(tw, name, kind, (uint64_t)rows, (uint64_t)cols, &type);
     t.type = (int)type;
     t.rows = (int)rows;

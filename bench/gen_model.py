@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write a random-weight model with the exact DeepSeek-V2-Lite shape straight into the seek.c
-format (v1, Q8 or Q4 weights), without safetensors: for benchmarks, where only the shapes, the
+format (v2, Q8 or Q4 weights), without safetensors: for benchmarks, where only the shapes, the
 types and the routing (random, through a real f32 router) matter.
 
     python3 bench/gen_model.py q8 bench/models/v2lite-q8.bin
@@ -31,26 +31,29 @@ V2_LITE = dict(
     rope_type=1, rope_factor=40.0, rope_original_max_pos=4096, rope_beta_fast=32.0,
     rope_beta_slow=1.0, rope_mscale=0.707, rope_mscale_all_dim=0.707, rms_norm_eps=1e-6,
     max_position_embeddings=163840, bos_token_id=100000, eos_token_id=100001, n_mtp_layers=0,
-    n_tokens=102400, tokenizer_hash_lo=0, tokenizer_hash_hi=0, reserved0=0, reserved1=0)
+    n_tokens=102400, tokenizer_hash_lo=0, tokenizer_hash_hi=0, index_n_heads=0, index_head_dim=0,
+    index_topk=0, eos_token_id_2=-1, eos_token_id_3=-1, eos_token_id_4=-1,
+    **{name: 0 for name, _ in E.CONFIG_WORDS[44:]})
 
 BLOCKS_PER_CHUNK = 1 << 20
 
 
 def block_chunks(t: E.OutTensor, pool: np.ndarray, rng: np.random.Generator):
-    """Random Q8/Q4 blocks of one matrix, a chunk at a time."""
+    """Random Q8/Q4 blocks of one matrix (groups of 16 interleaved rows, as export.py lays them out),
+    a chunk of groups at a time."""
     rows, cols = t.shape
-    size = E.BLOCK_BYTES[t.type]
+    nb, qbytes = -(-cols // E.QUANT_GROUP), E.BLOCK_BYTES[t.type] - 2
     spread = 73.9 if t.type == E.Q8 else 4.6  # rms of a uniform random int8 / nibble - 8
     d = np.float32(0.5 / np.sqrt(cols) / spread)
-    scale = E.to_bf16(np.array([d], np.float32)).astype("<u2").view(np.uint8)
-    n = rows * -(-cols // E.QUANT_GROUP)
-    for b0 in range(0, n, BLOCKS_PER_CHUNK):
-        k = min(BLOCKS_PER_CHUNK, n - b0)
-        blocks = np.empty((k, size), np.uint8)
-        blocks[:, :2] = scale
-        start = int(rng.integers(0, pool.size - k * (size - 2)))
-        blocks[:, 2:] = pool[start:start + k * (size - 2)].reshape(k, size - 2)
-        yield blocks.tobytes()
+    scales = np.tile(E.to_bf16(np.array([d], np.float32)).astype("<u2").view(np.uint8), E.GROUP_ROWS * nb)
+    groups, per_chunk = -(-rows // E.GROUP_ROWS), max(1, BLOCKS_PER_CHUNK // (E.GROUP_ROWS * nb))
+    for g0 in range(0, groups, per_chunk):
+        k, q = min(per_chunk, groups - g0), E.GROUP_ROWS * nb * qbytes  # groups, q bytes per group
+        chunk = np.empty((k, scales.size + q), np.uint8)
+        chunk[:, :scales.size] = scales
+        start = int(rng.integers(0, pool.size - k * q))
+        chunk[:, scales.size:] = pool[start:start + k * q].reshape(k, q)
+        yield chunk.tobytes()
 
 
 def write(out_path: str, dtype: str, n_layers: int) -> None:

@@ -54,7 +54,7 @@ def prompt_ids(vocab: int, n: int = 40, seed: int = 7) -> list:
 
 # ---------------------------------------------------------------- model file (format v2)
 
-TYPES = {0: "F32", 1: "BF16", 2: "Q8", 3: "Q4", 16: "U8"}
+TYPES = {0: "F32", 1: "BF16", 4: "Q8", 5: "Q4", 16: "U8"}
 
 
 def read_model_file(path: str) -> dict:

@@ -20,7 +20,12 @@ Rules:
   tokens one at a time (-ub 1) and as odd chunks (-ub 7), to fp32 rounding; so do 1 and 3
   threads. Over 150 positions (three blocks of the blocked attention), with f32 and bf16 caches, all
   of these and the default thread choice give bit-identical logits.
-- run.c rejects a Q8 tensor whose byte count does not match its block layout, and a quantized norm.
+- The blocks are exactly the format's rule applied to the checkpoint's weights (as version 1 stored them,
+  row after row); only their order in the file changed (16 interleaved rows).
+- Every kernel path (AVX-512 VNNI, AVX2, portable; those this CPU runs) gives bit-identical logits: each
+  block's product is an exact int32 sum, scaled and added in the same order everywhere.
+- run.c rejects a Q8 tensor whose byte count does not match its block layout, a quantized norm, and a
+  version 1 file's Q8 layout (with one line), but reads version 1 files of F32 weights as before.
 - The shipped Shakespeare checkpoint exported as q8/q4: NLL within 0.5% / 3% of f32 and top-1
   agreement with f32 of at least 95% / 80% on the held-out snippet in tests/data.
 """
@@ -37,6 +42,7 @@ from test_engine import prompt_ids, read_model_file, top2_margin, n_tokens_of, c
 
 VARIANTS = sorted(G.VARIANTS)
 QK = 32
+GROUP = 16  # rows interleaved in a Q8/Q4 matrix
 EXACT_TOL = 1e-4
 N_SINGLE = 12
 Q8_REL, Q4_REL = 0.3, 1.0
@@ -45,16 +51,23 @@ Q8_REL, Q4_REL = 0.3, 1.0
 # ---------------------------------------------------------------- the format, decoded independently
 
 def decode_blocks(raw: bytes, typ: str, rows: int, cols: int) -> tuple:
-    """-> (values (rows, cols) float64, scales (rows, nb), ints (rows, nb, 32))"""
-    nb = -(-cols // QK)
-    size = 2 + QK if typ == "Q8" else 2 + QK // 2
-    assert len(raw) == rows * nb * size
-    a = np.frombuffer(raw, np.uint8).reshape(rows, nb, size)
-    d = ((a[..., 0].astype(np.uint32) | (a[..., 1].astype(np.uint32) << 8)) << 16).view(np.float32)
+    """-> (values (rows, cols) float64, scales (rows, nb), ints (rows, nb, 32)). Rows come in groups
+    of 16 (the last padded with zero rows): the group's scales, 16 per block, then per block the
+    rows' q bytes in 4-byte pieces, piece j of row k at 64 j + 4 k."""
+    nb, qb = -(-cols // QK), (QK if typ == "Q8" else QK // 2)
+    groups = -(-rows // GROUP)
+    assert len(raw) == groups * GROUP * nb * (2 + qb)
+    a = np.frombuffer(raw, np.uint8).reshape(groups, GROUP * nb * (2 + qb)).astype(np.uint32)
+    s = a[:, :2 * GROUP * nb].reshape(groups, nb, GROUP, 2).transpose(0, 2, 1, 3).reshape(groups * GROUP, nb, 2)
+    p = a[:, 2 * GROUP * nb:].reshape(groups, nb, qb // 4, GROUP, 4).transpose(0, 3, 1, 2, 4)
+    p = p.reshape(groups * GROUP, nb, qb)
+    assert not s[rows:].any() and not p[rows:].any(), "padding rows must be zero"
+    s, p = s[:rows], p[:rows]
+    d = ((s[..., 0] | (s[..., 1] << 8)) << 16).astype(np.uint32).view(np.float32)
     if typ == "Q8":
-        q = a[..., 2:].view(np.int8).astype(np.int64)
+        q = p.astype(np.uint8).view(np.int8).astype(np.int64)
     else:
-        q = np.concatenate([a[..., 2:] & 15, a[..., 2:] >> 4], axis=2).astype(np.int64) - 8
+        q = np.concatenate([p & 15, p >> 4], axis=2).astype(np.int64) - 8
     vals = (q * d[..., None].astype(np.float64)).reshape(rows, nb * QK)
     return vals[:, :cols], d.astype(np.float64), q
 
@@ -166,6 +179,43 @@ def test_export_blocks(variant, dtype, exported, checkpoint):
         assert rel < (0.01 if dtype == "q8" else 0.15), f"{name}: relative rms error {rel:.3g}"
 
 
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> float32 rounded to bf16, nearest even (finite values)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+def format_rule(w: np.ndarray, typ: str) -> tuple:
+    """The format's quantization of float32 rows: (scales (rows, nb), ints (rows, nb, 32)); Q8:
+    d = bf16(max|x| / 127), q = round(x / d) in -127..127; Q4: d = bf16(m / -8) for the value m of
+    largest magnitude, q = round(x / d) in -8..7. (The values are divided by the rounded scale.)"""
+    rows, cols = w.shape
+    g = np.zeros((rows, -(-cols // QK) * QK), np.float32)
+    g[:, :cols] = w
+    g = g.reshape(rows, -1, QK)
+    if typ == "Q8":
+        d = bf16_round(np.abs(g).max(2) / np.float32(127))
+    else:
+        d = bf16_round(np.take_along_axis(g, np.abs(g).argmax(2)[..., None], 2)[..., 0] / np.float32(-8))
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    lo, hi = (-127, 127) if typ == "Q8" else (-8, 7)
+    return d, np.clip(np.rint(g * inv[..., None]), lo, hi).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4"])
+@pytest.mark.parametrize("variant", ["v2lite", "v2", "k2rp"])
+def test_export_blocks_exact(variant, dtype, exported, checkpoint):
+    """Bit for bit the blocks version 1 wrote (F32, BF16 and F16 checkpoints: their weights are exact
+    in float32): repacking moved them, it changed no scale and no integer."""
+    decoded = decoded_weights(exported(variant, dtype))
+    for name, w in R.load(checkpoint(variant)).w.items():
+        if name in decoded:
+            _, _, d, q = decoded[name]
+            want_d, want_q = format_rule(w.astype(np.float32), dtype.upper())
+            np.testing.assert_array_equal(d, want_d, err_msg=name)
+            np.testing.assert_array_equal(q, want_q, err_msg=name)
+
+
 # ---------------------------------------------------------------- engine
 
 @pytest.fixture(scope="module")
@@ -259,6 +309,98 @@ def test_blocked_attention_bit_identical(dtype, cache, run_bin, exported, workdi
         diff = np.abs(x - got["chunks of 64"]).max(axis=1)
         assert np.array_equal(x, got["chunks of 64"]), \
             f"{name} differs from chunks of 64 (first at position {int(np.argmax(diff > 0))}, max {diff.max():.3g})"
+
+
+# Kernel paths and the flags that select them (run.c's #if), with the CPU flags each needs.
+KERNEL_PATHS = {
+    "portable": ([], []),
+    "avx2": (["-mavx2", "-mfma"], ["avx2", "fma"]),
+    "avx2-vnni": (["-mavx2", "-mfma", "-mavxvnni"], ["avx2", "fma", "avx_vnni"]),
+    "avx512-vnni": (["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+                    ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"]),
+}
+
+
+@pytest.fixture(scope="module")
+def kernel_builds(workdir):
+    """run.c built once per kernel path this CPU can run (x86 Linux: from /proc/cpuinfo; else portable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        cpu = set()
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.c")
+    builds = {}
+    for name, (flags, needs) in KERNEL_PATHS.items():
+        if not set(needs) <= cpu:
+            continue
+        out = os.path.join(workdir, f"run-{name}")
+        cmd = [os.environ.get("CC", "cc"), "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", *flags, "-o", out, src,
+               "-lm", "-lpthread"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        builds[name] = out
+    return builds
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4"])
+@pytest.mark.parametrize("variant", ["v2", "k2rp"])
+def test_kernel_paths_agree_bitwise(variant, dtype, kernel_builds, run_bin, exported, workdir):
+    """The batched prefill of a 40-token prompt, every path against ./run (whatever path it has): equal
+    bits. v2's heads (dn 16, dv 24) start mid-group, k2rp's rows (vocab 333) end mid-group."""
+    path = exported(variant, dtype)
+    toks = ",".join(map(str, prompt_ids(n_tokens_of(path))))
+    got = {}
+    for name, binary in {"run": run_bin, **kernel_builds}.items():
+        out = os.path.join(workdir, f"paths-{variant}-{dtype}-{name}.f32")
+        r = subprocess.run([binary, path, "--tokens", toks, "--dump-logits", out], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        got[name] = open(out, "rb").read()
+    assert len(got) >= 2 and len(set(got.values())) == 1, {k: hash(v) for k, v in got.items()}
+
+
+def as_version1(src: str, dst: str) -> str:
+    """The model file in version 1's form: 40 config words, Q8/Q4 (types 2, 3) row after row."""
+    m = read_model_file(src)
+    head = b"SEEK" + struct.pack("<II", 1, 40) + m["buf"][12:12 + 38 * 4] + bytes(8)
+    tensors, pos = [], 12 + 160 + 4 + 128 * len(m["tensors"])
+    for t in m["tensors"]:
+        data = m["buf"][t["offset"]:t["offset"] + t["nbytes"]]
+        typ = {"F32": 0, "BF16": 1, "Q8": 2, "Q4": 3, "U8": 16}[t["type"]]
+        if t["type"] in ("Q8", "Q4"):
+            _, d, q = decode_blocks(data, t["type"], t["rows"], t["cols"])
+            d_bytes = (d.astype(np.float32).view(np.uint32) >> 16).astype("<u2").view(np.uint8)
+            q_bytes = (q.astype(np.int8).view(np.uint8) if t["type"] == "Q8"
+                       else ((q[..., :QK // 2] + 8) | ((q[..., QK // 2:] + 8) << 4)).astype(np.uint8))
+            data = np.concatenate([d_bytes.reshape(*d.shape, 2), q_bytes], axis=2).tobytes()
+        pos += -pos % 64
+        tensors.append((t, typ, pos, data))
+        pos += len(data)
+    with open(dst, "wb") as f:
+        f.write(head + struct.pack("<I", len(tensors)))
+        for t, typ, off, data in tensors:
+            f.write(t["name"].encode().ljust(96, b"\0"))
+            f.write(struct.pack("<IIIIQQ", typ, t["ndim"], t["rows"], t["cols"], off, len(data)))
+        for t, typ, off, data in tensors:
+            f.write(bytes(off - f.tell()) + data)
+    return dst
+
+
+def test_version1_files(run_bin, exported, workdir):
+    """A version 1 file of F32 weights gives the same logits as its version 2 export; one of version
+    1's Q8 layout is refused in one line that says what to do."""
+    logits = []
+    for path in (exported("v3", "f32"), as_version1(exported("v3", "f32"), os.path.join(workdir, "v1-f32.bin"))):
+        out = os.path.join(workdir, "v1.f32")
+        r = subprocess.run([run_bin, path, "--tokens", "1,2,3,4,5", "--dump-logits", out], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        logits.append(open(out, "rb").read())
+    assert logits[0] == logits[1]
+    old = as_version1(exported("v3", "q8"), os.path.join(workdir, "v1-q8.bin"))
+    r = subprocess.run([run_bin, old, "--tokens", "1,2"], capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "version 1 Q8" in r.stderr and "export" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- bad files
