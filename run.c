@@ -926,8 +926,8 @@ static uint64_t tensor_units(int type, uint64_t rows, uint64_t cols) {
 // An activation block: values d * q, and sum = Σ q, which pays for the weights' offsets.
 struct BlockX8 { float d; int32_t sum; int8_t q[QK]; };
 
-// Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane.
-static int x_word(const BlockX8 *xb, int j) { return (int)read_u32((const uint8_t *)xb->q + 4 * j); }
+// Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane (vector kernels only).
+static __attribute__((unused)) int x_word(const BlockX8 *xb, int j) { return (int)read_u32((const uint8_t *)xb->q + 4 * j); }
 
 static float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
