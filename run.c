@@ -793,11 +793,9 @@ typedef struct {
     pthread_cond_t wake;
 } Pool;
 
-static Pool pool = {.n_threads = 1};
+static Pool pool = {.n_threads = 1, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
-#ifndef POOL_SPIN
-#define POOL_SPIN 4000  // pause instructions before a waiting thread yields or sleeps (~0.1 ms)
-#endif
+enum { POOL_SPIN = 4000 };  // pause instructions before a waiting thread yields or sleeps (~0.1 ms)
 // Smaller dispatches (multiply-adds) run on this thread: a woken worker costs microseconds, or a scheduler slice
 // on a busy host (shipped model, busy 2-core host: 960-1180 tok/s on one thread, 30-360 on 2). --threads: 0.
 static double pool_min_work = 1e6;
@@ -815,10 +813,8 @@ static void *pool_worker(void *arg) {
     unsigned seen = 0;
     for (;;) {
         unsigned g = seen;
-        for (int i = 0; i < POOL_SPIN && g == seen; i++) {
+        for (int i = 0; i < POOL_SPIN && (g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen; i++)
             cpu_relax();
-            g = atomic_load_explicit(&pool.generation, memory_order_acquire);
-        }
         if (g == seen) {
             pthread_mutex_lock(&pool.lock);
             while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen)
@@ -854,8 +850,6 @@ static void pool_run(void (*task)(void *, int, int), void *ctx, double work) {
 static void pool_start(int n_threads) {
     pool.n_threads = n_threads;
     if (n_threads == 1) return;
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_cond_init(&pool.wake, NULL);
     pool.workers = xcalloc((size_t)n_threads - 1, sizeof(pthread_t));
     for (int i = 1; i < n_threads; i++)
         if (pthread_create(&pool.workers[i - 1], NULL, pool_worker, (void *)(intptr_t)i) != 0)
@@ -2714,7 +2708,7 @@ static void trace_layer(const Model *m, const RunState *s, int l, int pos, int t
     for (int k = 0; k < K && m->weights.layers[l].is_moe; k++)  // [expert, gate weight] pairs
         fprintf(tr->f, "%s[%d,%.6g]%s", k ? "," : ",\"experts\":[", s->moe.topk_idx[k], s->moe.topk_w[k], k + 1 < K ? "" : "]");
     for (int h = 0; h < c->n_heads && l == tr->layer; h++) {
-        float *p = tr->p;
+        float *p = tr->p;  // (pos + 1) this head's attention
         const float *q_abs = s->mla.q_absorbed + (size_t)h * (r + dr);  // [W_UK^T q_nope; q_pe]
         for (int t = 0; t <= pos; t++) {
             const void *row = cache_row(s, c, l, t);
@@ -3212,15 +3206,14 @@ static int find_flag(const char *a) {
 // "5,17,3" -> ints, each in lo..hi (*n_out of them).
 static int *parse_ints(const char *flag, const char *v, long long lo, long long hi, int *n_out) {
     IdList l = {0};
-    for (const char *p = v;; p++) {
-        char *end;
+    char *end;
+    for (const char *p = v;; p = end + 1) {
         errno = 0;
         long long x = strtoll(p, &end, 10);
         if (errno || end == p || (*end && *end != ',') || x < lo || x > hi)
             die("%s expects comma-separated integers in %lld..%lld, got '%s'", flag, lo, hi, v);
         push_id(&l, (int)x);
         if (!*end) break;
-        p = end;
     }
     *n_out = l.n;
     return l.ids;
