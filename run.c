@@ -2702,9 +2702,9 @@ static void trace_layer(const Model *m, const RunState *s, int l, int pos, int t
     if (l == 0) {
         fprintf(tr->f, "{\"pos\":%d,\"id\":%d,\"text\":", pos, token);
         if (tr->tok && token < tr->tok->n_vocab) json_string(tr->f, token_bytes(tr->tok, token), token_len(tr->tok, token));
-        fprintf(tr->f, tr->tok && token < tr->tok->n_vocab ? ",\"layers\":[" : "null,\"layers\":[");
+        else fprintf(tr->f, "null");
     }
-    fprintf(tr->f, "%s{\"layer\":%d", l ? "," : "", l);
+    fprintf(tr->f, "%s{\"layer\":%d", l ? "," : ",\"layers\":[", l);
     for (int k = 0; k < K && m->weights.layers[l].is_moe; k++)  // [expert, gate weight] pairs
         fprintf(tr->f, "%s[%d,%.6g]%s", k ? "," : ",\"experts\":[", s->moe.topk_idx[k], s->moe.topk_w[k], k + 1 < K ? "" : "]");
     for (int h = 0; h < c->n_heads && l == tr->layer; h++) {
@@ -3000,9 +3000,8 @@ static double token_nll(const float *logits, int n, int target) {
 
 // Per MoE layer: how evenly the router spread its choices (shares of the routed token slots).
 static void print_expert_load(const Model *m, const RunState *s) {
-    const Config *c = &m->config;
-    int E = c->n_routed_experts;
-    for (int l = 0; l < c->n_layers; l++) {
+    int E = m->config.n_routed_experts;
+    for (int l = 0; l < m->config.n_layers; l++) {
         if (!m->weights.layers[l].is_moe) continue;
         const long long *n = s->moe.expert_load + (size_t)l * E;  // (E)
         long long total = 0, max = n[0], min = n[0];
@@ -3029,14 +3028,13 @@ static void print_expert_load(const Model *m, const RunState *s) {
 // in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
 // code points. Prints the expert load, then one machine-readable line last on stdout.
 static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *path) {
-    size_t n_bytes, bad_at = 0;
+    size_t n_bytes, bad_at = 0, n_bad;
     uint8_t *text = read_file(path, &n_bytes, "text file");
     if (n_bytes == 0) die("%s is empty: no text to score", path);
     long long chars = utf8_chars(text, n_bytes, &bad_at);
     if (chars < 0)
         die("%s is not valid UTF-8 (ill-formed sequence at byte %zu); --ppl counts characters, so it needs well-formed text",
             path, bad_at);
-    size_t n_bad;
     IdList ids = encode(tok, text, n_bytes, 0, &n_bad);  // (T) text tokens, no BOS
     int bos = tok->add_bos ? tok->bos_id : -1;
     int first = bos >= 0 ? 0 : 1, window = s->context - 1;  // window: text tokens per window
@@ -3092,6 +3090,7 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
     bench_test(m, s, tokens, 64, 0, 1);
     bench_test(m, s, tokens, 8, 0, 0);
     double ttft = 16 / bench_test(m, s, tokens, 16, 0, 1);  // s
+    printf("| test | tok/s |\n|---|---|\n");  // a row as each test ends; the machine-readable lines after the table
     for (int i = 0; i < n_tests; i++) {
         int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
         if (t == 0 && depth > 0) prefill(m, s, tokens, depth, 0);
@@ -3103,6 +3102,7 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
         }
         result[i][0] = sum / b->reps;
         result[i][1] = b->reps > 1 ? sqrt(fmax(0.0, (sq - sum * sum / b->reps) / (b->reps - 1))) : 0.0;
+        if (n) printf("| %s%d%s%.0d | %.2f ± %.2f |\n", pp ? "pp" : "tg", n, depth ? " @ d" : "", depth, result[i][0], result[i][1]);
     }
     // Weight bytes one decoding step reads: the file (its header and table are under 0.1% of V2-Lite's) but
     // the embedding rows of other tokens, the unchosen routed experts (a layer's have one size), the tokenizer.
@@ -3112,16 +3112,12 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
         const MLPWeights *e = w->layers[l].experts;  // gate, up and down: one size
         if (e) bytes -= (uint64_t)(m->config.n_routed_experts - m->config.num_experts_per_tok) * 3 * e->gate.rows * row_bytes(&e->gate);
     }
-    printf("| test | tok/s |\n|---|---|\n");
-    for (int line = 0; line < 2; line++)  // the table, then the machine-readable lines
-        for (int i = 0; i < n_tests; i++) {
-            int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
-            if (n && !line)
-                printf("| %s%d%s%.0d | %.2f ± %.2f |\n", pp ? "pp" : "tg", n, depth ? " @ d" : "", depth, result[i][0], result[i][1]);
-            else if (n)
-                printf("bench test=%s%d depth=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%llu threads=%d\n", pp ? "pp" : "tg",
-                       n, depth, result[i][0], result[i][1], (unsigned long long)bytes, n_threads);
-        }
+    for (int i = 0; i < n_tests; i++) {
+        int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
+        if (n)
+            printf("bench test=%s%d depth=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%llu threads=%d\n", pp ? "pp" : "tg",
+                   n, depth, result[i][0], result[i][1], (unsigned long long)bytes, n_threads);
+    }
     printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", b->n_pp ? result[0][0] : 0.0,
            b->n_tg ? result[b->n_pp][0] : 0.0, ttft * 1e3, (unsigned long long)bytes, n_threads);
     free(tokens);
@@ -3203,8 +3199,8 @@ static int find_flag(const char *a) {
     return -1;
 }
 
-// "5,17,3" -> ints, each in lo..hi (*n_out of them).
-static int *parse_ints(const char *flag, const char *v, long long lo, long long hi, int *n_out) {
+// "5,17,3" -> ints, each in lo..hi (*n_out of them); *max is raised to the largest.
+static int *parse_ints(const char *flag, const char *v, long long lo, long long hi, int *n_out, int *max) {
     IdList l = {0};
     char *end;
     for (const char *p = v;; p = end + 1) {
@@ -3213,6 +3209,7 @@ static int *parse_ints(const char *flag, const char *v, long long lo, long long 
         if (errno || end == p || (*end && *end != ',') || x < lo || x > hi)
             die("%s expects comma-separated integers in %lld..%lld, got '%s'", flag, lo, hi, v);
         push_id(&l, (int)x);
+        if (x > *max) *max = (int)x;
         if (!*end) break;
     }
     *n_out = l.n;
@@ -3262,15 +3259,12 @@ static void parse_options(Options *o, int argc, char **argv) {
     }
     if (o->bench) {
         BenchPlan *b = &o->plan;
-        b->pp = parse_ints("-p", o->bench_p ? o->bench_p : "64", 0, 1 << 24, &b->n_pp);
-        b->tg = parse_ints("-n", o->bench_n ? o->bench_n : "32", 0, 1 << 24, &b->n_tg);
-        b->depth = parse_ints("-d", o->bench_d ? o->bench_d : "0", 0, 1 << 24, &b->n_depth);
+        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
+        b->pp = parse_ints("-p", o->bench_p ? o->bench_p : "64", 0, 1 << 24, &b->n_pp, &len);
+        b->tg = parse_ints("-n", o->bench_n ? o->bench_n : "32", 0, 1 << 24, &b->n_tg, &len);
+        b->depth = parse_ints("-d", o->bench_d ? o->bench_d : "0", 0, 1 << 24, &b->n_depth, &deep);
         b->reps = o->bench_r ? (int)parse_number("-r", o->bench_r, 1) : 1;
         if (b->reps < 1 || b->reps > 1000) die("-r must be in 1..1000, got %d", b->reps);
-        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
-        for (int k = 0; k < b->n_pp; k++) len = b->pp[k] > len ? b->pp[k] : len;
-        for (int k = 0; k < b->n_tg; k++) len = b->tg[k] > len ? b->tg[k] : len;
-        for (int k = 0; k < b->n_depth; k++) deep = b->depth[k] > deep ? b->depth[k] : deep;
         b->context = deep + len;
     } else if (o->bench_d || o->bench_r) die("-d and -r go with --bench");
     o->cache_bf16 = o->cache_type && !strcmp(o->cache_type, "bf16");
@@ -3282,10 +3276,8 @@ static void parse_options(Options *o, int argc, char **argv) {
     if (o->batch && !o->tokenizer_mode) die("--batch goes with --encode or --decode");
     if (o->ppl && (o->chat || o->prompt || o->prompt_file || o->tokens || o->dump_logits || o->tokenizer_mode))
         die("--ppl reads its text from the file; drop -m chat/-i/-f/--tokens/--dump-logits/--encode/--decode");
-    if (o->tokenizer_mode) {
-        if (!o->model_path && !o->tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
-        return;
-    }
+    if (o->tokenizer_mode && !o->model_path && !o->tokenizer_path) die("--encode/--decode need -z tokenizer.bin or a model file");
+    if (o->tokenizer_mode) return;
     if (!o->model_path) die("no model file given (usage: run model.bin [options])");
     if (!!o->prompt + !!o->prompt_file + !!o->tokens > 1) die("give either -i, -f or --tokens, not two of them");
     if (o->dump_logits && !o->tokens && !o->chat) die("--dump-logits needs --tokens (or -m chat)");
