@@ -808,11 +808,8 @@ static void cpu_relax(void) {
 #endif
 }
 
-static void *pool_worker(void *arg) {
-    int id = (int)(intptr_t)arg;
-    unsigned seen = 0;
-    for (;;) {
-        unsigned g = seen;
+static void *pool_worker(void *arg) {  // arg: the thread's index
+    for (unsigned seen = 0, g = 0;; seen = g) {  // g: the generation to run
         for (int i = 0; i < POOL_SPIN && (g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen; i++)
             cpu_relax();
         if (g == seen) {
@@ -821,9 +818,8 @@ static void *pool_worker(void *arg) {
                 pthread_cond_wait(&pool.wake, &pool.lock);
             pthread_mutex_unlock(&pool.lock);
         }
-        seen = g;
         if (pool.stop) return NULL;
-        pool.task(pool.ctx, id, pool.n_threads);
+        pool.task(pool.ctx, (int)(intptr_t)arg, pool.n_threads);
         atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
     }
 }
