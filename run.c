@@ -2690,7 +2690,7 @@ static void json_string(FILE *f, const uint8_t *b, size_t n) {
 
 // After layer l of the token at pos: what route() left in topk_idx / topk_w and, in the traced layer, the
 // attention recomputed from what mla_attention left (per head the absorbed query and the rotated q_pe)
-// and the cache, as attend() scores it: softmax_scale (q_absorbed · c_t + q_pe · k_pe_t).
+// and the cache, as attend_block() scores it: softmax_scale (q_absorbed · c_t + q_pe · k_pe_t).
 static void trace_layer(const Model *m, const RunState *s, int l, int pos, int token) {
     const Config *c = &m->config;
     const struct Trace *tr = s->trace;
