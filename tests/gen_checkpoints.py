@@ -146,6 +146,43 @@ VARIANTS = {
         max_position_embeddings=202752, eos_token_id=[6993, 7000, 7002], pad_token_id=6993,
         num_nextn_predict_layers=1, dtype="bfloat16", _dtype="BF16", _tiny_norm_inputs=True,
         _tokenizer_dir="glm_tokenizer", _n_tokens=7029),
+    # DeepSeek-V3.2-like (model_type deepseek_v32): V3 plus the lightning indexer in every layer
+    # (self_attn.indexer.*, the names of the HF checkpoint). index_topk 8 is far below the test prompts
+    # (40-64 tokens), so DeepSeek Sparse Attention drops most positions and the selection shows in the
+    # logits; index_head_dim 32 > qk_rope_head_dim 16, so the indexer's rope part (its first 16 values)
+    # and its rest both exist. k_norm stored as BF16 (its on-disk dtype is not known).
+    "v32": dict(
+        model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"],
+        hidden_size=128, num_hidden_layers=3, vocab_size=500, num_attention_heads=4,
+        q_lora_rank=48, kv_lora_rank=44, qk_nope_head_dim=20, qk_rope_head_dim=16, v_head_dim=12,
+        intermediate_size=176, moe_intermediate_size=32,
+        n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4,
+        n_group=4, topk_group=2, topk_method="noaux_tc", scoring_func="sigmoid",
+        norm_topk_prob=True, routed_scaling_factor=2.5,
+        first_k_dense_replace=1, moe_layer_freq=1,
+        rope_theta=10000.0, rope_scaling=dict(YARN_V3), rms_norm_eps=1e-6,
+        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
+        index_n_heads=8, index_head_dim=32, index_topk=8,
+        num_nextn_predict_layers=0, torch_dtype="bfloat16", _dtype="BF16", _index_norm_dtype="BF16"),
+    # DeepSeek-V3.2 FP8, as released: e4m3 weights (the indexer's wq_b and wk too) with 128x128 scales
+    # stored as F8_E8M0 powers of two (scale_fmt ue8m0), weights_proj BF16, k_norm F32, the MTP layer
+    # (with its own indexer) in the files; hidden 200 and q_lora_rank 136 give partial edge blocks.
+    "v32fp8": dict(
+        model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"],
+        hidden_size=200, num_hidden_layers=2, vocab_size=450, num_attention_heads=3,
+        q_lora_rank=136, kv_lora_rank=40, qk_nope_head_dim=24, qk_rope_head_dim=16, v_head_dim=20,
+        intermediate_size=264, moe_intermediate_size=72,
+        n_routed_experts=12, n_shared_experts=1, num_experts_per_tok=3,
+        n_group=4, topk_group=2, topk_method="noaux_tc", scoring_func="sigmoid",
+        norm_topk_prob=True, routed_scaling_factor=2.5,
+        first_k_dense_replace=1, moe_layer_freq=1,
+        rope_theta=10000.0, rope_scaling=dict(YARN_V3), rms_norm_eps=1e-6,
+        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
+        index_n_heads=6, index_head_dim=64, index_topk=8,
+        num_nextn_predict_layers=1, torch_dtype="bfloat16",
+        quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                             "scale_fmt": "ue8m0", "weight_block_size": [128, 128]},
+        _dtype="BF16", _fp8=True, _scale_dtype="F8_E8M0", _shards=2),
 }
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -180,9 +217,10 @@ def f32_to_e4m3_bytes(x: np.ndarray) -> np.ndarray:
     return idx | np.where(x < 0, 0x80, 0).astype(np.uint8)
 
 
-def quantize_fp8_blocks(w: np.ndarray, rng: np.random.Generator):
+def quantize_fp8_blocks(w: np.ndarray, rng: np.random.Generator, pow2: bool = False):
     """Quantise [M, N] to e4m3 with a [ceil(M/128), ceil(N/128)] float32 scale grid (multiplied
-    at dequantisation). Each block gets its own random gain so a transposed or divided grid is wrong."""
+    at dequantisation). Each block gets its own random gain so a transposed or divided grid is wrong.
+    pow2: scales rounded up to powers of two (scale_fmt ue8m0)."""
     m, n = w.shape
     gm, gn = -(-m // 128), -(-n // 128)
     gain = rng.uniform(0.5, 2.0, size=(gm, gn))
@@ -193,6 +231,8 @@ def quantize_fp8_blocks(w: np.ndarray, rng: np.random.Generator):
         for j in range(gn):
             blk = w[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
             s = np.float32(np.abs(blk).max() / 448.0 * rng.uniform(1.0, 1.3))
+            if pow2:
+                s = np.float32(2.0 ** np.ceil(np.log2(s)))
             scale[i, j] = s
             q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = f32_to_e4m3_bytes(blk / s)
     return q, scale
@@ -211,6 +251,8 @@ def encode_tensor(x: np.ndarray, dtype: str) -> bytes:
         return f32_to_bf16_bits(x).astype("<u2").tobytes()
     if dtype in ("F8_E4M3", "U8"):
         return np.ascontiguousarray(x, dtype=np.uint8).tobytes()
+    if dtype == "F8_E8M0":  # powers of two as their biased exponent, 2^(b - 127)
+        return (np.log2(x).astype(np.int32) + 127).astype(np.uint8).tobytes()
     raise ValueError(dtype)
 
 
@@ -361,6 +403,14 @@ def make_tensors(cfg: dict, rng: np.random.Generator) -> list:
         norm(p + "self_attn.kv_a_layernorm.weight", r)
         lin(p + "self_attn.kv_b_proj.weight", H * (dn + dv), r)
         lin(p + "self_attn.o_proj.weight", D, H * dv)
+        if cfg.get("index_n_heads"):  # DeepSeek-V3.2's lightning indexer
+            Hi, di = cfg["index_n_heads"], cfg["index_head_dim"]
+            lin(p + "self_attn.indexer.wq_b.weight", Hi * di, rq)
+            lin(p + "self_attn.indexer.wk.weight", di, D)
+            out.append((p + "self_attn.indexer.k_norm.weight", rng.uniform(0.6, 1.4, di).astype(np.float32), "index_norm"))
+            out.append((p + "self_attn.indexer.k_norm.bias", rng.uniform(-0.3, 0.3, di).astype(np.float32), "index_norm"))
+            out.append((p + "self_attn.indexer.weights_proj.weight",
+                        (rng.standard_normal((Hi, D)) / np.sqrt(D)).astype(np.float32), "other"))
         norm(p + "post_attention_layernorm.weight", D)
         if is_moe_layer(cfg, l):
             out.append((p + "mlp.gate.weight",
@@ -433,13 +483,14 @@ def write_checkpoint(variant: str, out_dir: str, seed: int = 0) -> str:
     dtype, fp8 = cfg["_dtype"], cfg.get("_fp8", False)
     entries = []
     for name, x, kind in make_tensors(cfg, rng):
-        if kind == "bias":
-            bd = cfg.get("_bias_dtype", "F32")
+        if kind in ("bias", "index_norm"):
+            bd = cfg.get("_bias_dtype" if kind == "bias" else "_index_norm_dtype", "F32")
             entries.append((name, bd, x.shape, encode_tensor(x, bd)))
         elif kind == "linear" and fp8:
-            q, s = quantize_fp8_blocks(x, rng)
+            q, s = quantize_fp8_blocks(x, rng, cfg.get("_scale_dtype") == "F8_E8M0")
+            sd = cfg.get("_scale_dtype", "F32")
             entries.append((name, "F8_E4M3", x.shape, encode_tensor(q, "U8")))
-            entries.append((name + "_scale_inv", "F32", s.shape, encode_tensor(s, "F32")))
+            entries.append((name + "_scale_inv", sd, s.shape, encode_tensor(s, sd)))
         else:
             entries.append((name, dtype, x.shape, encode_tensor(x, dtype)))
     with open(os.path.join(out_dir, "config.json"), "w") as f:

@@ -4,7 +4,10 @@ graph: Moonlight / Kimi-K2, GLM-4.7-Flash).
 
 Written from the DeepSeek-V2/V3 papers and the reference code (the HF modeling_deepseek.py shipped with
 the checkpoints, the official inference/model.py), with HuggingFace remote-code semantics:
-naive (expanded K/V) MLA with full causal attention, interleaved-pair RoPE with YaRN, every router.
+naive (expanded K/V) MLA with full causal attention, interleaved-pair RoPE with YaRN, every router;
+for DeepSeek-V3.2 (model_type deepseek_v32) the lightning indexer and DeepSeek Sparse Attention, as the
+DeepSeek-V3.2-Exp report and the official V3.2 inference/model.py (after the 2025-11 indexer RoPE fix)
+define them: MLA attends only to the index_topk causal positions the indexer scores best.
 It reads the HF directory directly (its own safetensors reader: F32, F16, BF16, F8_E4M3 with
 128x128 weight_scale_inv blocks), skips MTP layers (index >= num_hidden_layers), and computes in
 float64. It shares no code with export.py or run.c on purpose.
@@ -90,7 +93,7 @@ class SafeTensors:
 
     def raw(self, name: str) -> np.ndarray:
         path, dtype, shape, off, nbytes = self.where[name]
-        np_dtype = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E4M3": "u1"}[dtype]
+        np_dtype = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E8M0": "u1"}[dtype]
         with open(path, "rb") as f:
             f.seek(off)
             buf = f.read(nbytes)
@@ -104,6 +107,8 @@ class SafeTensors:
             return bf16_to_f32(x)
         if dtype == "F8_E4M3":
             return dequant_fp8_blocks(x, self.get_f32(name + "_scale_inv"))
+        if dtype == "F8_E8M0":  # a power-of-two scale, 2^(b - 127); 255 is NaN (OCP MX E8M0)
+            return np.where(x == 255, np.nan, np.ldexp(1.0, x.astype(np.int32) - 127)).astype(np.float32)
         return x.astype(np.float32)
 
 
@@ -165,16 +170,26 @@ def softmax_scale(cfg: dict, rope: dict, with_mscale: bool = True) -> float:
     return scale
 
 
-def apply_rope(x: np.ndarray, pos: np.ndarray, theta: np.ndarray, m_cs: float) -> np.ndarray:
-    """Rotate adjacent pairs (2i, 2i+1) by pos*theta_i. x: (T, ..., dr), pos: (T,)."""
+def apply_rope(x: np.ndarray, pos: np.ndarray, theta: np.ndarray, m_cs: float, halves: bool = False) -> np.ndarray:
+    """Rotate adjacent pairs (2i, 2i+1) by pos*theta_i; with halves (NeoX style, the V3.2 indexer's
+    apply_rotary_emb(..., interleaved=False)) the pairs (i, i + dr/2). x: (T, ..., dr), pos: (T,)."""
     ang = pos[:, None] * theta[None, :]                      # (T, dr/2)
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (theta.size,)
     c, s = (np.cos(ang) * m_cs).reshape(shape), (np.sin(ang) * m_cs).reshape(shape)
-    a, b = x[..., 0::2], x[..., 1::2]
+    first, second = (slice(0, theta.size), slice(theta.size, None)) if halves else (slice(0, None, 2), slice(1, None, 2))
+    a, b = x[..., first], x[..., second]
     out = np.empty_like(x)
-    out[..., 0::2] = a * c - b * s
-    out[..., 1::2] = a * s + b * c
+    out[..., first] = a * c - b * s
+    out[..., second] = a * s + b * c
     return out
+
+
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester's Hadamard matrix H_n (n a power of two), scaled by n^-1/2: orthogonal."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / math.sqrt(n)
 
 
 # ----------------------------------------------------------------------------
@@ -183,6 +198,11 @@ def apply_rope(x: np.ndarray, pos: np.ndarray, theta: np.ndarray, m_cs: float) -
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return w * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(axis=-1, keepdims=True)
+    return w * (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + eps) + b
 
 
 def silu(z: np.ndarray) -> np.ndarray:
@@ -265,15 +285,53 @@ class Reference:
                 if int(name.split(".")[2]) >= L:
                     continue  # MTP module (DeepSeek-V3 §2.2)
             x = st.get_f32(name)
-            if bf16_weights and x.ndim == 2 and not name.endswith("mlp.gate.weight"):
+            f32 = name.endswith(("mlp.gate.weight", "indexer.weights_proj.weight"))  # exported as F32
+            if bf16_weights and x.ndim == 2 and not f32:
                 x = round_to_bf16(x)
             self.w[name] = x.astype(np.float64)
 
+    def indexer(self, l: int, x: np.ndarray, pos: np.ndarray, rope_halves: bool = True,
+                rotate: bool = False, margins: list = None) -> np.ndarray:
+        """DeepSeek Sparse Attention's selection for every query: (T, T) bool, True where MLA may
+        attend. The lightning indexer (DeepSeek-V3.2-Exp report; official inference/model.py Indexer)
+        scores I[s, t] = sum_h w_h(s) d^-1/2 ReLU(q_h(s) . k_t) with q = W_qb^idx c_Q (c_Q: MLA's
+        normed query latent), k = LayerNorm(W_k x) (with bias, eps 1e-6), RoPE on the FIRST
+        qk_rope_head_dim values of q and k in halves (NeoX style), the same YaRN frequencies as MLA,
+        w = weights_proj(x) * n_heads^-1/2. Query s keeps the min(index_topk, s+1) best of t <= s
+        (lowest index first among equal scores). rope_halves=False rotates adjacent pairs instead
+        (the pre-fix code: a negative control); rotate=True applies the Hadamard rotation of the
+        official code to q and k (orthogonal, so the scores do not change). `margins` collects, per
+        query that drops positions, the score gap between its last kept and first dropped position."""
+        cfg, w, p = self.cfg, self.w, f"model.layers.{l}.self_attn."
+        Hi, d, topk = cfg["index_n_heads"], cfg["index_head_dim"], cfg["index_topk"]
+        dr, T = cfg["qk_rope_head_dim"], x.shape[0]
+        cq = rmsnorm(x @ w[p + "q_a_proj.weight"].T, w[p + "q_a_layernorm.weight"], 1e-6)
+        q = (cq @ w[p + "indexer.wq_b.weight"].T).reshape(T, Hi, d)
+        k = layernorm(x @ w[p + "indexer.wk.weight"].T, w[p + "indexer.k_norm.weight"],
+                      w[p + "indexer.k_norm.bias"], 1e-6)
+        theta, m_cs = rope_frequencies(self.rope, dr)
+        q = np.concatenate([apply_rope(q[..., :dr], pos, theta, m_cs, rope_halves), q[..., dr:]], axis=-1)
+        k = np.concatenate([apply_rope(k[:, :dr], pos, theta, m_cs, rope_halves), k[:, dr:]], axis=-1)
+        if rotate:
+            q, k = q @ hadamard(d).T, k @ hadamard(d).T
+        weights = (x @ w[p + "indexer.weights_proj.weight"].T) * Hi ** -0.5     # (T, Hi)
+        score = np.einsum("sh,sht->st", weights * d ** -0.5, np.maximum(np.einsum("shd,td->sht", q, k), 0.0))
+        keep = np.zeros((T, T), bool)
+        for s in range(T):
+            n = min(topk, s + 1)
+            order = np.argsort(-score[s, :s + 1], kind="stable")
+            keep[s, order[:n]] = True
+            if margins is not None and n < s + 1:
+                margins.append(score[s, order[n - 1]] - score[s, order[n]])
+        return keep
+
     def attention(self, l: int, x: np.ndarray, pos: np.ndarray, absorbed: bool = False,
-                  yarn_mscale: bool = True, bf16_cache: bool = False, probs: dict = None) -> np.ndarray:
-        """MLA over the whole causal sequence. x: (T, D) normed input. bf16_cache: c and the
-        rotated k_pe (what run.c caches) are rounded to bf16 as `--cache-type bf16` stores them;
-        probs[l] gets the (H, T, T) attention probabilities when probs is a dict."""
+                  yarn_mscale: bool = True, bf16_cache: bool = False, probs: dict = None,
+                  keep: np.ndarray = None) -> np.ndarray:
+        """MLA over the whole causal sequence, or only over the positions `keep` (T, T) allows.
+        x: (T, D) normed input. bf16_cache: c and the rotated k_pe (what run.c caches) are rounded to
+        bf16 as `--cache-type bf16` stores them; probs[l] gets the (H, T, T) attention probabilities
+        when probs is a dict."""
         cfg, w, p = self.cfg, self.w, f"model.layers.{l}.self_attn."
         H, r = cfg["num_attention_heads"], cfg["kv_lora_rank"]
         dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
@@ -304,6 +362,8 @@ class Reference:
             scores = np.einsum("thd,shd->hts", q_nope, k_nope) + np.einsum("thd,sd->hts", q_pe, k_pe)
         scores = scores * scale
         causal = np.tril(np.ones((T, T), bool))
+        if keep is not None:   # DeepSeek Sparse Attention: -inf outside the selection too
+            causal &= keep
         scores = np.where(causal[None], scores, -np.inf)
         scores -= scores.max(axis=-1, keepdims=True)
         prob = np.exp(scores)
@@ -341,12 +401,17 @@ class Reference:
 
     def forward(self, tokens, yarn_mscale: bool = True, group_limit: bool = True,
                 use_bias: bool = True, absorbed: bool = False, routing: list = None,
-                attention_probs: dict = None, bf16_cache: bool = False) -> np.ndarray:
+                attention_probs: dict = None, bf16_cache: bool = False, sparse: bool = True,
+                index_rope_halves: bool = True, index_rotate: bool = False,
+                index_margins: list = None) -> np.ndarray:
         """Logits (T, vocab_size) for every position. The switches are negative controls:
         yarn_mscale=False drops the mscale^2 softmax factor, group_limit=False ignores expert
         groups, use_bias=False ignores e_score_correction_bias; `routing` collects
         (layer, position, sorted expert ids, {expert: weight}), `attention_probs` {layer: (H, T, T)};
-        bf16_cache rounds the latent cache."""
+        bf16_cache rounds the latent cache.
+        For V3.2 models: sparse=False runs dense MLA (the indexer ignored), index_rope_halves=False
+        rotates the indexer's adjacent pairs, index_rotate=True adds the Hadamard rotation;
+        `index_margins` collects selection margins (see indexer)."""
         cfg, w = self.cfg, self.w
         eps = cfg["rms_norm_eps"]
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -354,9 +419,11 @@ class Reference:
         x = w["model.embed_tokens.weight"][tokens]
         for l in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{l}."
-            probs = {} if attention_probs is None else {"probs": attention_probs}  # subclasses may not take it
-            x = x + self.attention(l, rmsnorm(x, w[p + "input_layernorm.weight"], eps), pos,
-                                   absorbed, yarn_mscale, bf16_cache, **probs)
+            xn = rmsnorm(x, w[p + "input_layernorm.weight"], eps)
+            extra = {} if attention_probs is None else {"probs": attention_probs}  # subclasses may not take it
+            if sparse and cfg.get("model_type") == "deepseek_v32":
+                extra["keep"] = self.indexer(l, xn, pos, index_rope_halves, index_rotate, index_margins)
+            x = x + self.attention(l, xn, pos, absorbed, yarn_mscale, bf16_cache, **extra)
             x = x + self.ffn(l, rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps),
                              group_limit, use_bias, routing)
         h = rmsnorm(x, w["model.norm.weight"], eps)
@@ -389,7 +456,7 @@ def load(hf_dir: str, bf16_weights: bool = False) -> Reference:
 
 def reference_logits(hf_dir: str, token_ids, bf16_weights: bool = False, **kw) -> np.ndarray:
     """(T, vocab_size) float64 logits; kw: yarn_mscale, group_limit, use_bias, absorbed, routing,
-    attention_probs, bf16_cache."""
+    attention_probs, bf16_cache, sparse, index_rope_halves, index_rotate, index_margins."""
     return load(hf_dir, bf16_weights).forward(token_ids, **kw)
 
 
