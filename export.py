@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-Export a HuggingFace DeepSeek-V2/V3 checkpoint (or one of a family with their graph: GLM-4.7-Flash,
+Export a HuggingFace DeepSeek-V2/V3/V3.2 checkpoint (or one of a family with their graph: GLM-4.7-Flash,
 Moonlight, Kimi-K2) to one seek.c model file (format v2).
 
     python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16|q8|q4]
@@ -69,7 +69,7 @@ QUANT_GROUP = 32                   # values per scale, along a row
 BLOCK_BYTES = {Q8: 2 + 32, Q4: 2 + 16}
 DTYPES = {"f32": F32, "bf16": BF16, "q8": Q8, "q4": Q4}
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe_lite")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2", "glm4_moe_lite")
 TOPK_METHODS = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
 SCORING_FUNCS = {"softmax": 0, "sigmoid": 1}
 
@@ -77,7 +77,7 @@ SCORING_FUNCS = {"softmax": 0, "sigmoid": 1}
 SOURCE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}
 # sizes of other safetensors dtypes, only to validate headers; reading them is an error
 OTHER_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-                  "I8": 1, "U8": 1, "BOOL": 1, "F8_E5M2": 1}
+                  "I8": 1, "U8": 1, "BOOL": 1, "F8_E5M2": 1, "F8_E8M0": 1}  # F8_E8M0: FP8 scales only
 
 FP8_BLOCK = 128              # DeepSeek-V3 weight_block_size [128, 128]
 CHUNK_ELEMENTS = 1 << 20     # elements per streamed block of rows (4 MB as f32)
@@ -403,6 +403,13 @@ def read_rope(c: dict, raw: dict) -> None:
         fail(f"config.json: unsupported rope scaling type {describe(kind)} (supported: yarn, default)")
 
 
+# DeepSeek-V3.2's lightning indexer (DeepSeek Sparse Attention): required for deepseek_v32, 0 otherwise.
+INDEXER_FIELDS = [
+    ("index_n_heads", "index_n_heads", "int", None),
+    ("index_head_dim", "index_head_dim", "int", None),
+    ("index_topk", "index_topk", "int", None),
+]
+
 # What a model type's config.json leaves out and its modeling code fixes (HF transformers' classes).
 # GLM-4.7-Flash (glm4_moe_lite) has no scoring_func, yet transformers' Glm4MoeLiteTopkRouter always takes
 # the sigmoid (noaux_tc, DeepSeek-V3 §2.1.2); DeepSeek's MoEGate default, softmax, is the bug llama.cpp
@@ -456,9 +463,11 @@ def load_config(hf_dir: str) -> dict:
     c.update(zip(EOS_WORDS, read_eos_ids(hf_dir, raw)))
     c["source"].update(bos_token_id="bos_token_id", **{w: "eos_token_id" for w in EOS_WORDS})
     read_model_type_rules(c, raw, model_type)
+    c.update(index_n_heads=0, index_head_dim=0, index_topk=0)
+    if model_type == "deepseek_v32":
+        read_fields(c, raw, INDEXER_FIELDS)
     c.update(n_mtp_layers=0,  # MTP layers (index >= n_layers) are skipped for now
-             n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, index_n_heads=0, index_head_dim=0,
-             index_topk=0, **{name: 0 for name, _ in CONFIG_WORDS[44:]})
+             n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, **{name: 0 for name, _ in CONFIG_WORDS[44:]})
     c["tie_word_embeddings"] = read_bool(raw, "tie_word_embeddings", False, "tie_word_embeddings")
     check_config(c)
     return c
@@ -538,6 +547,13 @@ def check_config(c: dict) -> None:
     H, dn, dr, dv = c["n_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     if max(H * (dn + dr), H * (dn + dv), H * dv, c["kv_lora_rank"] + dr) > MAX_DIM:
         fail("config.json: attention shapes are too large (num_attention_heads x head dims)")
+    if c["index_n_heads"]:  # the indexer's query comes from MLA's c_Q; its rope part is its first dr values
+        check_range(c, "index_n_heads", 1, 1 << 16)
+        check_range(c, "index_head_dim", dr, 1 << 16)
+        check_range(c, "index_topk", 1, I32_MAX)
+        check_range(c, "q_lora_rank", 1, MAX_DIM)
+        if c["index_n_heads"] * c["index_head_dim"] > MAX_DIM:
+            fail("config.json: indexer shapes are too large (index_n_heads x index_head_dim)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -555,7 +571,8 @@ def check_config(c: dict) -> None:
 #   offset 24  i32       eos_id: the token the chat template writes after each reply (tokenizer_config.json's
 #                        eos_token; Kimi: <|im_end|>; GLM, which has no end-of-turn token: the <|user|> that
 #                        opens the next turn), -1 if none
-#   offset 28  u32       flags: bit 0 add_bos_token, bit 1 add_eos_token (tokenizer_config.json) (v1),
+#   offset 28  u32       flags: bit 0 add_bos_token (or chat family 7: its encoder starts every prompt with BOS),
+#                        bit 1 add_eos_token (tokenizer_config.json) (v1),
 #                        bit 2 ignore_merges (a pre-tokenized piece that is a whole BPE token is that token;
 #                        HF's BPE option, and tiktoken's rule)
 #   offset 32  u32       pre_tokenizer: 1 = DeepSeek-V3 regex sequence (DeepSeek-V3's tokenizer.json),
@@ -563,7 +580,8 @@ def check_config(c: dict) -> None:
 #                                       3 = GLM-4's Split regex, 4 = Kimi's pat_str
 #   offset 36  u32       chat template family: 0 raw (none/unknown), 1 deepseek_v2 ("User: ...\n\nAssistant:"),
 #                                              2 deepseek_v3, 3 deepseek_r1 (forced <think>), 4 deepseek_v3_1 (v1),
-#                                              5 glm4, 6 kimi (<|im_system|>...<|im_middle|>...<|im_end|>)
+#                                              5 glm4, 6 kimi (<|im_system|>...<|im_middle|>...<|im_end|>),
+#                                              7 deepseek_v3_2 (no template: encoding_dsv32.py's rules)
 #   offset 40  u32       template_nbytes: length of the verbatim chat_template string stored at the end
 #   offset 44  u32       pool_nbytes: total length of all token byte strings
 #   offset 48  (n_vocab+1) x u32   offsets into the pool: token i is pool[off[i] .. off[i+1]), off[0] = 0,
@@ -584,7 +602,7 @@ TOKENIZER_VERSION = 2
 
 PRETOK_V3, PRETOK_V2, PRETOK_GLM, PRETOK_KIMI = 1, 2, 3, 4
 
-CHAT_RAW, CHAT_V2, CHAT_V3, CHAT_R1, CHAT_V3_1, CHAT_GLM4, CHAT_KIMI = 0, 1, 2, 3, 4, 5, 6
+CHAT_RAW, CHAT_V2, CHAT_V3, CHAT_R1, CHAT_V3_1, CHAT_GLM4, CHAT_KIMI, CHAT_V3_2 = 0, 1, 2, 3, 4, 5, 6, 7
 
 FLAG_BPE, FLAG_ADDED, FLAG_SPECIAL, FLAG_NORMALIZED = 1, 2, 4, 8
 HEADER_ADD_BOS, HEADER_ADD_EOS, HEADER_IGNORE_MERGES = 1, 2, 4
@@ -946,6 +964,15 @@ def chat_family_and_turn_end(template: Optional[str], added: dict, eos_id: int) 
     return family, eos_id
 
 
+def is_v32_encoder(hf_dir: str) -> bool:
+    """DeepSeek-V3.2 ships no chat_template but a Python encoder, encoding/encoding_dsv32.py, whose turns are
+    V3.1's; a deepseek_v32 config.json without a template means the same."""
+    if os.path.lexists(os.path.join(hf_dir, "encoding", "encoding_dsv32.py")):
+        return True
+    path = os.path.join(hf_dir, "config.json")
+    return os.path.lexists(path) and read_json(path, "config.json").get("model_type") == "deepseek_v32"
+
+
 def token_content(tok) -> Optional[str]:
     """bos_token / eos_token: null, a string, or an AddedToken object (type-checked on reading)."""
     return tok if tok is None or isinstance(tok, str) else tok["content"]
@@ -1060,6 +1087,9 @@ def build_tokenizer(hf_dir: str) -> Optional[bytes]:
     if header_flags & HEADER_ADD_BOS and bos_id < 0:
         unsupported("tokenizer_config.json: add_bos_token is true but there is no bos_token")
     family, eos_id = chat_family_and_turn_end(template, {a["content"]: a["id"] for a in added}, eos_id)
+    if template is None and bos_id >= 0 and is_v32_encoder(hf_dir):
+        # encode_messages starts with BOS although tokenizer_config.json says add_bos_token false
+        family, header_flags = CHAT_V3_2, header_flags | HEADER_ADD_BOS
     return pack_tokenizer(tokens, flags, [(a, b, res) for _, a, b, res in merges], [a["id"] for a in added],
                           (bos_id, eos_id, header_flags, pretok, family), template)
 
@@ -1407,8 +1437,15 @@ def layer_tensors(c: dict, layer: int) -> list:
     out += [(P + "self_attn.kv_a_proj_with_mqa.weight", (r + dr, D), False),
             (P + "self_attn.kv_a_layernorm.weight", (r,), True),
             (P + "self_attn.kv_b_proj.weight", (H * (dn + dv), r), False),
-            (P + "self_attn.o_proj.weight", (D, H * dv), False),
-            (P + "post_attention_layernorm.weight", (D,), True)]
+            (P + "self_attn.o_proj.weight", (D, H * dv), False)]
+    if c["index_n_heads"]:  # DeepSeek-V3.2's lightning indexer; weights_proj runs in fp32 like the router
+        Hi, di = c["index_n_heads"], c["index_head_dim"]
+        out += [(P + "self_attn.indexer.wq_b.weight", (Hi * di, rq), False),
+                (P + "self_attn.indexer.wk.weight", (di, D), False),
+                (P + "self_attn.indexer.k_norm.weight", (di,), True),
+                (P + "self_attn.indexer.k_norm.bias", (di,), True),
+                (P + "self_attn.indexer.weights_proj.weight", (Hi, D), True)]
+    out += [(P + "post_attention_layernorm.weight", (D,), True)]
     if is_moe_layer(c, layer):
         E, S, Ie = c["n_routed_experts"], c["n_shared_experts"], c["moe_intermediate_size"]
         out += [(P + "mlp.gate.weight", (E, D), True)]  # the router runs in fp32
@@ -1507,7 +1544,7 @@ def check_fp8_scale(name: str, shape: tuple, scale: Optional[SourceTensor]) -> S
     if scale.shape != blocks:
         fail(f"{name}{SCALE_SUFFIX} has shape {list(scale.shape)}, expected {list(blocks)} "
              f"({FP8_BLOCK}x{FP8_BLOCK} blocks)")
-    if scale.dtype not in ("F32", "BF16", "F16"):
+    if scale.dtype not in ("F32", "BF16", "F16", "F8_E8M0"):
         fail(f"{name}{SCALE_SUFFIX} has unsupported dtype {scale.dtype}")
     return scale
 
@@ -1595,7 +1632,7 @@ def fp8_e4m3_table() -> np.ndarray:
 
 FP8_TABLE = fp8_e4m3_table()
 NUMPY_DTYPE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-               "F8_E4M3": np.dtype("u1")}
+               "F8_E4M3": np.dtype("u1"), "F8_E8M0": np.dtype("u1")}
 
 
 def read_raw(f: BinaryIO, t: SourceTensor, first_row: int, n_rows: int) -> bytes:
@@ -1619,6 +1656,8 @@ def decode(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
         return x.astype(np.float32)
     if dtype == "BF16":  # bf16 is the high half of an fp32 word
         return (x.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F8_E8M0":  # an FP8 block scale 2^(b - 127), 255 = NaN (scale_fmt ue8m0; llama.cpp's _e8m0_to_float)
+        return np.where(x == 255, np.float32(np.nan), np.ldexp(np.float32(1), x.astype(np.int32) - 127))
     return FP8_TABLE[x]
 
 
