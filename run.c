@@ -1,21 +1,21 @@
 /*
- * seek.c: inference for DeepSeek-V2/V3 Mixture-of-Experts models with
+ * seek.c: inference for DeepSeek-V2/V3/V3.2 Mixture-of-Experts models with
  * Multi-head Latent Attention, in one file of C11 (libc, libm, pthreads).
  *
  * Reads top to bottom like the papers: the structs (config, weights, run
  * state), the blocks in the papers' order (rmsnorm, rope/YaRN, mla_attention,
- * route, moe), then forward. Below forward, reached through the few prototypes
- * above the blocks: the thread pool, the matmul kernels (the only code that
- * knows weight storage types), the loader with its validation; then the
- * tokenizer, sampler, generate/chat, perplexity, benchmark and main.
+ * route, moe, lightning_indexer), then forward. Below forward, reached through
+ * the few prototypes above the blocks: the thread pool, the matmul kernels (the
+ * only code that knows weight storage types), the loader with its validation;
+ * then the tokenizer, sampler, generate/chat, perplexity, benchmark and main.
  *
  * Each block cites its source: DeepSeek-V2 (arXiv 2405.04434) §2.1.2 low-rank
  * key-value joint compression, §2.1.3 decoupled RoPE, §2.2 DeepSeekMoE;
  * DeepSeek-V3 (arXiv 2412.19437) §2.1.2 auxiliary-loss-free load balancing and
- * sigmoid gating; YaRN (Peng et al. 2023, arXiv 2309.00071). Details that no
- * paper fixes name the reference code instead: the official DeepSeek-V3
- * inference/model.py, or the HF modeling_deepseek.py shipped with the
- * checkpoints. docs/reading-run-c.md follows a token through this file.
+ * sigmoid gating; YaRN (Peng et al. 2023, arXiv 2309.00071); DeepSeek-V3.2-Exp's
+ * lightning indexer. Details that no paper fixes name the reference code: the
+ * official DeepSeek-V3 (and V3.2) inference/model.py, or the HF modeling_deepseek.py
+ * shipped with the checkpoints. docs/reading-run-c.md follows a token through this file.
  *
  * The latent cache is RunState.latent_cache (allocated in alloc_run_state,
  * written by mla_attention): per layer and position the normalised KV latent c
@@ -168,9 +168,9 @@ typedef struct {
     int n_tokens;               // real tokenizer size; ids >= n_tokens are padding
     uint32_t tokenizer_hash_lo;
     uint32_t tokenizer_hash_hi;
-    int index_n_heads;          // DeepSeek-V3.2's lightning indexer: 0 = none (the only kind run yet)
-    int index_head_dim;
-    int index_topk;
+    int index_n_heads;          // lightning indexer heads (DeepSeek-V3.2), 0 = none
+    int index_head_dim;         // d_I, its rope part first
+    int index_topk;             // positions MLA keeps per query
     int eos_token_id_2;         // more ids that end generation (eos_token_id lists), -1 = none
     int eos_token_id_3;
     int eos_token_id_4;
@@ -206,6 +206,10 @@ typedef struct {
     const float *kv_a_norm;      // (r)
     Tensor kv_b_proj;            // (H*(dn+dv), r): per head [W_UK (dn rows); W_UV (dv rows)]
     Tensor o_proj;               // (D, H*dv)
+    Tensor index_wq_b;           // (n_I*d_I, rq) lightning indexer: its queries from c_Q
+    Tensor index_wk;             // (d_I, D) its one key per position
+    const float *index_k_norm, *index_k_bias;  // (d_I) its LayerNorm's weight and bias
+    Tensor index_weights;        // (n_I, D) weights_proj, always F32
     const float *post_norm;      // (D) pre-FFN RMSNorm
     int is_moe;
     MLPWeights mlp;              // dense FFN, hidden = I
@@ -290,6 +294,10 @@ typedef struct {          // mla_attention's scratch
     float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
     float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
     float *rope_sin;      // (chunk, dr/2)
+    float *index_q;       // (chunk, n_I, d_I) lightning indexer queries, rope part first (DeepSeek-V3.2)
+    float *index_w;       // (chunk, n_I) its head weights
+    float *index_logits;  // (n_I, context) one query's q_j · k_s
+    int *selected;        // (chunk, context) I[t, s] as order keys, then the positions t attends to, ascending
 } MLABuffers;
 
 // One SwiGLU MLP applied to n rows: a dense FFN, a routed expert or the shared experts.
@@ -332,6 +340,7 @@ typedef struct {
     float *logits;        // (chunk, V)
     void *latent_cache;   // (L, context, r+dr) f32 or bf16: per position the normalised c_t and rotated k_pe_t
     int cache_bf16;       // --cache-type bf16
+    float *index_cache;   // (L, context, d_I) lightning indexer keys k_s, rope applied (DeepSeek-V3.2)
     struct Trace *trace;  // --trace: what forward_chunk reports after each layer, or NULL
     void *buffers[64];    // every buffer above, for free_run_state
     int n_buffers;
@@ -339,6 +348,7 @@ typedef struct {
 
 // --trace (defined below the sampler): after each layer of a one-token chunk, its experts and attention.
 static void trace_layer(const Model *m, const RunState *s, int layer, int pos, int token);
+static void lightning_indexer(const Model *m, RunState *s, int layer, int pos0, int n);  // DeepSeek-V3.2, after moe
 
 // ----------------------------------------------------------------------------
 // The blocks: rmsnorm, rope/YaRN, mla_attention, route, moe
@@ -429,12 +439,13 @@ static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, 
 // on the stored weights, as inference/model.py's apply_rotary_emb
 // (view_as_complex). HF modeling_deepseek.py de-interleaves q_pe and k_pe first
 // and rotates halves: the same dot products, so no weight is permuted; rotating
-// halves of unpermuted weights would be wrong.
-static void rope_rotate(float *y, const float *x, const float *cos_t, const float *sin_t, int half) {
+// halves of unpermuted weights would be wrong (but right in lightning_indexer: `halves`).
+static void rope_rotate(float *y, const float *x, const float *cos_t, const float *sin_t, int half, int halves) {
     for (int i = 0; i < half; i++) {
-        float a = x[2 * i], b = x[2 * i + 1];
-        y[2 * i] = a * cos_t[i] - b * sin_t[i];
-        y[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
+        int j = halves ? i : 2 * i, k = halves ? i + half : 2 * i + 1;
+        float a = x[j], b = x[k];
+        y[j] = a * cos_t[i] - b * sin_t[i];
+        y[k] = a * sin_t[i] + b * cos_t[i];
     }
 }
 
@@ -470,7 +481,8 @@ static void attend_fold(float *a, const float *b, int H, int r) {
     }
 }
 
-typedef struct { const Model *m; RunState *s; int layer, pos, t; atomic_int next; } AttendBatch;  // next: block to claim
+// next: block to claim; selected: NULL, or the positions token t attends to (lightning_indexer; pos: the last's index)
+typedef struct { const Model *m; RunState *s; int layer, pos, t; const int *selected; atomic_int next; } AttendBatch;
 
 // The blocks of token t of the chunk (at position pos) over the threads: block 0's summary goes to the token's,
 // the others' to att_blocks, which mla_attention folds into it in block order. Prefill runs this token by
@@ -483,10 +495,11 @@ static void attend_task(void *ctx, int thread, int n_threads) {
     float *rows = s->mla.att_scratch + (size_t)thread * ATTN_BLOCK * (w + 1), *scores = rows + (size_t)ATTN_BLOCK * w;
     for (int blk; (blk = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed)) <= a->pos / ATTN_BLOCK;) {
         int p0 = blk * ATTN_BLOCK, n = a->pos - p0 < ATTN_BLOCK ? a->pos - p0 + 1 : ATTN_BLOCK;
-        size_t at = ((size_t)a->layer * (size_t)s->context + (size_t)p0) * (size_t)w, summary = (size_t)H * (2 + r);
-        const float *block = s->cache_bf16 ? rows : (const float *)s->latent_cache + at;
-        for (size_t k = 0; s->cache_bf16 && k < (size_t)n * w; k++)
-            rows[k] = bf16_to_f32(((const uint16_t *)s->latent_cache)[at + k]);
+        size_t layer0 = (size_t)a->layer * s->context * w, summary = (size_t)H * (2 + r);
+        const float *cache = s->latent_cache, *block = s->cache_bf16 || a->selected ? rows : cache + layer0 + (size_t)p0 * w;
+        for (int i = 0; block == rows && i < n; i++)  // widened from bf16, or gathered from the selection
+            for (size_t k = 0, at = layer0 + (size_t)(a->selected ? a->selected[p0 + i] : p0 + i) * w; k < (size_t)w; k++)
+                rows[(size_t)i * w + k] = s->cache_bf16 ? bf16_to_f32(((const uint16_t *)cache)[at + k]) : cache[at + k];
         float *out = blk ? s->mla.att_blocks + (size_t)blk * summary : s->mla.att + (size_t)a->t * summary;
         attend_block(a->m, block, n, s->mla.q_absorbed + (size_t)a->t * H * w, scores, out);
     }
@@ -539,7 +552,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
         float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
         float *kv = b->kv_a + (size_t)t * row;
         rmsnorm(kv, kv, lw->kv_a_norm, r, 1e-6f);
-        rope_rotate(kv + r, kv + r, cos_t, sin_t, half);
+        rope_rotate(kv + r, kv + r, cos_t, sin_t, half, 0);
         size_t at = ((size_t)layer * (size_t)s->context + (size_t)(pos0 + t)) * row;
         for (size_t i = 0; i < row; i++) {  // f32, or bf16 rounded to nearest even
             uint32_t u;
@@ -549,18 +562,20 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
         }
         for (int h = 0; h < H; h++)
             rope_rotate(b->q_absorbed + ((size_t)t * H + h) * row + r, b->q + ((size_t)t * H + h) * qk + dn, cos_t, sin_t,
-                        half);
+                        half, 0);
     }
 
     // q_nope · (W_UK c_t) = (W_UK^T q_nope) · c_t, per head for all n tokens.
     head_jobs(s->jobs, c, &lw->kv_b_proj, 0, dn, b->q_absorbed, (int)row, b->q, qk, n);
     matmuls_t(s->jobs, H);
 
-    // Each token's summary (blocked attention, above), then u / l = Σ_t softmax(s)_t c_t.
+    // Each token's summary (blocked attention, above; all positions, or the indexer's selection), then u / l.
+    if (c->index_n_heads) lightning_indexer(m, s, layer, pos0, n);
     for (int t = 0; t < n; t++) {
-        AttendBatch batch = {m, s, layer, pos0 + t, t, 0};
-        pool_run(attend_task, &batch, pos0 + t < ATTN_BLOCK ? 0 : (double)(pos0 + t + 1) * H * (double)(r + row));
-        for (int blk = 1; blk <= (pos0 + t) / ATTN_BLOCK; blk++)
+        int sparse = c->index_n_heads && pos0 + t >= c->index_topk, last = sparse ? c->index_topk - 1 : pos0 + t;
+        AttendBatch batch = {m, s, layer, last, t, sparse ? b->selected + (size_t)t * s->context : NULL, 0};
+        pool_run(attend_task, &batch, last < ATTN_BLOCK ? 0 : (double)(last + 1) * H * (double)(r + row));
+        for (int blk = 1; blk <= last / ATTN_BLOCK; blk++)
             attend_fold(b->att + (size_t)t * H * (2 + r), b->att_blocks + (size_t)blk * H * (2 + r), H, r);
     }
     for (int i = 0; i < n * H; i++)
@@ -714,6 +729,69 @@ static void moe(const Model *m, RunState *s, int layer, int n) {
         float w = b->pair_weight[p], *out = s->block_out + (size_t)b->pair_token[p] * D;
         const float *y = b->expert_out + (size_t)p * D;
         for (int i = 0; i < D; i++) out[i] += w * y[i];
+    }
+}
+
+// The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2-Exp report, "Prototype of DSA"):
+// I[t, s] = Σ_j w_j(t) ReLU(q_j(t) · k_s) scores each earlier s for query t, and MLA attends to the
+// index_topk best only. As the official V3.2 inference/model.py after DeepSeek's 2025-11 fix: q = W_qb c_Q,
+// one key k = LayerNorm(W_k x) with bias, RoPE with MLA's YaRN table on their FIRST dr values in halves
+// (NeoX), w = weights_proj(x) in fp32 (its positive factors n_I^-1/2 d_I^-1/2 change no order). The official
+// code also rotates q and k by the orthogonal H/sqrt(d_I) (Hadamard), so (Hq)·(Hk) = q·k: skipping it on
+// both sides (as HF transformers does) is exact; so is skipping its FP8, up to rounding.
+
+// out = the positions of the k largest of keys[0..n) ascending, the lowest first among equals (torch.topk
+// leaves ties open); out may be keys. Radix select: 4 passes of 8 bits find the k-th largest key, a scan
+// keeps those above and enough equals.
+static void top_positions(const uint32_t *keys, int n, int k, int *out) {
+    uint32_t kth = 0, mask = 0;
+    int equal = k < n ? k : n, m = 0;  // how many of the best match kth under mask
+    for (int shift = 24; k < n && shift >= 0; shift -= 8) {
+        int count[256] = {0}, byte = 255;
+        for (int i = 0; i < n; i++) if ((keys[i] & mask) == kth) count[keys[i] >> shift & 255]++;
+        for (; count[byte] < equal; byte--) equal -= count[byte];
+        kth |= (uint32_t)byte << shift;
+        mask |= 255u << shift;
+    }
+    for (int i = 0; i < n; i++)
+        if (keys[i] > kth || (keys[i] == kth && equal-- > 0)) out[m++] = i;
+}
+
+// Caches the keys of n tokens at pos0.., then selects the positions of each query that has more
+// than index_topk: its logits q_j · k_s for all heads j and positions s <= its own are one product.
+static void lightning_indexer(const Model *m, RunState *s, int layer, int pos0, int n) {
+    const Config *c = &m->config;
+    const LayerWeights *lw = &m->weights.layers[layer];
+    MLABuffers *b = &s->mla;
+    int H = c->index_n_heads, d = c->index_head_dim, half = c->qk_rope_head_dim / 2;
+    float *cache = s->index_cache + (size_t)layer * s->context * d;  // (context, d_I) the layer's keys
+    matmul_n(cache + (size_t)pos0 * d, &lw->index_wk, s->xn, n);
+    for (int t = 0; t < n; t++) {
+        float *k = cache + (size_t)(pos0 + t) * d, mean = 0.0f;
+        for (int i = 0; i < d; i++) mean += k[i] / (float)d;
+        for (int i = 0; i < d; i++) k[i] -= mean;
+        rmsnorm(k, k, lw->index_k_norm, d, 1e-6f);  // of x - mean(x): LayerNorm, then its bias
+        for (int i = 0; i < d; i++) k[i] += lw->index_k_bias[i];
+        rope_rotate(k, k, b->rope_cos + (size_t)t * half, b->rope_sin + (size_t)t * half, half, 1);
+    }
+    if (pos0 + n <= c->index_topk) return;  // until then every position is selected: the V3 graph
+    matmul_n(b->index_q, &lw->index_wq_b, b->q_latent, n);  // (n, n_I, d_I)
+    matmul_n(b->index_w, &lw->index_weights, s->xn, n);     // (n, n_I)
+    for (int t = pos0 < c->index_topk ? c->index_topk - pos0 : 0; t < n; t++) {
+        float *q = b->index_q + (size_t)t * H * d, *w = b->index_w + (size_t)t * H, *logit = b->index_logits;
+        const float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
+        int *sel = b->selected + (size_t)t * s->context;
+        for (int h = 0; h < H; h++) rope_rotate(q + (size_t)h * d, q + (size_t)h * d, cos_t, sin_t, half, 1);
+        Tensor keys = {cache, TYPE_F32, pos0 + t + 1, d};  // (pos + 1, d_I)
+        matmul_n(logit, &keys, q, H);                        // (n_I, pos + 1)
+        for (int p = 0; p < keys.rows; p++) {
+            float score = 0.0f;  // +0, so a sum of ±0 terms is +0: one key for equal scores
+            for (int h = 0; h < H; h++) score += w[h] * fmaxf(logit[(size_t)h * keys.rows + p], 0.0f);
+            uint32_t u;
+            memcpy(&u, &score, 4);
+            sel[p] = (int)(u >> 31 ? ~u : u | 0x80000000u);  // larger float, larger key
+        }
+        top_positions((const uint32_t *)sel, keys.rows, c->index_topk, sel);
     }
 }
 
@@ -1422,7 +1500,7 @@ static void validate_config(const Config *c) {
     check_range("n_layers", c->n_layers, 1, 1 << 16);
     check_range("vocab_size", c->vocab_size, 1, MAX_DIM);
     check_range("n_heads", c->n_heads, 1, 1 << 16);
-    check_range("q_lora_rank", c->q_lora_rank, 0, MAX_DIM);
+    check_range("q_lora_rank", c->q_lora_rank, c->index_n_heads > 0, MAX_DIM);  // the V3.2 indexer queries from c_Q
     check_range("kv_lora_rank", c->kv_lora_rank, 1, MAX_DIM);
     check_range("qk_nope_head_dim", c->qk_nope_head_dim, 1, 1 << 16);
     // RoPE rotates pairs, so the rope part must have an even width.
@@ -1482,7 +1560,10 @@ static void validate_config(const Config *c) {
     check_range("eos_token_id_2", c->eos_token_id_2, -1, c->vocab_size - 1);
     check_range("eos_token_id_3", c->eos_token_id_3, -1, c->vocab_size - 1);
     check_range("eos_token_id_4", c->eos_token_id_4, -1, c->vocab_size - 1);
-    if (c->index_n_heads || c->index_head_dim || c->index_topk) die("model file: the V3.2 indexer is not supported yet");
+    int indexer = c->index_n_heads > 0;  // DeepSeek-V3.2's lightning indexer (its rope part first), else all 0
+    check_range("index_n_heads", c->index_n_heads, 0, 1 << 10);
+    check_range("index_head_dim", c->index_head_dim, indexer ? c->qk_rope_head_dim : 0, indexer ? 1 << 12 : 0);
+    check_range("index_topk", c->index_topk, indexer, indexer ? INT32_MAX : 0);
     if (c->n_mtp_layers != 0) die("model file: config n_mtp_layers = %d; MTP layers are not supported yet", c->n_mtp_layers);
     check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
     long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
@@ -1627,6 +1708,14 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         lw->kv_a_norm = walk_vector(tw, "self_attn.kv_a_layernorm.weight", r);
         lw->kv_b_proj = walk_matrix(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
         lw->o_proj = walk_matrix(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
+        if (c->index_n_heads) {  // DeepSeek-V3.2's lightning indexer
+            long long HI = c->index_n_heads, dI = c->index_head_dim;
+            lw->index_wq_b = walk_matrix(tw, "self_attn.indexer.wq_b.weight", KIND_MATRIX, HI * dI, rq);
+            lw->index_wk = walk_matrix(tw, "self_attn.indexer.wk.weight", KIND_MATRIX, dI, D);
+            lw->index_k_norm = walk_vector(tw, "self_attn.indexer.k_norm.weight", dI);
+            lw->index_k_bias = walk_vector(tw, "self_attn.indexer.k_norm.bias", dI);
+            lw->index_weights = walk_matrix(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
+        }
         lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
         lw->is_moe = is_moe_layer(c, l);
         if (lw->is_moe) {
@@ -1822,6 +1911,13 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
     s->latent_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, cache_row, cache_bf16 ? 2 : F);
     s->cache_bf16 = cache_bf16;
+    if (c->index_n_heads) {
+        a->index_q = state_buffer(s, n * (size_t)c->index_n_heads, (size_t)c->index_head_dim, F);
+        a->index_w = state_buffer(s, n, (size_t)c->index_n_heads, F);
+        a->index_logits = state_buffer(s, (size_t)c->index_n_heads, (size_t)context, F);
+        a->selected = state_buffer(s, n, (size_t)context, sizeof(int));
+        s->index_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, (size_t)c->index_head_dim, F);
+    }
 }
 
 static void free_run_state(RunState *s) {
@@ -2118,7 +2214,8 @@ static const Matcher pre_tokenizer_stages[][7] = {
     [PRETOK_GLM] = {match_glm},
     [PRETOK_KIMI] = {match_kimi},
 };
-enum { CHAT_RAW, CHAT_DEEPSEEK_V2, CHAT_DEEPSEEK_V3, CHAT_DEEPSEEK_R1, CHAT_DEEPSEEK_V3_1, CHAT_GLM4, CHAT_KIMI };
+enum { CHAT_RAW, CHAT_DEEPSEEK_V2, CHAT_DEEPSEEK_V3, CHAT_DEEPSEEK_R1, CHAT_DEEPSEEK_V3_1, CHAT_GLM4, CHAT_KIMI,
+       CHAT_DEEPSEEK_V3_2 };
 enum { TOK_BPE = 1, TOK_ADDED = 2, TOK_SPECIAL = 4, TOK_NORMALIZED = 8 };
 // Header flags; ignore_merges (HF BPE, and tiktoken's rule): a piece that is a whole vocabulary entry is that token.
 enum { FLAG_ADD_BOS = 1, FLAG_ADD_EOS = 2, FLAG_IGNORE_MERGES = 4 };
@@ -2201,7 +2298,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     if (n_vocab < 256 || n_vocab > (1u << 24)) die("%s: bad vocabulary size %u", what, n_vocab);
     if (n_merges > (1u << 24) || n_added > n_vocab) die("%s: bad merge or added-token count", what);
     if (bos < -1 || bos >= (int32_t)n_vocab || eos < -1 || eos >= (int32_t)n_vocab) die("%s: bad BOS/EOS id", what);
-    if (flags > 7 || pretok < PRETOK_V3 || pretok > PRETOK_KIMI || family > CHAT_KIMI)
+    if (flags > 7 || pretok < PRETOK_V3 || pretok > PRETOK_KIMI || family > CHAT_DEEPSEEK_V3_2)
         die("%s: bad flags, pre-tokenizer or chat family field", what);
     uint64_t need = 48 + 4ull * (n_vocab + 1ull) + n_vocab + (uint64_t)pool_len + 12ull * n_merges + 4ull * n_added + tlen;
     if (need != size) die("%s: file is %zu bytes, its header describes %llu", what, size, (unsigned long long)need);
@@ -2815,7 +2912,7 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o,
 // tokenizer_config.json, whose family export.py recognised), ending with the generation prompt; the first
 // turn also carries the system prompt, and chat encodes it with the template's opening (BOS, or GLM's
 // [gMASK]<sop>). Assistant turns need no text: the sampled tokens and the token that closes them
-// (the tokenizer's eos_id) are already in the cache. think: GLM's generation prompt opens <think> or closes it.
+// (the tokenizer's eos_id) are already in the cache. think: GLM's and V3.2's prompt opens <think>, else closes it.
 static char *render_turn(const Tokenizer *tok, int first, const char *system, const char *user, int think) {
     const char *sys = first && system ? system : "";
     size_t size = strlen(sys) + strlen(user) + strlen(tok->chat_template) + 128;
@@ -2841,6 +2938,9 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
                  e ? (int)(e - d) : first ? (int)strlen(key) : 0, e ? d : key, sys, first ? "<|im_end|>" : "", user);
         break;
     }
+    case CHAT_DEEPSEEK_V3_2:  // encoding_dsv32.py (no template): V3.1's turns, thinking mode opens <think>
+        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>%s", sys, user, think ? "<think>" : "</think>");
+        break;
     default:  // CHAT_DEEPSEEK_V3
         snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>", sys, user);
     }
@@ -2854,8 +2954,8 @@ static void on_interrupt(int sig) {  // at the prompt Ctrl-C ends the chat at on
 }
 
 // /save FILE writes the conversation as the model holds it, so that /load continues it without a prefill:
-// this header, the token at each position, then layer by layer the latent cache rows. Written to FILE.tmp,
-// then renamed over FILE. /load takes only a file whose header matches (but for n) and fits the context.
+// this header, the token at each position, then per layer the latent cache rows (then V3.2's indexer keys).
+// Written to FILE.tmp, then renamed over FILE. /load takes only a file whose header matches (but for n) and fits -c.
 typedef struct { uint32_t magic, cache_type, row_bytes, n; Config config; } ChatHeader;  // magic "SKCH"
 
 static ChatHeader chat_header(const Model *m, const RunState *s, int n) {
@@ -2869,6 +2969,8 @@ static void save_chat(const Model *m, const RunState *s, const int *tokens, int 
     FILE *f = fopen(tmp, "wb");
     int ok = f && fwrite(&h, sizeof h, 1, f) && fwrite(tokens, sizeof(int), (size_t)pos, f) == (size_t)pos;
     for (int l = 0; ok && l < h.config.n_layers; l++) ok = fwrite(cache_row(s, &h.config, l, 0), h.row_bytes, (size_t)pos, f) == (size_t)pos;
+    for (int l = 0, d = h.config.index_head_dim; ok && d && l < h.config.n_layers; l++)  // V3.2: the indexer's keys
+        ok = fwrite(s->index_cache + (size_t)l * s->context * d, 4 * (size_t)d, (size_t)pos, f) == (size_t)pos;
     if (f && fclose(f) != 0) ok = 0;
     if (ok && rename(tmp, path) == 0) fprintf(stderr, "(saved %d positions to %s)\n", pos, path);
     else fprintf(stderr, "(cannot write %s: %s)\n", path, strerror(errno)), remove(tmp);
@@ -2882,6 +2984,8 @@ static int load_chat(const Model *m, RunState *s, int *tokens, int pos, const ch
     int fits = f && fread(&h, sizeof h, 1, f) == 1 && (want.n = h.n) < (uint32_t)s->context && !memcmp(&h, &want, sizeof h);
     int n = fits ? (int)h.n : pos, ok = fits && fread(tokens, sizeof(int), (size_t)n, f) == (size_t)n;
     for (int l = 0; ok && l < h.config.n_layers; l++) ok = fread(cache_row(s, &h.config, l, 0), h.row_bytes, (size_t)n, f) == (size_t)n;
+    for (int l = 0, d = h.config.index_head_dim; ok && d && l < h.config.n_layers; l++)
+        ok = fread(s->index_cache + (size_t)l * s->context * d, 4 * (size_t)d, (size_t)n, f) == (size_t)n;
     for (int i = 0; ok && i < n; i++) ok = tokens[i] >= 0 && tokens[i] < h.config.n_tokens;
     ok = ok && fgetc(f) == EOF;
     if (!fits) fprintf(stderr, "(cannot load %s: %s)\n", path, f ? "not saved with this model, or longer than -c" : strerror(errno));
@@ -3158,7 +3262,7 @@ static const Flag flags[] = {
     {"--print-ids", NULL, '1', OPT(print_ids), 1, 1, "print generated ids instead of text"},
     {"-m --mode", "<mode>", 's', OPT(mode), 0, 0, "generate (default) or chat: turns from stdin, in the model's template"},
     {"-y --system-prompt -sys", "<text>", 's', OPT(system_prompt), 0, 0, "system prompt for chat"},
-    {"--no-think", NULL, '1', OPT(no_think), 1, 1, "chat: close the thinking section (GLM's enable_thinking=false)"},
+    {"--no-think", NULL, '1', OPT(no_think), 1, 1, "chat: no thinking section (GLM's enable_thinking=false, V3.2's chat mode)"},
     {"--dump-logits", "<file>", 's', OPT(dump_logits), 0, 0, "(T, vocab) float32 logits of --tokens, or of chat replies"},
     {"--ppl", "<file>", 's', OPT(ppl), 0, 0, "score a text: expert_load lines, then 'ppl tokens= ... ppl='"},
     {"--trace", "<file>", 's', OPT(trace), 0, 0, "a JSON line per token read: experts, attention (tools/trace_view.py)"},
