@@ -4,6 +4,11 @@ format (v2, Q8 or Q4 weights), without safetensors: for benchmarks, where only t
 types and the routing (random, through a real f32 router) matter.
 
     python3 bench/gen_model.py q8 bench/models/v2lite-q8.bin
+    python3 bench/gen_model.py q4 bench/models/v32lite-q4.bin --v32
+
+--v32 gives it DeepSeek-V3.2's graph at that size: V3.2's q LoRA (rank 1536) and its lightning
+indexer in every layer (64 heads of 128, index_topk 2048; wq_b and wk quantized, k_norm and
+weights_proj F32), so DeepSeek Sparse Attention can be timed at V2-Lite's scale.
 
 27 layers (the first dense), hidden 2048, 16 heads, no q LoRA, kv_lora 512, rope 64, nope 128,
 v 128, 64 routed experts top-6 + 2 shared, moe_intermediate 1408, intermediate 10944, vocab 102400,
@@ -34,6 +39,7 @@ V2_LITE = dict(
     n_tokens=102400, tokenizer_hash_lo=0, tokenizer_hash_hi=0, index_n_heads=0, index_head_dim=0,
     index_topk=0, eos_token_id_2=-1, eos_token_id_3=-1, eos_token_id_4=-1,
     **{name: 0 for name, _ in E.CONFIG_WORDS[44:]})
+V32 = dict(q_lora_rank=1536, index_n_heads=64, index_head_dim=128, index_topk=2048)
 
 BLOCKS_PER_CHUNK = 1 << 20
 
@@ -56,8 +62,8 @@ def block_chunks(t: E.OutTensor, pool: np.ndarray, rng: np.random.Generator):
         yield chunk.tobytes()
 
 
-def write(out_path: str, dtype: str, n_layers: int) -> None:
-    c = dict(V2_LITE, n_layers=n_layers)
+def write(out_path: str, dtype: str, n_layers: int, v32: bool = False) -> None:
+    c = dict(V2_LITE, n_layers=n_layers, **(V32 if v32 else {}))
     qtype = E.DTYPES[dtype]
     plan = [E.OutTensor(name, E.F32 if f32 or len(shape) == 1 else qtype, shape)
             for name, shape, f32 in E.model_tensors(c)]
@@ -77,9 +83,9 @@ def write(out_path: str, dtype: str, n_layers: int) -> None:
             if t.type == qtype:
                 for chunk in block_chunks(t, pool, rng):
                     f.write(chunk)
-            elif len(t.shape) == 1:
-                f.write(np.ones(t.shape, "<f4").tobytes())
-            else:  # the router
+            elif len(t.shape) == 1:  # norms 1, the indexer's LayerNorm bias 0
+                f.write((np.zeros if t.name.endswith("bias") else np.ones)(t.shape, "<f4").tobytes())
+            else:  # the router, the indexer's weights_proj
                 f.write((rng.standard_normal(t.shape) / np.sqrt(t.shape[1])).astype("<f4").tobytes())
             pos = t.offset + t.nbytes
             if i % 200 == 0:
@@ -96,8 +102,9 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=27,
                     help="fewer layers give a small file for quick kernel experiments (default 27, the real shape)")
+    ap.add_argument("--v32", action="store_true", help="DeepSeek-V3.2's graph: q LoRA and the lightning indexer")
     args = ap.parse_args()
-    write(args.out, args.dtype, args.layers)
+    write(args.out, args.dtype, args.layers, args.v32)
 
 
 if __name__ == "__main__":

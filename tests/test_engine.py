@@ -277,8 +277,15 @@ def expected_tensors(cfg: dict, dtype: str) -> list:
         out += [(p + "self_attn.kv_a_proj_with_mqa.weight", W, (r + dr, D)),
                 (p + "self_attn.kv_a_layernorm.weight", "F32", (r,)),
                 (p + "self_attn.kv_b_proj.weight", W, (H * (dn + dv), r)),
-                (p + "self_attn.o_proj.weight", W, (D, H * dv)),
-                (p + "post_attention_layernorm.weight", "F32", (D,))]
+                (p + "self_attn.o_proj.weight", W, (D, H * dv))]
+        if cfg.get("index_n_heads"):  # DeepSeek-V3.2's lightning indexer; weights_proj F32 like the router
+            Hi, di = cfg["index_n_heads"], cfg["index_head_dim"]
+            out += [(p + "self_attn.indexer.wq_b.weight", W, (Hi * di, rq)),
+                    (p + "self_attn.indexer.wk.weight", W, (di, D)),
+                    (p + "self_attn.indexer.k_norm.weight", "F32", (di,)),
+                    (p + "self_attn.indexer.k_norm.bias", "F32", (di,)),
+                    (p + "self_attn.indexer.weights_proj.weight", "F32", (Hi, D))]
+        out.append((p + "post_attention_layernorm.weight", "F32", (D,)))
         if R.is_moe_layer(cfg, l):
             out.append((p + "mlp.gate.weight", "F32", (E, D)))
             if cfg["topk_method"] == "noaux_tc":
@@ -317,7 +324,8 @@ def test_export_header(variant, exported, checkpoint):
               17: {"softmax": 0, "sigmoid": 1}[R.scoring_func(cfg)], 18: int(cfg["norm_topk_prob"]),
               20: cfg["first_k_dense_replace"], 21: cfg.get("moe_layer_freq", 1), 23: 1 if y else 0,
               25: y.get("original_max_position_embeddings", 0), 31: cfg["max_position_embeddings"],
-              32: cfg.get("bos_token_id", -1), 33: eos[0], 34: 0, 38: 0, 39: 0, 40: 0,
+              32: cfg.get("bos_token_id", -1), 33: eos[0], 34: 0, 38: cfg.get("index_n_heads", 0),
+              39: cfg.get("index_head_dim", 0), 40: cfg.get("index_topk", 0),
               41: eos[1], 42: eos[2], 43: eos[3], **{k: 0 for k in range(44, 64)}}
     want_f = {19: cfg["routed_scaling_factor"], 22: rope["theta"], 24: y.get("factor", 1.0),
               30: cfg["rms_norm_eps"]}

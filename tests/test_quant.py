@@ -125,10 +125,10 @@ class EmulatingReference(R.Reference):
             self.w[name] = vals.view(QuantizedMatrix)
         self.quantized = set(decoded_weights(path))
 
-    def attention(self, l, x, pos, absorbed=False, yarn_mscale=True, bf16_cache=False):
+    def attention(self, l, x, pos, absorbed=False, yarn_mscale=True, bf16_cache=False, keep=None):
         name = f"model.layers.{l}.self_attn.kv_b_proj.weight"
         if name not in self.quantized:
-            return super().attention(l, x, pos, absorbed, yarn_mscale, bf16_cache)
+            return super().attention(l, x, pos, absorbed, yarn_mscale, bf16_cache, keep=keep)
         einsum = np.einsum
 
         def quantizing_einsum(spec, *ops, **kw):
@@ -137,7 +137,7 @@ class EmulatingReference(R.Reference):
             return einsum(spec, *ops, **kw)
         R.np.einsum = quantizing_einsum
         try:
-            return super().attention(l, x, pos, True, yarn_mscale, bf16_cache)
+            return super().attention(l, x, pos, True, yarn_mscale, bf16_cache, keep=keep)
         finally:
             R.np.einsum = einsum
 
@@ -265,6 +265,12 @@ def test_quant_error_vs_f32(variant, quant_logits, checkpoint):
     for dtype in ("q8", "q4"):
         got = quant_logits(variant, dtype)[1]
         rel[dtype] = np.sqrt(np.mean((got - f32) ** 2) / np.mean(f32 ** 2))
+    if G.VARIANTS[variant].get("index_topk"):
+        # DeepSeek Sparse Attention (V3.2, index_topk 8 of 40 positions): quantization moves the indexer's
+        # scores, and every selection it flips changes the attention outright (measured: q8 0.31-0.37,
+        # q4 0.75-0.82); a scrambled kernel still gives ~1.4.
+        assert rel["q8"] < rel["q4"] and rel["q8"] < 0.5 and rel["q4"] < Q4_REL, rel
+        return
     assert rel["q8"] < rel["q4"] / 2 and rel["q8"] < Q8_REL and rel["q4"] < Q4_REL, rel
 
 

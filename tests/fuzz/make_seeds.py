@@ -2,7 +2,7 @@
 
 The seeds are tiny but valid inputs, so that mutations start deep inside the format:
 model files exported by export.py from miniature checkpoints of tests/gen_checkpoints.py (a V2-style
-and a V3-style router, F32 and BF16, one with an embedded tokenizer), and tokenizer-harness inputs
+and a V3-style router, F32 and BF16, one with an embedded tokenizer, one with V3.2's indexer), and tokenizer-harness inputs
 (see fuzz_tokenizer.c: u16 text length, text, tokenizer file), and fuzz_config.c inputs (the config words
 of each model seed, a type byte, some weight bytes). Run from anywhere:
     /usr/bin/python3 tests/fuzz/make_seeds.py
@@ -36,6 +36,7 @@ SEEDS = {
     "moonlight-f32": ("moonlight", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1, bos_token_id=0,
                                         eos_token_id=1, _tokenizer_dir=None, _n_tokens=32,
                                         moe_layer_freq=2, first_k_dense_replace=0), "f32"),
+    "v32-f32": ("v32", dict(TINY, q_lora_rank=4, index_n_heads=2, index_head_dim=4, index_topk=2), "f32"),
 }
 
 # Quantized types (once export.py has them): block-quantized matrices need inputs of 32k columns.
