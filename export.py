@@ -548,12 +548,10 @@ def check_config(c: dict) -> None:
     if max(H * (dn + dr), H * (dn + dv), H * dv, c["kv_lora_rank"] + dr) > MAX_DIM:
         fail("config.json: attention shapes are too large (num_attention_heads x head dims)")
     if c["index_n_heads"]:  # the indexer's query comes from MLA's c_Q; its rope part is its first dr values
-        check_range(c, "index_n_heads", 1, 1 << 16)
-        check_range(c, "index_head_dim", dr, 1 << 16)
+        check_range(c, "index_n_heads", 1, 1 << 10)
+        check_range(c, "index_head_dim", dr, 1 << 12)
         check_range(c, "index_topk", 1, I32_MAX)
         check_range(c, "q_lora_rank", 1, MAX_DIM)
-        if c["index_n_heads"] * c["index_head_dim"] > MAX_DIM:
-            fail("config.json: indexer shapes are too large (index_n_heads x index_head_dim)")
 
 
 # ----------------------------------------------------------------------------------------------

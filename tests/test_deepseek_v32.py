@@ -181,6 +181,7 @@ def v32_config_cases():
         "index_topk-0": (lambda c: c.update(index_topk=0), "index_topk"),
         "index_head_dim-below-rope": (lambda c: c.update(index_head_dim=8), "index_head_dim"),
         "index_n_heads-string": (lambda c: c.update(index_n_heads="8"), "index_n_heads"),
+        "index_n_heads-2048": (lambda c: c.update(index_n_heads=2048), "index_n_heads"),
         "no-q-lora": (lambda c: c.update(q_lora_rank=None), "q_lora_rank"),
     }
 
