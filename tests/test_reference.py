@@ -291,3 +291,36 @@ def test_bias_shift_invariance(checkpoint):
         masked = np.where(np.isin(np.arange(len(c)) // per, keep), c, 0.0)
         zero_mask_differs += sorted(np.argsort(-masked, kind="stable")[:cfg["num_experts_per_tok"]]) != sorted(i1)
     assert zero_mask_differs > 150
+
+
+# ---------------------------------------------------------------- DeepSeek-V3.2's lightning indexer
+
+def test_indexer_rope_halves_is_the_official_non_interleaved_form():
+    """apply_rotary_emb(x, freqs_cis, interleaved=False) of the official V3.2 inference/model.py: view the last
+    dim as (2, d/2), transpose to d/2 complex pairs (x[j], x[j + d/2]), multiply by e^{i p theta_j}, and write
+    the real parts, then the imaginary parts. The halves rotation equals it; adjacent pairs do not."""
+    rng = np.random.default_rng(0)
+    d, T = 16, 5
+    x = rng.standard_normal((T, 3, d))
+    pos = np.arange(T, dtype=np.float64) + 7
+    theta, _ = R.rope_frequencies({"theta": 1e4, "yarn": dict(YARN_DS, mscale=1.0, mscale_all_dim=1.0)}, d)
+    pairs = x.reshape(T, 3, 2, d // 2).transpose(0, 1, 3, 2)             # (T, 3, d/2, 2)
+    z = (pairs[..., 0] + 1j * pairs[..., 1]) * np.exp(1j * pos[:, None, None] * theta[None, None, :])
+    official = np.concatenate([z.real, z.imag], axis=-1)
+    np.testing.assert_allclose(R.apply_rope(x, pos, theta, 1.0, halves=True), official, atol=1e-12)
+    assert np.abs(R.apply_rope(x, pos, theta, 1.0) - official).max() > 0.1
+
+
+def test_hadamard_rotation_changes_no_selection(checkpoint):
+    """The official indexer multiplies q and k by H/sqrt(d) (Sylvester); it is orthogonal, so skipping it on
+    both sides changes no score beyond rounding and no selection."""
+    h = R.hadamard(32)
+    np.testing.assert_allclose(h @ h.T, np.eye(32), atol=1e-12)
+    ref = R.load(checkpoint("v32"))
+    toks = prompt_ids(ref.cfg["vocab_size"], 48)
+    xn = R.rmsnorm(ref.w["model.embed_tokens.weight"][toks], ref.w["model.layers.0.input_layernorm.weight"], 1e-6)
+    pos = np.arange(48, dtype=np.float64)
+    keep = ref.indexer(0, xn, pos)
+    assert np.array_equal(keep, ref.indexer(0, xn, pos, rotate=True))
+    assert keep.sum(axis=1).max() == ref.cfg["index_topk"] and not np.array_equal(keep, np.tril(np.ones((48, 48), bool)))
+    assert not np.array_equal(keep, ref.indexer(0, xn, pos, rope_halves=False))
