@@ -289,6 +289,24 @@ def test_chat_feeds_encoding_dsv32_turns(thinking, system, checkpoint, run_bin, 
         history += new + [{"role": "assistant", "content": "(reply)"}]
 
 
+def test_chat_save_load_keeps_the_indexer_keys(checkpoint, run_bin, workdir, tmp_path):
+    """/save writes the indexer's key cache beside the latent cache: after /load, a turn past index_topk
+    positions selects as the unbroken conversation does, so its logits are the same bit for bit."""
+    model, save = v32_chat_model(checkpoint, workdir), tmp_path / "conv.bin"
+
+    def chat(text: str, dump: str) -> tuple:
+        r = subprocess.run([run_bin, model, "-m", "chat", "-t", "0", "-n", "6", "--dump-logits", dump],
+                           input=text.encode(), capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stderr.decode(), np.fromfile(dump, "<f4")
+
+    a, la = chat(f"Hello there.\n/save {save}\nAnd then?\n", str(tmp_path / "a.f32"))
+    saved = int(a.split("(saved ")[1].split()[0])
+    assert saved > G.VARIANTS["v32"]["index_topk"], a
+    b, lb = chat(f"/load {save}\nAnd then?\n", str(tmp_path / "b.f32"))
+    assert f"(loaded {saved} positions" in b and lb.size and np.array_equal(lb, la[-lb.size:]), b
+
+
 def test_text_prompt_gets_bos_and_family_detection(checkpoint, run_bin, workdir, tmp_path):
     model = v32_chat_model(checkpoint, workdir)
     by_text = subprocess.run([run_bin, model, "-i", "Hello", "-n", "4", "-t", "0", "--print-ids"], capture_output=True)
