@@ -782,8 +782,8 @@ static void lightning_indexer(const Model *m, RunState *s, int layer, int pos0, 
         const float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
         int *sel = b->selected + (size_t)t * s->context;
         for (int h = 0; h < H; h++) rope_rotate(q + (size_t)h * d, q + (size_t)h * d, cos_t, sin_t, half, 1);
-        Tensor keys = {cache, TYPE_F32, pos0 + t + 1, d};  // (pos + 1, d_I)
-        matmul_n(logit, &keys, q, H);                        // (n_I, pos + 1)
+        Tensor keys = {cache, TYPE_F32, pos0 + t + 1, d, 0};  // (pos + 1, d_I)
+        matmul_n(logit, &keys, q, H);                           // (n_I, pos + 1)
         for (int p = 0; p < keys.rows; p++) {
             float score = 0.0f;  // +0, so a sum of ±0 terms is +0: one key for equal scores
             for (int h = 0; h < H; h++) score += w[h] * fmaxf(logit[(size_t)h * keys.rows + p], 0.0f);
