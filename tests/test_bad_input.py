@@ -178,8 +178,8 @@ CONFIG_CASES = {
     "mtp_layers": (34, i32(1), "n_mtp_layers"),
     "n_tokens_gt_vocab": (35, i32(513), "n_tokens"),
     "n_tokens_0": (35, i32(0), "n_tokens"),
-    # version 2's words: the indexer is not run yet; reserved words must be 0; stop ids within the vocabulary
-    "index_heads": (38, i32(4), "indexer"),
+    # version 2's words: an indexer (V3.2) needs its head dim; reserved words must be 0; stop ids within the vocabulary
+    "index_heads": (38, i32(4), "index_head_dim"),
     "eos_2_beyond_vocab": (41, i32(512), "eos_token_id_2"),
     "reserved_word": (50, i32(1), "config word 50"),
 }
