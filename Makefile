@@ -62,7 +62,9 @@ endif
 # The tests that drive the C binary, again against ./run-asan; the matmul tests also against ./run-asan-simd.
 test-asan: run-asan run-asan-simd
 	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
-		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch tests/test_cli.py
+		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch tests/test_cli.py \
+		tests/test_mtp.py::test_mtp_logits_match_pytorch tests/test_mtp.py::test_greedy_acceptance_matches_the_fixture \
+		tests/test_mtp.py::test_mtp_stops_where_plain_generation_stops tests/test_mtp.py::test_missing_or_corrupt_mtp_section_is_one_error
 	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,

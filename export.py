@@ -3,7 +3,7 @@
 Export a HuggingFace DeepSeek-V2/V3/V3.2 checkpoint (or one of a family with their graph: GLM-4.7-Flash,
 Moonlight, Kimi-K2) to one seek.c model file (format v2).
 
-    python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16|q8|q4]
+    python3 export.py <hf_dir> <out.bin> [--dtype f32|bf16|q8|q4] [--mtp]
     python3 export.py --tokenizer <hf_dir> <tokenizer.bin>
 
 Python 3 + numpy only: safetensors is parsed here (8-byte little-endian header length, a JSON
@@ -448,9 +448,9 @@ def read_model_type_rules(c: dict, raw: dict, model_type: str) -> None:
         c["source"]["first_k_dense_replace"] = "mlp_layer_types"
 
 
-def load_config(hf_dir: str) -> dict:
+def load_config(hf_dir: str, mtp: bool = False) -> dict:
     """Read config.json into a dict with one key per config word (n_tokens and the tokenizer
-    hash are filled in later), then check it as run.c will."""
+    hash are filled in later), then check it as run.c will. mtp: the file keeps one MTP layer."""
     raw = read_json(os.path.join(hf_dir, "config.json"), "config.json")
     model_type = raw.get("model_type")
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
@@ -466,7 +466,7 @@ def load_config(hf_dir: str) -> dict:
     c.update(index_n_heads=0, index_head_dim=0, index_topk=0)
     if model_type == "deepseek_v32":
         read_fields(c, raw, INDEXER_FIELDS)
-    c.update(n_mtp_layers=0,  # MTP layers (index >= n_layers) are skipped for now
+    c.update(n_mtp_layers=int(mtp),  # MTP layers (index >= n_layers): the first one kept with --mtp
              n_tokens=0, tokenizer_hash_lo=0, tokenizer_hash_hi=0, **{name: 0 for name, _ in CONFIG_WORDS[44:]})
     c["tie_word_embeddings"] = read_bool(raw, "tie_word_embeddings", False, "tie_word_embeddings")
     check_config(c)
@@ -504,7 +504,7 @@ def check_config(c: dict) -> None:
     check_range(c, "n_routed_experts", 0, 1 << 16)
     check_range(c, "first_k_dense_replace", 0, I32_MAX)
     check_range(c, "moe_layer_freq", 1, I32_MAX)
-    moe = [is_moe_layer(c, layer) for layer in range(c["n_layers"])]
+    moe = [is_moe_layer(c, layer) for layer in range(c["n_layers"] + c["n_mtp_layers"])]
     has_moe, has_dense = any(moe), not all(moe)
     check_range(c, "intermediate_size", 1 if has_dense else 0, MAX_DIM)
     check_range(c, "moe_intermediate_size", 0, MAX_DIM)
@@ -1420,8 +1420,7 @@ def is_moe_layer(c: dict, layer: int) -> bool:
 
 
 def layer_tensors(c: dict, layer: int) -> list:
-    """[(name, shape, always_f32)] of one decoder layer. MTP layers (index >= n_layers) reuse
-    this plus their extra tensors once they are stored (config word n_mtp_layers)."""
+    """[(name, shape, always_f32)] of one decoder layer, also the MTP module's block (layer n_layers)."""
     D, H, r = c["dim"], c["n_heads"], c["kv_lora_rank"]
     rq, dn, dr, dv = c["q_lora_rank"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     P = f"model.layers.{layer}."
@@ -1472,6 +1471,12 @@ def model_tensors(c: dict) -> Iterator[tuple]:
         yield from layer_tensors(c, layer)
     yield ("model.norm.weight", (D,), True)
     yield ("lm_head.weight", (V, D), False)
+    if c["n_mtp_layers"]:  # the MTP module (DeepSeek-V3 §2.2): input norms, projection, block, head norm
+        P = f"model.layers.{c['n_layers']}."
+        yield from [(P + "enorm.weight", (D,), True), (P + "hnorm.weight", (D,), True),
+                    (P + "eh_proj.weight", (D, 2 * D), False)]
+        yield from layer_tensors(c, c["n_layers"])
+        yield (P + "shared_head.norm.weight", (D,), True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1495,10 +1500,42 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints save
 SCALE_SUFFIX = "_scale_inv"
 
 
+def mtp_copies(c: dict) -> tuple:
+    """The MTP module's embedding and output head, which DeepSeek-V3 §2.2 shares with the main model."""
+    P = f"model.layers.{c['n_layers']}."
+    return P + "embed_tokens.weight", P + "shared_head.head.weight"
+
+
 def is_skipped(c: dict, name: str) -> bool:
-    """Tensors of layers >= n_layers (the MTP module, DeepSeek-V3 §2.2) are not stored yet."""
+    """Layers past those stored (the MTP module without --mtp, DeepSeek-V3 §2.2; MTP depths past the
+    first), and with --mtp the module's copies of the embedding and head (check_mtp)."""
     m = LAYER_RE.match(name)
-    return (m is not None and int(m.group(1)) >= c["n_layers"]) or name.endswith(IGNORED_SUFFIXES)
+    return ((m is not None and int(m.group(1)) >= c["n_layers"] + c["n_mtp_layers"])
+            or name.endswith(IGNORED_SUFFIXES) or (c["n_mtp_layers"] > 0 and name in mtp_copies(c)))
+
+
+def same_bytes(a: SourceTensor, b: SourceTensor) -> bool:
+    if (a.dtype, a.shape) != (b.dtype, b.shape):
+        return False
+    with open_input(a.path, "safetensors file") as fa, open_input(b.path, "safetensors file") as fb:
+        for at in range(0, a.nbytes, 1 << 26):
+            fa.seek(a.start + at)
+            fb.seek(b.start + at)
+            if fa.read(min(1 << 26, a.nbytes - at)) != fb.read(min(1 << 26, a.nbytes - at)):
+                return False
+    return True
+
+
+def check_mtp(c: dict, tensors: dict) -> None:
+    """--mtp: the checkpoint has an MTP module, and its copies of the embedding and head (where it
+    stores them) equal the main model's, since the file stores them once, as the paper shares them."""
+    P = f"model.layers.{c['n_layers']}."
+    if P + "eh_proj.weight" not in tensors:
+        fail(f"--mtp: the checkpoint has no MTP module (no {P}eh_proj.weight)")
+    head = "lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight"
+    for copy, main in zip(mtp_copies(c), ("model.embed_tokens.weight", head)):
+        if copy in tensors and main in tensors and not same_bytes(tensors[copy], tensors[main]):
+            fail(f"--mtp: {copy} differs from {main}; the file stores the main model's, shared with the MTP module")
 
 
 def check_names(c: dict, wanted: dict, tensors: dict) -> None:
@@ -1912,9 +1949,11 @@ def input_files(hf_dir: str) -> list:
             + sorted(glob.glob(os.path.join(glob.escape(hf_dir), "tokenization_*.py"))))
 
 
-def export_model(hf_dir: str, out_path: str, dtype: str) -> None:
-    c = load_config(hf_dir)
+def export_model(hf_dir: str, out_path: str, dtype: str, mtp: bool = False) -> None:
+    c = load_config(hf_dir, mtp)
     tensors = load_checkpoint(hf_dir)
+    if mtp:
+        check_mtp(c, tensors)
     blob = tokenizer_blob(hf_dir)
     n_ids = count_tokens(hf_dir)
     if blob is not None and os.path.lexists(os.path.join(hf_dir, "tiktoken.model")):
@@ -1948,6 +1987,8 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("out", help="output file (model.bin, or tokenizer.bin with --tokenizer)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="f32",
                         help="type of the 2-D weight matrices except the router (default f32)")
+    parser.add_argument("--mtp", action="store_true",
+                        help="keep the MTP module (DeepSeek-V3 multi-token prediction) for run --mtp")
     parser.add_argument("--tokenizer", action="store_true",
                         help="write only the tokenizer file")
     args = parser.parse_args(argv)
@@ -1959,7 +2000,7 @@ def main(argv: Optional[list] = None) -> None:
         if args.tokenizer:
             export_tokenizer(args.hf_dir, args.out)
         else:
-            export_model(args.hf_dir, args.out, args.dtype)
+            export_model(args.hf_dir, args.out, args.dtype, args.mtp)
     except ExportError as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         sys.exit(1)

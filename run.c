@@ -164,7 +164,7 @@ typedef struct {
     int max_position_embeddings;
     int bos_token_id;           // -1 = none
     int eos_token_id;           // -1 = none
-    int n_mtp_layers;
+    int n_mtp_layers;           // num_nextn_predict_layers stored: 0, or 1 MTP module (DeepSeek-V3 §2.2)
     int n_tokens;               // real tokenizer size; ids >= n_tokens are padding
     uint32_t tokenizer_hash_lo;
     uint32_t tokenizer_hash_hi;
@@ -222,9 +222,13 @@ typedef struct {
 
 typedef struct {
     Tensor embed;                // (V, D)
-    LayerWeights *layers;        // (L)
+    LayerWeights *layers;        // (L + n_mtp_layers)
     const float *final_norm;     // (D)
     Tensor lm_head;              // (V, D)
+    // The MTP module (DeepSeek-V3 §2.2): its block is layers[L]; its embedding and head are the main model's (shared).
+    const float *enorm, *hnorm;  // (D) RMSNorm of the next token's embedding, of the main model's hidden state h
+    Tensor eh_proj;              // (D, 2D) [enorm(emb); hnorm(h)] -> the input of the block
+    const float *head_norm;      // (D) shared_head.norm
     const uint8_t *tokenizer;    // (tokenizer_bytes) embedded tokenizer blob, or NULL
     uint64_t tokenizer_bytes;
 } Weights;
@@ -338,7 +342,9 @@ typedef struct {
     MoEBuffers moe;
     MatmulJob *jobs;      // (2(E+1) + H) one batch of products
     float *logits;        // (chunk, V)
-    void *latent_cache;   // (L, context, r+dr) f32 or bf16: per position the normalised c_t and rotated k_pe_t
+    float *mtp_in;        // (chunk, 2D) the MTP module's input rows [enorm(emb(next token)); hnorm(h)]
+    int mtp;              // --mtp: prefill runs the MTP block too, so its cache rows exist for the prompt
+    void *latent_cache;   // (L + n_mtp_layers, context, r+dr) f32 or bf16: per position the normalised c_t and rotated k_pe_t
     int cache_bf16;       // --cache-type bf16
     float *index_cache;   // (L, context, d_I) lightning indexer keys k_s, rope applied (DeepSeek-V3.2)
     struct Trace *trace;  // --trace: what forward_chunk reports after each layer, or NULL
@@ -798,43 +804,62 @@ static void lightning_indexer(const Model *m, RunState *s, int layer, int pos0, 
 // ----------------------------------------------------------------------------
 // Forward
 
-// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one
-// matrix, appending their latents to the cache. Returns the logits (V) of the
-// last token, or with all_logits those of every token (n, V), over the whole
-// vocab_size. Pre-norm residual blocks, as inference/model.py's Block.forward:
-// x += attention(rmsnorm(x)); x += FFN(rmsnorm(x)), the FFN being a DeepSeekMoE
-// layer or, in the first_k_dense_replace leading layers, a dense SwiGLU.
+// Pre-norm residual block l on s->x (n, D) at positions pos0 .., as inference/model.py's Block.forward:
+// x += attention(rmsnorm(x)); x += FFN(rmsnorm(x)), the FFN a DeepSeekMoE layer or, in the first_k_dense_replace
+// leading layers, a dense SwiGLU. Block L is the MTP module's.
+static void decoder_block(const Model *m, RunState *s, int l, int pos0, int n) {
+    const Config *c = &m->config;
+    const LayerWeights *lw = &m->weights.layers[l];
+    int D = c->dim;
+    for (int t = 0; t < n; t++) rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
+    mla_attention(m, s, l, pos0, n);
+    for (size_t i = 0; i < (size_t)n * D; i++) s->x[i] += s->block_out[i];
+    for (int t = 0; t < n; t++) rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
+    if (lw->is_moe) moe(m, s, l, n);
+    else swiglu(s, &(FFNCall){&lw->mlp, s->xn, s->block_out, n}, 1);  // the dense FFN
+    for (size_t i = 0; i < (size_t)n * D; i++) s->x[i] += s->block_out[i];
+}
+
+// Every row of s->x (n, D) normalised (the states h the MTP module reads); the head's logits of the last row (V) or all.
+static float *output_head(const Model *m, RunState *s, const float *norm, int n, int all_logits) {
+    int D = m->config.dim, first = all_logits ? 0 : n - 1;
+    for (int t = 0; t < n; t++) rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, norm, D, m->config.rms_norm_eps);
+    matmul_n(s->logits, &m->weights.lm_head, s->x + (size_t)first * D, n - first);
+    return s->logits;
+}
+
+// Runs tokens (n) at positions pos0 .. pos0+n-1 through the model as one matrix, appending their latents to the cache;
+// returns the logits (V) of the last token, or with all_logits of every token (n, V), and leaves their states h in s->x.
 static float *forward_chunk(const Model *m, RunState *s, const int *tokens, int n, int pos0, int all_logits) {
     const Config *c = &m->config;
-    const Weights *w = &m->weights;
     int D = c->dim, half = c->qk_rope_head_dim / 2;
-    size_t nD = (size_t)n * D;
     for (int t = 0; t < n; t++) {
-        dequantize_row(s->x + (size_t)t * D, &w->embed, tokens[t]);
+        dequantize_row(s->x + (size_t)t * D, &m->weights.embed, tokens[t]);
         rope_tables(s->mla.rope_cos + (size_t)t * half, s->mla.rope_sin + (size_t)t * half, &m->rope, half, pos0 + t);
     }
     for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *lw = &w->layers[l];
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->input_norm, D, c->rms_norm_eps);
-        mla_attention(m, s, l, pos0, n);
-        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * D, s->x + (size_t)t * D, lw->post_norm, D, c->rms_norm_eps);
-        if (lw->is_moe) {
-            moe(m, s, l, n);
-        } else {
-            FFNCall dense = {&lw->mlp, s->xn, s->block_out, n};
-            swiglu(s, &dense, 1);
-        }
-        for (size_t i = 0; i < nD; i++) s->x[i] += s->block_out[i];
+        decoder_block(m, s, l, pos0, n);
         if (s->trace) trace_layer(m, s, l, pos0, tokens[0]);  // --trace runs one token per chunk
     }
-    int first = all_logits ? 0 : n - 1;
-    for (int t = first; t < n; t++)
-        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, c->rms_norm_eps);
-    matmul_n(s->logits, &w->lm_head, s->x + (size_t)first * D, n - first);
-    return s->logits;
+    return output_head(m, s, m->weights.final_norm, n, all_logits);
+}
+
+// Multi-token prediction (DeepSeek-V3 §2.2), depth 1, on the n rows forward_chunk just left in s->x (same positions):
+// row t is eh_proj [enorm(emb(next[t])); hnorm(h_t)] (the embedding first, as vLLM's deepseek_mtp.py concatenates),
+// through the module's block (layer L, own cache rows), shared_head.norm and the head: it predicts the next token.
+static float *mtp_forward(const Model *m, RunState *s, const int *next, int n, int pos0, int all_logits) {
+    const Weights *w = &m->weights;
+    int D = m->config.dim;
+    float eps = m->config.rms_norm_eps;
+    for (int t = 0; t < n; t++) {
+        float *in = s->mtp_in + (size_t)t * 2 * D;
+        dequantize_row(in, &w->embed, next[t]);
+        rmsnorm(in, in, w->enorm, D, eps);
+        rmsnorm(in + D, s->x + (size_t)t * D, w->hnorm, D, eps);
+    }
+    matmul_n(s->x, &w->eh_proj, s->mtp_in, n);
+    decoder_block(m, s, m->config.n_layers, pos0, n);  // RoPE at pos0 ..: forward_chunk's tables still hold them
+    return output_head(m, s, w->head_norm, n, all_logits);
 }
 
 // One token at position pos; returns its logits (V).
@@ -849,6 +874,7 @@ static float *prefill(const Model *m, RunState *s, const int *tokens, int n, int
     for (int i = 0; i < n; i += s->chunk) {
         int k = n - i < s->chunk ? n - i : s->chunk;
         logits = forward_chunk(m, s, tokens + i, k, pos0 + i, 0);
+        if (s->mtp && i + k < n) mtp_forward(m, s, tokens + i + 1, k, pos0 + i, 0);  // the last chunk waits for its next token
     }
     return logits;
 }
@@ -1510,10 +1536,9 @@ static void validate_config(const Config *c) {
     check_range("n_routed_experts", c->n_routed_experts, 0, 1 << 16);
     check_range("first_k_dense_replace", c->first_k_dense_replace, 0, INT32_MAX);
     check_range("moe_layer_freq", c->moe_layer_freq, 1, INT32_MAX);
+    check_range("n_mtp_layers", c->n_mtp_layers, 0, 1);
     int has_dense = 0, has_moe = 0;
-    for (int l = 0; l < c->n_layers; l++) {
-        if (is_moe_layer(c, l)) has_moe = 1; else has_dense = 1;
-    }
+    for (int l = 0; l < c->n_layers + c->n_mtp_layers; l++) *(is_moe_layer(c, l) ? &has_moe : &has_dense) = 1;
     check_range("intermediate_size", c->intermediate_size, has_dense ? 1 : 0, MAX_DIM);
     // Checked even without MoE layers, because buffer sizes are derived from them.
     check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);
@@ -1564,7 +1589,6 @@ static void validate_config(const Config *c) {
     check_range("index_n_heads", c->index_n_heads, 0, 1 << 10);
     check_range("index_head_dim", c->index_head_dim, indexer ? c->qk_rope_head_dim : 0, indexer ? 1 << 12 : 0);
     check_range("index_topk", c->index_topk, indexer, indexer ? INT32_MAX : 0);
-    if (c->n_mtp_layers != 0) die("model file: config n_mtp_layers = %d; MTP layers are not supported yet", c->n_mtp_layers);
     check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
     long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
     long long kv_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->v_head_dim);
@@ -1687,55 +1711,67 @@ static uint64_t fnv1a64(const uint8_t *p, uint64_t n) {
     return h;
 }
 
-static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
+// The tensors of decoder layer l (the MTP module's block too) into lw.
+static void walk_layer(TableWalker *tw, const Config *c, int l, LayerWeights *lw) {
     long long D = c->dim, H = c->n_heads, r = c->kv_lora_rank, rq = c->q_lora_rank;
     long long dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
     long long E = c->n_routed_experts, Ie = c->moe_intermediate_size, S = c->n_shared_experts;
-    w->embed = walk_matrix(tw, "model.embed_tokens.weight", KIND_MATRIX, c->vocab_size, D);
-    w->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerWeights *lw = &w->layers[l];
-        snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", l);
-        lw->input_norm = walk_vector(tw, "input_layernorm.weight", D);
-        if (rq > 0) {
-            lw->q_a_proj = walk_matrix(tw, "self_attn.q_a_proj.weight", KIND_MATRIX, rq, D);
-            lw->q_a_norm = walk_vector(tw, "self_attn.q_a_layernorm.weight", rq);
-            lw->q_b_proj = walk_matrix(tw, "self_attn.q_b_proj.weight", KIND_MATRIX, H * (dn + dr), rq);
-        } else {
-            lw->q_proj = walk_matrix(tw, "self_attn.q_proj.weight", KIND_MATRIX, H * (dn + dr), D);
-        }
-        lw->kv_a_proj = walk_matrix(tw, "self_attn.kv_a_proj_with_mqa.weight", KIND_MATRIX, r + dr, D);
-        lw->kv_a_norm = walk_vector(tw, "self_attn.kv_a_layernorm.weight", r);
-        lw->kv_b_proj = walk_matrix(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
-        lw->o_proj = walk_matrix(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
-        if (c->index_n_heads) {  // DeepSeek-V3.2's lightning indexer
-            long long HI = c->index_n_heads, dI = c->index_head_dim;
-            lw->index_wq_b = walk_matrix(tw, "self_attn.indexer.wq_b.weight", KIND_MATRIX, HI * dI, rq);
-            lw->index_wk = walk_matrix(tw, "self_attn.indexer.wk.weight", KIND_MATRIX, dI, D);
-            lw->index_k_norm = walk_vector(tw, "self_attn.indexer.k_norm.weight", dI);
-            lw->index_k_bias = walk_vector(tw, "self_attn.indexer.k_norm.bias", dI);
-            lw->index_weights = walk_matrix(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
-        }
-        lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
-        lw->is_moe = is_moe_layer(c, l);
-        if (lw->is_moe) {
-            lw->router = walk_matrix(tw, "mlp.gate.weight", KIND_F32, E, D);
-            if (c->topk_method == TOPK_NOAUX_TC) lw->router_bias = walk_vector(tw, "mlp.gate.e_score_correction_bias", E);
-            lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
-            for (int e = 0; e < E; e++) {
-                char expert[64];
-                snprintf(expert, sizeof expert, "mlp.experts.%d.", e);
-                lw->experts[e] = walk_mlp(tw, expert, Ie, D);
-            }
-            lw->has_shared = S > 0;
-            if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", S * Ie, D);
-        } else {
-            lw->mlp = walk_mlp(tw, "mlp.", c->intermediate_size, D);
-        }
+    snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", l);
+    lw->input_norm = walk_vector(tw, "input_layernorm.weight", D);
+    if (rq > 0) {
+        lw->q_a_proj = walk_matrix(tw, "self_attn.q_a_proj.weight", KIND_MATRIX, rq, D);
+        lw->q_a_norm = walk_vector(tw, "self_attn.q_a_layernorm.weight", rq);
+        lw->q_b_proj = walk_matrix(tw, "self_attn.q_b_proj.weight", KIND_MATRIX, H * (dn + dr), rq);
+    } else {
+        lw->q_proj = walk_matrix(tw, "self_attn.q_proj.weight", KIND_MATRIX, H * (dn + dr), D);
     }
+    lw->kv_a_proj = walk_matrix(tw, "self_attn.kv_a_proj_with_mqa.weight", KIND_MATRIX, r + dr, D);
+    lw->kv_a_norm = walk_vector(tw, "self_attn.kv_a_layernorm.weight", r);
+    lw->kv_b_proj = walk_matrix(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
+    lw->o_proj = walk_matrix(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
+    if (c->index_n_heads) {  // DeepSeek-V3.2's lightning indexer
+        long long HI = c->index_n_heads, dI = c->index_head_dim;
+        lw->index_wq_b = walk_matrix(tw, "self_attn.indexer.wq_b.weight", KIND_MATRIX, HI * dI, rq);
+        lw->index_wk = walk_matrix(tw, "self_attn.indexer.wk.weight", KIND_MATRIX, dI, D);
+        lw->index_k_norm = walk_vector(tw, "self_attn.indexer.k_norm.weight", dI);
+        lw->index_k_bias = walk_vector(tw, "self_attn.indexer.k_norm.bias", dI);
+        lw->index_weights = walk_matrix(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
+    }
+    lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
+    lw->is_moe = is_moe_layer(c, l);
+    if (lw->is_moe) {
+        lw->router = walk_matrix(tw, "mlp.gate.weight", KIND_F32, E, D);
+        if (c->topk_method == TOPK_NOAUX_TC) lw->router_bias = walk_vector(tw, "mlp.gate.e_score_correction_bias", E);
+        lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
+        for (int e = 0; e < E; e++) {
+            char expert[64];
+            snprintf(expert, sizeof expert, "mlp.experts.%d.", e);
+            lw->experts[e] = walk_mlp(tw, expert, Ie, D);
+        }
+        lw->has_shared = S > 0;
+        if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", S * Ie, D);
+    } else {
+        lw->mlp = walk_mlp(tw, "mlp.", c->intermediate_size, D);
+    }
+}
+
+static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
+    long long D = c->dim;  // (D, 2D) for eh_proj
+    w->embed = walk_matrix(tw, "model.embed_tokens.weight", KIND_MATRIX, c->vocab_size, D);
+    w->layers = xcalloc((size_t)(c->n_layers + c->n_mtp_layers), sizeof(LayerWeights));
+    for (int l = 0; l < c->n_layers; l++) walk_layer(tw, c, l, &w->layers[l]);
     tw->prefix[0] = 0;
     w->final_norm = walk_vector(tw, "model.norm.weight", D);
     w->lm_head = walk_matrix(tw, "lm_head.weight", KIND_MATRIX, c->vocab_size, D);
+    if (c->n_mtp_layers) {  // the MTP module, in the order of DeepSeek-V3 §2.2: input norms, projection, block, head norm
+        snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", c->n_layers);
+        w->enorm = walk_vector(tw, "enorm.weight", D);
+        w->hnorm = walk_vector(tw, "hnorm.weight", D);
+        w->eh_proj = walk_matrix(tw, "eh_proj.weight", KIND_MATRIX, D, 2 * D);
+        walk_layer(tw, c, c->n_layers, &w->layers[c->n_layers]);
+        w->head_norm = walk_vector(tw, "shared_head.norm.weight", D);
+        tw->prefix[0] = 0;
+    }
     uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
     if (hash != 0) {
         // The blob's length is only known from its own entry; read it first and
@@ -1845,7 +1881,7 @@ static void load_model(Model *m, const char *path, int in_memory) {
 }
 
 static void free_model(Model *m) {
-    for (int l = 0; l < m->config.n_layers; l++) free(m->weights.layers[l].experts);
+    for (int l = 0; l < m->config.n_layers + m->config.n_mtp_layers; l++) free(m->weights.layers[l].experts);
     free(m->weights.layers);
     free(m->rope.theta);
     if (m->copied) free((void *)m->file);
@@ -1862,7 +1898,7 @@ static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
 static void alloc_run_state(RunState *s, const Config *c, int context, int chunk, int cache_bf16) {
     int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
     int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
-    int G = c->n_group > 0 ? c->n_group : 1;
+    int G = c->n_group > 0 ? c->n_group : 1, layers = c->n_layers + c->n_mtp_layers;  // the MTP block has its own cache rows
     size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, F = sizeof(float);
     size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
     if (chunk > context) chunk = context;
@@ -1904,19 +1940,20 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     b->calls = state_buffer(s, (size_t)E + 1, 1, sizeof(FFNCall));
     b->hidden = state_buffer(s, ffn_rows, 1, F);
     b->up = state_buffer(s, ffn_rows, 1, F);
-    b->expert_load = state_buffer(s, (size_t)c->n_layers, (size_t)E, sizeof(long long));
+    b->expert_load = state_buffer(s, (size_t)layers, (size_t)E, sizeof(long long));
     s->jobs = state_buffer(s, 2 * ((size_t)E + 1) + H, 1, sizeof(MatmulJob));
     s->logits = state_buffer(s, n, (size_t)c->vocab_size, F);
-    if ((double)c->n_layers * context * (double)cache_row * F > (double)SIZE_MAX / 2)
+    s->mtp_in = state_buffer(s, n, 2 * D, F);
+    if ((double)layers * context * (double)cache_row * F > (double)SIZE_MAX / 2)
         die("the latent cache for %d positions does not fit in memory; lower -c", context);
-    s->latent_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, cache_row, cache_bf16 ? 2 : F);
+    s->latent_cache = state_buffer(s, (size_t)layers * (size_t)context, cache_row, cache_bf16 ? 2 : F);
     s->cache_bf16 = cache_bf16;
     if (c->index_n_heads) {
         a->index_q = state_buffer(s, n * (size_t)c->index_n_heads, (size_t)c->index_head_dim, F);
         a->index_w = state_buffer(s, n, (size_t)c->index_n_heads, F);
         a->index_logits = state_buffer(s, (size_t)c->index_n_heads, (size_t)context, F);
         a->selected = state_buffer(s, n, (size_t)context, sizeof(int));
-        s->index_cache = state_buffer(s, (size_t)c->n_layers * (size_t)context, (size_t)c->index_head_dim, F);
+        s->index_cache = state_buffer(s, (size_t)layers * (size_t)context, (size_t)c->index_head_dim, F);
     }
 }
 
@@ -2700,6 +2737,7 @@ typedef struct {
     int penalty_last_n;     // how many of the latest tokens it looks at; -1 = the whole context
     uint64_t rng_state;
     ProbIndex *candidates;  // (n)
+    float *probs;           // (n) the distribution of the latest draw
 } Sampler;
 
 // In [0, 1): the top 24 bits of xorshift64*, small, fast and reproducible for a given seed.
@@ -2728,12 +2766,12 @@ static void check_logits(const float *logits, size_t n, int vocab) {
         if (!isfinite(logits[i])) die("the model produced a non-finite logit (%g for id %zu); are its weights corrupt?", logits[i], i % (size_t)vocab);
 }
 
-// The next id from logits (V), with llama.cpp's default sampler chain restricted to the samplers we
-// have (common/sampling.cpp, src/llama-sampler.cpp): repeat penalty -> top-k -> top-p -> min-p ->
-// temperature -> draw. Each filter keeps a prefix of the ids sorted by logit and sees the logits at
-// temperature 1; the temperature only reshapes what they kept. history (n_hist): the tokens so far,
-// prompt included, as llama.cpp's completion tool feeds the prompt to its penalty sampler.
-static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
+// The distribution p (n) of the next id from logits (V), by llama.cpp's default sampler chain restricted to the
+// samplers we have (common/sampling.cpp, src/llama-sampler.cpp): repeat penalty -> top-k -> top-p -> min-p ->
+// temperature (-> draw). Each filter keeps a prefix of the ids sorted by logit and sees the logits at temperature 1;
+// the temperature only reshapes what they kept. history (n_hist): the tokens so far, the prompt included as in
+// llama.cpp's completion tool. Returns kept: p > 0 only for candidates[0..kept) (temperature 0: the argmax alone).
+static int sampler_probs(Sampler *sp, float *logits, const int *history, int n_hist, float *p) {
     int n = sp->n;
     ProbIndex *cand = sp->candidates;
     check_logits(logits, (size_t)n, n);
@@ -2747,7 +2785,8 @@ static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
         logits[id] = logits[id] > 0.0f ? logits[id] / sp->penalty : logits[id] * sp->penalty;
     }
     int best = sample_argmax(logits, n), kept = n;
-    if (sp->temperature == 0.0f) return best;
+    memset(p, 0, (size_t)n * sizeof(float));
+    if (sp->temperature == 0.0f) return p[best] = 1.0f, cand[0].index = best, 1;
     for (int i = 0; i < n; i++) cand[i] = (ProbIndex){logits[i], i};  // .prob holds the logit until the draw
     if (sp->topk > 0 || sp->topp < 1.0f || sp->minp > 0.0f) qsort(cand, (size_t)n, sizeof *cand, compare_prob_desc);
     if (sp->topk > 0 && sp->topk < kept) kept = sp->topk;
@@ -2759,11 +2798,36 @@ static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
     // min-p: p_i >= minp * p_max, that is logit_i >= max + log(minp)
     for (int i = 1; i < kept && sp->minp > 0.0f; i++) if (cand[i].prob < max + logf(sp->minp)) { kept = i; break; }
     // Temperature on the logits shifted by the max first: with a tiny temperature logit/t alone overflows.
-    sum = cum = 0.0f;
+    sum = 0.0f;
     for (int i = 0; i < kept; i++) sum += cand[i].prob = expf((cand[i].prob - max) / sp->temperature);
-    float r = random_f32(&sp->rng_state) * sum;
-    for (int i = 0; i < kept; i++) if (r < (cum += cand[i].prob)) return cand[i].index;
-    return cand[kept - 1].index;  // rounding
+    for (int i = 0; i < kept; i++) p[cand[i].index] = cand[i].prob / sum;
+    return kept;
+}
+
+// An id drawn with probability w_i / total (w: n weights >= 0 summing to total).
+static int draw(const float *w, int n, float total, uint64_t *rng) {
+    float r = random_f32(rng) * total, cum = 0.0f;
+    int last = 0;
+    for (int i = 0; i < n; i++) if (w[i] > 0.0f && r < (cum += w[last = i])) return i;
+    return last;  // rounding: the last possible id
+}
+
+// The next id, drawn from the sampler's distribution over the kept ids from the most likely down.
+static int sample(Sampler *sp, float *logits, const int *history, int n_hist) {
+    int kept = sampler_probs(sp, logits, history, n_hist, sp->probs);
+    float r = random_f32(&sp->rng_state), cum = 0.0f;
+    for (int i = 0; i < kept; i++) if (r < (cum += sp->probs[sp->candidates[i].index])) return sp->candidates[i].index;
+    return sp->candidates[kept - 1].index;  // rounding
+}
+
+// Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): the draft d, drawn from q, is kept with probability
+// min(1, p(d)/q(d)), else the token is drawn from max(0, p - q) renormalised (never d), so it is distributed as p.
+// At temperature 0 both are one-hot: d is kept iff it is p's argmax. residual: (n) scratch.
+static int speculate(const float *p, const float *q, int d, int n, uint64_t *rng, float *residual) {
+    if (random_f32(rng) < p[d] / q[d]) return d;
+    float mass = 0.0f;
+    for (int i = 0; i < n; i++) mass += residual[i] = fmaxf(0.0f, p[i] - q[i]);
+    return mass > 0.0f ? draw(residual, n, mass, rng) : draw(p, n, 1.0f, rng);  // mass 0: p = q up to rounding
 }
 
 // ----------------------------------------------------------------------------
@@ -2833,7 +2897,7 @@ typedef struct {
     const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
     const char *cache_type, *bench_p, *bench_n, *bench_d, *bench_r;          // --cache-type; -p -n -d -r with --bench
     char **stops;                                                             // --stop strings, NULL-terminated
-    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think, cache_bf16;
+    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think, cache_bf16, mtp;
     long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
     float temperature, topp, minp, repeat_penalty;
     BenchPlan plan;  // --bench
@@ -2849,10 +2913,11 @@ static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, c
     FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
     if (!f) die("cannot create a file beside %s: %s", path, strerror(errno));
     temp_path = tmp;
-    for (int t = 0; t < n; t += s->chunk) {
-        int k = n - t < s->chunk ? n - t : s->chunk;
-        size_t count = (size_t)k * (size_t)m->config.vocab_size;
+    for (int t = 0; t < n; t += s->chunk) {  // --mtp: the MTP rows, (T-1, vocab): row r from h_r and token r+1
+        int k = n - t < s->chunk ? n - t : s->chunk, rows = k - (s->mtp && t + k == n);
+        size_t count = (size_t)rows * (size_t)m->config.vocab_size;
         float *logits = forward_chunk(m, s, tokens + t, k, t, 1);
+        if (s->mtp && rows) logits = mtp_forward(m, s, tokens + t + 1, rows, t, 1);
         check_logits(logits, count, m->config.vocab_size);
         if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
@@ -2869,12 +2934,16 @@ static int is_eos(const Config *c, int id) {
 // Feeds the prompt, then samples up to -n new tokens, streaming each one to stdout as soon as it exists:
 // as text through the streaming decoder (after the prompt, unless --no-echo), or as ids when tok is NULL.
 // Stops early at the end-of-sequence token (printed as the last id, so callers can tell why generation
-// ended; not printed as text), before a --stop string, or when the cache is full.
+// ended; not printed as text), before a --stop string, or when the cache is full. --mtp: each step feeds the last
+// token and the MTP module's draft of the next as one chunk of 2, whose logits decide the draft (speculate) and,
+// if kept, the token after it. The next step rewrites a rejected draft's cache row before attention reads it.
 static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o, const int *prompt, int n_prompt,
                      const Tokenizer *tok) {
     const Config *c = &m->config;
-    int pos = n_prompt, generated = 0, decoded = 0;  // decoded: forward passes on sampled tokens
-    int *tokens = xcalloc((size_t)s->context, sizeof(int));  // (context) the prompt, then the sampled tokens
+    int pos = n_prompt, n = n_prompt, generated = 0, stop = 0, drafts = 0, kept = 0;  // pos: tokens fed, n: chosen
+    int mtp0 = (n_prompt - 1) / s->chunk * s->chunk;  // --mtp: s->x holds the hidden states of mtp0 .. pos-1
+    int *tokens = xcalloc((size_t)s->context + 2, sizeof(int));  // (context + 2) the prompt, then the chosen tokens
+    float *p = xcalloc(2 * (size_t)sp->n, sizeof(float)), *q = p + sp->n;  // (n) each
     memcpy(tokens, prompt, (size_t)n_prompt * sizeof(int));
     Decoder text = {0};
     for (int i = 0; tok && !o->no_echo && i < n_prompt; i++)  // as llama.cpp: special tokens (BOS) are not shown
@@ -2884,28 +2953,38 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o,
     double t0 = now_seconds();
     float *logits = prefill(m, s, prompt, n_prompt, 0);
     double t1 = now_seconds();
-    while (generated < o->steps) {
-        int token = sample(sp, logits, tokens, pos), stop = 0;
-        if (!tok) printf(generated ? " %d" : "%d", token);
-        else if (!is_eos(c, token)) stop = decode_piece(tok, &text, token, stdout);
-        fflush(stdout);
-        generated++;
-        if (stop || is_eos(c, token) || generated == o->steps) break;
-        if (pos >= s->context) {
-            fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context);
-            break;
+    tokens[n++] = sample(sp, logits, tokens, pos);
+    for (int shown = n_prompt;; pos = n - 1) {
+        for (; shown < n && !stop && generated < o->steps; shown++, generated++) {  // the tokens the last step chose
+            if (!tok) printf(generated ? " %d" : "%d", tokens[shown]);
+            else if (!is_eos(c, tokens[shown])) stop = decode_piece(tok, &text, tokens[shown], stdout);
+            stop |= is_eos(c, tokens[shown]);
         }
-        tokens[pos] = token;
-        logits = forward(m, s, token, pos++);
-        decoded++;
+        fflush(stdout);
+        if (stop || generated == o->steps) break;
+        if (pos >= s->context) { fprintf(stderr, "\nreached the context limit of %d tokens; stopping\n", s->context); break; }
+        if (s->mtp && pos + 1 < s->context) {  // MTP rows mtp0 .. pos-1; the last drafts tokens[pos+1]
+            sampler_probs(sp, mtp_forward(m, s, tokens + mtp0 + 1, pos - mtp0, mtp0, 0), tokens, n, q);
+            int draft = tokens[pos + 1] = draw(q, sp->n, 1.0f, &sp->rng_state);
+            logits = forward_chunk(m, s, tokens + pos, 2, pos, 1);
+            sampler_probs(sp, logits, tokens, pos + 1, p);
+            tokens[n++] = speculate(p, q, draft, sp->n, &sp->rng_state, sp->probs), drafts++;
+            if (tokens[pos + 1] == draft) tokens[n] = sample(sp, logits + c->vocab_size, tokens, n), n++, kept++;
+            mtp0 = pos;
+        } else {
+            logits = forward(m, s, tokens[pos], pos);
+            tokens[n] = sample(sp, logits, tokens, n), n++;
+        }
     }
     flush_decoder(&text, stdout);
     printf("\n");
     fflush(stdout);
     double t2 = now_seconds();
     fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generated: %d tokens, %.2f tok/s\n", n_prompt,
-            n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, decoded / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+            n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, (generated > 0 ? generated - 1 : 0) / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    if (s->mtp) fprintf(stderr, "mtp: %d of %d drafts accepted (%.1f%%)\n", kept, drafts, drafts ? 100.0 * kept / drafts : 0.0);
     free(tokens);
+    free(p);
 }
 
 // The text of one user turn in the model's own chat template (the chat_template of its
@@ -3263,6 +3342,7 @@ static const Flag flags[] = {
     {"-m --mode", "<mode>", 's', OPT(mode), 0, 0, "generate (default) or chat: turns from stdin, in the model's template"},
     {"-y --system-prompt -sys", "<text>", 's', OPT(system_prompt), 0, 0, "system prompt for chat"},
     {"--no-think", NULL, '1', OPT(no_think), 1, 1, "chat: no thinking section (GLM's enable_thinking=false, V3.2's chat mode)"},
+    {"--mtp", NULL, '1', OPT(mtp), 1, 1, "speculative decoding, drafts by the MTP module (a file from export.py --mtp)"},
     {"--dump-logits", "<file>", 's', OPT(dump_logits), 0, 0, "(T, vocab) float32 logits of --tokens, or of chat replies"},
     {"--ppl", "<file>", 's', OPT(ppl), 0, 0, "score a text: expert_load lines, then 'ppl tokens= ... ppl='"},
     {"--trace", "<file>", 's', OPT(trace), 0, 0, "a JSON line per token read: experts, attention (tools/trace_view.py)"},
@@ -3383,6 +3463,7 @@ static void parse_options(Options *o, int argc, char **argv) {
     if (o->dump_logits && !o->tokens && !o->chat) die("--dump-logits needs --tokens (or -m chat)");
     if (o->bench && (o->chat || o->dump_logits || o->prompt || o->prompt_file || o->tokens || o->ppl || o->trace))
         die("--bench takes no prompt, chat, --ppl, --trace or --dump-logits");
+    if (o->mtp && (o->chat || o->bench || o->trace || o->ppl)) die("--mtp goes with generation or --dump-logits --tokens");
     for (int i = 0; i < n_stops; i++) if (!*o->stops[i] || o->print_ids) die("--stop needs a non-empty text, and text output");
 }
 
@@ -3473,6 +3554,7 @@ int main(int argc, char **argv) {
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
     if (!o.context) o.context = o.bench ? o.plan.context : o.ppl && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0 ? c->rope_orig_max_pos : 4096;
     if (o.context > c->max_position_embeddings) o.context = c->max_position_embeddings;
+    if (o.mtp && !c->n_mtp_layers) die("--mtp: %s has no MTP module (export it with export.py --mtp)", o.model_path);
     if (o.trace_layer >= c->n_layers) die("--trace-layer must be below the model's %d layers", c->n_layers);
     if (o.bench && o.context < o.plan.context) die("--bench: these tests need a context of %d positions", o.plan.context);
     if (o.bench)
@@ -3489,7 +3571,8 @@ int main(int argc, char **argv) {
 
     pool_start((int)o.threads);
     RunState state;
-    alloc_run_state(&state, c, (int)o.context, o.trace ? 1 : (int)o.chunk, o.cache_bf16);  // --trace: one token at a time
+    alloc_run_state(&state, c, (int)o.context, o.trace ? 1 : o.mtp && o.chunk < 2 ? 2 : (int)o.chunk, o.cache_bf16);  // --trace: one token at a time
+    state.mtp = o.mtp;
     struct Trace trace = {o.trace ? fopen(o.trace, "w") : NULL, o.trace_layer < 0 ? c->n_layers - 1 : (int)o.trace_layer,
                           have_tok ? &tok : NULL, o.trace ? xcalloc((size_t)o.context, sizeof(float)) : NULL};
     if (o.trace && !(state.trace = trace.f ? &trace : NULL)) die("cannot open %s for writing: %s", o.trace, strerror(errno));
@@ -3504,10 +3587,12 @@ int main(int argc, char **argv) {
                                : ((uint64_t)time(NULL) ^ (uint64_t)getpid() << 16 ^ (uint64_t)(now_seconds() * 1e9)) % UINT32_MAX + 1;
         fprintf(stderr, "seed: %llu\n", (unsigned long long)seed);
         Sampler sampler = {c->n_tokens, o.temperature, o.topp, o.minp, (int)o.topk, o.repeat_penalty, (int)o.repeat_last_n,
-                           seed * 0x9E3779B97F4A7C15ULL, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex))};
+                           seed * 0x9E3779B97F4A7C15ULL, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex)),
+                           xcalloc((size_t)c->n_tokens, sizeof(float))};
         if (o.chat) chat(&model, &state, &sampler, &tok, &o);
         else generate(&model, &state, &sampler, &o, prompt, n_prompt, have_tok && !o.print_ids ? &tok : NULL);
         free(sampler.candidates);
+        free(sampler.probs);
     }
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
     free(trace.p);

@@ -5,6 +5,9 @@
 //                                 "logits..." (n or more values; ids >= n are padding, never drawn)
 //                                 "history..." (token ids, possibly none)
 //                           prints how often each id < n was drawn, on one line
+//   hooks speculate < case  case: "n temperature top_p min_p top_k draws seed", then two lines of n logits: the
+//                           target's (p) and the draft's (q). Per draw: d from the sampler's q, then speculate();
+//                           prints how often each id came out, then how often d was kept
 //   hooks r1 tokenizer.bin  stdin: the bytes of a reply; prints the ids r1_history gives for the reply
 //                           after "<think>\n" (the ids of its text after the last </think>), then the
 //                           number of ids it moves the reply's start back by (those of "<think>\n")
@@ -35,7 +38,7 @@ static int sample_case(void) {
         }
     if (n_logits < n) die("hooks sample: %d logits for n = %d", n_logits, n);
     Sampler sp = {n, temperature, top_p, min_p, top_k, penalty, last_n, seed * 0x9E3779B97F4A7C15ULL,
-                  xcalloc((size_t)n, sizeof(ProbIndex))};
+                  xcalloc((size_t)n, sizeof(ProbIndex)), xcalloc((size_t)n, sizeof(float))};
     long long *count = xcalloc((size_t)n, sizeof(long long));
     for (int d = 0; d < draws; d++) {
         memcpy(work, logits, sizeof(float) * (size_t)n_logits);  // sample() penalises the logits in place
@@ -43,6 +46,37 @@ static int sample_case(void) {
     }
     for (int i = 0; i < n; i++) printf(i ? " %lld" : "%lld", count[i]);
     printf("\n");
+    free(count);
+    free(sp.candidates);
+    free(sp.probs);
+    return 0;
+}
+
+static void read_floats(float *x, int n, const char *what) {
+    for (int i = 0; i < n; i++) if (scanf("%f", &x[i]) != 1) die("hooks speculate: %d %s logits expected", n, what);
+}
+
+static int speculate_case(void) {
+    int n, top_k, draws;
+    float temperature, top_p, min_p;
+    unsigned long long seed;
+    if (scanf("%d %f %f %f %d %d %llu", &n, &temperature, &top_p, &min_p, &top_k, &draws, &seed) != 7 || n < 1 || n > 1024)
+        die("hooks speculate: bad parameter line");
+    float p_logits[1024], q_logits[1024], p[1024], q[1024], residual[1024];
+    read_floats(p_logits, n, "target");
+    read_floats(q_logits, n, "draft");
+    Sampler sp = {n, temperature, top_p, min_p, top_k, 1.0f, 0, seed * 0x9E3779B97F4A7C15ULL,
+                  xcalloc((size_t)n, sizeof(ProbIndex)), NULL};
+    sampler_probs(&sp, p_logits, NULL, 0, p);
+    sampler_probs(&sp, q_logits, NULL, 0, q);
+    long long *count = xcalloc((size_t)n, sizeof(long long)), kept = 0;
+    for (int i = 0; i < draws; i++) {
+        int d = draw(q, n, 1.0f, &sp.rng_state), t = speculate(p, q, d, n, &sp.rng_state, residual);
+        count[t]++;
+        kept += t == d;
+    }
+    for (int i = 0; i < n; i++) printf(i ? " %lld" : "%lld", count[i]);
+    printf("\n%lld\n", kept);
     free(count);
     free(sp.candidates);
     return 0;
@@ -69,7 +103,8 @@ static int r1_case(const char *tokenizer_path) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "sample")) return sample_case();
+    if (argc == 2 && !strcmp(argv[1], "speculate")) return speculate_case();
     if (argc == 3 && !strcmp(argv[1], "r1")) return r1_case(argv[2]);
-    fprintf(stderr, "usage: hooks sample < case | hooks r1 tokenizer.bin < reply\n");
+    fprintf(stderr, "usage: hooks sample < case | hooks speculate < case | hooks r1 tokenizer.bin < reply\n");
     return 1;
 }

@@ -175,7 +175,7 @@ CONFIG_CASES = {
     "max_position_0": (31, i32(0), "max_position_embeddings"),
     "bos_out_of_vocab": (32, i32(512), "bos_token_id"),
     "eos_below_minus_one": (33, i32(-2), "eos_token_id"),
-    "mtp_layers": (34, i32(1), "n_mtp_layers"),
+    "mtp_layers": (34, i32(2), "n_mtp_layers = 2"),  # 0 or 1 (one MTP module); a missing module: test_mtp.py
     "n_tokens_gt_vocab": (35, i32(513), "n_tokens"),
     "n_tokens_0": (35, i32(0), "n_tokens"),
     # version 2's words: an indexer (V3.2) needs its head dim; reserved words must be 0; stop ids within the vocabulary

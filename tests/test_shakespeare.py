@@ -171,9 +171,9 @@ def test_numpy_reference_matches_pytorch(i):
 
 # ---------------------------------------------------------------- multi-token prediction
 
-def mtp_tensors() -> dict:
-    cfg = reference.load(CKPT).cfg
-    st = reference.SafeTensors(CKPT)
+def mtp_tensors(ckpt: str = CKPT) -> dict:
+    cfg = reference.load(ckpt).cfg
+    st = reference.SafeTensors(ckpt)
     p = f"model.layers.{cfg['num_hidden_layers']}."
     return {name: st.get_f32(name) for name in st.names() if name.startswith(p)}
 
@@ -200,15 +200,15 @@ def test_checkpoint_has_one_mtp_layer_with_v3_names():
     assert not any(n.startswith(f"model.layers.{N + 1}.") for n in st.names())
 
 
-def numpy_mtp_logits(ids: list) -> tuple[np.ndarray, np.ndarray]:
+def numpy_mtp_logits(ids: list, ckpt: str = CKPT) -> tuple[np.ndarray, np.ndarray]:
     """(main logits (n, V), MTP rows (n-1, V)) in float64. DeepSeek-V3 paper 2.2, with the order and
     the normalised hidden of DeepSeek's released weights (vLLM deepseek_mtp.py): row r is
     eh_proj [enorm(emb(ids[r+1])); hnorm(h_r)], h_r the final hidden after model.norm, through the
     layer-N decoder block at RoPE position r, then shared_head.norm and shared_head.head."""
-    ref = reference.Reference(CKPT)
+    ref = reference.Reference(ckpt)
     cfg, w, eps = ref.cfg, ref.w, ref.cfg["rms_norm_eps"]
     N = cfg["num_hidden_layers"]
-    w.update({k: v.astype(np.float64) for k, v in mtp_tensors().items()})
+    w.update({k: v.astype(np.float64) for k, v in mtp_tensors(ckpt).items()})
     rms = reference.rmsnorm
     ids = np.asarray(ids)
     x = w["model.embed_tokens.weight"][ids]

@@ -33,6 +33,7 @@ SEEDS = {
     "v2-bf16": ("v2", dict(TINY, q_lora_rank=4), "bf16"),
     "v2lite-f32": ("v2lite", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1), "f32"),
     "v3-bf16-tok": ("v3", dict(TINY, q_lora_rank=4, vocab_size=300, _tokenizer_merges=12), "bf16"),
+    "v3-bf16-mtp": ("v3", dict(TINY, q_lora_rank=4, num_nextn_predict_layers=1, _tokenizer_merges=0), "bf16"),  # --mtp
     "moonlight-f32": ("moonlight", dict(TINY, q_lora_rank=None, n_group=1, topk_group=1, bos_token_id=0,
                                         eos_token_id=1, _tokenizer_dir=None, _n_tokens=32,
                                         moe_layer_freq=2, first_k_dense_replace=0), "f32"),
@@ -60,7 +61,8 @@ def export_seed(name: str, base: str, overrides: dict, dtype: str, tmp: str) -> 
     G.VARIANTS[name] = dict(G.VARIANTS[base], **overrides)
     hf = G.write_checkpoint(name, os.path.join(tmp, name))
     out = os.path.join(tmp, name + ".bin")
-    subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), hf, out, "--dtype", dtype],
+    mtp = ["--mtp"] if overrides.get("num_nextn_predict_layers") else []
+    subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), hf, out, "--dtype", dtype, *mtp],
                    check=True, capture_output=True)
     with open(out, "rb") as f:
         return f.read()
