@@ -11,6 +11,7 @@ PYTHON ?= $(shell for p in /usr/bin/python3 python3 python; do $$p -c 'import nu
 
 MODEL ?= models/shakespeare.bin
 PROMPT ?= ROMEO:
+CHAT ?= ROMEO: What light through yonder window breaks?
 
 # Sanitized builds (make test runs the C-facing tests and the fuzz corpora under them).
 SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
@@ -29,13 +30,14 @@ HAVE_ARM64 := $(shell command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEM
 all: run
 
 # As a prerequisite, `run` is the binary. As the goal (`make run`, the README's first command)
-# it is always rebuilt and then lets the shipped model write about 200 tokens.
+# it is always rebuilt, then the shipped model writes about 200 tokens and answers one chat turn.
 ifneq ($(filter run,$(MAKECMDGOALS)),)
 .PHONY: run
 endif
 run: run.c
 	$(CC) $(CFLAGS) -o $@ run.c $(LDLIBS)
-	@if [ -n "$(filter run,$(MAKECMDGOALS))" ]; then ./run $(MODEL) -n 200 -t 0.8 -i "$(PROMPT)"; fi
+	@if [ -n "$(filter run,$(MAKECMDGOALS))" ]; then ./run $(MODEL) -n 200 -t 0.8 -i "$(PROMPT)" && \
+	  echo "--- one chat exchange (-m chat), the user's turn: $(CHAT)" && echo "$(CHAT)" | ./run $(MODEL) -m chat -n 100 -t 0.8; fi
 
 # ./run with AddressSanitizer + UBSan; any report aborts the process. Built with clang where it is installed,
 # whose LeakSanitizer reports memory left unreachable at every exit, also after an error (test-asan turns it on).

@@ -25,7 +25,7 @@ so it adds nothing to a dot product). A block is a bf16 scale d and its q bytes:
       itself is exactly -8 d)
 bf16 scales (round to nearest even) cost a shift to decode; the values are quantized with the
 rounded scale, so the scale's rounding adds no error of its own. Rows are interleaved 16 at a time
-for run.c's vector kernels (a group; the last group of a matrix is padded with zero rows). A group
+for run.c's vector kernels (a panel; the last panel of a matrix is padded with zero rows). A panel
 holds the 16 rows' scales for block 0, block 1, ... (16 x nb bf16), then for each block the rows' q
 bytes in 4-byte pieces: piece j of row k at 64 j + 4 k. So nbytes = ceil(rows / 16) * 16 * nb * 34
 (type 4 Q8) or * 18 (type 5 Q4). Version 1's types 2 and 3 held the same blocks row after row, each
@@ -63,9 +63,9 @@ ENTRY_BYTES = 128
 
 # tensor types in the model file
 F32, BF16, Q8, Q4, U8 = 0, 1, 4, 5, 16
-GROUP_ROWS = 16                    # rows interleaved in a Q8/Q4 matrix
+PANEL_ROWS = 16                    # rows interleaved in a Q8/Q4 matrix
 TYPE_SIZE = {F32: 4, BF16: 2, U8: 1}
-QUANT_GROUP = 32                   # values per scale, along a row
+QK = 32                            # values per block (one scale), along a row
 BLOCK_BYTES = {Q8: 2 + 32, Q4: 2 + 16}
 DTYPES = {"f32": F32, "bf16": BF16, "q8": Q8, "q4": Q4}
 
@@ -1606,7 +1606,7 @@ def plan_export(c: dict, tensors: dict, out_type: int, blob: Optional[bytes]) ->
 
 def tensor_nbytes(ttype: int, shape: tuple) -> int:
     if ttype in BLOCK_BYTES:
-        return -(-shape[0] // GROUP_ROWS) * GROUP_ROWS * -(-shape[1] // QUANT_GROUP) * BLOCK_BYTES[ttype]
+        return -(-shape[0] // PANEL_ROWS) * PANEL_ROWS * -(-shape[1] // QK) * BLOCK_BYTES[ttype]
     return math.prod(shape) * TYPE_SIZE[ttype]
 
 
@@ -1718,10 +1718,10 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 def quant_blocks(x: np.ndarray) -> np.ndarray:
     """(n, cols) -> (n, nb, 32): the row's blocks, the last one zero-padded."""
     n, cols = x.shape
-    nb = -(-cols // QUANT_GROUP)
-    padded = np.zeros((n, nb * QUANT_GROUP), dtype=np.float32)
+    nb = -(-cols // QK)
+    padded = np.zeros((n, nb * QK), dtype=np.float32)
     padded[:, :cols] = x
-    return padded.reshape(n, nb, QUANT_GROUP)
+    return padded.reshape(n, nb, QK)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -1729,7 +1729,7 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, ttype: int) -> bytes:
-    """(n, cols) float32 rows -> Q8 or Q4 groups of 16 interleaved rows (layout in the module docstring)."""
+    """(n, cols) float32 rows -> Q8 or Q4 panels of 16 interleaved rows (layout in the module docstring)."""
     g = quant_blocks(x)
     if ttype == Q8:
         d_bits = to_bf16(np.abs(g).max(axis=2) / 127.0)
@@ -1743,44 +1743,44 @@ def quantize(x: np.ndarray, ttype: int) -> bytes:
         d = bf16_bits_to_f32(d_bits)
         inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
         q = np.clip(np.rint(g * inv[..., None]) + 8, 0, 15).astype(np.uint8)
-        half = QUANT_GROUP // 2
+        half = QK // 2
         q = q[..., :half] | (q[..., half:] << 4)
     return interleave(d_bits, q)
 
 
 def interleave(d_bits: np.ndarray, q: np.ndarray) -> bytes:
-    """Scales (n, nb) and q bytes (n, nb, 32 or 16) of n rows -> groups of 16 rows, zero rows padding
-    the last one: per group the scales (nb, 16), then the q bytes as (nb, pieces, 16 rows, 4)."""
+    """Scales (n, nb) and q bytes (n, nb, 32 or 16) of n rows -> panels of 16 rows, zero rows padding
+    the last one: per panel the scales (nb, 16), then the q bytes as (nb, pieces, 16 rows, 4)."""
     n, nb, qb = q.shape
-    groups = -(-n // GROUP_ROWS)
-    pad = groups * GROUP_ROWS - n
-    d = np.pad(d_bits.astype("<u2"), ((0, pad), (0, 0))).reshape(groups, GROUP_ROWS, nb).transpose(0, 2, 1)
-    q = np.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(groups, GROUP_ROWS, nb, qb // 4, 4).transpose(0, 2, 3, 1, 4)
-    d = np.ascontiguousarray(d).view(np.uint8).reshape(groups, -1)
-    return np.concatenate([d, np.ascontiguousarray(q).reshape(groups, -1)], axis=1).tobytes()
+    panels = -(-n // PANEL_ROWS)
+    pad = panels * PANEL_ROWS - n
+    d = np.pad(d_bits.astype("<u2"), ((0, pad), (0, 0))).reshape(panels, PANEL_ROWS, nb).transpose(0, 2, 1)
+    q = np.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(panels, PANEL_ROWS, nb, qb // 4, 4).transpose(0, 2, 3, 1, 4)
+    d = np.ascontiguousarray(d).view(np.uint8).reshape(panels, -1)
+    return np.concatenate([d, np.ascontiguousarray(q).reshape(panels, -1)], axis=1).tobytes()
 
 
 def dequantize(raw: bytes, ttype: int, rows: int, cols: int) -> np.ndarray:
     """Inverse of quantize (for tests and tools): Q8/Q4 bytes -> (rows, cols) float32."""
-    nb, qb = -(-cols // QUANT_GROUP), BLOCK_BYTES[ttype] - 2
-    g = np.frombuffer(raw, dtype=np.uint8).reshape(-1, GROUP_ROWS * nb * (2 + qb))
-    d = bf16_bits_to_f32(np.ascontiguousarray(g[:, :GROUP_ROWS * nb * 2]).view("<u2").reshape(-1, nb, GROUP_ROWS))
-    b = g[:, GROUP_ROWS * nb * 2:].reshape(-1, nb, qb // 4, GROUP_ROWS, 4).transpose(0, 3, 1, 2, 4)
+    nb, qb = -(-cols // QK), BLOCK_BYTES[ttype] - 2
+    g = np.frombuffer(raw, dtype=np.uint8).reshape(-1, PANEL_ROWS * nb * (2 + qb))
+    d = bf16_bits_to_f32(np.ascontiguousarray(g[:, :PANEL_ROWS * nb * 2]).view("<u2").reshape(-1, nb, PANEL_ROWS))
+    b = g[:, PANEL_ROWS * nb * 2:].reshape(-1, nb, qb // 4, PANEL_ROWS, 4).transpose(0, 3, 1, 2, 4)
     b = b.reshape(-1, nb, qb)[:rows]
     d = d.transpose(0, 2, 1).reshape(-1, nb)[:rows]
     if ttype == Q8:
         q = b.view(np.int8).astype(np.float32)
     else:
         q = np.concatenate([b & 15, b >> 4], axis=2).astype(np.float32) - 8
-    return (q * d[..., None]).reshape(rows, nb * QUANT_GROUP)[:, :cols]
+    return (q * d[..., None]).reshape(rows, nb * QK)[:, :cols]
 
 
 def rows_per_chunk(t: OutTensor) -> int:
     cols = t.shape[1] if len(t.shape) == 2 else 1
     rows = max(1, CHUNK_ELEMENTS // cols)
-    if t.type in BLOCK_BYTES:  # whole groups of interleaved rows
-        rows = max(GROUP_ROWS, rows // GROUP_ROWS * GROUP_ROWS)
-    if t.scale is not None:  # whole FP8 row blocks per chunk (128 is a multiple of GROUP_ROWS)
+    if t.type in BLOCK_BYTES:  # whole panels of interleaved rows
+        rows = max(PANEL_ROWS, rows // PANEL_ROWS * PANEL_ROWS)
+    if t.scale is not None:  # whole FP8 row blocks per chunk (128 is a multiple of PANEL_ROWS)
         rows = max(FP8_BLOCK, rows // FP8_BLOCK * FP8_BLOCK)
     return rows
 

@@ -1,26 +1,23 @@
 /*
- * seek.c: inference for DeepSeek-V2/V3/V3.2 Mixture-of-Experts models with
- * Multi-head Latent Attention, in one file of C11 (libc, libm, pthreads).
+ * seek.c: inference for DeepSeek-V2/V3/V3.2 Mixture-of-Experts models with Multi-head Latent Attention, in
+ * one file of C11 (libc, libm, pthreads).
  *
- * Reads top to bottom like the papers: the structs (config, weights, run
- * state), the blocks in the papers' order (rmsnorm, rope/YaRN, mla_attention,
- * route, moe, lightning_indexer), then forward. Below forward, reached through
- * the few prototypes above the blocks: the thread pool, the matmul kernels (the
- * only code that knows weight storage types), the loader with its validation;
- * then the tokenizer, sampler, generate/chat, perplexity, benchmark and main.
+ * Reads top to bottom like the papers: the structs (config, weights, run state), the blocks in the papers'
+ * order (rmsnorm, rope/YaRN, mla_attention, route, moe, lightning_indexer), then forward. Below forward,
+ * reached through the few prototypes above the blocks: the thread pool, the matmul kernels (the only code
+ * that knows weight storage types), the loader with its validation; then the tokenizer, sampler,
+ * generate/chat, perplexity, benchmark and main.
  *
- * Each block cites its source: DeepSeek-V2 (arXiv 2405.04434) §2.1.2 low-rank
- * key-value joint compression, §2.1.3 decoupled RoPE, §2.2 DeepSeekMoE;
- * DeepSeek-V3 (arXiv 2412.19437) §2.1.2 auxiliary-loss-free load balancing and
- * sigmoid gating; YaRN (Peng et al. 2023, arXiv 2309.00071); DeepSeek-V3.2-Exp's
- * lightning indexer. Details that no paper fixes name the reference code: the
- * official DeepSeek-V3 (and V3.2) inference/model.py, or the HF modeling_deepseek.py
- * shipped with the checkpoints. docs/reading-run-c.md follows a token through this file.
+ * Each block cites its source: DeepSeek-V2 (arXiv 2405.04434) §2.1.2 low-rank key-value joint compression,
+ * §2.1.3 decoupled RoPE, §2.2 DeepSeekMoE; DeepSeek-V3 (arXiv 2412.19437) §2.1.2 auxiliary-loss-free load
+ * balancing and sigmoid gating, §2.2 multi-token prediction; YaRN (Peng et al. 2023, arXiv 2309.00071);
+ * DeepSeek-V3.2-Exp's lightning indexer. Details that no paper fixes name the reference code: the official
+ * DeepSeek-V3 (and V3.2) inference/model.py, or the HF modeling_deepseek.py shipped with the checkpoints.
+ * docs/reading-run-c.md follows a token through this file.
  *
- * The latent cache is RunState.latent_cache (allocated in alloc_run_state,
- * written by mla_attention): per layer and position the normalised KV latent c
- * (kv_lora_rank values) and the rotated shared key k_pe (qk_rope_head_dim),
- * 512 + 64 = 576 values (f32 or bf16) for DeepSeek-V2/V3, never expanded.
+ * The latent cache is RunState.latent_cache (allocated in alloc_run_state, written by mla_attention): per
+ * layer and position the normalised KV latent c (kv_lora_rank values) and the rotated shared key k_pe
+ * (qk_rope_head_dim), 512 + 64 = 576 values (f32 or bf16) for DeepSeek-V2/V3, never expanded.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -187,7 +184,7 @@ typedef struct {
     int type;   // TYPE_*
     int rows;   // shape[0] (1-D: the length)
     int cols;   // shape[1] (1-D: 1)
-    int lane0;  // Q8/Q4 row slices: row 0 is this lane of the first group (see row_slice)
+    int lane0;  // Q8/Q4 row slices: row 0 is this lane of the first panel (see row_slice)
 } Tensor;
 
 typedef struct {
@@ -971,34 +968,29 @@ static void pool_stop(void) {
 // ----------------------------------------------------------------------------
 // Matmul
 //
-// Every product of a weight matrix with activations goes through matmuls(),
-// the only code that knows weight storage types. It takes a batch of jobs, each
-// a matrix times n activation rows (n = 1 when decoding, a prompt chunk when
-// prefilling, the tokens routed to one expert in a MoE layer), and splits every
-// job's rows over the thread pool in one dispatch, so each weight row is read
-// once per batch.
+// Every product of a weight matrix with activations goes through matmuls(), the only code that knows weight
+// storage types. It takes a batch of jobs, each a matrix times n activation rows (n = 1 when decoding, a prompt
+// chunk when prefilling, the tokens routed to one expert in a MoE layer), and splits every job's rows over the
+// thread pool in one dispatch, so each weight row is read once per batch.
 //
 // Quantized matrices (types Q8 and Q4) cut each row into nb = ceil(cols / 32)
 // blocks of 32 values, the last one zero-padded, each with a bf16 scale d:
 //   Q8: 32 x int8 q;                                 value = d * q
 //   Q4: 16 bytes, byte i = q_i | q_{i+16} << 4;      value = d * (q - 8)
-// Rows are interleaved 16 at a time (a group; the last group is padded with
-// zero rows): a group holds its 16 x nb scales, block by block, then block by
-// block the 16 rows' bytes in 4-byte pieces, piece j of row k at 64 j + 4 k
-// (8 pieces a block for Q8, 4 for Q4). So one aligned 64-byte load brings four
-// bytes of each of 16 rows, a row per 32-bit lane: the operand of vpdpbusd,
-// which adds to each lane the dot product of its 4 bytes with 4 activation
-// bytes broadcast to every lane (the idea of ik_llama.cpp's repacked
-// Q8_0_R8/Q4_0_R8). Version-1 files kept each row's blocks back to back.
+// Rows are interleaved 16 at a time (a panel; the last panel is padded with zero rows): a panel holds its 16 x
+// nb scales, block by block, then block by block the 16 rows' bytes in 4-byte pieces, piece j of row k at 64 j
+// + 4 k (8 pieces a block for Q8, 4 for Q4). So one aligned 64-byte load brings four bytes of each of 16 rows,
+// a row per 32-bit lane: the operand of vpdpbusd, which adds to each lane the dot product of its 4 bytes with 4
+// activation bytes broadcast to every lane (the idea of ik_llama.cpp's repacked Q8_0_R8/Q4_0_R8). Version-1
+// files kept each row's blocks back to back.
 //
-// They are multiplied llama.cpp-style: the activation row is quantized once to
-// int8 per block (scale d_x); each block's dot product is an exact int32 sum s;
-// then s * (d_w * d_x) is added to the (row, token) sum in fp32, block after
-// block, in every path (AVX-512, AVX2, portable) and tile shape, so batched and
-// token-by-token products are identical, and so are the three paths.
+// They are multiplied llama.cpp-style: the activation row is quantized once to int8 per block (scale d_x); each
+// block's dot product is an exact int32 sum s; then s * (d_w * d_x) is added to the (row, token) sum in fp32,
+// block after block, in every path (AVX-512, AVX2, portable) and tile shape, so batched and token-by-token
+// products are identical, and so are the three paths.
 
 #define QK 32          // values per quantization block (one scale each), along a row
-#define GROUP_ROWS 16  // rows interleaved in a quantized matrix
+#define PANEL_ROWS 16  // rows interleaved in a quantized matrix
 
 static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
 static int quant_bytes(int type) { return type == TYPE_Q8 ? QK : QK / 2; }  // of one block's q
@@ -1011,10 +1003,10 @@ static int unit_bytes(int type) {
     return type == TYPE_F32 ? 4 : type == TYPE_BF16 ? 2 : type == TYPE_U8 ? 1 : 0;
 }
 
-// Units of a rows x cols tensor (quantized: the blocks of whole groups).
+// Units of a rows x cols tensor (quantized: the blocks of whole panels).
 static uint64_t tensor_units(int type, uint64_t rows, uint64_t cols) {
     if (!is_quantized(type)) return rows * cols;
-    return (rows + GROUP_ROWS - 1) / GROUP_ROWS * GROUP_ROWS * (uint64_t)blocks((int)cols);
+    return (rows + PANEL_ROWS - 1) / PANEL_ROWS * PANEL_ROWS * (uint64_t)blocks((int)cols);
 }
 
 // An activation block: values d * q, and sum = Σ q, which pays for the weights' offsets.
@@ -1099,11 +1091,11 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
     }
 }
 
-// The tile kernel: the 16 rows of group g (nb blocks each) times T activation
+// The tile kernel: the 16 rows of panel g (nb blocks each) times T activation
 // rows (row t at x + t * nb blocks), out[16 t + k] = row k · row t. Each weight
 // block is unpacked once for the T tokens. Loads are requested PREFETCH_AHEAD
-// bytes ahead of use (a thread's groups are contiguous, so this runs on into the
-// next group): with two threads streaming, the hardware prefetcher alone left
+// bytes ahead of use (a thread's panels are contiguous, so this runs on into the
+// next panel): with two threads streaming, the hardware prefetcher alone left
 // bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32 about +5%,
 // measured from 1 KB to 16 KB ahead; 512 B was slower).
 #define PREFETCH_AHEAD 4096
@@ -1115,11 +1107,11 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 
 // vpdpbusd takes unsigned weight bytes: Q4's nibbles are, Q8's q + 128 are
 // (q ^ 0x80); s starts at -offset * Σ x, so it ends as the exact Σ q x.
-static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
     __m512 acc[TILE_TOKENS];
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-    const uint8_t *piece = g + 2 * GROUP_ROWS * nb;
-    for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type)) {
+    const uint8_t *piece = g + 2 * PANEL_ROWS * nb;
+    for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
         __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
         for (int j = 0; j < quant_bytes(type) / 4; j++) {
             _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
@@ -1130,7 +1122,7 @@ static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const B
                 w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
             }
         }
-        __m512i dbits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + 2 * GROUP_ROWS * b)));
+        __m512i dbits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + 2 * PANEL_ROWS * b)));
         __m512 dw = _mm512_castsi512_ps(_mm512_slli_epi32(dbits, 16));
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
@@ -1140,7 +1132,7 @@ static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const B
             acc[t] = _mm512_add_ps(acc[t], p);
         }
     }
-    for (int t = 0; t < T; t++) _mm512_storeu_ps(out + GROUP_ROWS * t, acc[t]);
+    for (int t = 0; t < T; t++) _mm512_storeu_ps(out + PANEL_ROWS * t, acc[t]);
 }
 #elif defined(__AVX2__)
 
@@ -1156,13 +1148,13 @@ static ALWAYS_INLINE __m256i dot4(int type, __m256i s, __m256i w, __m256i x) {
 #endif
 }
 
-// The group's rows in two halves of 8 lanes (the low and high 32 bytes of each piece).
-static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+// The panel's rows in two halves of 8 lanes (the low and high 32 bytes of each piece).
+static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
     for (int h = 0; h < 2; h++) {
         __m256 acc[TILE_TOKENS];
         for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
-        const uint8_t *piece = g + 2 * GROUP_ROWS * nb + 32 * h;
-        for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type)) {
+        const uint8_t *piece = g + 2 * PANEL_ROWS * nb + 32 * h;
+        for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
             __m256i w[8];
             for (int j = 0; j < quant_bytes(type) / 4; j++) {
                 _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
@@ -1173,7 +1165,7 @@ static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const B
                     w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
                 }
             }
-            __m256i dbits = _mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)(g + 2 * GROUP_ROWS * b + 16 * h)));
+            __m256i dbits = _mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)(g + 2 * PANEL_ROWS * b + 16 * h)));
             __m256 dw = _mm256_castsi256_ps(_mm256_slli_epi32(dbits, 16));
             for (int t = 0; t < T; t++) {
                 const BlockX8 *xb = x + (size_t)t * nb + b;
@@ -1183,38 +1175,38 @@ static ALWAYS_INLINE void group_tile(int type, const uint8_t *g, int nb, const B
                 acc[t] = _mm256_add_ps(acc[t], p);
             }
         }
-        for (int t = 0; t < T; t++) _mm256_storeu_ps(out + GROUP_ROWS * t + 8 * h, acc[t]);
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(out + PANEL_ROWS * t + 8 * h, acc[t]);
     }
 }
 #else
 // The same sums in plain C (arm64 runs this), written so that compilers
 // vectorise the loops over a piece's 16 rows (arm64: ld4, smlal).
-static void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
-    for (int i = 0; i < GROUP_ROWS * T; i++) out[i] = 0.0f;
-    const uint8_t *piece = g + 2 * GROUP_ROWS * nb;
-    for (int b = 0; b < nb; b++, piece += GROUP_ROWS * quant_bytes(type))
+static void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
+    for (int i = 0; i < PANEL_ROWS * T; i++) out[i] = 0.0f;
+    const uint8_t *piece = g + 2 * PANEL_ROWS * nb;
+    for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type))
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
-            int32_t s[GROUP_ROWS];
-            for (int k = 0; k < GROUP_ROWS; k++) s[k] = type == TYPE_Q8 ? 0 : -8 * xb->sum;
+            int32_t s[PANEL_ROWS];
+            for (int k = 0; k < PANEL_ROWS; k++) s[k] = type == TYPE_Q8 ? 0 : -8 * xb->sum;
             for (int j = 0; j < quant_bytes(type) / 4; j++) {
                 const uint8_t *p = piece + 64 * j;
                 const int8_t *a = xb->q + 4 * j, *h = a + QK / 2;  // Q4: low nibbles meet a, high ones h
                 if (type == TYPE_Q8)
-                    for (int k = 0; k < GROUP_ROWS; k++)
+                    for (int k = 0; k < PANEL_ROWS; k++)
                         s[k] += (int8_t)p[4 * k] * a[0] + (int8_t)p[4 * k + 1] * a[1] + (int8_t)p[4 * k + 2] * a[2] +
                                 (int8_t)p[4 * k + 3] * a[3];
                 else
-                    for (int k = 0; k < GROUP_ROWS; k++)
+                    for (int k = 0; k < PANEL_ROWS; k++)
                         s[k] += (p[4 * k] & 15) * a[0] + (p[4 * k + 1] & 15) * a[1] + (p[4 * k + 2] & 15) * a[2] +
                                 (p[4 * k + 3] & 15) * a[3] + (p[4 * k] >> 4) * h[0] + (p[4 * k + 1] >> 4) * h[1] +
                                 (p[4 * k + 2] >> 4) * h[2] + (p[4 * k + 3] >> 4) * h[3];
             }
-            for (int k = 0; k < GROUP_ROWS; k++) {
+            for (int k = 0; k < PANEL_ROWS; k++) {
                 uint16_t h;
-                memcpy(&h, g + 2 * (GROUP_ROWS * b + k), 2);
+                memcpy(&h, g + 2 * (PANEL_ROWS * b + k), 2);
                 float p = (float)s[k] * (bf16_to_f32(h) * xb->d);  // two statements: no fused multiply-add
-                out[GROUP_ROWS * t + k] += p;
+                out[PANEL_ROWS * t + k] += p;
             }
         }
 }
@@ -1224,31 +1216,31 @@ static void group_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, con
 static void quantized_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, int T, float *out) {
     for (int t = 0; t < T; t += TILE_TOKENS) {
         const BlockX8 *xt = x + (size_t)t * nb;
-        float *o = out + GROUP_ROWS * t;
+        float *o = out + PANEL_ROWS * t;
         switch (T - t < TILE_TOKENS ? T - t : TILE_TOKENS) {
-        case 1: group_tile(type, g, nb, xt, 1, o); break;
-        case 2: group_tile(type, g, nb, xt, 2, o); break;
-        case 3: group_tile(type, g, nb, xt, 3, o); break;
-        case 4: group_tile(type, g, nb, xt, 4, o); break;
-        case 5: group_tile(type, g, nb, xt, 5, o); break;
-        case 6: group_tile(type, g, nb, xt, 6, o); break;
-        case 7: group_tile(type, g, nb, xt, 7, o); break;
-        default: group_tile(type, g, nb, xt, 8, o);
+        case 1: panel_tile(type, g, nb, xt, 1, o); break;
+        case 2: panel_tile(type, g, nb, xt, 2, o); break;
+        case 3: panel_tile(type, g, nb, xt, 3, o); break;
+        case 4: panel_tile(type, g, nb, xt, 4, o); break;
+        case 5: panel_tile(type, g, nb, xt, 5, o); break;
+        case 6: panel_tile(type, g, nb, xt, 6, o); break;
+        case 7: panel_tile(type, g, nb, xt, 7, o); break;
+        default: panel_tile(type, g, nb, xt, 8, o);
         }
     }
 }
 
-// Bytes of one row (quantized: a sixteenth of a group).
+// Bytes of one row (quantized: a sixteenth of a panel).
 static size_t row_bytes(const Tensor *w) {
     return (size_t)(is_quantized(w->type) ? blocks(w->cols) : w->cols) * (size_t)unit_bytes(w->type);
 }
 
-// Row `row` of w: f32/bf16, its bytes; quantized, its group (with *lane set to its lane).
+// Row `row` of w: f32/bf16, its bytes; quantized, its panel (with *lane set to its lane).
 static const uint8_t *row_data(const Tensor *w, int row, int *lane) {
     int p = w->lane0 + row;
-    *lane = p % GROUP_ROWS;
+    *lane = p % PANEL_ROWS;
     if (!is_quantized(w->type)) return (const uint8_t *)w->data + (size_t)row * row_bytes(w);
-    return (const uint8_t *)w->data + (size_t)(p / GROUP_ROWS) * GROUP_ROWS * row_bytes(w);
+    return (const uint8_t *)w->data + (size_t)(p / PANEL_ROWS) * PANEL_ROWS * row_bytes(w);
 }
 
 // Rows [row0, row0 + n) of w as a matrix of their own.
@@ -1261,12 +1253,12 @@ static Tensor row_slice(const Tensor *w, int row0, int n) {
     return t;
 }
 
-// Block b of a group's 16 rows as f32 q[k] and scales d[k]: the weights are d * q.
-static void group_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], int type, const uint8_t *g, int nb, int b) {
-    const uint8_t *p = g + 2 * GROUP_ROWS * nb + (size_t)b * GROUP_ROWS * quant_bytes(type);
-    for (int k = 0; k < GROUP_ROWS; k++) {
+// Block b of a panel's 16 rows as f32 q[k] and scales d[k]: the weights are d * q.
+static void panel_block(float q[PANEL_ROWS][QK], float d[PANEL_ROWS], int type, const uint8_t *g, int nb, int b) {
+    const uint8_t *p = g + 2 * PANEL_ROWS * nb + (size_t)b * PANEL_ROWS * quant_bytes(type);
+    for (int k = 0; k < PANEL_ROWS; k++) {
         uint16_t h;
-        memcpy(&h, g + 2 * (GROUP_ROWS * b + k), 2);
+        memcpy(&h, g + 2 * (PANEL_ROWS * b + k), 2);
         d[k] = bf16_to_f32(h);
     }
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -1284,11 +1276,11 @@ static void group_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], int type, 
         _mm512_storeu_si512(rows[r], t[r]);
     }
 #else
-    uint8_t rows[GROUP_ROWS][QK];  // each row's q bytes, in order
+    uint8_t rows[PANEL_ROWS][QK];  // each row's q bytes, in order
     for (int j = 0; j < quant_bytes(type) / 4; j++)  // piece j: bytes 4j..4j+3 of each row's q
-        for (int k = 0; k < GROUP_ROWS; k++) memcpy(rows[k] + 4 * j, p + 64 * j + 4 * k, 4);
+        for (int k = 0; k < PANEL_ROWS; k++) memcpy(rows[k] + 4 * j, p + 64 * j + 4 * k, 4);
 #endif
-    for (int k = 0; k < GROUP_ROWS; k++) {
+    for (int k = 0; k < PANEL_ROWS; k++) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
         const uint8_t *lo = rows[k % 4] + 16 * (k / 4), *hi = rows[4 + k % 4] + 16 * (k / 4);
 #else
@@ -1302,15 +1294,15 @@ static void group_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], int type, 
 }
 
 // Block j / QK of rows i0 .. i0 + 15 of w as f32 q[k] and scales d[k] (the
-// weights are d * q): a group when quantized, else the rows < W.rows (d = 1).
-static void rows_block(float q[GROUP_ROWS][QK], float d[GROUP_ROWS], const Tensor *w, int i0, int j) {
+// weights are d * q): a panel when quantized, else the rows < W.rows (d = 1).
+static void rows_block(float q[PANEL_ROWS][QK], float d[PANEL_ROWS], const Tensor *w, int i0, int j) {
     int lane;
     if (is_quantized(w->type)) {
-        group_block(q, d, w->type, row_data(w, i0, &lane), blocks(w->cols), j / QK);
+        panel_block(q, d, w->type, row_data(w, i0, &lane), blocks(w->cols), j / QK);
         return;
     }
-    memset(q, 0, sizeof(float) * GROUP_ROWS * QK);
-    for (int k = 0; k < GROUP_ROWS && i0 + k < w->rows; k++) {
+    memset(q, 0, sizeof(float) * PANEL_ROWS * QK);
+    for (int k = 0; k < PANEL_ROWS && i0 + k < w->rows; k++) {
         const uint8_t *r = row_data(w, i0 + k, &lane);
         d[k] = 1.0f;
         for (int e = 0; e < QK && j + e < w->cols; e++)
@@ -1323,45 +1315,45 @@ static void dequantize_row(float *y, const Tensor *w, int row) {
     int lane;
     row_data(w, row, &lane);
     for (int j = 0; j < w->cols; j += QK) {
-        float q[GROUP_ROWS][QK], d[GROUP_ROWS];
+        float q[PANEL_ROWS][QK], d[PANEL_ROWS];
         rows_block(q, d, w, row - lane, j);
         for (int e = 0; e < QK && j + e < w->cols; e++) y[j + e] = q[lane][e] * d[lane];
     }
 }
 
-// Jobs cut into chunks of groups of rows (f32/bf16: of 16 rows) that threads
+// Jobs cut into chunks of panels of rows (f32/bf16: of 16 rows) that threads
 // claim one at a time: a thread that is late (another process ran on its core)
 // does fewer chunks instead of holding everyone up at the end of the batch.
 typedef struct {
     const MatmulJob *jobs;
     int n_jobs;
-    int chunk_groups;     // groups per chunk (matmuls_t: floats of x_t per thread)
+    int chunk_panels;     // panels per chunk (matmuls_t: floats of x_t per thread)
     atomic_int next;      // next unclaimed chunk (matmuls_t: job)
     float *x_t;           // matmuls_t: per thread, a job's x transposed (W.rows, n)
 } MatmulBatch;
 
-static int job_groups(const MatmulJob *job) { return (job->w.lane0 + job->w.rows + GROUP_ROWS - 1) / GROUP_ROWS; }
+static int job_panels(const MatmulJob *job) { return (job->w.lane0 + job->w.rows + PANEL_ROWS - 1) / PANEL_ROWS; }
 static int job_chunks(const MatmulBatch *b, int j) {
-    return (job_groups(&b->jobs[j]) + b->chunk_groups - 1) / b->chunk_groups;
+    return (job_panels(&b->jobs[j]) + b->chunk_panels - 1) / b->chunk_panels;
 }
 
-// Groups [g0, g1) of one job's matrix for all its activation rows, a group at
-// a time for all tokens: the group's weights stay in cache while the tokens pass.
+// Panels [g0, g1) of one job's matrix for all its activation rows, a panel at
+// a time for all tokens: the panel's weights stay in cache while the tokens pass.
 static void matmul_rows(const MatmulJob *job, int g0, int g1) {
     const Tensor *w = &job->w;
     int nb = blocks(w->cols), n = job->n;
     for (int g = g0; g < g1; g++)
         for (int t0 = 0; t0 < n; t0 += PREFILL_CHUNK) {
-            float out[PREFILL_CHUNK * GROUP_ROWS];
+            float out[PREFILL_CHUNK * PANEL_ROWS];
             int T = n - t0 < PREFILL_CHUNK ? n - t0 : PREFILL_CHUNK, lane;
-            const uint8_t *group = is_quantized(w->type) ? row_data(w, g * GROUP_ROWS - w->lane0, &lane) : NULL;
-            if (group) quantized_tile(w->type, group, nb, job->xq + (size_t)t0 * nb, T, out);
-            for (int k = 0; k < GROUP_ROWS; k++) {
-                int row = g * GROUP_ROWS + k - w->lane0;
+            const uint8_t *panel = is_quantized(w->type) ? row_data(w, g * PANEL_ROWS - w->lane0, &lane) : NULL;
+            if (panel) quantized_tile(w->type, panel, nb, job->xq + (size_t)t0 * nb, T, out);
+            for (int k = 0; k < PANEL_ROWS; k++) {
+                int row = g * PANEL_ROWS + k - w->lane0;
                 for (int t = 0; t < T && row >= 0 && row < w->rows; t++) {
                     const float *x = job->x + (size_t)(t0 + t) * job->x_stride;
                     const uint8_t *r = row_data(w, row, &lane);
-                    job->y[(size_t)(t0 + t) * job->y_stride + row] = group ? out[GROUP_ROWS * t + k]
+                    job->y[(size_t)(t0 + t) * job->y_stride + row] = panel ? out[PANEL_ROWS * t + k]
                         : w->type == TYPE_F32 ? dot_f32((const float *)r, x, w->cols)
                                               : dot_bf16((const uint16_t *)r, x, w->cols);
                 }
@@ -1369,7 +1361,7 @@ static void matmul_rows(const MatmulJob *job, int g0, int g1) {
         }
 }
 
-// Claims chunks until none is left: chunk c is groups [g0, g0 + chunk_groups)
+// Claims chunks until none is left: chunk c is panels [g0, g0 + chunk_panels)
 // of the job it falls in.
 static void matmul_task(void *ctx, int thread, int n_threads) {
     (void)thread; (void)n_threads;
@@ -1379,8 +1371,8 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
         int c = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
         while (j < batch->n_jobs && c >= first_of_job + job_chunks(batch, j)) first_of_job += job_chunks(batch, j++);
         if (j == batch->n_jobs) return;
-        int g0 = (c - first_of_job) * batch->chunk_groups, g1 = g0 + batch->chunk_groups;
-        matmul_rows(&batch->jobs[j], g0, g1 < job_groups(&batch->jobs[j]) ? g1 : job_groups(&batch->jobs[j]));
+        int g0 = (c - first_of_job) * batch->chunk_panels, g1 = g0 + batch->chunk_panels;
+        matmul_rows(&batch->jobs[j], g0, g1 < job_panels(&batch->jobs[j]) ? g1 : job_panels(&batch->jobs[j]));
     }
 }
 
@@ -1410,10 +1402,10 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
         used += (size_t)job->n * (size_t)nb;
     }
     // About 16 chunks per thread over the whole batch.
-    long long groups = 0;
+    long long panels = 0;
     double work = 0;  // multiply-adds
-    for (int j = 0; j < n_jobs; j++) { groups += job_groups(&jobs[j]); work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
-    long long chunk = groups / (16LL * pool.n_threads);
+    for (int j = 0; j < n_jobs; j++) { panels += job_panels(&jobs[j]); work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
+    long long chunk = panels / (16LL * pool.n_threads);
     MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 1 ? 1 : chunk), 0, NULL};
     pool_run(matmul_task, &batch, work);
 }
@@ -1434,7 +1426,7 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     (void)n_threads;
     MatmulBatch *batch = ctx;
-    float *x_t = batch->x_t + (size_t)thread * (size_t)batch->chunk_groups;  // (W.rows, n)
+    float *x_t = batch->x_t + (size_t)thread * (size_t)batch->chunk_panels;  // (W.rows, n)
     for (;;) {
         int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
         if (j >= batch->n_jobs) return;
@@ -1447,11 +1439,11 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
                 int m = w->cols - c0 < QK ? w->cols - c0 : QK, n = job->n - t0 < PREFILL_CHUNK ? job->n - t0 : PREFILL_CHUNK;
                 float acc[PREFILL_CHUNK][QK];
                 memset(acc, 0, (size_t)n * sizeof acc[0]);
-                for (int g = 0; g < job_groups(job); g++) {
-                    float q[GROUP_ROWS][QK], d[GROUP_ROWS];
-                    int i0 = g * GROUP_ROWS - w->lane0;  // rows i0 .. i0 + 15 (f32/bf16: 16 rows from i0)
+                for (int g = 0; g < job_panels(job); g++) {
+                    float q[PANEL_ROWS][QK], d[PANEL_ROWS];
+                    int i0 = g * PANEL_ROWS - w->lane0;  // rows i0 .. i0 + 15 (f32/bf16: 16 rows from i0)
                     rows_block(q, d, w, i0, c0);
-                    for (int k = 0; k < GROUP_ROWS; k++)
+                    for (int k = 0; k < PANEL_ROWS; k++)
                         for (int t = 0; t < n && i0 + k >= 0 && i0 + k < w->rows; t++) {
                             float s = x_t[(size_t)(i0 + k) * job->n + t0 + t] * d[k];
                             for (int e = 0; e < QK; e++) acc[t][e] += s * q[k][e];
@@ -1514,9 +1506,8 @@ static void check_float(const char *name, float v, float lo, float hi) {
         die("model file: config %s = %g, expected a finite value in %g..%g", name, v, lo, hi);
 }
 
-// Layer l has a routed-expert FFN iff experts exist, it is past the leading
-// dense layers and it is on the moe_layer_freq grid (HF modeling_deepseek.py's
-// DeepseekV2DecoderLayer).
+// Layer l has a routed-expert FFN iff experts exist, it is past the leading dense layers and it is on the
+// moe_layer_freq grid (HF modeling_deepseek.py's DeepseekV2DecoderLayer).
 static int is_moe_layer(const Config *c, int l) {
     return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
 }
@@ -1559,8 +1550,7 @@ static void validate_config(const Config *c) {
         check_range("norm_topk_prob", c->norm_topk_prob, 0, 1);
         check_float("routed_scaling_factor", c->routed_scaling_factor, 0.0f, 1e6f);
         int group_size = E / c->n_group;
-        // The kept groups must hold at least K experts, or top-K would have to
-        // pick masked (-inf) experts.
+        // The kept groups must hold at least K experts, or top-K would have to pick masked (-inf) experts.
         if (c->topk_method != TOPK_GREEDY && (long long)c->topk_group * group_size < c->num_experts_per_tok)
             die("model file: config topk_group %d x group size %d < num_experts_per_tok %d",
                 c->topk_group, group_size, c->num_experts_per_tok);

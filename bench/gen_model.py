@@ -45,16 +45,16 @@ BLOCKS_PER_CHUNK = 1 << 20
 
 
 def block_chunks(t: E.OutTensor, pool: np.ndarray, rng: np.random.Generator):
-    """Random Q8/Q4 blocks of one matrix (groups of 16 interleaved rows, as export.py lays them out),
-    a chunk of groups at a time."""
+    """Random Q8/Q4 blocks of one matrix (panels of 16 interleaved rows, as export.py lays them out),
+    a chunk of panels at a time."""
     rows, cols = t.shape
-    nb, qbytes = -(-cols // E.QUANT_GROUP), E.BLOCK_BYTES[t.type] - 2
+    nb, qbytes = -(-cols // E.QK), E.BLOCK_BYTES[t.type] - 2
     spread = 73.9 if t.type == E.Q8 else 4.6  # rms of a uniform random int8 / nibble - 8
     d = np.float32(0.5 / np.sqrt(cols) / spread)
-    scales = np.tile(E.to_bf16(np.array([d], np.float32)).astype("<u2").view(np.uint8), E.GROUP_ROWS * nb)
-    groups, per_chunk = -(-rows // E.GROUP_ROWS), max(1, BLOCKS_PER_CHUNK // (E.GROUP_ROWS * nb))
-    for g0 in range(0, groups, per_chunk):
-        k, q = min(per_chunk, groups - g0), E.GROUP_ROWS * nb * qbytes  # groups, q bytes per group
+    scales = np.tile(E.to_bf16(np.array([d], np.float32)).astype("<u2").view(np.uint8), E.PANEL_ROWS * nb)
+    panels, per_chunk = -(-rows // E.PANEL_ROWS), max(1, BLOCKS_PER_CHUNK // (E.PANEL_ROWS * nb))
+    for g0 in range(0, panels, per_chunk):
+        k, q = min(per_chunk, panels - g0), E.PANEL_ROWS * nb * qbytes  # panels, q bytes per panel
         chunk = np.empty((k, scales.size + q), np.uint8)
         chunk[:, :scales.size] = scales
         start = int(rng.integers(0, pool.size - k * q))
