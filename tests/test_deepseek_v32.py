@@ -31,6 +31,7 @@ import pytest
 
 import gen_checkpoints as G
 import reference as R
+from test_families import edited_checkpoint as edited  # a copy of a checkpoint with config.json edited
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -51,18 +52,6 @@ def logits(run_bin: str, model: str, toks: list, out: str, *opts: str) -> np.nda
 
 def tokens(vocab: int, n: int, seed: int = 7) -> list:
     return [int(i) for i in np.random.default_rng(seed).choice(vocab - 1, n, replace=False)]
-
-
-def edited(checkpoint, workdir: str, variant: str, name: str, edit) -> str:
-    """A copy of a generated checkpoint whose config.json went through edit(cfg)."""
-    hf = os.path.join(workdir, "hf", name)
-    if not os.path.exists(hf):
-        shutil.copytree(checkpoint(variant), hf)
-        path = os.path.join(hf, "config.json")
-        cfg = json.load(open(path))
-        edit(cfg)
-        json.dump(cfg, open(path, "w"), indent=2)
-    return hf
 
 
 def exported_dir(hf: str, dtype: str = "f32") -> str:
