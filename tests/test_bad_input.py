@@ -397,18 +397,8 @@ def test_generation_stops_at_the_context_limit(run_bin, v3):
     assert text.returncode == 0 and b"context limit" in text.stderr
 
 
-def test_chat_stops_when_the_context_is_full(run_bin, checkpoint, tmp_path):
-    import json
-    hf = tmp_path / "hf"
-    shutil.copytree(checkpoint("v3"), hf)
-    with open(os.path.join(TESTS, "data", "chat_fixture.json"), encoding="utf-8") as f:
-        template = json.load(f)["cases"][0]["template"]
-    cfg = json.loads((hf / "tokenizer_config.json").read_text(encoding="utf-8"))
-    cfg["chat_template"] = template
-    (hf / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    model = tmp_path / "chat.bin"
-    subprocess.run([sys.executable, EXPORT, hf, model], check=True, capture_output=True)
-    p = run(run_bin, model, "-m", "chat", "-c", "40", "-n", "8", "-t", "0", "--print-ids",
+def test_chat_stops_when_the_context_is_full(run_bin, chat_model):
+    p = run(run_bin, chat_model, "-m", "chat", "-c", "40", "-n", "8", "-t", "0", "--print-ids",
             stdin=b"hello there\nand again\nand once more\nstill here\n")
     assert p.returncode == 0, p.stderr
     assert b"is full; ending the chat" in p.stderr
