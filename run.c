@@ -272,6 +272,8 @@ static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 
 static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
 static float dot_f32(const float *w, const float *x, int n);
 static float bf16_to_f32(uint16_t h);
+static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp);  // S (n, Hp) = R Q
+static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
 
 // ----------------------------------------------------------------------------
@@ -291,7 +293,8 @@ typedef struct {          // mla_attention's scratch
     float *q_absorbed;    // (chunk, H, r+dr) per head [W_UK^T q_nope; q_pe], against cached [c; k_pe]
     float *att;           // (chunk, H, 2+r) per query: max score m, l = Σ exp(s-m), u = Σ exp(s-m) c_t
     float *att_blocks;    // (context / ATTN_BLOCK + 1, H, 2+r) the same per block of one token's positions
-    float *att_scratch;   // (threads, ATTN_BLOCK, r+dr+1) a block of a bf16 cache widened to f32, scores
+    float *q_t;           // (r+dr, Hp) one token's q_absorbed transposed, a column per head, Hp = H padded to 16 with 0
+    float *att_scratch;   // (threads, ATTN_BLOCK (r+dr) + (ATTN_BLOCK+2) Hp) a block widened to f32 or gathered, scores
     float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
     float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
     float *rope_sin;      // (chunk, dr/2)
@@ -459,20 +462,39 @@ static void rope_rotate(float *y, const float *x, const float *cos_t, const floa
 // blocks split over threads as in flash-decoding (Dao et al. 2023): per head, a block's
 // summary is its max score m, l = Σ exp(s - m) and the unnormalised u = Σ exp(s - m) c_t.
 
-// The summary (H, 2+r) of n cached rows (n, r+dr) for one token's queries q (H, r+dr); scores (n) is scratch.
-static void attend_block(const Model *m, const float *rows, int n, const float *q, float *scores, float *out) {
-    int H = m->config.n_heads, r = m->config.kv_lora_rank, w = r + m->config.qk_rope_head_dim;
-    for (int h = 0; h < H; h++) {
-        float *s = scores, *o = out + (size_t)h * (2 + r);
-        for (int t = 0; t < n; t++) s[t] = m->rope.softmax_scale * dot_f32(q + (size_t)h * w, rows + (size_t)t * w, w);
-        o[0] = s[0];
-        o[1] = 0.0f;
-        for (int t = 1; t < n; t++) o[0] = fmaxf(o[0], s[t]);
-        for (int t = 0; t < n; t++) { s[t] = expf(s[t] - o[0]); o[1] += s[t]; }
-        memset(o + 2, 0, (size_t)r * sizeof(float));
-        for (int t = 0; t < n; t++)
-            for (int k = 0; k < r; k++) o[2 + k] += s[t] * rows[(size_t)t * w + k];
-    }
+// e^x for x <= 0 (a score minus the block's max) in arithmetic that compilers vectorise, unlike expf:
+// x = k ln2 + f with |f| <= ln2/2; e^f by its Taylor series to f^7 (relative error < 2e-7); 2^k put in the
+// exponent bits. Below -87 (e^x < 2^-125) it gives e^-87; a NaN stays NaN.
+static float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float kf = x * 1.44269504f + 12582912.0f, k = kf - 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
+    float f = x - k * 0.693145752f - k * 1.42860677e-6f;            // ln 2 in two parts: k ln2 exact
+    float e = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 +
+                                                                                               f * (1.0f / 5040)))))));
+    uint32_t bits;
+    memcpy(&bits, &kf, 4);
+    bits = (bits - 0x4B400000u + 127u) << 23;  // kf's low bits hold k
+    float two_k;
+    memcpy(&two_k, &bits, 4);
+    return e * two_k;
+}
+
+// The summary (H, 2+r) of n cached rows (n, r+dr) for one token's queries q_t (r+dr, Hp); p (n+2, Hp) is
+// scratch: scores, then exp(score - max), then each head's max and sum. Loops over heads run across a row.
+static void attend_block(const Model *m, const float *rows, int n, const float *q_t, float *p, float *out) {
+    int H = m->config.n_heads, Hp = (H + 15) / 16 * 16, r = m->config.kv_lora_rank, w = r + m->config.qk_rope_head_dim;
+    float *max = p + (size_t)n * Hp, *sum = max + Hp;
+    attention_scores(p, rows, n, w, q_t, Hp);
+    for (int h = 0; h < Hp; h++) max[h] = -INFINITY, sum[h] = 0.0f;
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < Hp; h++) {
+            float x = p[(size_t)t * Hp + h] *= m->rope.softmax_scale;
+            max[h] = x > max[h] ? x : max[h];
+        }
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < Hp; h++) sum[h] += p[(size_t)t * Hp + h] = exp_nonpositive(p[(size_t)t * Hp + h] - max[h]);
+    for (int h = 0; h < H; h++) out[(size_t)h * (2 + r)] = max[h], out[(size_t)h * (2 + r) + 1] = sum[h];
+    attention_values(out + 2, 2 + r, p, Hp, H, rows, w, r, n);
 }
 
 // a = a ⊕ b for H summaries, each rescaled by exp(its max - the larger max).
@@ -495,7 +517,8 @@ static void attend_task(void *ctx, int thread, int n_threads) {
     AttendBatch *a = ctx;
     const RunState *s = a->s;
     int H = a->m->config.n_heads, r = a->m->config.kv_lora_rank, w = r + a->m->config.qk_rope_head_dim;
-    float *rows = s->mla.att_scratch + (size_t)thread * ATTN_BLOCK * (w + 1), *scores = rows + (size_t)ATTN_BLOCK * w;
+    size_t Hp = (size_t)(H + 15) / 16 * 16;
+    float *rows = s->mla.att_scratch + (size_t)thread * (ATTN_BLOCK * (w + Hp) + 2 * Hp), *p = rows + (size_t)ATTN_BLOCK * w;
     for (int blk; (blk = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed)) <= a->pos / ATTN_BLOCK;) {
         int p0 = blk * ATTN_BLOCK, n = a->pos - p0 < ATTN_BLOCK ? a->pos - p0 + 1 : ATTN_BLOCK;
         size_t layer0 = (size_t)a->layer * s->context * w, summary = (size_t)H * (2 + r);
@@ -504,7 +527,7 @@ static void attend_task(void *ctx, int thread, int n_threads) {
             for (size_t k = 0, at = layer0 + (size_t)(a->selected ? a->selected[p0 + i] : p0 + i) * w; k < (size_t)w; k++)
                 rows[(size_t)i * w + k] = s->cache_bf16 ? bf16_to_f32(((const uint16_t *)cache)[at + k]) : cache[at + k];
         float *out = blk ? s->mla.att_blocks + (size_t)blk * summary : s->mla.att + (size_t)a->t * summary;
-        attend_block(a->m, block, n, s->mla.q_absorbed + (size_t)a->t * H * w, scores, out);
+        attend_block(a->m, block, n, s->mla.q_t, p, out);
     }
 }
 
@@ -577,6 +600,8 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     for (int t = 0; t < n; t++) {
         int sparse = c->index_n_heads && pos0 + t >= c->index_topk, last = sparse ? c->index_topk - 1 : pos0 + t;
         AttendBatch batch = {m, s, layer, last, t, sparse ? b->selected + (size_t)t * s->context : NULL, 0};
+        for (int h = 0; h < H; h++)  // heads as columns, for attention_scores; padding columns stay 0
+            for (size_t k = 0; k < row; k++) b->q_t[k * ((H + 15) / 16 * 16) + h] = b->q_absorbed[((size_t)t * H + h) * row + k];
         pool_run(attend_task, &batch, last < ATTN_BLOCK ? 0 : (double)(last + 1) * H * (double)(r + row));
         for (int blk = 1; blk <= last / ATTN_BLOCK; blk++)
             attend_fold(b->att + (size_t)t * H * (2 + r), b->att_blocks + (size_t)blk * H * (2 + r), H, r);
@@ -1048,6 +1073,66 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     for (; j < n; j++) s += bf16_to_f32(w[j]) * x[j];
     for (int k = 0; k < DOT_LANES; k++) s += acc[k];
     return s;
+}
+
+// Attention's products (attend_block): S (n, Hp) = R (n, w) Q (w, Hp) scores n cached rows against Hp
+// queries (a column each), u_h (r) = Σ_t P[t][h] R[t][0:r] mixes them. Each output is one chain of fused
+// multiply-adds in row order, so the AVX-512 tiles (16 heads x 8 rows, 8 heads x 32 values) and the plain
+// loops beside them (any other machine, and the edges) give the same bits.
+static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp) {
+    for (int h = 0; h < Hp; h += 16)
+        for (int t = 0; t < n; t += 8) {
+#if defined(__AVX512F__)
+            if (n - t >= 8) {
+                __m512 acc[8];
+                for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_ps();
+                for (int k = 0; k < w; k++) {
+                    __m512 q = _mm512_loadu_ps(Q + (size_t)k * Hp + h);
+                    for (int i = 0; i < 8; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(R[(size_t)(t + i) * w + k]), q, acc[i]);
+                }
+                for (int i = 0; i < 8; i++) _mm512_storeu_ps(S + (size_t)(t + i) * Hp + h, acc[i]);
+                continue;
+            }
+#endif
+            for (int i = t; i < n && i < t + 8; i++) {
+                float *y = S + (size_t)i * Hp + h;
+                for (int j = 0; j < 16; j++) y[j] = 0.0f;
+                for (int k = 0; k < w; k++)
+                    for (int j = 0; j < 16; j++) y[j] = fmaf(R[(size_t)i * w + k], Q[(size_t)k * Hp + h + j], y[j]);
+            }
+        }
+}
+
+static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n) {
+    for (int h = 0; h < H; h += 8)
+        for (int k = 0; k < r; k += 32) {
+#if defined(__AVX512F__)
+            if (H - h >= 8 && r - k >= 32) {
+                __m512 acc[8][2];
+                for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+                for (int t = 0; t < n; t++) {
+                    __m512 r0 = _mm512_loadu_ps(R + (size_t)t * w + k), r1 = _mm512_loadu_ps(R + (size_t)t * w + k + 16);
+                    for (int i = 0; i < 8; i++) {
+                        __m512 p = _mm512_set1_ps(P[(size_t)t * Hp + h + i]);
+                        acc[i][0] = _mm512_fmadd_ps(p, r0, acc[i][0]);
+                        acc[i][1] = _mm512_fmadd_ps(p, r1, acc[i][1]);
+                    }
+                }
+                for (int i = 0; i < 8; i++) {
+                    _mm512_storeu_ps(u + (size_t)(h + i) * stride + k, acc[i][0]);
+                    _mm512_storeu_ps(u + (size_t)(h + i) * stride + k + 16, acc[i][1]);
+                }
+                continue;
+            }
+#endif
+            for (int i = h; i < H && i < h + 8; i++) {
+                float *y = u + (size_t)i * stride + k;
+                int kn = r - k < 32 ? r - k : 32;
+                for (int j = 0; j < kn; j++) y[j] = 0.0f;
+                for (int t = 0; t < n; t++)
+                    for (int j = 0; j < kn; j++) y[j] = fmaf(P[(size_t)t * Hp + i], R[(size_t)t * w + k + j], y[j]);
+            }
+        }
 }
 
 // One block of activations v (QK values) -> d, q = v / d rounded half away
@@ -1909,7 +1994,8 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     a->q_absorbed = state_buffer(s, n * H, cache_row, F);
     a->att = state_buffer(s, n * H, r + 2, F);
     a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * H, r + 2, F);
-    a->att_scratch = state_buffer(s, (size_t)pool.n_threads * ATTN_BLOCK, cache_row + 1, F);
+    a->q_t = state_buffer(s, cache_row, (H + 15) / 16 * 16, F);
+    a->att_scratch = state_buffer(s, (size_t)pool.n_threads, ATTN_BLOCK * (cache_row + (H + 15) / 16 * 16) + 2 * ((H + 15) / 16 * 16), F);
     a->o = state_buffer(s, n * H, (size_t)c->v_head_dim, F);
     a->rope_cos = state_buffer(s, n, half, F);
     a->rope_sin = state_buffer(s, n, half, F);

@@ -28,10 +28,12 @@ YARN_V3 = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4
 # Per-variant config (HF field names) plus generator settings (keys starting with "_").
 VARIANTS = {
     # DeepSeek-V2-Lite-like: plain q_proj, softmax greedy, no renorm, rsf 1, F32, yarn mscale 0.707.
+    # 16 heads (V2-Lite's count) and kv_lora_rank 72: run.c's attention tiles (16 heads x 8 rows, 8 heads
+    # x 32 values) occur whole and cut (the other variants' 3-5 heads cut the head tiles).
     "v2lite": dict(
         model_type="deepseek_v2", architectures=["DeepseekV2ForCausalLM"],
-        hidden_size=96, num_hidden_layers=3, vocab_size=400, num_attention_heads=4,
-        q_lora_rank=None, kv_lora_rank=40, qk_nope_head_dim=24, qk_rope_head_dim=16, v_head_dim=20,
+        hidden_size=96, num_hidden_layers=3, vocab_size=400, num_attention_heads=16,
+        q_lora_rank=None, kv_lora_rank=72, qk_nope_head_dim=24, qk_rope_head_dim=16, v_head_dim=20,
         intermediate_size=160, moe_intermediate_size=48,
         n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
         n_group=1, topk_group=1, topk_method="greedy", scoring_func="softmax",
