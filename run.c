@@ -23,6 +23,9 @@
 #define _POSIX_C_SOURCE 200809L
 #endif
 #define _DEFAULT_SOURCE  // glibc: MADV_HUGEPAGE (transparent huge pages for the weights)
+#ifdef __linux__
+#define _GNU_SOURCE      // mremap (the loader's background copy)
+#endif
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -243,7 +246,8 @@ typedef struct {
     Rope rope;
     const uint8_t *file;   // (file_size) read-only mapping, or a copy in memory
     size_t file_size;
-    int copied;            // file is a malloc'd copy (see read_into_memory)
+    size_t span;           // the file's size rounded up to 2 MB: what load_model maps or reads
+    int copied;            // read into memory (--no-mmap)
 } Model;
 
 // ----------------------------------------------------------------------------
@@ -275,6 +279,7 @@ static float bf16_to_f32(uint16_t h);
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp);  // S (n, Hp) = R Q
 static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
+static void use_copy(int wait);  // the loader's copy of the weights in huge pages replaces their mapping once read
 
 // ----------------------------------------------------------------------------
 // Run state
@@ -855,6 +860,7 @@ static float *output_head(const Model *m, RunState *s, const float *norm, int n,
 static float *forward_chunk(const Model *m, RunState *s, const int *tokens, int n, int pos0, int all_logits) {
     const Config *c = &m->config;
     int D = c->dim, half = c->qk_rope_head_dim / 2;
+    use_copy(0);
     for (int t = 0; t < n; t++) {
         dequantize_row(s->x + (size_t)t * D, &m->weights.embed, tokens[t]);
         rope_tables(s->mla.rope_cos + (size_t)t * half, s->mla.rope_sin + (size_t)t * half, &m->rope, half, pos0 + t);
@@ -1887,24 +1893,37 @@ static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *p
     walk_weights(&m->weights, &m->config, &tw);
 }
 
-// The whole file in memory backed by 2 MB transparent huge pages where the OS
-// has them. Generating reads gigabytes of weights per token in 4 KB pieces
-// when they are mapped from the page cache; with huge pages far fewer TLB
-// misses interrupt the streams (measured: several times faster on a 16 GB
-// model in a VM). Costs the time to read the file and RAM for all of it.
-static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
-    size_t huge = (size_t)2 << 20, alloc = ((size_t)size + huge - 1) / huge * huge;
-    void *p = NULL;
-    if (posix_memalign(&p, huge, alloc) != 0) die("out of memory reading %s into memory (%zu bytes)", path, alloc);
-#ifdef MADV_HUGEPAGE
-    madvise(p, alloc, MADV_HUGEPAGE);  // a hint: without it (or off Linux) the copy still works
+// `span` bytes (a multiple of 2 MB) at a 2 MB boundary, asking for transparent huge pages: the file fd mapped
+// read-only, or (fd < 0) anonymous memory. Aligned, so that 2 MB pages can back it and mremap can move them whole.
+static uint8_t *map_aligned(size_t span, int fd) {
+    size_t huge = (size_t)2 << 20;
+    uint8_t *p = mmap(NULL, span + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *at = p + (huge - (uintptr_t)p % huge) % huge;
+    if (at > p) munmap(p, (size_t)(at - p));
+    if (at < p + huge) munmap(at + span, (size_t)(p + huge - at));
+    if (mmap(at, span, fd < 0 ? PROT_READ | PROT_WRITE : PROT_READ, MAP_PRIVATE | MAP_FIXED | (fd < 0 ? MAP_ANONYMOUS : 0),
+             fd, 0) == MAP_FAILED) return munmap(at, span), NULL;
+#ifdef MADV_HUGEPAGE  // a hint: without it (or off Linux) all still works. On a mapped file (Linux 6.x, ext4) the
+    madvise(at, span, MADV_HUGEPAGE);  // faults read in 2 MB page-cache folios: 99% of a cold V2-Lite q8 read, 11% without
 #endif
+    return at;
+}
+
+// Generating reads gigabytes of weights per token: in 4 KB pieces when the page cache holds the file in small
+// folios (it does after ordinary reads), with far more TLB misses than in 2 MB pages (measured: a V2-Lite q4
+// generated 17% faster read into memory than mapped, q8 44%). So --no-mmap reads the file into huge-page memory
+// first, and by default a thread reads it while the first tokens run from the mapping (copier, below).
+static uint8_t *read_into_memory(int fd, uint64_t size, size_t span, const char *path, atomic_int *stop) {
+    uint8_t *p = map_aligned(span, -1);
+    if (!p && !stop) die("out of memory reading %s into memory (%zu bytes)", path, span);
     double t0 = now_seconds();
-    int shown = 0, tty = isatty(2);  // progress on a terminal once the read takes more than a second
-    for (uint64_t at = 0; at < size;) {
+    int shown = 0, tty = !stop && isatty(2);  // progress on a terminal once the read takes more than a second
+    for (uint64_t at = 0; p && at < size;) {
         size_t want = size - at < ((size_t)64 << 20) ? (size_t)(size - at) : ((size_t)64 << 20);
-        ssize_t got = pread(fd, (uint8_t *)p + at, want, (off_t)at);
-        if (got <= 0) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
+        ssize_t got = stop && atomic_load(stop) ? -1 : pread(fd, p + at, want, (off_t)at);
+        if (got <= 0 && !stop) die("cannot read %s: %s", path, got < 0 ? strerror(errno) : "unexpected end of file");
+        if (got <= 0) munmap(p, span), p = NULL;  // in the background: keep the mapping
         at += (uint64_t)got;
         if (tty && now_seconds() - t0 > 1.0) shown = fprintf(stderr, "\rreading %s: %.0f%%", path, 100.0 * at / size);
     }
@@ -1912,13 +1931,43 @@ static uint8_t *read_into_memory(int fd, uint64_t size, const char *path) {
     return p;
 }
 
+// The mapped model's copy in memory: read by a thread that forward_chunk starts, moved over the mapping by
+// forward_chunk between passes (when no thread reads weights) with mremap, so every pointer stays valid.
+static struct {
+    int fd;              // the open model file, or -1: no copy (not Linux, too large for memory, --no-mmap, done)
+    uint64_t size;
+    uint8_t *map, *copy; // (span) the mapping, the copy once read
+    size_t span;
+    atomic_int state, stop;  // state: 0 not started, 1 reading, 2 read (copy NULL if it failed)
+    pthread_t thread;
+} copier = {.fd = -1};
+
+static void *copy_model(void *arg) {
+    copier.copy = read_into_memory(copier.fd, copier.size, copier.span, (const char *)arg, &copier.stop);
+    atomic_store(&copier.state, 2);
+    return NULL;
+}
+
+// wait: finish the copy first (--bench measures the steady state, as llama-bench's warm-up run does).
+static void use_copy(int wait) {
+    if (copier.fd < 0) return;
+    if (atomic_load(&copier.state) == 0 && pthread_create(&copier.thread, NULL, copy_model, "model") == 0)
+        atomic_store(&copier.state, 1);
+    if (atomic_load(&copier.state) == 0 || (atomic_load(&copier.state) == 1 && !wait)) return;
+    pthread_join(copier.thread, NULL);
+#ifdef __linux__
+    if (copier.copy && mremap(copier.copy, copier.span, copier.span, MREMAP_MAYMOVE | MREMAP_FIXED, copier.map) == MAP_FAILED)
+        munmap(copier.copy, copier.span);
+#endif
+    close(copier.fd);
+    copier.fd = -1;
+}
+
 // --no-mmap copies the model into memory, so it must fit with room to spare; by
 // default the file is mapped and the OS pages in only the experts that are chosen.
-static int fits_in_memory(const char *path) {
-    struct stat st;
+static int fits_in_memory(uint64_t size) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    if (stat(path, &st) != 0 || pages <= 0 || page <= 0) return 0;
-    return (double)st.st_size <= 0.75 * (double)pages * (double)page;
+    return pages > 0 && page > 0 && (double)size <= 0.75 * (double)pages * (double)page;
 }
 
 // A regular file opened to read; a FIFO or device is refused (O_NONBLOCK: opening a FIFO must not hang).
@@ -1939,28 +1988,27 @@ static void load_model(Model *m, const char *path, int in_memory) {
     uint64_t size = (uint64_t)st.st_size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
-    const uint8_t *f;
-    if (in_memory) {
-        f = read_into_memory(fileno(file), size, path);
-        m->copied = 1;
-    } else {
-        void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fileno(file), 0);
-        if (map == MAP_FAILED) die("cannot mmap %s: %s", path, strerror(errno));
-#ifdef MADV_HUGEPAGE  // what our faults read in comes as 2 MB page-cache folios, mapped whole (Linux 6.x, ext4:
-        madvise(map, (size_t)size, MADV_HUGEPAGE);  // 99% of a cold V2-Lite q8 read, 11% without): TLB as --no-mmap
+    if (in_memory && !fits_in_memory(size)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", path);
+    size_t span = (size + ((size_t)2 << 20) - 1) / ((size_t)2 << 20) * ((size_t)2 << 20);
+    uint8_t *f = in_memory ? read_into_memory(fileno(file), size, span, path, NULL) : map_aligned(span, fileno(file));
+    if (!f) die("cannot mmap %s: %s", path, strerror(errno));
+#ifdef __linux__
+    if (!in_memory && fits_in_memory(size) && (copier.fd = dup(fileno(file))) >= 0)
+        copier.size = size, copier.map = f, copier.span = span;
 #endif
-        f = map;
-    }
     fclose(file);
     parse_model(m, f, size, path);
+    m->span = span;
+    m->copied = in_memory;
 }
 
 static void free_model(Model *m) {
     for (int l = 0; l < m->config.n_layers + m->config.n_mtp_layers; l++) free(m->weights.layers[l].experts);
     free(m->weights.layers);
     free(m->rope.theta);
-    if (m->copied) free((void *)m->file);
-    else munmap((void *)m->file, m->file_size);
+    atomic_store(&copier.stop, 1);  // a copy still reading gives up
+    if (atomic_load(&copier.state)) use_copy(1);
+    munmap((void *)m->file, m->span);
 }
 
 // A zeroed buffer of a x b elements of `size` bytes, kept in s->buffers for free_run_state.
@@ -3342,6 +3390,9 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
     int *tokens = xcalloc((size_t)s->context, sizeof(int)), per_depth = b->n_pp + b->n_tg, n_tests = b->n_depth * per_depth;
     double (*result)[2] = xcalloc((size_t)n_tests, sizeof *result);  // (n_tests) mean, sd
     for (int i = 0; i < s->context; i++) tokens[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)m->config.n_tokens);
+    double t0 = now_seconds();
+    use_copy(1);  // the steady state (llama-bench also times after a warm-up): the weights in huge pages, as --no-mmap
+    if (now_seconds() - t0 > 0.05) fprintf(stderr, "read into memory in the background in %.1f s\n", now_seconds() - t0);
     bench_test(m, s, tokens, 64, 0, 1);
     bench_test(m, s, tokens, 8, 0, 0);
     double ttft = 16 / bench_test(m, s, tokens, 16, 0, 1);  // s
@@ -3624,7 +3675,6 @@ int main(int argc, char **argv) {
 
     Model model;
     double t_load = now_seconds();
-    if (o.no_mmap && !fits_in_memory(o.model_path)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", o.model_path);
     load_model(&model, o.model_path, o.no_mmap);
     const Config *c = &model.config;
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
