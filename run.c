@@ -473,15 +473,13 @@ static void rope_rotate(float *y, const float *x, const float *cos_t, const floa
 static float exp_nonpositive(float x) {
     x = x < -87.0f ? -87.0f : x;
     float kf = x * 1.44269504f + 12582912.0f, k = kf - 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
-    float f = x - k * 0.693145752f - k * 1.42860677e-6f;            // ln 2 in two parts: k ln2 exact
-    float e = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720 +
-                                                                                               f * (1.0f / 5040)))))));
+    float f = x - k * 0.693145752f - k * 1.42860677e-6f, e = 1.0f;  // ln 2 in two parts: k ln2 exact
+    for (int i = 7; i > 0; i--) e = 1.0f + f * e * (1.0f / (float)i);  // 1 + f (1 + f/2 (1 + ... f/7))
     uint32_t bits;
     memcpy(&bits, &kf, 4);
-    bits = (bits - 0x4B400000u + 127u) << 23;  // kf's low bits hold k
-    float two_k;
-    memcpy(&two_k, &bits, 4);
-    return e * two_k;
+    bits = (bits - 0x4B400000u + 127u) << 23;  // kf's low bits hold k: 2^k
+    memcpy(&x, &bits, 4);
+    return e * x;
 }
 
 // The summary (H, 2+r) of n cached rows (n, r+dr) for one token's queries q_t (r+dr, Hp); p (n+2, Hp) is
@@ -1114,20 +1112,13 @@ static void attention_values(float *u, int stride, const float *P, int Hp, int H
         for (int k = 0; k < r; k += 32) {
 #if defined(__AVX512F__)
             if (H - h >= 8 && r - k >= 32) {
-                __m512 acc[8][2];
-                for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-                for (int t = 0; t < n; t++) {
-                    __m512 r0 = _mm512_loadu_ps(R + (size_t)t * w + k), r1 = _mm512_loadu_ps(R + (size_t)t * w + k + 16);
-                    for (int i = 0; i < 8; i++) {
-                        __m512 p = _mm512_set1_ps(P[(size_t)t * Hp + h + i]);
-                        acc[i][0] = _mm512_fmadd_ps(p, r0, acc[i][0]);
-                        acc[i][1] = _mm512_fmadd_ps(p, r1, acc[i][1]);
-                    }
-                }
-                for (int i = 0; i < 8; i++) {
-                    _mm512_storeu_ps(u + (size_t)(h + i) * stride + k, acc[i][0]);
-                    _mm512_storeu_ps(u + (size_t)(h + i) * stride + k + 16, acc[i][1]);
-                }
+                __m512 acc[16];  // head h + i/2, values k + 16 (i%2) ...
+                for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+                for (int t = 0; t < n; t++)
+                    for (int i = 0; i < 16; i++)
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)t * Hp + h + i / 2]),
+                                                 _mm512_loadu_ps(R + (size_t)t * w + k + 16 * (i % 2)), acc[i]);
+                for (int i = 0; i < 16; i++) _mm512_storeu_ps(u + (size_t)(h + i / 2) * stride + k + 16 * (i % 2), acc[i]);
                 continue;
             }
 #endif
