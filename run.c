@@ -1430,13 +1430,17 @@ static void matmul_rows(const MatmulJob *job, int g0, int g1) {
             int T = n - t0 < PREFILL_CHUNK ? n - t0 : PREFILL_CHUNK, lane;
             const uint8_t *panel = is_quantized(w->type) ? row_data(w, g * PANEL_ROWS - w->lane0, &lane) : NULL;
             if (panel) quantized_tile(w->type, panel, nb, job->xq + (size_t)t0 * nb, T, out);
-            for (int t = 0; t < T; t++)  // token by token: each writes a run of y's row (stores down a column: pp -10%)
-                for (int k = 0, row = g * PANEL_ROWS - w->lane0; k < PANEL_ROWS; k++, row++) {
-                    const float *x = job->x + (size_t)(t0 + t) * job->x_stride;
-                    const uint8_t *r = panel || row < 0 || row >= w->rows ? NULL : row_data(w, row, &lane);
-                    if (row >= 0 && row < w->rows) job->y[(size_t)(t0 + t) * job->y_stride + row] = panel ? out[PANEL_ROWS * t + k]
-                        : w->type == TYPE_F32 ? dot_f32((const float *)r, x, w->cols) : dot_bf16((const uint16_t *)r, x, w->cols);
+            int row0 = g * PANEL_ROWS - w->lane0, k0 = row0 < 0 ? -row0 : 0;  // rows k0 .. k1-1 of the panel exist
+            int k1 = w->rows - row0 < PANEL_ROWS ? w->rows - row0 : PANEL_ROWS;
+            for (int t = 0; t < T; t++) {  // a run of each token's y row (one store, not 16 down a column: pp +10-20%)
+                float *y = job->y + (size_t)(t0 + t) * job->y_stride + row0 + k0;
+                const float *x = job->x + (size_t)(t0 + t) * job->x_stride;
+                if (panel) memcpy(y, out + PANEL_ROWS * t + k0, (size_t)(k1 - k0) * sizeof(float));
+                for (int k = k0; !panel && k < k1; k++) {
+                    const uint8_t *r = row_data(w, row0 + k, &lane);
+                    y[k - k0] = w->type == TYPE_F32 ? dot_f32((const float *)r, x, w->cols) : dot_bf16((const uint16_t *)r, x, w->cols);
                 }
+            }
         }
 }
 
