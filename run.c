@@ -562,21 +562,18 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
     size_t row = (size_t)r + (size_t)dr;
 
-    // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection. HF
-    // modeling_deepseek.py builds q_a_layernorm and kv_a_layernorm without an
-    // eps argument, so both use 1e-6 whatever rms_norm_eps says.
-    if (rq > 0) {
-        matmul_n(b->q_latent, &lw->q_a_proj, s->xn, n);
-        for (int t = 0; t < n; t++)
-            rmsnorm(b->q_latent + (size_t)t * rq, b->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
-        matmul_n(b->q, &lw->q_b_proj, b->q_latent, n);
-    } else {
-        matmul_n(b->q, &lw->q_proj, s->xn, n);
-    }
+    // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection, and the key/value latent (one batch
+    // of products). HF modeling_deepseek.py builds q_a_layernorm and kv_a_layernorm without an eps argument, so
+    // both use 1e-6 whatever rms_norm_eps says.
+    MatmulJob first[2] = {matmul_job(rq > 0 ? b->q_latent : b->q, rq > 0 ? lw->q_a_proj : lw->q_proj, s->xn, n),
+                          matmul_job(b->kv_a, lw->kv_a_proj, s->xn, n)};
+    matmuls(first, 2);
+    for (int t = 0; rq > 0 && t < n; t++)
+        rmsnorm(b->q_latent + (size_t)t * rq, b->q_latent + (size_t)t * rq, lw->q_a_norm, rq, 1e-6f);
+    if (rq > 0) matmul_n(b->q, &lw->q_b_proj, b->q_latent, n);
 
     // Key/value latent: [c_raw (r); k_pe (dr)]; only c is normalised, only k_pe
     // rotated. Each head's rotated q_pe goes beside its absorbed query (below).
-    matmul_n(b->kv_a, &lw->kv_a_proj, s->xn, n);
     for (int t = 0; t < n; t++) {
         float *cos_t = b->rope_cos + (size_t)t * half, *sin_t = b->rope_sin + (size_t)t * half;
         float *kv = b->kv_a + (size_t)t * row;
