@@ -85,7 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", default="q8,q4")
     ap.add_argument("--threads", default="2")
-    ap.add_argument("--loading", default="mmap", help="mmap, no-mmap or both (comma list)")
+    ap.add_argument("--loading", default="default",
+                    help="default (mapped, read into memory by a thread), no-mmap or both (comma list)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-readme", action="store_true", help="print the table, do not write README.md")
     args = ap.parse_args()
