@@ -1969,20 +1969,21 @@ static FILE *open_regular(const char *path, const char *what, struct stat *st) {
     return f;
 }
 
-// in_memory: read the file into (huge-page) memory instead of mapping it.
-static void load_model(Model *m, const char *path, int in_memory) {
+// loading: 0 map, then read into memory by a thread if it fits; 1 read into memory first (--no-mmap); 2 map only.
+static void load_model(Model *m, const char *path, int loading) {
     memset(m, 0, sizeof *m);  // optional parts (the tokenizer) stay NULL when absent
     struct stat st;
     FILE *file = open_regular(path, "model file", &st);
     uint64_t size = (uint64_t)st.st_size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
+    int in_memory = loading == 1;
     if (in_memory && !fits_in_memory(size)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", path);
     size_t span = (size + ((size_t)2 << 20) - 1) / ((size_t)2 << 20) * ((size_t)2 << 20);
     uint8_t *f = in_memory ? read_into_memory(fileno(file), size, span, path, NULL) : map_aligned(span, fileno(file));
     if (!f) die("cannot mmap %s: %s", path, strerror(errno));
 #ifdef __linux__
-    if (!in_memory && fits_in_memory(size) && (copier.fd = dup(fileno(file))) >= 0)
+    if (loading == 0 && fits_in_memory(size) && (copier.fd = dup(fileno(file))) >= 0)
         copier.size = size, copier.map = f, copier.span = span;
 #endif
     fclose(file);
@@ -3010,7 +3011,7 @@ typedef struct {
     const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
     const char *cache_type, *bench_p, *bench_n, *bench_d, *bench_r;          // --cache-type; -p -n -d -r with --bench
     char **stops;                                                             // --stop strings, NULL-terminated
-    int chat, tokenizer_mode, batch, print_ids, bench, no_mmap, no_echo, keep_last, no_think, cache_bf16, mtp;
+    int chat, tokenizer_mode, batch, print_ids, bench, loading, no_echo, keep_last, no_think, cache_bf16, mtp;
     long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
     float temperature, topp, minp, repeat_penalty;
     BenchPlan plan;  // --bench
@@ -3469,7 +3470,8 @@ static const Flag flags[] = {
     {"-d --n-depth", "<list>", 's', OPT(bench_d), 0, 0, "--bench: context depths the tests start at (default 0)"},
     {"-r --repetitions", "<int>", 's', OPT(bench_r), 0, 0, "--bench: repetitions of each test (default 1)"},
     {"--cache-type -ctk", "<type>", 's', OPT(cache_type), 0, 0, "latent cache in f32 (default) or bf16 (half the memory)"},
-    {"--no-mmap", NULL, '1', OPT(no_mmap), 1, 1, "read the model into memory before the first token, not meanwhile"},
+    {"--no-mmap", NULL, '1', OPT(loading), 1, 1, "read the model into memory before the first token, not meanwhile"},
+    {"--map-only", NULL, '1', OPT(loading), 2, 2, "keep the model mapped, never read into memory (less RAM, slower)"},
     {"--encode", NULL, '1', OPT(tokenizer_mode), 1, 1, "tokenizer only: stdin text -> ids on one line (no BOS)"},
     {"--decode", NULL, '1', OPT(tokenizer_mode), 2, 2, "tokenizer only: stdin ids -> the exact bytes of their tokens"},
     {"--batch", NULL, '1', OPT(batch), 1, 1, "tokenizer only: many records per run (see tokenizer_tool)"},
@@ -3588,7 +3590,7 @@ static void parse_options(Options *o, int argc, char **argv) {
 // and prints one line of ids for each; --decode prints a record "<byte length>\n<bytes>" per line of ids.
 static int tokenizer_tool(const Options *o) {
     Model model = {0};
-    if (o->model_path) load_model(&model, o->model_path, 0);
+    if (o->model_path) load_model(&model, o->model_path, 2);
     Tokenizer tok, *t = &tok;
     model_tokenizer(t, o->model_path ? &model : NULL, o->tokenizer_path);
     int decode = o->tokenizer_mode == 2, batch = o->batch;
@@ -3664,7 +3666,7 @@ int main(int argc, char **argv) {
 
     Model model;
     double t_load = now_seconds();
-    load_model(&model, o.model_path, o.no_mmap);
+    load_model(&model, o.model_path, o.loading);
     const Config *c = &model.config;
     // --ppl scores at the length the model was trained at (YaRN's original context) unless -c says otherwise
     if (!o.context) o.context = o.bench ? o.plan.context : o.ppl && c->rope_type == ROPE_YARN && c->rope_orig_max_pos > 0 ? c->rope_orig_max_pos : 4096;
