@@ -396,18 +396,14 @@ static double yarn_correction_dim(double n_rot, int d, double base, double L0) {
     return (double)d * log(L0 / (n_rot * 2.0 * 3.14159265358979323846)) / (2.0 * log(base));
 }
 
-// RoPE frequencies θ_i = base^(-2i/dr) over the dr = qk_rope_head_dim wide
-// rope part only (DeepSeek-V2 §2.1.3), and the softmax scale 1/sqrt(dn+dr) of
-// the full 192-wide head (§2.1.3), also when the absorbed key is 576 wide.
-// With YaRN (Peng et al. 2023, "NTK-by-parts"): pairs that turn more than
-// beta_fast times over the original context L0 keep θ_i, those that turn fewer
-// than beta_slow times get θ_i / s, with a linear ramp between. The cos/sin
-// multiplier and the softmax factor follow DeepSeek's code, not the generic
-// YaRN 0.1 ln s + 1 on cos/sin: HF modeling_deepseek.py's
-// DeepseekV2YarnRotaryEmbedding multiplies cos/sin by mscale(s, mscale) /
-// mscale(s, mscale_all_dim) (1 for DeepSeek's configs), and its attention (as
-// inference/model.py's softmax_scale * mscale * mscale) multiplies the softmax
-// scale by mscale(s, mscale_all_dim)². YaRN applies from position 0, as in HF.
+// RoPE frequencies θ_i = base^(-2i/dr) over the dr = qk_rope_head_dim wide rope part only (DeepSeek-V2 §2.1.3), and
+// the softmax scale 1/sqrt(dn+dr) of the full 192-wide head (§2.1.3), also when the absorbed key is 576 wide. With
+// YaRN (Peng et al. 2023, "NTK-by-parts"): pairs that turn more than beta_fast times over the original context L0
+// keep θ_i, those that turn fewer than beta_slow times get θ_i / s, with a linear ramp between. The cos/sin
+// multiplier and the softmax factor follow DeepSeek's code, not the generic YaRN 0.1 ln s + 1 on cos/sin: HF
+// modeling_deepseek.py's DeepseekV2YarnRotaryEmbedding multiplies cos/sin by mscale(s, mscale) / mscale(s,
+// mscale_all_dim) (1 for DeepSeek's configs), and its attention (as inference/model.py's softmax_scale * mscale *
+// mscale) multiplies the softmax scale by mscale(s, mscale_all_dim)². YaRN applies from position 0, as in HF.
 static void init_rope(Rope *rope, const Config *c) {
     int d = c->qk_rope_head_dim, half = d / 2;
     double base = c->rope_theta;
@@ -445,12 +441,11 @@ static void rope_tables(float *cos_t, float *sin_t, const Rope *rope, int half, 
     }
 }
 
-// Decoupled RoPE (DeepSeek-V2 §2.1.3) on q_pe or k_pe: rotates adjacent pairs
-// (2i, 2i+1) of x (dr) into y (may be x), the complex product (x[2i] + i x[2i+1]) e^{i p θ_i}
-// on the stored weights, as inference/model.py's apply_rotary_emb
-// (view_as_complex). HF modeling_deepseek.py de-interleaves q_pe and k_pe first
-// and rotates halves: the same dot products, so no weight is permuted; rotating
-// halves of unpermuted weights would be wrong (but right in lightning_indexer: `halves`).
+// Decoupled RoPE (DeepSeek-V2 §2.1.3) on q_pe or k_pe: rotates adjacent pairs (2i, 2i+1) of x (dr) into y (may be x),
+// the complex product (x[2i] + i x[2i+1]) e^{i p θ_i} on the stored weights, as inference/model.py's apply_rotary_emb
+// (view_as_complex). HF modeling_deepseek.py de-interleaves q_pe and k_pe first and rotates halves: the same dot
+// products, so no weight is permuted; rotating halves of unpermuted weights would be wrong (but right in
+// lightning_indexer: `halves`).
 static void rope_rotate(float *y, const float *x, const float *cos_t, const float *sin_t, int half, int halves) {
     for (int i = 0; i < half; i++) {
         int j = halves ? i : 2 * i, k = halves ? i + half : 2 * i + 1;
@@ -460,12 +455,11 @@ static void rope_rotate(float *y, const float *x, const float *cos_t, const floa
     }
 }
 
-// Attention over the latent cache, ATTN_BLOCK positions at a time. In the absorbed
-// form (DeepSeek-V2 §2.1.2) MLA is multi-query attention: every head's query [W_UK^T
-// q_nope; q_pe] scores the same cached row [c_t; k_pe_t] and c_t is every head's value,
-// so a block is read once for all heads. Online softmax (Milakov & Gimelshein 2018),
-// blocks split over threads as in flash-decoding (Dao et al. 2023): per head, a block's
-// summary is its max score m, l = Σ exp(s - m) and the unnormalised u = Σ exp(s - m) c_t.
+// Attention over the latent cache, ATTN_BLOCK positions at a time. In the absorbed form (DeepSeek-V2 §2.1.2) MLA is
+// multi-query attention: every head's query [W_UK^T q_nope; q_pe] scores the same cached row [c_t; k_pe_t] and c_t is
+// every head's value, so a block is read once for all heads. Online softmax (Milakov & Gimelshein 2018), blocks split
+// over threads as in flash-decoding (Dao et al. 2023): per head, a block's summary is its max score m,
+// l = Σ exp(s - m) and the unnormalised u = Σ exp(s - m) c_t.
 
 // e^x for x <= 0 (a score minus the block's max) in arithmetic that compilers vectorise, unlike expf:
 // x = k ln2 + f with |f| <= ln2/2; e^f by its Taylor series to f^7 (relative error < 2e-7); 2^k put in the
@@ -547,13 +541,11 @@ static void head_jobs(MatmulJob *jobs, const Config *c, const Tensor *kv_b_proj,
     }
 }
 
-// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1:
-// DeepSeek-V2 §2.1.2 (low-rank key-value joint compression) and §2.1.3
-// (decoupled RoPE). Input s->xn (n, D), output s->block_out (n, D). Only the
-// normalised latent c (r) and the rotated shared k_pe (dr) are cached; keys
-// and values are never expanded per position. Instead W_UK is folded into the
-// query and W_UV is applied once to the attention-weighted latent, the
-// absorption §2.1.2 points out (inference/model.py's attn_impl "absorb").
+// Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1: DeepSeek-V2 §2.1.2 (low-rank key-value
+// joint compression) and §2.1.3 (decoupled RoPE). Input s->xn (n, D), output s->block_out (n, D). Only the normalised
+// latent c (r) and the rotated shared k_pe (dr) are cached; keys and values are never expanded per position. Instead
+// W_UK is folded into the query and W_UV is applied once to the attention-weighted latent, the absorption §2.1.2
+// points out (inference/model.py's attn_impl "absorb").
 static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int n) {
     const Config *c = &m->config;
     const LayerWeights *lw = &m->weights.layers[layer];
@@ -615,9 +607,8 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     matmul_n(s->block_out, &lw->o_proj, b->o, n);
 }
 
-// SwiGLU MLPs (Shazeer 2020), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call
-// (every expert of DeepSeek-V2 §2.2 and the dense layers: HF
-// modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch,
+// SwiGLU MLPs (Shazeer 2020), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call (every expert of
+// DeepSeek-V2 §2.2 and the dense layers: HF modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch,
 // then all down products.
 static void swiglu(RunState *s, const FFNCall *calls, int count) {
     MatmulJob *jobs = s->jobs;
@@ -646,10 +637,9 @@ static int argmax_finite(const float *x, int n) {
     return best;
 }
 
-// Score of one expert group: its best expert (group_limited_greedy, the
-// device-limited routing of DeepSeek-V2 §2.2.2; HF modeling_deepseek.py's
-// MoEGate takes the max), or the sum of its two best biased scores (noaux_tc,
-// DeepSeek-V3; inference/model.py's Gate: topk(2).sum()).
+// Score of one expert group: its best expert (group_limited_greedy, the device-limited routing of DeepSeek-V2 §2.2.2;
+// HF modeling_deepseek.py's MoEGate takes the max), or the sum of its two best biased scores (noaux_tc, DeepSeek-V3;
+// inference/model.py's Gate: topk(2).sum()).
 static float group_score(const float *choice, int size, int method) {
     if (method == TOPK_GROUP_LIMITED_GREEDY) {
         float m = choice[0];
@@ -664,12 +654,10 @@ static float group_score(const float *choice, int size, int method) {
     return a + b;
 }
 
-// The router of one token: fills topk_idx / topk_w (K) from its router logits
-// (E), W_gate x in fp32 (HF casts both to fp32). Scores s are the softmax of
-// DeepSeek-V2 §2.2.1 or the sigmoid of DeepSeek-V3 §2.1.2. Experts are chosen
-// from s, plus for noaux_tc the bias of V3's auxiliary-loss-free load balancing
-// (§2.1.2), inside the best topk_group groups; but weighted by the unbiased s:
-// the bias only selects. Weights are normalised when norm_topk_prob says so,
+// The router of one token: fills topk_idx / topk_w (K) from its router logits (E), W_gate x in fp32 (HF casts both to
+// fp32). Scores s are the softmax of DeepSeek-V2 §2.2.1 or the sigmoid of DeepSeek-V3 §2.1.2. Experts are chosen from
+// s, plus for noaux_tc the bias of V3's auxiliary-loss-free load balancing (§2.1.2), inside the best topk_group
+// groups; but weighted by the unbiased s: the bias only selects. Weights are normalised when norm_topk_prob says so,
 // then scaled by routed_scaling_factor (HF modeling_deepseek.py's MoEGate).
 static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const float *logits, int *topk_idx,
                   float *topk_w) {
@@ -686,9 +674,8 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
     if (c->topk_method != TOPK_GREEDY && G > 1) {
         int size = E / G;
         for (int g = 0; g < G; g++) b->group_scores[g] = group_score(choice + g * size, size, c->topk_method);
-        // Keep the topk_group best groups; experts of the others become -inf,
-        // not 0 (a kept candidate may be negative), as the official
-        // inference/model.py masks since its fix; HF's native code masks with 0.
+        // Keep the topk_group best groups; experts of the others become -inf, not 0 (a kept candidate may be
+        // negative), as the official inference/model.py masks since its fix; HF's native code masks with 0.
         for (int g = 0; g < G; g++) b->group_kept[g] = 0;
         for (int k = 0; k < c->topk_group; k++) {
             int best = argmax_finite(b->group_scores, G);
@@ -716,11 +703,9 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
     }
 }
 
-// DeepSeekMoE layer (DeepSeek-V2 §2.2.1) on n tokens: weighted routed experts
-// plus the always-on shared experts, which routed_scaling_factor does not
-// touch. Input s->xn (n, D), output s->block_out (n, D). The (token, expert)
-// pairs are grouped by expert, so each chosen expert runs once over its tokens
-// and unchosen experts are never read.
+// DeepSeekMoE layer (DeepSeek-V2 §2.2.1) on n tokens: weighted routed experts plus the always-on shared experts,
+// which routed_scaling_factor does not touch. Input s->xn (n, D), output s->block_out (n, D). The (token, expert)
+// pairs are grouped by expert, so each chosen expert runs once over its tokens and unchosen experts are never read.
 static void moe(const Model *m, RunState *s, int layer, int n) {
     const Config *c = &m->config;
     const LayerWeights *lw = &m->weights.layers[layer];
@@ -905,9 +890,8 @@ static float *prefill(const Model *m, RunState *s, const int *tokens, int n, int
 // ----------------------------------------------------------------------------
 // Thread pool
 
-// A pool of n_threads - 1 workers plus the calling thread, created once. A
-// dispatch bumps `generation`; workers spin on it for a short while (a token's
-// matmuls follow each other within microseconds), then sleep on `wake`.
+// A pool of n_threads - 1 workers plus the calling thread, created once. A dispatch bumps `generation`; workers spin
+// on it for a short while (a token's matmuls follow each other within microseconds), then sleep on `wake`.
 typedef struct {
     int n_threads;
     pthread_t *workers;                                 // (n_threads - 1)
@@ -1048,9 +1032,8 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-// Inner loops keep DOT_LANES independent partial sums so gcc/clang vectorise
-// them without -ffast-math (a single running sum would forbid reassociation):
-// 32 lanes are four AVX2 (or two AVX-512) vectors whose multiply-adds do not
+// Inner loops keep DOT_LANES independent partial sums so gcc/clang vectorise them without -ffast-math (a single
+// running sum would forbid reassociation): 32 lanes are four AVX2 (or two AVX-512) vectors whose multiply-adds do not
 // wait for each other.
 #define DOT_LANES 32
 
@@ -1129,11 +1112,10 @@ static void attention_values(float *u, int stride, const float *P, int Hp, int H
         }
 }
 
-// One block of activations v (QK values) -> d, q = v / d rounded half away
-// from zero, d = max|v| / 127. The common case (all finite, max|v| not tiny)
-// is written branch-free so gcc/clang vectorise it; anything else (corrupt
-// weights give inf/NaN activations; a denormal max|v| gives 1/d = inf) takes a
-// path that clamps, because (int) of NaN or of a huge value is undefined.
+// One block of activations v (QK values) -> d, q = v / d rounded half away from zero, d = max|v| / 127. The common
+// case (all finite, max|v| not tiny) is written branch-free so gcc/clang vectorise it; anything else (corrupt weights
+// give inf/NaN activations; a denormal max|v| gives 1/d = inf) takes a path that clamps, because (int) of NaN or of a
+// huge value is undefined.
 static void quantize_block(BlockX8 *out, const float *v) {
     uint32_t amax_bits = 0;  // max |v| as bits: for non-negative floats, integer order is float order
     for (int k = 0; k < QK; k++) {
@@ -1170,13 +1152,11 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
     }
 }
 
-// The tile kernel: the 16 rows of panel g (nb blocks each) times T activation
-// rows (row t at x + t * nb blocks), out[16 t + k] = row k · row t. Each weight
-// block is unpacked once for the T tokens. Loads are requested PREFETCH_AHEAD
-// bytes ahead of use (a thread's panels are contiguous, so this runs on into the
-// next panel): with two threads streaming, the hardware prefetcher alone left
-// bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32 about +5%,
-// measured from 1 KB to 16 KB ahead; 512 B was slower).
+// The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
+// out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
+// PREFETCH_AHEAD bytes ahead of use (a thread's panels are contiguous, so this runs on into the next panel): with two
+// threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32
+// about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower).
 #define PREFETCH_AHEAD 4096
 #define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
 // The kernel is written for constant T; inlining makes it constant, so the
@@ -1400,9 +1380,8 @@ static void dequantize_row(float *y, const Tensor *w, int row) {
     }
 }
 
-// Jobs cut into chunks of panels of rows (f32/bf16: of 16 rows) that threads
-// claim one at a time: a thread that is late (another process ran on its core)
-// does fewer chunks instead of holding everyone up at the end of the batch.
+// Jobs cut into chunks of panels of rows (f32/bf16: of 16 rows) that threads claim one at a time: a thread that is
+// late (another process ran on its core) does fewer chunks instead of holding everyone up at the end of the batch.
 typedef struct {
     const MatmulJob *jobs;
     int n_jobs;
@@ -1496,13 +1475,11 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
     matmuls(&job, 1);
 }
 
-// Threads claim whole jobs (one head of W_UK each). A job goes a block of
-// columns at a time for up to PREFILL_CHUNK tokens, summed in a local tile
-// over the rows in order: y = Σ_i (x_i d_i) q_i, the same sum for every n,
-// so batched and token-by-token results agree. Rows are decoded 16 at a time
-// before they are used (reading them right after writing them stalled on
-// store forwarding), x and y are copied once per job (their rows lie H r
-// floats apart, on the same cache sets: summing in place was 30x slower).
+// Threads claim whole jobs (one head of W_UK each). A job goes a block of columns at a time for up to PREFILL_CHUNK
+// tokens, summed in a local tile over the rows in order: y = Σ_i (x_i d_i) q_i, the same sum for every n, so batched
+// and token-by-token results agree. Rows are decoded 16 at a time before they are used (reading them right after
+// writing them stalled on store forwarding), x and y are copied once per job (their rows lie H r floats apart, on the
+// same cache sets: summing in place was 30x slower).
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
     (void)n_threads;
     MatmulBatch *batch = ctx;
@@ -1534,10 +1511,9 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-// The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one
-// dispatch (x_stride and y_stride as in MatmulJob, but y rows hold W.cols
-// values). Folds W_UK into the query (DeepSeek-V2 §2.1.2) without a transposed copy.
-// The jobs (heads) have one shape.
+// The transposed products y (n, W.cols) = x (n, W.rows) W of all jobs, in one dispatch (x_stride and y_stride as in
+// MatmulJob, but y rows hold W.cols values). Folds W_UK into the query (DeepSeek-V2 §2.1.2) without a transposed
+// copy. The jobs (heads) have one shape.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
     size_t per_thread = (size_t)jobs[0].n * (size_t)jobs[0].w.rows;  // floats of x_t
     scratch.x_t = grow(scratch.x_t, &scratch.x_t_cap, per_thread * (size_t)pool.n_threads, sizeof(float));
