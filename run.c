@@ -1674,37 +1674,31 @@ static const char *printable_name(char *buf, const uint8_t *name) {
     return buf;
 }
 
-// Checks one entry, named tw->prefix + suffix, and returns a pointer to its
-// data. rows x cols is the expected shape (cols = 0 for a 1-D tensor of length rows).
-static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uint64_t rows, uint64_t cols,
-                              uint32_t *type_out) {
+// Checks one entry, named tw->prefix + suffix, and returns it, pointing into the file. rows x cols is the
+// expected shape (cols = 0 for a 1-D tensor of length rows); kind: KIND_MATRIX, or KIND_F32 for the router.
+static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_t rows, uint64_t cols) {
     char name[256];
     snprintf(name, sizeof name, "%s%s", tw->prefix, suffix);
-    if (tw->next >= tw->n_tensors)
-        die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
+    if (tw->next >= tw->n_tensors) die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
     uint32_t idx = tw->next++;
     const uint8_t *e = tw->table + (uint64_t)idx * TENSOR_ENTRY_BYTES;
     if (!memchr(e, 0, TENSOR_NAME_BYTES)) die("model file: tensor %u: name is not NUL-terminated", idx);
     char shown[TENSOR_NAME_BYTES];
     if (strcmp((const char *)e, name) != 0)
         die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
-    uint32_t type = read_u32(e + 96), ndim = read_u32(e + 100);
-    uint32_t r = read_u32(e + 104), c = read_u32(e + 108);
+    uint32_t type = read_u32(e + 96), ndim = read_u32(e + 100), r = read_u32(e + 104), c = read_u32(e + 108);
     uint64_t offset = read_u64(e + 112), nbytes = read_u64(e + 120);
     uint32_t want_ndim = cols ? 2 : 1;
     if (ndim != want_ndim) die("model file: tensor '%s' has ndim %u, expected %u", name, ndim, want_ndim);
     if (r != rows || c != (cols ? cols : 1))
         die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c,
             (unsigned long long)rows, (unsigned long long)(cols ? cols : 1));
-    if (kind == KIND_U8) {
-        if (type != TYPE_U8) die("model file: tensor '%s' has type %s, expected U8", name, type_name(type));
-    } else if (kind == KIND_F32) {
-        if (type != TYPE_F32) die("model file: tensor '%s' has type %s, expected F32", name, type_name(type));
-    } else if (type == 2 || type == 3) {
+    if (kind != KIND_MATRIX && type != (kind == KIND_U8 ? TYPE_U8 : TYPE_F32))
+        die("model file: tensor '%s' has type %s, expected %s", name, type_name(type), kind == KIND_U8 ? "U8" : "F32");
+    if (kind == KIND_MATRIX && (type == 2 || type == 3))
         die("model file: tensor '%s' has the %s layout, which this build does not read; export the model again", name, type_name(type));
-    } else if (type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type)) {
+    if (kind == KIND_MATRIX && type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type))
         die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
-    }
     // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
     uint64_t elems = tensor_units((int)type, r, c);
     uint64_t esize = (uint64_t)unit_bytes((int)type);
@@ -1718,35 +1712,22 @@ static const void *walk_entry(TableWalker *tw, const char *suffix, int kind, uin
         die("model file: tensor '%s' (offset %llu, %llu bytes) runs past the end of the file (%llu bytes)", name,
             (unsigned long long)offset, (unsigned long long)nbytes, (unsigned long long)tw->file_size);
     tw->data_end = offset + nbytes;
-    *type_out = type;
-    return tw->file + offset;
-}
-
-// kind: KIND_MATRIX, or KIND_F32 for the router.
-static Tensor walk_matrix(TableWalker *tw, const char *name, int kind, long long rows, long long cols) {
-    uint32_t type;
-    Tensor t = {0};
-    t.data = walk_entry(tw, name, kind, (uint64_t)rows, (uint64_t)cols, &type);
-    t.type = (int)type;
-    t.rows = (int)rows;
-    t.cols = (int)cols;
-    return t;
+    return (Tensor){.data = tw->file + offset, .type = (int)type, .rows = (int)rows, .cols = (int)cols};
 }
 
 static const float *walk_vector(TableWalker *tw, const char *name, long long len) {
-    uint32_t type;
-    return (const float *)walk_entry(tw, name, KIND_F32, (uint64_t)len, 0, &type);
+    return (const float *)walk_tensor(tw, name, KIND_F32, (uint64_t)len, 0).data;
 }
 
-static MLPWeights walk_mlp(TableWalker *tw, const char *mlp, long long hidden, long long dim) {
-    char name[128];
+// An FFN's three matrices, named on from the prefix by mlp and, for a routed expert (expert >= 0), its number.
+static MLPWeights walk_mlp(TableWalker *tw, const char *mlp, int expert, long long hidden, long long dim) {
+    size_t len = strlen(tw->prefix);
+    snprintf(tw->prefix + len, sizeof tw->prefix - len, expert >= 0 ? "%s%d." : "%s", mlp, expert);
     MLPWeights m;
-    snprintf(name, sizeof name, "%sgate_proj.weight", mlp);
-    m.gate = walk_matrix(tw, name, KIND_MATRIX, hidden, dim);
-    snprintf(name, sizeof name, "%sup_proj.weight", mlp);
-    m.up = walk_matrix(tw, name, KIND_MATRIX, hidden, dim);
-    snprintf(name, sizeof name, "%sdown_proj.weight", mlp);
-    m.down = walk_matrix(tw, name, KIND_MATRIX, dim, hidden);
+    m.gate = walk_tensor(tw, "gate_proj.weight", KIND_MATRIX, hidden, dim);
+    m.up = walk_tensor(tw, "up_proj.weight", KIND_MATRIX, hidden, dim);
+    m.down = walk_tensor(tw, "down_proj.weight", KIND_MATRIX, dim, hidden);
+    tw->prefix[len] = 0;
     return m;
 }
 
@@ -1765,55 +1746,51 @@ static void walk_layer(TableWalker *tw, const Config *c, int l, LayerWeights *lw
     snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", l);
     lw->input_norm = walk_vector(tw, "input_layernorm.weight", D);
     if (rq > 0) {
-        lw->q_a_proj = walk_matrix(tw, "self_attn.q_a_proj.weight", KIND_MATRIX, rq, D);
+        lw->q_a_proj = walk_tensor(tw, "self_attn.q_a_proj.weight", KIND_MATRIX, rq, D);
         lw->q_a_norm = walk_vector(tw, "self_attn.q_a_layernorm.weight", rq);
-        lw->q_b_proj = walk_matrix(tw, "self_attn.q_b_proj.weight", KIND_MATRIX, H * (dn + dr), rq);
+        lw->q_b_proj = walk_tensor(tw, "self_attn.q_b_proj.weight", KIND_MATRIX, H * (dn + dr), rq);
     } else {
-        lw->q_proj = walk_matrix(tw, "self_attn.q_proj.weight", KIND_MATRIX, H * (dn + dr), D);
+        lw->q_proj = walk_tensor(tw, "self_attn.q_proj.weight", KIND_MATRIX, H * (dn + dr), D);
     }
-    lw->kv_a_proj = walk_matrix(tw, "self_attn.kv_a_proj_with_mqa.weight", KIND_MATRIX, r + dr, D);
+    lw->kv_a_proj = walk_tensor(tw, "self_attn.kv_a_proj_with_mqa.weight", KIND_MATRIX, r + dr, D);
     lw->kv_a_norm = walk_vector(tw, "self_attn.kv_a_layernorm.weight", r);
-    lw->kv_b_proj = walk_matrix(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
-    lw->o_proj = walk_matrix(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
+    lw->kv_b_proj = walk_tensor(tw, "self_attn.kv_b_proj.weight", KIND_MATRIX, H * (dn + dv), r);
+    lw->o_proj = walk_tensor(tw, "self_attn.o_proj.weight", KIND_MATRIX, D, H * dv);
     if (c->index_n_heads) {  // DeepSeek-V3.2's lightning indexer
         long long HI = c->index_n_heads, dI = c->index_head_dim;
-        lw->index_wq_b = walk_matrix(tw, "self_attn.indexer.wq_b.weight", KIND_MATRIX, HI * dI, rq);
-        lw->index_wk = walk_matrix(tw, "self_attn.indexer.wk.weight", KIND_MATRIX, dI, D);
+        lw->index_wq_b = walk_tensor(tw, "self_attn.indexer.wq_b.weight", KIND_MATRIX, HI * dI, rq);
+        lw->index_wk = walk_tensor(tw, "self_attn.indexer.wk.weight", KIND_MATRIX, dI, D);
         lw->index_k_norm = walk_vector(tw, "self_attn.indexer.k_norm.weight", dI);
         lw->index_k_bias = walk_vector(tw, "self_attn.indexer.k_norm.bias", dI);
-        lw->index_weights = walk_matrix(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
+        lw->index_weights = walk_tensor(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
     }
     lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
     lw->is_moe = is_moe_layer(c, l);
     if (lw->is_moe) {
-        lw->router = walk_matrix(tw, "mlp.gate.weight", KIND_F32, E, D);
+        lw->router = walk_tensor(tw, "mlp.gate.weight", KIND_F32, E, D);
         if (c->topk_method == TOPK_NOAUX_TC) lw->router_bias = walk_vector(tw, "mlp.gate.e_score_correction_bias", E);
         lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
-        for (int e = 0; e < E; e++) {
-            char expert[64];
-            snprintf(expert, sizeof expert, "mlp.experts.%d.", e);
-            lw->experts[e] = walk_mlp(tw, expert, Ie, D);
-        }
+        for (int e = 0; e < E; e++) lw->experts[e] = walk_mlp(tw, "mlp.experts.", e, Ie, D);
         lw->has_shared = S > 0;
-        if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", S * Ie, D);
+        if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", -1, S * Ie, D);
     } else {
-        lw->mlp = walk_mlp(tw, "mlp.", c->intermediate_size, D);
+        lw->mlp = walk_mlp(tw, "mlp.", -1, c->intermediate_size, D);
     }
 }
 
 static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
     long long D = c->dim;  // (D, 2D) for eh_proj
-    w->embed = walk_matrix(tw, "model.embed_tokens.weight", KIND_MATRIX, c->vocab_size, D);
+    w->embed = walk_tensor(tw, "model.embed_tokens.weight", KIND_MATRIX, c->vocab_size, D);
     w->layers = xcalloc((size_t)(c->n_layers + c->n_mtp_layers), sizeof(LayerWeights));
     for (int l = 0; l < c->n_layers; l++) walk_layer(tw, c, l, &w->layers[l]);
     tw->prefix[0] = 0;
     w->final_norm = walk_vector(tw, "model.norm.weight", D);
-    w->lm_head = walk_matrix(tw, "lm_head.weight", KIND_MATRIX, c->vocab_size, D);
+    w->lm_head = walk_tensor(tw, "lm_head.weight", KIND_MATRIX, c->vocab_size, D);
     if (c->n_mtp_layers) {  // the MTP module, in the order of DeepSeek-V3 §2.2: input norms, projection, block, head norm
         snprintf(tw->prefix, sizeof tw->prefix, "model.layers.%d.", c->n_layers);
         w->enorm = walk_vector(tw, "enorm.weight", D);
         w->hnorm = walk_vector(tw, "hnorm.weight", D);
-        w->eh_proj = walk_matrix(tw, "eh_proj.weight", KIND_MATRIX, D, 2 * D);
+        w->eh_proj = walk_tensor(tw, "eh_proj.weight", KIND_MATRIX, D, 2 * D);
         walk_layer(tw, c, c->n_layers, &w->layers[c->n_layers]);
         w->head_norm = walk_vector(tw, "shared_head.norm.weight", D);
         tw->prefix[0] = 0;
@@ -1821,11 +1798,10 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
     uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
     if (hash != 0) {
         // The blob's length is only known from its own entry; read it first and
-        // let walk_entry check it like any other 1-D tensor.
+        // let walk_tensor check it like any other 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
         uint64_t len = read_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
-        uint32_t type;
-        w->tokenizer = walk_entry(tw, "tokenizer", KIND_U8, len, 0, &type);
+        w->tokenizer = walk_tensor(tw, "tokenizer", KIND_U8, len, 0).data;
         w->tokenizer_bytes = len;
         if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
     }
@@ -2767,7 +2743,10 @@ static void flush_decoder(Decoder *d, FILE *f) {
     d->held = NULL, d->n_held = d->cap = 0;
 }
 
-static uint8_t *read_all(FILE *f, size_t *n) {
+// The whole of a regular file, or of stdin for "-", NUL-terminated; `what` names it in errors.
+static uint8_t *read_file(const char *path, size_t *n, const char *what) {
+    struct stat st;
+    FILE *f = strcmp(path, "-") ? open_regular(path, what, &st) : stdin;
     size_t cap = 0, len = 0, got;
     uint8_t *buf = NULL;
     do {
@@ -2775,18 +2754,10 @@ static uint8_t *read_all(FILE *f, size_t *n) {
         len += got = fread(buf + len, 1, cap - len - 1, f);  // 1 byte kept for the NUL
     } while (got > 0);
     if (ferror(f)) die("read error: %s", strerror(errno));
+    if (f != stdin) fclose(f);
     buf[len] = 0;  // so error messages may quote it as a string
     *n = len;
     return buf;
-}
-
-// The whole of a regular file, or of stdin for "-", NUL-terminated; `what` names it in errors.
-static uint8_t *read_file(const char *path, size_t *n, const char *what) {
-    struct stat st;
-    FILE *f = strcmp(path, "-") ? open_regular(path, what, &st) : stdin;
-    uint8_t *data = read_all(f, n);
-    if (f != stdin) fclose(f);
-    return data;
 }
 
 // The model's own tokenizer (a model never runs with a vocabulary that is not its own): the one embedded
@@ -3105,12 +3076,6 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
     case CHAT_DEEPSEEK_V2:  // "User: {u}\n\nAssistant:" after "{system}\n\n"; the reply starts with a space
         snprintf(text, size, "%s%sUser: %s\n\nAssistant:", sys, *sys ? "\n\n" : "", user);
         break;
-    case CHAT_DEEPSEEK_R1:  // forced thinking: the generation prompt opens the <think> section
-        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜><think>\n", sys, user);
-        break;
-    case CHAT_DEEPSEEK_V3_1:  // non-thinking mode: the think section is closed before it starts
-        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜></think>", sys, user);
-        break;
     case CHAT_GLM4:  // later turns: their <|user|> closed the reply before (eos_id)
         snprintf(text, size, "%s%s%s%s<|assistant|>%s", *sys ? "<|system|>" : "", sys, first ? "<|user|>" : "", user,
                  think ? "<think>" : "</think>");
@@ -3122,11 +3087,13 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
                  e ? (int)(e - d) : first ? (int)strlen(key) : 0, e ? d : key, sys, first ? "<|im_end|>" : "", user);
         break;
     }
-    case CHAT_DEEPSEEK_V3_2:  // encoding_dsv32.py (no template): V3.1's turns, thinking mode opens <think>
-        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>%s", sys, user, think ? "<think>" : "</think>");
-        break;
-    default:  // CHAT_DEEPSEEK_V3
-        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>", sys, user);
+    default: {  // V3's turns. R1 forces thinking: the generation prompt opens the <think> section; V3.1's non-thinking
+        // mode closes it before it starts; V3.2 (encoding_dsv32.py, no template) opens it in thinking mode.
+        int f = tok->chat_family;
+        const char *opening = f == CHAT_DEEPSEEK_R1 ? "<think>\n" : f == CHAT_DEEPSEEK_V3_1 ? "</think>"
+                              : f == CHAT_DEEPSEEK_V3_2 ? (think ? "<think>" : "</think>") : "";
+        snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>%s", sys, user, opening);
+    }
     }
     return text;
 }
@@ -3586,7 +3553,7 @@ static int tokenizer_tool(const Options *o) {
     model_tokenizer(t, o->model_path ? &model : NULL, o->tokenizer_path);
     int decode = o->tokenizer_mode == 2, batch = o->batch;
     size_t n, n_bad = 0, len = 0;
-    uint8_t *in = read_all(stdin, &n);
+    uint8_t *in = read_file("-", &n, "input");
     for (size_t i = 0; i < n || (i == 0 && !batch);) {
         size_t a = i, e = n;  // the record in[a..e)
         if (batch && decode) for (e = a; e < n && in[e] != '\n'; e++) {}
