@@ -2399,7 +2399,56 @@ static int trie_insert(Tokenizer *t, int v, int id, size_t *n_trie) {
     return v;
 }
 
-static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at);
+// Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is ill-formed. *bad is then the length
+// of its maximal well-formed prefix (at least 1), which becomes one U+FFFD (Unicode §3.9 "substitution of
+// maximal subparts", as Rust's String::from_utf8_lossy and Node's Buffer decoding do).
+static int utf8_sequence(const uint8_t *s, size_t n, uint32_t *cp, int *bad) {
+    uint8_t b = s[0];
+    *bad = 1;
+    if (b < 0x80) { *cp = b; return 1; }
+    int len;
+    uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (b >= 0xC2 && b <= 0xDF) len = 2;
+    else if (b >= 0xE0 && b <= 0xEF) { len = 3; if (b == 0xE0) lo = 0xA0; if (b == 0xED) hi = 0x9F; }
+    else if (b >= 0xF0 && b <= 0xF4) { len = 4; if (b == 0xF0) lo = 0x90; if (b == 0xF4) hi = 0x8F; }
+    else return 0;
+    uint32_t c = b & (0x7F >> len);
+    for (int k = 1; k < len; k++) {
+        if ((size_t)k >= n || s[k] < (k == 1 ? lo : 0x80) || s[k] > (k == 1 ? hi : 0xBF)) { *bad = k; return 0; }
+        c = (c << 6) | (s[k] & 0x3F);
+    }
+    *cp = c;
+    return len;
+}
+
+// Number of Unicode code points in s[0..n), or -1 (with *bad_at) if s is not well-formed UTF-8.
+static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at) {
+    long long chars = 0;
+    for (size_t i = 0; i < n; chars++) {
+        uint32_t cp;
+        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
+        if (!len) { *bad_at = i; return -1; }
+        i += (size_t)len;
+    }
+    return chars;
+}
+
+// Returns text with every ill-formed UTF-8 subpart replaced by U+FFFD (EF BF BD) and the number replaced.
+static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *n_replaced) {
+    uint8_t *out = xcalloc(3 * n + 1, 1);
+    size_t o = 0;
+    *n_replaced = 0;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
+        memcpy(out + o, len ? s + i : (const uint8_t *)"\xEF\xBF\xBD", len ? (size_t)len : 3);  // or U+FFFD
+        o += len ? (size_t)len : 3;
+        i += (size_t)(len ? len : bad);
+        *n_replaced += !len;
+    }
+    *out_len = o;
+    return out;
+}
 
 // Parses and fully validates a tokenizer file held in data[0..size) (which must outlive the tokenizer):
 // any inconsistency is a one-line error naming `what`, never a crash later on.
@@ -2511,58 +2560,6 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
 static void free_tokenizer(Tokenizer *t) {
     free(t->offsets); free(t->merges); free(t->trie); free(t->chat_template);
     free(t->owned); free(t->cp); free(t->sym); free(t->heap);
-}
-
-// Length of the well-formed UTF-8 sequence at s[0..n), or 0 if it is ill-formed. *bad is then the length
-// of its maximal well-formed prefix (at least 1), which becomes one U+FFFD (Unicode §3.9 "substitution of
-// maximal subparts", as Rust's String::from_utf8_lossy and Node's Buffer decoding do).
-static int utf8_sequence(const uint8_t *s, size_t n, uint32_t *cp, int *bad) {
-    uint8_t b = s[0];
-    *bad = 1;
-    if (b < 0x80) { *cp = b; return 1; }
-    int len;
-    uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (b >= 0xC2 && b <= 0xDF) len = 2;
-    else if (b >= 0xE0 && b <= 0xEF) { len = 3; if (b == 0xE0) lo = 0xA0; if (b == 0xED) hi = 0x9F; }
-    else if (b >= 0xF0 && b <= 0xF4) { len = 4; if (b == 0xF0) lo = 0x90; if (b == 0xF4) hi = 0x8F; }
-    else return 0;
-    uint32_t c = b & (0x7F >> len);
-    for (int k = 1; k < len; k++) {
-        if ((size_t)k >= n || s[k] < (k == 1 ? lo : 0x80) || s[k] > (k == 1 ? hi : 0xBF)) { *bad = k; return 0; }
-        c = (c << 6) | (s[k] & 0x3F);
-    }
-    *cp = c;
-    return len;
-}
-
-// Number of Unicode code points in s[0..n), or -1 (with *bad_at) if s is not well-formed UTF-8.
-static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at) {
-    long long chars = 0;
-    for (size_t i = 0; i < n; chars++) {
-        uint32_t cp;
-        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
-        if (!len) { *bad_at = i; return -1; }
-        i += (size_t)len;
-    }
-    return chars;
-}
-
-// Returns text with every ill-formed UTF-8 subpart replaced by U+FFFD (EF BF BD) and the number replaced.
-static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *n_replaced) {
-    uint8_t *out = xcalloc(3 * n + 1, 1);
-    size_t o = 0;
-    *n_replaced = 0;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
-        if (len) { memcpy(out + o, s + i, (size_t)len); o += (size_t)len; i += (size_t)len; continue; }
-        memcpy(out + o, "\xEF\xBF\xBD", 3);
-        o += 3;
-        i += (size_t)bad;
-        (*n_replaced)++;
-    }
-    *out_len = o;
-    return out;
 }
 
 // Leftmost-longest search for an added token of one set in s[from, to) (HF's Aho-Corasick with
@@ -3242,8 +3239,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
 // -log p(target) under the softmax of all vocab_size logits, padding rows included, as PyTorch's
 // cross_entropy over the lm_head output does; in double, with the max subtracted first.
 static double token_nll(const float *logits, int n, int target) {
-    float max = logits[0];
-    for (int i = 1; i < n; i++) if (logits[i] > max) max = logits[i];
+    float max = logits[sample_argmax(logits, n)];
     double sum = 0.0;
     for (int i = 0; i < n; i++) sum += exp((double)logits[i] - max);
     return log(sum) + max - logits[target];
@@ -3586,31 +3582,29 @@ static int tokenizer_tool(const Options *o) {
     return 0;
 }
 
-// The prompt as ids (*n of them): -i or -f encoded (with BOS if the tokenizer says so), --tokens, or BOS alone;
-// none for chat and --ppl. --keep-last cuts it from the left after BOS, leaving room for min(-n, context/2).
-static int *prompt_ids(const Options *o, const Config *c, Tokenizer *tok, int *n) {
+// The prompt's ids: -i or -f encoded (with BOS if the tokenizer says so), --tokens, or BOS alone; none for
+// chat and --ppl. --keep-last cuts it from the left after BOS, leaving room for min(-n, context/2).
+static IdList prompt_ids(const Options *o, const Config *c, Tokenizer *tok) {
     size_t n_bad = 0, len = 0;
     uint8_t *file = o->prompt_file ? read_file(o->prompt_file, &len, "prompt file") : NULL;
-    IdList list = {0};
-    if (o->tokens) list = parse_ids(NULL, (const uint8_t *)o->tokens, strlen(o->tokens), c->vocab_size, "--tokens");
-    else if (o->prompt || file) list = encode(tok, file ? file : (const uint8_t *)o->prompt, file ? len : strlen(o->prompt), 1, &n_bad);
+    IdList ids = {0};
+    if (o->tokens) ids = parse_ids(NULL, (const uint8_t *)o->tokens, strlen(o->tokens), c->vocab_size, "--tokens");
+    else if (o->prompt || file) ids = encode(tok, file ? file : (const uint8_t *)o->prompt, file ? len : strlen(o->prompt), 1, &n_bad);
     else if (!o->chat && !o->ppl && !o->bench && c->bos_token_id < 0) die("no prompt given and the model has no BOS token; pass --tokens");
-    else if (!o->chat && !o->ppl && !o->bench) push_id(&list, c->bos_token_id);
+    else if (!o->chat && !o->ppl && !o->bench) push_id(&ids, c->bos_token_id);
     free(file);
     if (n_bad) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the prompt replaced by U+FFFD\n", n_bad);
-    if (list.n == 0 && (o->tokens || o->prompt || o->prompt_file)) die("the prompt is empty (no tokens, and no BOS)");
-    int *ids = list.ids;
-    *n = list.n;
-    if (*n > o->context && !o->keep_last) {
-        free(ids);  // LeakSanitizer (make test-asan) checks for leaks at exit, also after die()
-        die("prompt has %d tokens but the context holds only %lld (%s %d; --keep-last keeps the prompt's end)", *n,
+    if (ids.n == 0 && (o->tokens || o->prompt || o->prompt_file)) die("the prompt is empty (no tokens, and no BOS)");
+    if (ids.n > o->context && !o->keep_last) {
+        free(ids.ids);  // LeakSanitizer (make test-asan) checks for leaks at exit, also after die()
+        die("prompt has %d tokens but the context holds only %lld (%s %d; --keep-last keeps the prompt's end)", ids.n,
             o->context, o->context < c->max_position_embeddings ? "raise -c up to" : "the model's maximum is", c->max_position_embeddings);
     }
-    if (*n > o->context) {
-        int bos = ids[0] == c->bos_token_id, keep = (int)(o->context - (o->steps < o->context / 2 ? o->steps : o->context / 2));
-        fprintf(stderr, "--keep-last: the prompt keeps %s%d of its %d tokens\n", bos ? "BOS and the last " : "the last ", keep - bos, *n);
-        memmove(ids + bos, ids + *n - (keep - bos), (size_t)(keep - bos) * sizeof(int));
-        *n = keep;
+    if (ids.n > o->context) {
+        int bos = ids.ids[0] == c->bos_token_id, keep = (int)(o->context - (o->steps < o->context / 2 ? o->steps : o->context / 2));
+        fprintf(stderr, "--keep-last: the prompt keeps %s%d of its %d tokens\n", bos ? "BOS and the last " : "the last ", keep - bos, ids.n);
+        memmove(ids.ids + bos, ids.ids + ids.n - (keep - bos), (size_t)(keep - bos) * sizeof(int));
+        ids.n = keep;
     }
     return ids;
 }
@@ -3641,8 +3635,7 @@ int main(int argc, char **argv) {
     int have_tok = o.prompt || o.prompt_file || o.chat || o.ppl ||
                    ((!o.print_ids || o.trace) && !o.dump_logits && !o.bench && (o.tokenizer_path || model.weights.tokenizer));
     if (have_tok) model_tokenizer(&tok, &model, o.tokenizer_path);
-    int n_prompt;
-    int *prompt = prompt_ids(&o, c, &tok, &n_prompt);
+    IdList prompt = prompt_ids(&o, c, &tok);
 
     pool_start((int)o.threads);
     RunState state;
@@ -3654,7 +3647,7 @@ int main(int argc, char **argv) {
     if (o.bench) {
         bench(&model, &state, &o.plan, (int)o.threads);
     } else if (o.dump_logits && !o.chat) {
-        dump_logits(&model, &state, prompt, n_prompt, o.dump_logits);
+        dump_logits(&model, &state, prompt.ids, prompt.n, o.dump_logits);
     } else if (o.ppl) {
         perplexity(&model, &state, &tok, o.ppl);
     } else {
@@ -3665,13 +3658,13 @@ int main(int argc, char **argv) {
                            seed * 0x9E3779B97F4A7C15ULL, xcalloc((size_t)c->n_tokens, sizeof(ProbIndex)),
                            xcalloc((size_t)c->n_tokens, sizeof(float))};
         if (o.chat) chat(&model, &state, &sampler, &tok, &o);
-        else generate(&model, &state, &sampler, &o, prompt, n_prompt, have_tok && !o.print_ids ? &tok : NULL);
+        else generate(&model, &state, &sampler, &o, prompt.ids, prompt.n, have_tok && !o.print_ids ? &tok : NULL);
         free(sampler.candidates);
         free(sampler.probs);
     }
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
     free(trace.p);
-    free(prompt);
+    free(prompt.ids);
     free(o.stops);
     free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
     if (have_tok) free_tokenizer(&tok);

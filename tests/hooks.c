@@ -86,7 +86,7 @@ static int r1_case(const char *tokenizer_path) {
     Tokenizer tok;
     model_tokenizer(&tok, NULL, tokenizer_path);
     size_t n, n_bad;
-    uint8_t *reply = read_all(stdin, &n);
+    uint8_t *reply = read_file("-", &n, "reply");
     IdList ids = encode(&tok, reply, n, 0, &n_bad);  // the reply, as if the model had sampled these tokens
     int start = 100 + ids.n, *tokens = xcalloc((size_t)start, sizeof(int));
     memcpy(tokens + 100, ids.ids, (size_t)ids.n * sizeof(int));  // positions 0..99: the turns before it
