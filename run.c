@@ -1524,11 +1524,10 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 // ----------------------------------------------------------------------------
 // Loader: the model file, its validation, the run state
 //
-// File format v2 (shared contract with export.py): "SEEK", u32 version, u32
-// n_config (64; 40 in version 1), n_config 4-byte words, u32 n_tensors,
-// n_tensors 128-byte table entries, then 64-byte-aligned tensor data. All
-// little-endian. Q8/Q4 rows are laid out as the Matmul section describes;
-// files with version 1's Q8/Q4 layout (types 2, 3) are refused.
+// File format v2 (shared contract with export.py): "SEEK", u32 version, u32 n_config (64; 40 in version 1),
+// n_config 4-byte words, u32 n_tensors, n_tensors 128-byte table entries, then 64-byte-aligned tensor data.
+// All little-endian. Q8/Q4 rows are laid out as the Matmul section describes; files with version 1's Q8/Q4
+// layout (types 2, 3) are refused.
 
 #define TENSOR_ENTRY_BYTES 128
 #define TENSOR_NAME_BYTES 96
@@ -1638,15 +1637,13 @@ static void validate_config(const Config *c) {
     check_range("n_tokens", c->n_tokens, 1, c->vocab_size);
     long long q_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim);
     long long kv_rows = (long long)c->n_heads * (c->qk_nope_head_dim + c->v_head_dim);
-    long long o_cols = (long long)c->n_heads * c->v_head_dim;
-    if (q_rows > MAX_DIM || kv_rows > MAX_DIM || o_cols > MAX_DIM || (long long)c->kv_lora_rank + c->qk_rope_head_dim > MAX_DIM)
+    if (q_rows > MAX_DIM || kv_rows > MAX_DIM || (long long)c->kv_lora_rank + c->qk_rope_head_dim > MAX_DIM)
         die("model file: config attention shapes are too large");
 }
 
 
-// Walks the tensor table in the canonical order of the format, checking each
-// entry against what the config implies; no name lookup, so any mismatch is
-// reported at the exact entry where it happens.
+// Walks the tensor table in the canonical order of the format, checking each entry against what the config
+// implies; no name lookup, so any mismatch is reported at the exact entry where it happens.
 typedef struct {
     const uint8_t *file;
     uint64_t file_size;
@@ -1797,8 +1794,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
     }
     uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
     if (hash != 0) {
-        // The blob's length is only known from its own entry; read it first and
-        // let walk_tensor check it like any other 1-D tensor.
+        // The blob's length is only known from its own entry: read it first, let walk_tensor check it as any 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
         uint64_t len = read_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
         w->tokenizer = walk_tensor(tw, "tokenizer", KIND_U8, len, 0).data;
@@ -2176,18 +2172,15 @@ static int is_ascii_punct(uint32_t c) {
     return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
 }
 
-// DeepSeek-V3's CJK/kana class [一-龥぀-ゟ゠-ヿ].
-static int is_v3_cjk(uint32_t c) {
-    return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x309F) || (c >= 0x30A0 && c <= 0x30FF);
-}
+// DeepSeek-V3's CJK/kana class [一-龥぀-ゟ゠-ヿ] (its two kana ranges meet: U+3040..U+30FF).
+static int is_v3_cjk(uint32_t c) { return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF); }
 
 // DeepSeek-V2's hand-written classes (its tokenizer.json Split regexes 2, 3 and 5): letters (all of upper or
 // lower case, classes of the table), [!-/:-~！-／：-～‘-‟　-。] and [一-龥ࠀ-一가-퟿].
 static int is_v2_letter(uint32_t c) { return in_set(c, 1 << U_V2_LU | 1 << U_V2_LL); }
 static int is_v2_punct(uint32_t c) {
-    return (c >= 0x21 && c <= 0x7E && !(c >= '0' && c <= '9')) ||
-           (c >= 0xFF01 && c <= 0xFF5E && !(c >= 0xFF10 && c <= 0xFF19)) || (c >= 0x2018 && c <= 0x201F) ||
-           (c >= 0x3000 && c <= 0x3002);
+    return (c >= 0x21 && c <= 0x7E && !(c >= '0' && c <= '9')) || (c >= 0x2018 && c <= 0x201F) ||
+           (c >= 0xFF01 && c <= 0xFF5E && !(c >= 0xFF10 && c <= 0xFF19)) || (c >= 0x3000 && c <= 0x3002);
 }
 static int is_v2_cjk(uint32_t c) { return (c >= 0x0800 && c <= 0x9FA5) || (c >= 0xAC00 && c <= 0xD7FF); }
 
@@ -2479,10 +2472,9 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
             die("%s: token offsets are not increasing from 0", what);
     }
     if (t->offsets[n_vocab] != pool_len) die("%s: token offsets do not end at the pool size", what);
-    t->flags = p;
-    p += n_vocab;
-    t->pool = p;
-    p += pool_len;
+    t->flags = p;  // (n_vocab), then the pool
+    t->pool = p + n_vocab;
+    p += n_vocab + (size_t)pool_len;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     uint32_t n_flagged_added = 0;
     size_t n_trie = 3, trie_size = 3;  // the trie: three roots and at most a node per byte of its tokens
