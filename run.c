@@ -1697,8 +1697,7 @@ static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_
     if (kind == KIND_MATRIX && type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type))
         die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
     // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
-    uint64_t elems = tensor_units((int)type, r, c);
-    uint64_t esize = (uint64_t)unit_bytes((int)type);
+    uint64_t elems = tensor_units((int)type, r, c), esize = (uint64_t)unit_bytes((int)type);
     if (elems > UINT64_MAX / esize || elems * esize != nbytes)
         die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
             (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
@@ -3636,13 +3635,10 @@ int main(int argc, char **argv) {
     struct Trace trace = {o.trace ? fopen(o.trace, "w") : NULL, o.trace_layer < 0 ? c->n_layers - 1 : (int)o.trace_layer,
                           have_tok ? &tok : NULL, o.trace ? xcalloc((size_t)o.context, sizeof(float)) : NULL};
     if (o.trace && !(state.trace = trace.f ? &trace : NULL)) die("cannot open %s for writing: %s", o.trace, strerror(errno));
-    if (o.bench) {
-        bench(&model, &state, &o.plan, (int)o.threads);
-    } else if (o.dump_logits && !o.chat) {
-        dump_logits(&model, &state, prompt.ids, prompt.n, o.dump_logits);
-    } else if (o.ppl) {
-        perplexity(&model, &state, &tok, o.ppl);
-    } else {
+    if (o.bench) bench(&model, &state, &o.plan, (int)o.threads);
+    else if (o.dump_logits && !o.chat) dump_logits(&model, &state, prompt.ids, prompt.n, o.dump_logits);
+    else if (o.ppl) perplexity(&model, &state, &tok, o.ppl);
+    else {
         uint64_t seed = o.seed ? (uint64_t)o.seed  // else a time-based one in 1..2^32-1, printed so that -s can repeat it
                                : ((uint64_t)time(NULL) ^ (uint64_t)getpid() << 16 ^ (uint64_t)(now_seconds() * 1e9)) % UINT32_MAX + 1;
         fprintf(stderr, "seed: %llu\n", (unsigned long long)seed);
