@@ -3047,8 +3047,7 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o,
     fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generated: %d tokens, %.2f tok/s\n", n_prompt,
             n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, (generated > 0 ? generated - 1 : 0) / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
     if (s->mtp) fprintf(stderr, "mtp: %d of %d drafts accepted (%.1f%%)\n", kept, drafts, drafts ? 100.0 * kept / drafts : 0.0);
-    free(tokens);
-    free(p);
+    free(tokens); free(p);
 }
 
 // The text of one user turn in the model's own chat template (the chat_template of its
@@ -3149,8 +3148,7 @@ static IdList r1_history(Tokenizer *tok, const int *tokens, int reply, int *star
     IdList think = encode(tok, (const uint8_t *)"<think>\n", 8, 0, &n_bad);
     IdList kept = encode(tok, (const uint8_t *)text + from, len - from, 0, &n_bad);
     *start = reply - think.n;
-    free(think.ids);
-    free(text);
+    free(think.ids); free(text);
     return kept;
 }
 
@@ -3242,8 +3240,7 @@ static void print_expert_load(const Model *m, const RunState *s) {
     for (int l = 0; l < m->config.n_layers; l++) {
         if (!m->weights.layers[l].is_moe) continue;
         const long long *n = s->moe.expert_load + (size_t)l * E;  // (E)
-        long long total = 0, max = n[0], min = n[0];
-        int used = 0;
+        long long total = 0, max = n[0], min = n[0], used = 0;
         for (int e = 0; e < E; e++) {
             total += n[e];
             used += n[e] > 0;
@@ -3251,7 +3248,7 @@ static void print_expert_load(const Model *m, const RunState *s) {
             if (n[e] < min) min = n[e];
         }
         double t = total > 0 ? (double)total : 1.0;
-        printf("expert_load layer=%d used=%d/%d max_share=%.4f min_share=%.4f max_min=%.3f counts=", l, used, E, max / t,
+        printf("expert_load layer=%d used=%lld/%d max_share=%.4f min_share=%.4f max_min=%.3f counts=", l, used, E, max / t,
                min / t, min > 0 ? (double)max / (double)min : INFINITY);
         for (int e = 0; e < E; e++) printf(e ? ",%lld" : "%lld", n[e]);
         printf("\n");
@@ -3301,8 +3298,7 @@ static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *
     printf("ppl tokens=%lld chars=%lld nll_per_token=%.6f nll_per_char=%.6f bits_per_char=%.6f ppl=%.6g\n", scored,
            chars, nll / scored, nll / chars, nll / chars / log(2.0), exp(nll / scored));
     fflush(stdout);
-    free(ids.ids);
-    free(text);
+    free(ids.ids); free(text);
 }
 
 // ----------------------------------------------------------------------------
@@ -3361,8 +3357,7 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
     }
     printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", b->n_pp ? result[0][0] : 0.0,
            b->n_tg ? result[b->n_pp][0] : 0.0, ttft * 1e3, (unsigned long long)bytes, n_threads);
-    free(tokens);
-    free(result);
+    free(tokens); free(result);
 }
 
 // ----------------------------------------------------------------------------
@@ -3647,13 +3642,10 @@ int main(int argc, char **argv) {
                            xcalloc((size_t)c->n_tokens, sizeof(float))};
         if (o.chat) chat(&model, &state, &sampler, &tok, &o);
         else generate(&model, &state, &sampler, &o, prompt.ids, prompt.n, have_tok && !o.print_ids ? &tok : NULL);
-        free(sampler.candidates);
-        free(sampler.probs);
+        free(sampler.candidates); free(sampler.probs);
     }
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
-    free(trace.p);
-    free(prompt.ids);
-    free(o.stops);
+    free(trace.p); free(prompt.ids); free(o.stops);
     free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
     if (have_tok) free_tokenizer(&tok);
     free_run_state(&state);
