@@ -2194,10 +2194,7 @@ static int run_end(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
 
 // \p{N}{1,3}
 static int match_digits(const uint32_t *c, int i, int end) {
-    if (!is_number(c[i])) return -1;
-    int j = i + 1;
-    while (j < end && j < i + 3 && is_number(c[j])) j++;
-    return j;
+    return is_number(c[i]) ? run_end(c, i, end < i + 3 ? end : i + 3, is_number) : -1;
 }
 
 // (?i:'s|'t|'re|'ve|'m|'ll|'d). Oniguruma and Rust's regex fold case by simple case folding, under which
@@ -2223,8 +2220,7 @@ static int match_spaces(const uint32_t *c, int i, int end) {
     for (int q = j - 1; q >= i; q--) if (is_newline(c[q])) return q + 1;
     // \s+(?!\S): the whole run if it ends the piece, else all but its last character (which then starts
     // the next match, e.g. " world"), else \s+ takes the single character.
-    if (j == end) return j;
-    return j - i >= 2 ? j - 1 : j;
+    return j == end || j - i < 2 ? j : j - 1;
 }
 
 // [first]?[class]+, the optional first character taken greedily, given back when no run follows it.
