@@ -1793,7 +1793,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
     }
     uint64_t hash = ((uint64_t)c->tokenizer_hash_hi << 32) | c->tokenizer_hash_lo;
     if (hash != 0) {
-        // The blob's length is only known from its own entry: read it first, let walk_tensor check it as any 1-D tensor.
+        // Its length is only known from its own entry: read it first, then walk_tensor checks it as any 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
         uint64_t len = read_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
         w->tokenizer = walk_tensor(tw, "tokenizer", KIND_U8, len, 0).data;
@@ -2492,8 +2492,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     uint32_t cap = 16;
     while (cap < 2ull * n_merges) cap *= 2;
     t->merge_mask = cap - 1;
-    t->merges = xcalloc(cap, sizeof(Merge));
-    for (uint32_t s = 0; s < cap; s++) t->merges[s].left = UINT32_MAX;
+    t->merges = memset(xcalloc(cap, sizeof(Merge)), 0xFF, cap * sizeof(Merge));  // every slot empty: left == UINT32_MAX
     for (uint32_t r = 0; r < n_merges; r++, p += 12) {
         uint32_t l = read_u32(p), rt = read_u32(p + 4), res = read_u32(p + 8);
         if (l >= n_vocab || rt >= n_vocab || res >= n_vocab) die("%s: merge %u has an id out of range", what, r);
@@ -3129,10 +3128,9 @@ static int load_chat(const Model *m, RunState *s, int *tokens, int pos, const ch
     return !fits ? pos : ok ? n : 0;
 }
 
-// R1's template renders an earlier reply as its text after the last </think> only
-// (content.split('</think>')[-1]), without the "<think>\n" its generation prompt opened. Returns the
-// tokens of that text, to replace tokens[*start..) where the reply tokens[reply..*start) ended; *start
-// moves back to where the "<think>\n" began.
+// R1's template renders an earlier reply as its text after the last </think> only (content.split('</think>')[-1]),
+// without the "<think>\n" its generation prompt opened. Returns the tokens of that text, to replace
+// tokens[*start..) where the reply tokens[reply..*start) ended; *start moves back to where the "<think>\n" began.
 static IdList r1_history(Tokenizer *tok, const int *tokens, int reply, int *start) {
     char *text = NULL;
     size_t len = 0, from = 0, n_bad;
