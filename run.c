@@ -2441,7 +2441,6 @@ static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *
 // Parses and fully validates a tokenizer file held in data[0..size) (which must outlive the tokenizer):
 // any inconsistency is a one-line error naming `what`, never a crash later on.
 static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const char *what) {
-    memset(t, 0, sizeof(*t));
     init_unicode_classes();
     if (size < 48 || memcmp(data, "STOK", 4)) die("%s: not a seek.c tokenizer file (bad magic or too short)", what);
     uint32_t version = read_u32(data + 4), n_vocab = read_u32(data + 8), n_merges = read_u32(data + 12);
@@ -2458,8 +2457,9 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     uint64_t need = 48 + 4ull * (n_vocab + 1ull) + n_vocab + (uint64_t)pool_len + 12ull * n_merges + 4ull * n_added + tlen;
     if (need != size) die("%s: file is %zu bytes, its header describes %llu", what, size, (unsigned long long)need);
 
+    *t = (Tokenizer){.n_vocab = (int)n_vocab, .bos_id = bos, .eos_id = eos, .add_bos = flags & FLAG_ADD_BOS,
+                     .pre_tokenizer = (int)pretok, .chat_family = (int)family};
     const uint8_t *p = data + 48;
-    t->n_vocab = (int)n_vocab;
     t->offsets = xcalloc(n_vocab + 1, sizeof(uint32_t));
     for (uint32_t i = 0; i <= n_vocab; i++, p += 4) {
         t->offsets[i] = read_u32(p);
@@ -2534,11 +2534,6 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
     t->chat_template = xcalloc(tlen + 1, 1);
     memcpy(t->chat_template, p, tlen);
 
-    t->bos_id = bos;
-    t->eos_id = eos;
-    t->add_bos = flags & FLAG_ADD_BOS;
-    t->pre_tokenizer = (int)pretok;
-    t->chat_family = (int)family;
     if ((bos >= 0 && !t->flags[bos]) || (eos >= 0 && !t->flags[eos])) die("%s: BOS/EOS id has no token", what);
     if (t->add_bos && bos < 0) die("%s: add_bos_token is set but there is no BOS token", what);
 }
@@ -3345,9 +3340,8 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
     }
     for (int i = 0; i < n_tests; i++) {
         int depth = b->depth[i / per_depth], t = i % per_depth, pp = t < b->n_pp, n = pp ? b->pp[t] : b->tg[t - b->n_pp];
-        if (n)
-            printf("bench test=%s%d depth=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%llu threads=%d\n", pp ? "pp" : "tg",
-                   n, depth, result[i][0], result[i][1], (unsigned long long)bytes, n_threads);
+        if (n) printf("bench test=%s%d depth=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%llu threads=%d\n",
+                      pp ? "pp" : "tg", n, depth, result[i][0], result[i][1], (unsigned long long)bytes, n_threads);
     }
     printf("bench pp=%.2f tg=%.2f ttft_ms=%.1f weight_bytes_per_token=%llu threads=%d\n", b->n_pp ? result[0][0] : 0.0,
            b->n_tg ? result[b->n_pp][0] : 0.0, ttft * 1e3, (unsigned long long)bytes, n_threads);
@@ -3606,9 +3600,8 @@ int main(int argc, char **argv) {
     if (o.mtp && !c->n_mtp_layers) die("--mtp: %s has no MTP module (export it with export.py --mtp)", o.model_path);
     if (o.trace_layer >= c->n_layers) die("--trace-layer must be below the model's %d layers", c->n_layers);
     if (o.bench && o.context < o.plan.context) die("--bench: these tests need a context of %d positions", o.plan.context);
-    if (o.bench)
-        fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", o.model_path, (double)model.file_size / 1e9,
-                model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
+    if (o.bench) fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", o.model_path, (double)model.file_size / 1e9,
+                         model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
 
     // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     Tokenizer tok;
