@@ -2531,8 +2531,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
         }
     }
     free(queue);
-    t->chat_template = xcalloc(tlen + 1, 1);
-    memcpy(t->chat_template, p, tlen);
+    t->chat_template = memcpy(xcalloc(tlen + 1, 1), p, tlen);  // NUL-terminated
 
     if ((bos >= 0 && !t->flags[bos]) || (eos >= 0 && !t->flags[eos])) die("%s: BOS/EOS id has no token", what);
     if (t->add_bos && bos < 0) die("%s: add_bos_token is set but there is no BOS token", what);
@@ -3533,16 +3532,14 @@ static int tokenizer_tool(const Options *o) {
             e = ++a + len;
         }
         i = batch ? e + (size_t)decode : n + 1;
-        IdList ids = {0};
+        if (decode) in[e] = 0;  // the record's '\n' or the end: parse_ids quotes from a NUL-terminated string
+        IdList ids = decode ? parse_ids(t, in + a, e - a, t->n_vocab, "--decode") : encode(t, in + a, e - a, 0, &n_bad);
         if (decode) {
-            in[e] = 0;  // the record's '\n' or the end: parse_ids quotes from a NUL-terminated string
-            ids = parse_ids(t, in + a, e - a, t->n_vocab, "--decode");
             size_t bytes = 0;  // the exact bytes of the tokens, no streaming decoder needed
             for (int k = 0; k < ids.n; k++) bytes += token_len(t, ids.ids[k]);
             if (batch) printf("%zu\n", bytes);
             for (int k = 0; k < ids.n; k++) fwrite(token_bytes(t, ids.ids[k]), 1, token_len(t, ids.ids[k]), stdout);
         } else {
-            ids = encode(t, in + a, e - a, 0, &n_bad);
             if (n_bad && !batch) fprintf(stderr, "warning: %zu ill-formed UTF-8 sequence(s) in the input replaced by U+FFFD\n", n_bad);
             for (int k = 0; k < ids.n; k++) printf(k ? " %d" : "%d", ids.ids[k]);
             printf("\n");
