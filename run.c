@@ -2167,9 +2167,7 @@ static int is_word_prefix(uint32_t c) { return !is_newline(c) && !in_set(c, IN_L
 static int is_not_word(uint32_t c) { return !is_space(c) && !in_set(c, IN_LETTER | IN_NUMBER); }
 static int is_v3_word_prefix(uint32_t c) { return !is_newline(c) && !in_set(c, IN_LETTER | IN_PUNCT_SYMBOL); }
 static int is_ascii_letter(uint32_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-static int is_ascii_punct(uint32_t c) {
-    return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') || (c >= '{' && c <= '~');
-}
+static int is_ascii_punct(uint32_t c) { return c > ' ' && c < 0x7F && !is_ascii_letter(c) && (c < '0' || c > '9'); }
 
 // DeepSeek-V3's CJK/kana class [一-龥぀-ゟ゠-ヿ] (its two kana ranges meet: U+3040..U+30FF).
 static int is_v3_cjk(uint32_t c) { return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF); }
