@@ -1541,9 +1541,8 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 
 static uint64_t read_u64(const uint8_t *p) { return read_u32(p) | (uint64_t)read_u32(p + 4) << 32; }
 
-// The file's config words 0..43 are Config's fields in order, each an int32,
-// float32 or uint32 as the struct declares it; words 44..63 are reserved (0).
-// Version 1 has words 0..37 (and two unused): the rest take their defaults.
+// The file's config words 0..43 are Config's fields in order, each an int32, float32 or uint32 as the struct declares
+// it; words 44..63 are reserved (0). Version 1 has words 0..37 (and two unused): the rest take their defaults.
 _Static_assert(sizeof(Config) == 44 * 4, "Config must mirror the file's config words");
 static void read_config(Config *c, const uint8_t *w, uint32_t version) {
     *c = (Config){.eos_token_id_2 = -1, .eos_token_id_3 = -1, .eos_token_id_4 = -1};
@@ -3241,13 +3240,12 @@ static void print_expert_load(const Model *m, const RunState *s) {
     }
 }
 
-// Mean negative log-likelihood of a UTF-8 text file by teacher forcing, as train.py measures validation
-// loss: the text is encoded without BOS and cut into consecutive, non-overlapping windows of context-1
-// tokens; each window is fed after a BOS from position 0 (so a window is at most `context` tokens, BOS
-// first), and every text token is scored, the first one of a window given only the BOS. A window's last
-// token is scored but need not be fed. Without a BOS in the tokenizer, the token before a window stands
-// in for it, and the text's first token, which nothing predicts, is not scored. Characters are Unicode
-// code points. Prints the expert load, then one machine-readable line last on stdout.
+// Mean negative log-likelihood of a UTF-8 text file by teacher forcing, as train.py measures validation loss: the text
+// is encoded without BOS and cut into consecutive, non-overlapping windows of context-1 tokens; each window is fed
+// after a BOS from position 0 (so a window is at most `context` tokens, BOS first), and every text token is scored, the
+// first one of a window given only the BOS. A window's last token is scored but need not be fed. Without a BOS in the
+// tokenizer, the token before a window stands in for it, and the text's first token, which nothing predicts, is not
+// scored. Characters are Unicode code points. Prints the expert load, then one machine-readable line last on stdout.
 static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *path) {
     size_t n_bytes, bad_at = 0, n_bad;
     uint8_t *text = read_file(path, &n_bytes, "text file");
