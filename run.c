@@ -1156,7 +1156,8 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 // out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
 // PREFETCH_AHEAD bytes ahead of use (a thread's panels are contiguous, so this runs on into the next panel): with two
 // threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32
-// about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower).
+// about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower). Non-temporal: weights are read once per token
+// (6-layer V2-Lite q4, tg128: +2-5% over T0).
 #define PREFETCH_AHEAD 4096
 #define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
 // The kernel is written for constant T; inlining makes it constant, so the
@@ -1173,7 +1174,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
     for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
         __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
         for (int j = 0; j < quant_bytes(type) / 4; j++) {
-            _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_NTA);
             __m512i v = _mm512_loadu_si512(piece + 64 * j);
             if (type == TYPE_Q8) w[j] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
             else {
@@ -1216,7 +1217,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
         for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
             __m256i w[8];
             for (int j = 0; j < quant_bytes(type) / 4; j++) {
-                _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_T0);
+                _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_NTA);
                 __m256i v = _mm256_loadu_si256((const __m256i *)(piece + 64 * j));
                 if (type == TYPE_Q8) w[j] = v;
                 else {
