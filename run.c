@@ -284,9 +284,8 @@ static void use_copy(int wait);  // the loader's copy of the weights in huge pag
 // ----------------------------------------------------------------------------
 // Run state
 //
-// Activations are matrices of up to `chunk` rows, one per token: a prompt goes
-// through each layer a chunk at a time, so every weight is read once per chunk
-// (decoding is the one-row case). Each block has its own scratch struct.
+// Activations are matrices of up to `chunk` rows, one per token: a prompt goes through each layer a chunk at a time,
+// so every weight is read once per chunk (decoding is the one-row case). Each block has its own scratch struct.
 
 #define PREFILL_CHUNK 64
 #define ATTN_BLOCK 64     // cached positions per block of attention (V2: 147 KB as f32, stays in L2)
@@ -513,8 +512,8 @@ static void attend_task(void *ctx, int thread, int n_threads) {
     (void)n_threads;
     AttendBatch *a = ctx;
     const RunState *s = a->s;
-    int H = a->m->config.n_heads, r = a->m->config.kv_lora_rank, w = r + a->m->config.qk_rope_head_dim;
-    size_t Hp = (size_t)(H + 15) / 16 * 16;
+    const Config *c = &a->m->config;
+    int H = c->n_heads, Hp = (H + 15) / 16 * 16, r = c->kv_lora_rank, w = r + c->qk_rope_head_dim;
     float *rows = s->mla.att_scratch + (size_t)thread * (ATTN_BLOCK * (w + Hp) + 2 * Hp), *p = rows + (size_t)ATTN_BLOCK * w;
     for (int blk; (blk = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed)) <= a->pos / ATTN_BLOCK;) {
         int p0 = blk * ATTN_BLOCK, n = a->pos - p0 < ATTN_BLOCK ? a->pos - p0 + 1 : ATTN_BLOCK;
@@ -875,8 +874,7 @@ static float *forward(const Model *m, RunState *s, int token, int pos) {
     return forward_chunk(m, s, &token, 1, pos, 0);
 }
 
-// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time and
-// returns the logits (V) after the last one.
+// Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time; returns the logits (V) after the last one.
 static float *prefill(const Model *m, RunState *s, const int *tokens, int n, int pos0) {
     float *logits = s->logits;
     for (int i = 0; i < n; i += s->chunk) {
@@ -1006,8 +1004,7 @@ static int is_quantized(int type) { return type == TYPE_Q8 || type == TYPE_Q4; }
 static int quant_bytes(int type) { return type == TYPE_Q8 ? QK : QK / 2; }  // of one block's q
 static int blocks(int cols) { return (cols + QK - 1) / QK; }
 
-// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or
-// for Q8/Q4 one block (scale and q).
+// Storage of a type: `unit_bytes` bytes per unit, a unit being one value, or for Q8/Q4 one block (scale and q).
 static int unit_bytes(int type) {
     if (is_quantized(type)) return 2 + quant_bytes(type);
     return type == TYPE_F32 ? 4 : type == TYPE_BF16 ? 2 : type == TYPE_U8 ? 1 : 0;
