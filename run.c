@@ -279,7 +279,7 @@ static float bf16_to_f32(uint16_t h);
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp);  // S (n, Hp) = R Q
 static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
-static void use_copy(int wait);  // the loader's copy of the weights in huge pages replaces their mapping once read
+static void use_copy(int start, int wait);  // the loader's copy of the weights in huge pages replaces their mapping
 
 // ----------------------------------------------------------------------------
 // Run state
@@ -839,7 +839,7 @@ static float *output_head(const Model *m, RunState *s, const float *norm, int n,
 static float *forward_chunk(const Model *m, RunState *s, const int *tokens, int n, int pos0, int all_logits) {
     const Config *c = &m->config;
     int D = c->dim, half = c->qk_rope_head_dim / 2;
-    use_copy(0);
+    use_copy(0, 0);
     for (int t = 0; t < n; t++) {
         dequantize_row(s->x + (size_t)t * D, &m->weights.embed, tokens[t]);
         rope_tables(s->mla.rope_cos + (size_t)t * half, s->mla.rope_sin + (size_t)t * half, &m->rope, half, pos0 + t);
@@ -1895,13 +1895,16 @@ static int mostly_cached(void) {
     return hit * 10 >= n * 9;
 }
 
-// wait: finish the copy first (--bench measures the steady state, as llama-bench's warm-up run does).
-static void use_copy(int wait) {
+// start: begin the copy if the page cache holds the file (chat, waiting for the user's turn: a copy that ran while
+// tokens were generated took a core and bandwidth from them, V2-Lite q4: 128 tokens in 12.4 s, not 6.6 s); wait:
+// also finish it (--bench measures that steady state, as llama-bench times after a warm-up). forward_chunk passes
+// neither: it moves a finished copy in.
+static void use_copy(int start, int wait) {
     if (copier.fd < 0) return;
-    if (atomic_load(&copier.state) == 0 && (wait || mostly_cached()) &&
+    if (atomic_load(&copier.state) == 0 && (wait || (start && mostly_cached())) &&
         pthread_create(&copier.thread, NULL, copy_model, "model") == 0)
         atomic_store(&copier.state, 1);
-    if (atomic_load(&copier.state) == 1 && !wait) return;
+    if ((atomic_load(&copier.state) == 0 && !start) || (atomic_load(&copier.state) == 1 && !wait)) return;
     if (atomic_load(&copier.state)) pthread_join(copier.thread, NULL);
 #ifdef __linux__
     if (copier.copy && mremap(copier.copy, copier.span, copier.span, MREMAP_MAYMOVE | MREMAP_FIXED, copier.map) == MAP_FAILED)
@@ -1956,7 +1959,7 @@ static void free_model(Model *m) {
     free(m->weights.layers);
     free(m->rope.theta);
     atomic_store(&copier.stop, 1);  // a copy still reading gives up
-    if (atomic_load(&copier.state)) use_copy(1);
+    if (atomic_load(&copier.state)) use_copy(0, 1);
     munmap((void *)m->file, m->span);
 }
 
@@ -3152,6 +3155,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
         fflush(NULL);  // --dump-logits and --trace too: Ctrl-C at the prompt ends the chat without returning
         chat_state = 2;
         fprintf(stderr, "User: ");
+        use_copy(1, 0);  // while the user types, the model is read into memory
         char *user = NULL, *text = NULL;
         size_t cap = 0, n_bad;
         ssize_t len = getline(&user, &cap, stdin);  // -1 at the end of input
@@ -3304,7 +3308,7 @@ static void bench(const Model *m, RunState *s, const BenchPlan *b, int n_threads
     double (*result)[2] = xcalloc((size_t)n_tests, sizeof *result);  // (n_tests) mean, sd
     for (int i = 0; i < s->context; i++) tokens[i] = (int)((7919u * (unsigned)(i + 1)) % (unsigned)m->config.n_tokens);
     double t0 = now_seconds();
-    use_copy(1);  // the steady state (llama-bench also times after a warm-up): the weights in huge pages, as --no-mmap
+    use_copy(1, 1);  // the steady state (llama-bench also times after a warm-up): the weights in huge pages, as --no-mmap
     if (now_seconds() - t0 > 0.05) fprintf(stderr, "read into memory in the background in %.1f s\n", now_seconds() - t0);
     bench_test(m, s, tokens, 64, 0, 1);
     bench_test(m, s, tokens, 8, 0, 0);

@@ -327,6 +327,16 @@ def chat(run_bin, model, stdin, dump, *args):
     return p, np.fromfile(dump, "<f4").reshape(-1, V)
 
 
+def test_chat_moves_the_model_into_memory_unchanged(run_bin, chat_model, tmp_path):
+    """In chat, while run.c waits for the user's turn, a thread reads the mapped file into huge-page memory,
+    which then takes the mapping's place between two forward passes (mremap, Linux). Over three turns the
+    replies and their logits equal --no-mmap's (read before the first token) bit for bit."""
+    stdin = "hello\nand again\nonce more\n"
+    got = [chat(run_bin, chat_model["v3"], stdin, str(tmp_path / f"moved{len(how)}.f32"), *how)
+           for how in ([], ["--no-mmap"])]
+    assert got[0][0].stdout == got[1][0].stdout and np.array_equal(got[0][1], got[1][1])
+
+
 def replies(p):
     return [[int(x) for x in line.split()] for line in p.stdout.decode().splitlines()]
 

@@ -593,24 +593,3 @@ def test_version_1_file_still_runs(run_bin, exported, workdir):
     b = run_logits(run_bin, v1, toks, os.path.join(workdir, "v1file.logits"))
     assert np.array_equal(a, b)
 
-
-# ---------------------------------------------------------------- loading
-
-def test_mapped_model_moves_into_memory_unchanged(run_bin, exported, workdir):
-    """By default run.c maps the file, reads it into huge-page memory in a thread and, once read, moves
-    that copy over the mapping between two forward passes (mremap, Linux). Token by token (-ub 1), 80
-    passes run before and after the move: the logits equal --no-mmap's (read before the first pass)
-    bit for bit, and the greedy continuation too."""
-    model = exported("v3", "q4")
-    toks = ",".join(map(str, np.random.default_rng(11).integers(0, n_tokens_of(model), 80).tolist()))
-    got = {}
-    for how in ([], ["--no-mmap"]):
-        out = os.path.join(workdir, f"moved{len(how)}.f32")
-        cmd = [run_bin, model, "--tokens", toks, "--dump-logits", out, "-ub", "1"] + how
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        r2 = subprocess.run([run_bin, model, "--tokens", toks, "-n", "40", "-t", "0", "--print-ids"] + how,
-                            capture_output=True, text=True, timeout=300)
-        assert r2.returncode == 0, r2.stderr
-        got[len(how)] = (open(out, "rb").read(), r2.stdout)
-    assert got[0] == got[1]
