@@ -1846,7 +1846,7 @@ static uint8_t *map_aligned(size_t span, int fd) {
 // Generating reads gigabytes of weights per token: in 4 KB pieces when the page cache holds the file in small
 // folios (it does after ordinary reads), with far more TLB misses than in 2 MB pages (measured: a V2-Lite q4
 // generated 17% faster read into memory than mapped, q8 44%). So --no-mmap reads the file into huge-page memory
-// first, and by default a thread reads it while the first tokens run from the mapping (copier, below).
+// first, and in chat a thread reads it while run.c waits for the user (copier, below).
 static uint8_t *read_into_memory(int fd, uint64_t size, size_t span, const char *path, atomic_int *stop) {
     uint8_t *p = map_aligned(span, -1);
     if (!p && !stop) die("out of memory reading %s into memory (%zu bytes)", path, span);
@@ -1864,8 +1864,8 @@ static uint8_t *read_into_memory(int fd, uint64_t size, size_t span, const char 
     return p;
 }
 
-// The mapped model's copy in memory: read by a thread that forward_chunk starts, moved over the mapping by
-// forward_chunk between passes (when no thread reads weights) with mremap, so every pointer stays valid.
+// The mapped model's copy in memory: read by a thread, moved over the mapping by forward_chunk between passes
+// (when no thread reads weights) with mremap, so every pointer stays valid.
 static struct {
     int fd;              // the open model file, or -1: no copy (not Linux, too large for memory, --no-mmap, done)
     uint64_t size;
@@ -1881,9 +1881,8 @@ static void *copy_model(void *arg) {
     return NULL;
 }
 
-// Whether the page cache holds 90% of the file (mincore, a page every 2 MB). Copying a file that must still
-// come from disk fought the first tokens' own reads (V2-Lite q4, cold: 64 tokens in 15.6 s, mapped 6.6 s); and
-// what the mapping reads from disk comes in 2 MB folios anyway (map_aligned).
+// Whether the page cache holds 90% of the file (mincore, a page every 2 MB). What the mapping reads from disk
+// comes in 2 MB folios anyway (map_aligned); a copy from disk fought the tokens' own reads.
 static int mostly_cached(void) {
     size_t hit = 0, n = 0;
     for (uint64_t at = 0; at < copier.size; at += (uint64_t)2 << 20, n++) {
@@ -1895,10 +1894,9 @@ static int mostly_cached(void) {
     return hit * 10 >= n * 9;
 }
 
-// start: begin the copy if the page cache holds the file (chat, waiting for the user's turn: a copy that ran while
-// tokens were generated took a core and bandwidth from them, V2-Lite q4: 128 tokens in 12.4 s, not 6.6 s); wait:
-// also finish it (--bench measures that steady state, as llama-bench times after a warm-up). forward_chunk passes
-// neither: it moves a finished copy in.
+// start: begin the copy if the page cache holds the file (chat, waiting for the user: made while tokens were
+// generated, it took a core and bandwidth from them, V2-Lite q4: 128 tokens in 12.4 s, not 6.6 s); wait: finish
+// it (--bench measures that steady state, as llama-bench times after a warm-up). forward_chunk moves it in.
 static void use_copy(int start, int wait) {
     if (copier.fd < 0) return;
     if (atomic_load(&copier.state) == 0 && (wait || (start && mostly_cached())) &&
@@ -1914,8 +1912,7 @@ static void use_copy(int start, int wait) {
     copier.fd = -1;
 }
 
-// --no-mmap copies the model into memory, so it must fit with room to spare; by
-// default the file is mapped and the OS pages in only the experts that are chosen.
+// A copy of the model in memory must fit with room to spare (mapped, the OS pages in only the chosen experts).
 static int fits_in_memory(uint64_t size) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 && (double)size <= 0.75 * (double)pages * (double)page;
