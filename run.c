@@ -265,8 +265,7 @@ typedef struct {
 } MatmulJob;
 
 static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
-    MatmulJob j = {y, w, x, n, w.cols, w.rows, NULL};
-    return j;
+    return (MatmulJob){y, w, x, n, w.cols, w.rows, NULL};
 }
 
 static void matmuls(MatmulJob *jobs, int n_jobs);    // every job's y = x W^T, in one dispatch
@@ -274,7 +273,6 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs);  // every job's y = x W (the
 static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n, W.rows) = x (n, W.cols) W^T
 static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
 static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
-static float dot_f32(const float *w, const float *x, int n);
 static float bf16_to_f32(uint16_t h);
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp);  // S (n, Hp) = R Q
 static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n);
@@ -550,7 +548,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     const LayerWeights *lw = &m->weights.layers[layer];
     MLABuffers *b = &s->mla;
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
+    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank, Hp = (H + 15) / 16 * 16;
     size_t row = (size_t)r + (size_t)dr;
 
     // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection, and the key/value latent (one batch
@@ -592,7 +590,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
         int sparse = c->index_n_heads && pos0 + t >= c->index_topk, last = sparse ? c->index_topk - 1 : pos0 + t;
         AttendBatch batch = {m, s, layer, last, t, sparse ? b->selected + (size_t)t * s->context : NULL, 0};
         for (int h = 0; h < H; h++)  // heads as columns, for attention_scores; padding columns stay 0
-            for (size_t k = 0; k < row; k++) b->q_t[k * ((H + 15) / 16 * 16) + h] = b->q_absorbed[((size_t)t * H + h) * row + k];
+            for (size_t k = 0; k < row; k++) b->q_t[k * Hp + h] = b->q_absorbed[((size_t)t * H + h) * row + k];
         pool_run(attend_task, &batch, last < ATTN_BLOCK ? 0 : (double)(last + 1) * H * (double)(r + row));
         for (int blk = 1; blk <= last / ATTN_BLOCK; blk++)
             attend_fold(b->att + (size_t)t * H * (2 + r), b->att_blocks + (size_t)blk * H * (2 + r), H, r);
