@@ -1636,7 +1636,6 @@ static void validate_config(const Config *c) {
         die("model file: config attention shapes are too large");
 }
 
-
 // Walks the tensor table in the canonical order of the format, checking each entry against what the config
 // implies; no name lookup, so any mismatch is reported at the exact entry where it happens.
 typedef struct {
@@ -1669,13 +1668,12 @@ static const char *printable_name(char *buf, const uint8_t *name) {
 // Checks one entry, named tw->prefix + suffix, and returns it, pointing into the file. rows x cols is the
 // expected shape (cols = 0 for a 1-D tensor of length rows); kind: KIND_MATRIX, or KIND_F32 for the router.
 static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_t rows, uint64_t cols) {
-    char name[256];
+    char name[256], shown[TENSOR_NAME_BYTES];
     snprintf(name, sizeof name, "%s%s", tw->prefix, suffix);
     if (tw->next >= tw->n_tensors) die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
     uint32_t idx = tw->next++;
     const uint8_t *e = tw->table + (uint64_t)idx * TENSOR_ENTRY_BYTES;
     if (!memchr(e, 0, TENSOR_NAME_BYTES)) die("model file: tensor %u: name is not NUL-terminated", idx);
-    char shown[TENSOR_NAME_BYTES];
     if (strcmp((const char *)e, name) != 0)
         die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
     uint32_t type = read_u32(e + 96), ndim = read_u32(e + 100), r = read_u32(e + 104), c = read_u32(e + 108);
@@ -2596,8 +2594,8 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
         t->sym[i] = t->byte_id[s[i]];
         t->prev[i] = i - 1;
         t->next[i] = i + 1 < n ? i + 1 : -1;
+        push_pair(t, &n_heap, i - 1);  // the pair that ends at i
     }
-    for (int i = 0; i + 1 < n; i++) push_pair(t, &n_heap, i);
     while (n_heap > 0) {
         MergeCandidate m = heap_pop(t->heap, &n_heap);
         int pos = (int)(uint32_t)m.key;
@@ -2648,12 +2646,10 @@ static void encode_ordinary(Tokenizer *t, const uint8_t *s, size_t a, size_t b, 
 static void encode_span(Tokenizer *t, const uint8_t *s, size_t a, size_t b, int set, IdList *out) {
     if (a >= b) return;
     if (set == 2) { encode_ordinary(t, s, a, b, out); return; }
-    size_t at, len;
-    int id;
-    while (a < b && (id = find_added(t, set, s, a, b, &at, &len)) >= 0) {
+    size_t at = 0, len = 0;
+    for (int id; (id = find_added(t, set, s, a, b, &at, &len)) >= 0; a = at + len) {
         encode_span(t, s, a, at, set + 1, out);
         push_id(out, id);
-        a = at + len;
     }
     encode_span(t, s, a, b, set + 1, out);
 }
@@ -3018,8 +3014,7 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o,
             if (tokens[pos + 1] == draft) tokens[n] = sample(sp, logits + c->vocab_size, tokens, n), n++, kept++;
             mtp0 = pos;
         } else {
-            logits = forward(m, s, tokens[pos], pos);
-            tokens[n] = sample(sp, logits, tokens, n), n++;
+            tokens[n] = sample(sp, forward(m, s, tokens[pos], pos), tokens, n), n++;
         }
     }
     flush_decoder(&text, stdout);
@@ -3041,28 +3036,22 @@ static char *render_turn(const Tokenizer *tok, int first, const char *system, co
     const char *sys = first && system ? system : "";
     size_t size = strlen(sys) + strlen(user) + strlen(tok->chat_template) + 128;
     char *text = xcalloc(size, 1);
-    switch (tok->chat_family) {
-    case CHAT_DEEPSEEK_V2:  // "User: {u}\n\nAssistant:" after "{system}\n\n"; the reply starts with a space
+    int f = tok->chat_family;
+    if (f == CHAT_DEEPSEEK_V2) {  // "User: {u}\n\nAssistant:" after "{system}\n\n"; the reply starts with a space
         snprintf(text, size, "%s%sUser: %s\n\nAssistant:", sys, *sys ? "\n\n" : "", user);
-        break;
-    case CHAT_GLM4:  // later turns: their <|user|> closed the reply before (eos_id)
+    } else if (f == CHAT_GLM4) {  // later turns: their <|user|> closed the reply before (eos_id)
         snprintf(text, size, "%s%s%s%s<|assistant|>%s", *sys ? "<|system|>" : "", sys, first ? "<|user|>" : "", user,
                  think ? "<think>" : "</think>");
-        break;
-    case CHAT_KIMI: {  // with no system prompt, the first turn writes the template's own system turn
+    } else if (f == CHAT_KIMI) {  // with no system prompt, the first turn writes the template's own system turn
         const char *key = "<|im_system|>system<|im_middle|>", *d = strstr(tok->chat_template, key);
         const char *e = first && !system && d ? strstr(d, "<|im_end|>") : NULL;  // the end of its default
         snprintf(text, size, "%.*s%s%s<|im_user|>user<|im_middle|>%s<|im_end|><|im_assistant|>assistant<|im_middle|>",
                  e ? (int)(e - d) : first ? (int)strlen(key) : 0, e ? d : key, sys, first ? "<|im_end|>" : "", user);
-        break;
-    }
-    default: {  // V3's turns. R1 forces thinking: the generation prompt opens the <think> section; V3.1's non-thinking
+    } else {  // V3's turns. R1 forces thinking: the generation prompt opens the <think> section; V3.1's non-thinking
         // mode closes it before it starts; V3.2 (encoding_dsv32.py, no template) opens it in thinking mode.
-        int f = tok->chat_family;
         const char *opening = f == CHAT_DEEPSEEK_R1 ? "<think>\n" : f == CHAT_DEEPSEEK_V3_1 ? "</think>"
                               : f == CHAT_DEEPSEEK_V3_2 ? (think ? "<think>" : "</think>") : "";
         snprintf(text, size, "%s<｜User｜>%s<｜Assistant｜>%s", sys, user, opening);
-    }
     }
     return text;
 }
@@ -3178,11 +3167,10 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
         for (int g = 0; g < o->steps && chat_state != 1; g++) {
             if ((full = pos + 1 >= s->context)) break;  // keep room for the closing EOS
             if (dump) fwrite(logits, sizeof(float), (size_t)m->config.vocab_size, dump);
-            int token = sample(sp, logits, tokens, pos);
+            int token = tokens[pos] = sample(sp, logits, tokens, pos);
             if (o->print_ids) printf(g ? " %d" : "%d", token);
             if (token == eos || is_eos(&m->config, token) || (!o->print_ids && decode_piece(tok, &d, token, stdout))) break;
             fflush(stdout);
-            tokens[pos] = token;
             logits = forward(m, s, token, pos++);
         }
         flush_decoder(&d, stdout);
