@@ -2937,7 +2937,7 @@ typedef struct { int *pp, *tg, *depth, n_pp, n_tg, n_depth, reps, context; } Ben
 typedef struct {
     const char *model_path, *tokenizer_path, *prompt, *prompt_file, *tokens;  // model.bin, -z, -i, -f, --tokens
     const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
-    const char *cache_type, *bench_p, *bench_n, *bench_d, *bench_r;          // --cache-type; -p -n -d -r with --bench
+    const char *cache_type, *bench_d, *bench_r;                              // --cache-type; -d, -r if not --bench
     char **stops;                                                             // --stop strings, NULL-terminated
     int chat, tokenizer_mode, batch, print_ids, bench, loading, no_echo, keep_last, no_think, cache_bf16, mtp;
     long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
@@ -3446,9 +3446,16 @@ static void parse_options(Options *o, int argc, char **argv) {
     }
     if (value[find_flag("--threads")]) pool_min_work = 0;  // every product split, as asked (tests of the thread split)
     if (value[find_flag("--bench")]) {  // -p and -n are llama-bench's lists of prompt and generated lengths then
-        int p = find_flag("-p"), n = find_flag("-n");
-        o->bench_p = value[p], o->bench_n = value[n];
-        value[p] = value[n] = NULL;
+        int p = find_flag("-p"), n = find_flag("-n"), d = find_flag("-d"), r = find_flag("-r");
+        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
+        BenchPlan *b = &o->plan;
+        b->pp = parse_ints("-p", value[p] ? value[p] : "64", 0, 1 << 24, &b->n_pp, &len);
+        b->tg = parse_ints("-n", value[n] ? value[n] : "32", 0, 1 << 24, &b->n_tg, &len);
+        b->depth = parse_ints("-d", value[d] ? value[d] : "0", 0, 1 << 24, &b->n_depth, &deep);
+        b->reps = value[r] ? (int)parse_number("-r", value[r], 1) : 1;
+        if (b->reps < 1 || b->reps > 1000) die("-r must be in 1..1000, got %d", b->reps);
+        b->context = deep + len;
+        value[p] = value[n] = value[d] = value[r] = NULL;
     }
     for (int f = 0; f < N_FLAGS; f++) {
         void *field = (char *)o + flags[f].offset;
@@ -3463,16 +3470,7 @@ static void parse_options(Options *o, int argc, char **argv) {
         if (kind == 'i') *(long long *)field = (long long)x;
         else *(float *)field = (float)x;
     }
-    if (o->bench) {
-        BenchPlan *b = &o->plan;
-        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
-        b->pp = parse_ints("-p", o->bench_p ? o->bench_p : "64", 0, 1 << 24, &b->n_pp, &len);
-        b->tg = parse_ints("-n", o->bench_n ? o->bench_n : "32", 0, 1 << 24, &b->n_tg, &len);
-        b->depth = parse_ints("-d", o->bench_d ? o->bench_d : "0", 0, 1 << 24, &b->n_depth, &deep);
-        b->reps = o->bench_r ? (int)parse_number("-r", o->bench_r, 1) : 1;
-        if (b->reps < 1 || b->reps > 1000) die("-r must be in 1..1000, got %d", b->reps);
-        b->context = deep + len;
-    } else if (o->bench_d || o->bench_r) die("-d and -r go with --bench");
+    if (o->bench_d || o->bench_r) die("-d and -r go with --bench");  // (--bench took them above)
     o->cache_bf16 = o->cache_type && !strcmp(o->cache_type, "bf16");
     if (o->cache_type && !o->cache_bf16 && strcmp(o->cache_type, "f32")) die("--cache-type must be bf16 or f32, got '%s'", o->cache_type);
     o->chat = !strcmp(o->mode, "chat");
