@@ -2751,16 +2751,14 @@ static int is_id_separator(uint8_t c) { return c == ' ' || c == ',' || c == '\t'
 // be below `limit` and, with a tokenizer, one of its tokens. `what` names the flag in errors.
 static IdList parse_ids(const Tokenizer *t, const uint8_t *text, size_t n, int limit, const char *what) {
     IdList ids = {0};
-    for (size_t i = 0; i < n;) {
-        if (is_id_separator(text[i])) { i++; continue; }
+    for (size_t i = 0, j = 0; i < n; i = j) {
+        if (is_id_separator(text[i])) { j = i + 1; continue; }
         long long v = 0;
-        size_t j = i;
-        while (j < n && text[j] >= '0' && text[j] <= '9' && v < (1ll << 40)) v = 10 * v + (text[j++] - '0');
+        for (j = i; j < n && text[j] >= '0' && text[j] <= '9' && v < (1ll << 40); j++) v = 10 * v + (text[j] - '0');
         if (j == i || (j < n && !is_id_separator(text[j])))
             die("%s expects token ids separated by spaces or commas, got '%.20s'", what, (const char *)text + i);
         if (v >= limit || (t && !t->flags[v])) die("%s: token id %lld is not in the vocabulary (0..%d)", what, v, limit - 1);
         push_id(&ids, (int)v);
-        i = j;
     }
     return ids;
 }
@@ -3446,15 +3444,14 @@ static void parse_options(Options *o, int argc, char **argv) {
     }
     if (value[find_flag("--threads")]) pool_min_work = 0;  // every product split, as asked (tests of the thread split)
     if (value[find_flag("--bench")]) {  // -p and -n are llama-bench's lists of prompt and generated lengths then
-        int p = find_flag("-p"), n = find_flag("-n"), d = find_flag("-d"), r = find_flag("-r");
-        int len = 64, deep = 0;  // the context: the deepest depth plus the longest test (or the warm-up)
+        int p = find_flag("-p"), n = find_flag("-n"), d = find_flag("-d"), r = find_flag("-r"), len = 64, deep = 0;
         BenchPlan *b = &o->plan;
         b->pp = parse_ints("-p", value[p] ? value[p] : "64", 0, 1 << 24, &b->n_pp, &len);
         b->tg = parse_ints("-n", value[n] ? value[n] : "32", 0, 1 << 24, &b->n_tg, &len);
         b->depth = parse_ints("-d", value[d] ? value[d] : "0", 0, 1 << 24, &b->n_depth, &deep);
         b->reps = value[r] ? (int)parse_number("-r", value[r], 1) : 1;
         if (b->reps < 1 || b->reps > 1000) die("-r must be in 1..1000, got %d", b->reps);
-        b->context = deep + len;
+        b->context = deep + len;  // the deepest depth plus the longest test (or the warm-up)
         value[p] = value[n] = value[d] = value[r] = NULL;
     }
     for (int f = 0; f < N_FLAGS; f++) {
@@ -3525,10 +3522,9 @@ static int tokenizer_tool(const Options *o) {
         }
         free(ids.ids);
     }
-    free(in);
+    free(in); free(o->stops);
     free_tokenizer(t);
     if (o->model_path) free_model(&model);
-    free(o->stops);
     return 0;
 }
 
