@@ -2123,15 +2123,13 @@ static uint8_t unicode_class[0x110000];  // U_* of every code point, expanded fr
 
 static void init_unicode_classes(void) {
     if (unicode_class['A'] == U_LU) return;  // expanded already
-    uint32_t c = 0;
-    for (const char *p = unicode_class_runs; *p && c < 0x110000;) {
+    uint32_t c = 0, n;
+    for (const char *p = unicode_class_runs; *p && c < 0x110000; c += n) {
         const char *letter = strchr(unicode_class_letters, *p++);
-        uint32_t n = 0;
-        while (*p >= 'a' && *p <= 'z') n = 26 * n + (uint32_t)(*p++ - 'a');
+        for (n = 0; *p >= 'a' && *p <= 'z'; p++) n = 26 * n + (uint32_t)(*p - 'a');
         n = n == 0 ? 1 : n < 0x110000 - c ? n : 0x110000 - c;
         for (uint32_t i = c; i < c + n; i++)
             unicode_class[i] = *letter == '*' ? unicode_class[i - 2] : (uint8_t)(letter - unicode_class_letters);
-        c += n;
     }
 }
 
