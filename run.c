@@ -1754,14 +1754,12 @@ static void walk_layer(TableWalker *tw, const Config *c, int l, LayerWeights *lw
         lw->index_weights = walk_tensor(tw, "self_attn.indexer.weights_proj.weight", KIND_F32, HI, D);
     }
     lw->post_norm = walk_vector(tw, "post_attention_layernorm.weight", D);
-    lw->is_moe = is_moe_layer(c, l);
-    if (lw->is_moe) {
+    if ((lw->is_moe = is_moe_layer(c, l))) {
         lw->router = walk_tensor(tw, "mlp.gate.weight", KIND_F32, E, D);
         if (c->topk_method == TOPK_NOAUX_TC) lw->router_bias = walk_vector(tw, "mlp.gate.e_score_correction_bias", E);
         lw->experts = xcalloc((size_t)E, sizeof(MLPWeights));
         for (int e = 0; e < E; e++) lw->experts[e] = walk_mlp(tw, "mlp.experts.", e, Ie, D);
-        lw->has_shared = S > 0;
-        if (S > 0) lw->shared = walk_mlp(tw, "mlp.shared_experts.", -1, S * Ie, D);
+        if ((lw->has_shared = S > 0)) lw->shared = walk_mlp(tw, "mlp.shared_experts.", -1, S * Ie, D);
     } else {
         lw->mlp = walk_mlp(tw, "mlp.", -1, c->intermediate_size, D);
     }
@@ -3602,8 +3600,7 @@ int main(int argc, char **argv) {
         free(sampler.candidates); free(sampler.probs);
     }
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
-    free(trace.p); free(prompt.ids); free(o.stops);
-    free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
+    free(trace.p); free(prompt.ids); free(o.stops); free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
     if (have_tok) free_tokenizer(&tok);
     free_run_state(&state);
     pool_stop();
