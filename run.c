@@ -1642,8 +1642,7 @@ typedef struct {
     const uint8_t *file;
     uint64_t file_size;
     const uint8_t *table;        // (n_tensors, 128)
-    uint32_t n_tensors;
-    uint32_t next;               // index of the next entry to check
+    uint32_t n_tensors, next;    // next: index of the next entry to check
     uint64_t data_end;           // end of the previous tensor's data (or of the header)
     char prefix[64];             // of the names being walked, e.g. "model.layers.3."
 } TableWalker;
@@ -2320,7 +2319,7 @@ typedef struct { uint64_t key; int right, left_id, right_id, result; } MergeCand
 typedef struct { int child, sibling, fail, out, token, depth; uint8_t byte; } TrieNode;
 
 typedef struct {
-    int n_vocab;
+    int n_vocab, bos_id, eos_id, add_bos, pre_tokenizer, chat_family;
     uint32_t *offsets;         // (n_vocab + 1) token i = pool[offsets[i] .. offsets[i+1])
     const uint8_t *pool;       // token byte strings (points into the file data)
     const uint8_t *flags;      // (n_vocab) TOK_* bits (points into the file data)
@@ -2328,7 +2327,6 @@ typedef struct {
     Merge *merges;             // open-addressing hash of (left, right) -> (rank, result)
     uint32_t merge_mask;
     TrieNode *trie;            // roots: 0 non-normalized added tokens, 1 normalized ones, 2 (ignore_merges) BPE tokens
-    int bos_id, eos_id, add_bos, pre_tokenizer, chat_family;
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
     // scratch buffers reused across calls
