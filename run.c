@@ -2324,8 +2324,7 @@ typedef struct {
     const uint8_t *pool;       // token byte strings (points into the file data)
     const uint8_t *flags;      // (n_vocab) TOK_* bits (points into the file data)
     int byte_id[256];          // id of the single-byte BPE token for each byte
-    Merge *merges;             // open-addressing hash of (left, right) -> (rank, result)
-    uint32_t merge_mask;
+    Merge *merges; uint32_t merge_mask;  // open-addressing hash of (left, right) -> (rank, result)
     TrieNode *trie;            // roots: 0 non-normalized added tokens, 1 normalized ones, 2 (ignore_merges) BPE tokens
     char *chat_template;       // NUL-terminated copy of the template string from the checkpoint
     uint8_t *owned;            // file data, when the tokenizer read its own file
@@ -2668,11 +2667,10 @@ typedef struct { uint8_t *held; size_t n_held, cap; char **stops; } Decoder;  //
 
 // Length of a well-formed but incomplete UTF-8 sequence that ends buf[0..n), or 0.
 static int incomplete_tail(const uint8_t *buf, size_t n) {
-    for (int k = 1; k <= 3 && (size_t)k <= n; k++) {
+    for (int k = 1, bad; k <= 3 && (size_t)k <= n; k++) {
         const uint8_t *q = buf + n - k;
         if ((q[0] & 0xC0) == 0x80) continue;  // continuation byte: look further back
         uint32_t cp;
-        int bad;
         return !utf8_sequence(q, (size_t)k, &cp, &bad) && bad == k && (q[0] >= 0xC2 && q[0] <= 0xF4) ? k : 0;
     }
     return 0;
@@ -3569,8 +3567,7 @@ int main(int argc, char **argv) {
     if (o.bench) fprintf(stderr, "loaded %s (%.2f GB, %s) in %.1f s\n", o.model_path, (double)model.file_size / 1e9,
                          model.copied ? "read into memory" : "mapped", now_seconds() - t_load);
 
-    // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
-    Tokenizer tok;
+    Tokenizer tok;  // Text in and out goes through the model's own tokenizer; --print-ids without -i needs none.
     int have_tok = o.prompt || o.prompt_file || o.chat || o.ppl ||
                    ((!o.print_ids || o.trace) && !o.dump_logits && !o.bench && (o.tokenizer_path || model.weights.tokenizer));
     if (have_tok) model_tokenizer(&tok, &model, o.tokenizer_path);
