@@ -2408,17 +2408,15 @@ static long long utf8_chars(const uint8_t *s, size_t n, size_t *bad_at) {
 // Returns text with every ill-formed UTF-8 subpart replaced by U+FFFD (EF BF BD) and the number replaced.
 static uint8_t *utf8_lossy(const uint8_t *s, size_t n, size_t *out_len, size_t *n_replaced) {
     uint8_t *out = xcalloc(3 * n + 1, 1);
-    size_t o = 0;
-    *n_replaced = 0;
+    *out_len = *n_replaced = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         int bad, len = utf8_sequence(s + i, n - i, &cp, &bad);
-        memcpy(out + o, len ? s + i : (const uint8_t *)"\xEF\xBF\xBD", len ? (size_t)len : 3);  // or U+FFFD
-        o += len ? (size_t)len : 3;
+        memcpy(out + *out_len, len ? s + i : (const uint8_t *)"\xEF\xBF\xBD", len ? (size_t)len : 3);  // or U+FFFD
+        *out_len += len ? (size_t)len : 3;
         i += (size_t)(len ? len : bad);
         *n_replaced += !len;
     }
-    *out_len = o;
     return out;
 }
 
