@@ -2925,7 +2925,7 @@ typedef struct { int *pp, *tg, *depth, n_pp, n_tg, n_depth, reps, context; } Ben
 typedef struct {
     const char *model_path, *tokenizer_path, *prompt, *prompt_file, *tokens;  // model.bin, -z, -i, -f, --tokens
     const char *dump_logits, *ppl, *trace, *mode, *system_prompt;            // --dump-logits, --ppl, --trace, -m, -y
-    const char *cache_type, *bench_d, *bench_r;                              // --cache-type; -d, -r if not --bench
+    const char *cache_type, *bench_d, *bench_r;                              // --cache-type; -d, -r without --bench
     char **stops;                                                             // --stop strings, NULL-terminated
     int chat, tokenizer_mode, batch, print_ids, bench, loading, no_echo, keep_last, no_think, cache_bf16, mtp;
     long long steps, topk, seed, context, threads, chunk, repeat_last_n, trace_layer;  // context 0: not given
