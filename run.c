@@ -1929,10 +1929,9 @@ static void load_model(Model *m, const char *path, int loading) {
     uint64_t size = (uint64_t)st.st_size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (size > SIZE_MAX) die("%s is too large to map", path);
-    int in_memory = loading == 1;
-    if (in_memory && !fits_in_memory(size)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", path);
+    if (loading == 1 && !fits_in_memory(size)) die("--no-mmap: %s is larger than 3/4 of RAM; map it instead", path);
     size_t span = (size + ((size_t)2 << 20) - 1) / ((size_t)2 << 20) * ((size_t)2 << 20);
-    uint8_t *f = in_memory ? read_into_memory(fileno(file), size, span, path, NULL) : map_aligned(span, fileno(file));
+    uint8_t *f = loading == 1 ? read_into_memory(fileno(file), size, span, path, NULL) : map_aligned(span, fileno(file));
     if (!f) die("cannot mmap %s: %s", path, strerror(errno));
 #ifdef __linux__
     if (loading == 0 && fits_in_memory(size) && (copier.fd = dup(fileno(file))) >= 0)
@@ -1941,13 +1940,12 @@ static void load_model(Model *m, const char *path, int loading) {
     fclose(file);
     parse_model(m, f, size, path);
     m->span = span;
-    m->copied = in_memory;
+    m->copied = loading == 1;
 }
 
 static void free_model(Model *m) {
     for (int l = 0; l < m->config.n_layers + m->config.n_mtp_layers; l++) free(m->weights.layers[l].experts);
-    free(m->weights.layers);
-    free(m->rope.theta);
+    free(m->weights.layers); free(m->rope.theta);
     atomic_store(&copier.stop, 1);  // a copy still reading gives up
     if (atomic_load(&copier.state)) use_copy(0, 1);
     munmap((void *)m->file, m->span);
