@@ -3364,7 +3364,7 @@ static const Flag flags[] = {
     {"-d --n-depth", "<list>", 's', OPT(bench_d), 0, 0, "--bench: context depths the tests start at (default 0)"},
     {"-r --repetitions", "<int>", 's', OPT(bench_r), 0, 0, "--bench: repetitions of each test (default 1)"},
     {"--cache-type -ctk", "<type>", 's', OPT(cache_type), 0, 0, "latent cache in f32 (default) or bf16 (half the memory)"},
-    {"--no-mmap", NULL, '1', OPT(loading), 1, 1, "read the model into memory before the first token, not meanwhile"},
+    {"--no-mmap", NULL, '1', OPT(loading), 1, 1, "read the model into huge-page memory before the first token"},
     {"--map-only", NULL, '1', OPT(loading), 2, 2, "keep the model mapped, never read into memory (less RAM, slower)"},
     {"--encode", NULL, '1', OPT(tokenizer_mode), 1, 1, "tokenizer only: stdin text -> ids on one line (no BOS)"},
     {"--decode", NULL, '1', OPT(tokenizer_mode), 2, 2, "tokenizer only: stdin ids -> the exact bytes of their tokens"},
