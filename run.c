@@ -1965,7 +1965,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, F = sizeof(float);
     size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
     if (chunk > context) chunk = context;
-    size_t n = (size_t)chunk;
+    size_t n = (size_t)chunk, Hp = (H + 15) / 16 * 16;  // heads padded to attention_scores' tiles of 16
     memset(s, 0, sizeof *s);
     size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
                       n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
@@ -1982,8 +1982,8 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     a->q_absorbed = state_buffer(s, n * H, cache_row, F);
     a->att = state_buffer(s, n * H, r + 2, F);
     a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * H, r + 2, F);
-    a->q_t = state_buffer(s, cache_row, (H + 15) / 16 * 16, F);
-    a->att_scratch = state_buffer(s, (size_t)pool.n_threads, ATTN_BLOCK * (cache_row + (H + 15) / 16 * 16) + 2 * ((H + 15) / 16 * 16), F);
+    a->q_t = state_buffer(s, cache_row, Hp, F);
+    a->att_scratch = state_buffer(s, (size_t)pool.n_threads, ATTN_BLOCK * (cache_row + Hp) + 2 * Hp, F);
     a->o = state_buffer(s, n * H, (size_t)c->v_head_dim, F);
     a->rope_cos = state_buffer(s, n, half, F);
     a->rope_sin = state_buffer(s, n, half, F);
