@@ -434,7 +434,7 @@ def test_run_missing_file(run_bin, workdir):
 
 # ---------------------------------------------------------------- the bf16 latent cache
 
-BF16_CACHE_MEDIAN = 2e-3
+BF16_CACHE_MEDIAN = 1e-2
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -442,9 +442,10 @@ def test_bf16_cache_logits(variant, run_bin, exported, checkpoint, workdir):
     """--cache-type bf16 rounds each cached c and k_pe to bf16 (nearest even); the fair reference
     rounds its own (fp64) latents the same way. Where a value lies within fp32 error of a bf16
     rounding midpoint, run.c and the reference round it apart, one bf16 step (0.4%); these random
-    models amplify that at later positions (up to 1e-2 measured over 200 positions), so the bound is
-    on the median position's max |diff|: measured 1e-5 to 7e-4 (the f32 cache: 1e-4 everywhere,
-    above), while truncating instead of rounding puts it at 5e-2 to 0.2."""
+    models amplify that at later positions (up to 3e-2 measured over 200 positions), so the bound is
+    on the median position's max |diff|: measured 5e-6 to 3e-4, but 6.6e-3 for k2rp once a change in
+    the order of W_UK^T's sums moved one early flip (the f32 cache: 1e-4 everywhere, above), while
+    truncating instead of rounding puts it at 5e-2 to 0.2 (all nine variants fail)."""
     model = exported(variant, "f32")
     toks = (prompt_ids(n_tokens_of(model)) * 5)[:200]
     out = os.path.join(workdir, f"{variant}-bf16cache.logits")
