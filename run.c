@@ -1267,13 +1267,14 @@ static void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, con
 }
 #endif
 
-// Tiles of up to 8 tokens, each size a copy of the kernel with T constant.
+// Tiles of up to 8 tokens, each size a copy of the kernel with T constant; for one token (generation) the type too, so
+// that the unpacked weights stay in registers (V2-Lite q4 expert rows in L2, one core: 61 -> 90 GB/s).
 static void quantized_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, int T, float *out) {
     for (int t = 0; t < T; t += TILE_TOKENS) {
         const BlockX8 *xt = x + (size_t)t * nb;
         float *o = out + PANEL_ROWS * t;
         switch (T - t < TILE_TOKENS ? T - t : TILE_TOKENS) {
-        case 1: panel_tile(type, g, nb, xt, 1, o); break;
+        case 1: type == TYPE_Q4 ? panel_tile(TYPE_Q4, g, nb, xt, 1, o) : panel_tile(TYPE_Q8, g, nb, xt, 1, o); break;
         case 2: panel_tile(type, g, nb, xt, 2, o); break;
         case 3: panel_tile(type, g, nb, xt, 3, o); break;
         case 4: panel_tile(type, g, nb, xt, 4, o); break;
