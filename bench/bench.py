@@ -9,7 +9,8 @@ bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token / b
 
 If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
 shape), it runs the same tests on it for comparison (IK_LLAMA_BENCH likewise, for ik_llama.cpp, with
-its default flags). Nothing here builds either.
+its default flags), then tg32 alone on both engines in turn (--pairs times), because generation speed
+follows the shared host's bandwidth, which drifts within minutes. Nothing here builds either engine.
 """
 from __future__ import annotations
 
@@ -61,9 +62,9 @@ def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
     return res, float(legacy["ttft_ms"]), float(legacy["weight_bytes_per_token"]), " ".join(cmd)
 
 
-def llama(binary: str, gguf: str, threads: int, reps: int) -> tuple:
+def llama(binary: str, gguf: str, threads: int, reps: int, prompts: str = "64,512", depths: str = "0,4096") -> tuple:
     """The same tests on llama-bench (its default flags, mmap): -> ({(test, depth): (tok/s, sd)}, command)"""
-    cmd = [binary, "-m", gguf, "-p", "64,512", "-n", "32", "-d", "0,4096", "-t", str(threads), "-r", str(reps),
+    cmd = [binary, "-m", gguf, "-p", prompts, "-n", "32", "-d", depths, "-t", str(threads), "-r", str(reps),
            "-o", "jsonl"]
     res = {}
     for line in run(cmd).splitlines():
@@ -72,6 +73,20 @@ def llama(binary: str, gguf: str, threads: int, reps: int) -> tuple:
             test = f"pp{j['n_prompt']}" if j["n_prompt"] else f"tg{j['n_gen']}"
             res[(test, int(j.get("n_depth", 0)))] = (float(j["avg_ts"]), float(j["stddev_ts"]))
     return res, " ".join(os.path.basename(c) if c == binary else c for c in cmd)
+
+
+def alternating_tg32(model: str, binary: str, gguf: str, threads: int, pairs: int) -> str:
+    """tg32 alone, seek.c then llama-bench, `pairs` times over: a drift of the host's bandwidth (it moves
+    by 20-40% within minutes) then falls on both engines alike. -> a row of the second table."""
+    ours, theirs = [], []
+    for _ in range(pairs):
+        out = run([os.path.join(ROOT, "run"), model, "--bench", "-p", "0", "-n", "32",
+                   "-r", "3", "--threads", str(threads)])
+        ours.append(float(re.search(r"bench test=tg32 depth=0 tok_s=([0-9.]+)", out).group(1)))
+        theirs.append(llama(binary, gguf, threads, 3, "0", "0")[0][("tg32", 0)][0])
+    ratio = sum(ours) / sum(theirs)
+    return (f"| {os.path.basename(model)} | {threads} | " + ", ".join(f"{x:.2f}" for x in ours) + " | " +
+            ", ".join(f"{x:.2f}" for x in theirs) + f" | {ratio:.2f}x |")
 
 
 def cell(res: dict, key: tuple) -> str:
@@ -88,6 +103,7 @@ def main() -> None:
     ap.add_argument("--loading", default="default",
                     help="default (mapped, read into memory by a thread), no-mmap or both (comma list)")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=3, help="alternating tg32 runs against llama.cpp (0: none)")
     ap.add_argument("--no-readme", action="store_true", help="print the table, do not write README.md")
     args = ap.parse_args()
     model_dir = os.environ.get("BENCH_MODEL_DIR") or os.path.join(BENCH, "models")
@@ -95,6 +111,7 @@ def main() -> None:
     head = "| engine | weights | threads | loading | " + " | ".join(
         t + (f" @ d{d}" if d else "") for t, d in TESTS) + " | TTFT ms | GB/token | probe GB/s | tg32 x GB/token / GB/s |"
     rows, commands = [head, "|" + "---|" * (head.count("|") - 1)], []
+    alternating = ["| model | threads | seek.c tg32 | llama.cpp tg32 | ratio of the sums |", "|---|---|---|---|---|"]
     for dtype in args.dtypes.split(","):
         model = os.path.join(model_dir, f"v2lite-{dtype}.bin")
         if not os.path.exists(model):
@@ -116,7 +133,14 @@ def main() -> None:
                     rows.append(f"| {name} | {dtype} | {t} | mmap | " + " | ".join(cell(res, k) for k in TESTS) +
                                 " | - | - | - | - |")
                     print(rows[-1], flush=True)
+            if args.pairs and os.environ.get("LLAMA_BENCH") and os.environ.get(f"LLAMA_GGUF_{dtype.upper()}"):
+                alternating.append(alternating_tg32(model, os.environ["LLAMA_BENCH"],
+                                                    os.environ[f"LLAMA_GGUF_{dtype.upper()}"], t, args.pairs))
+                print(alternating[-1], flush=True)
     table = "\n".join(rows)
+    if len(alternating) > 2:
+        table += (f"\n\ntg32 alone, seek.c (`--bench -p 0 -n 32 -r 3`) and llama.cpp (`-p 0 -n 32 -d 0 -r 3`) "
+                  f"in turn, {args.pairs} times:\n\n" + "\n".join(alternating))
     print("\n" + table)
     if args.no_readme:
         return
