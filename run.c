@@ -1274,7 +1274,7 @@ static void quantized_tile(int type, const uint8_t *g, int nb, const BlockX8 *x,
         const BlockX8 *xt = x + (size_t)t * nb;
         float *o = out + PANEL_ROWS * t;
         switch (T - t < TILE_TOKENS ? T - t : TILE_TOKENS) {
-        case 1: type == TYPE_Q4 ? panel_tile(TYPE_Q4, g, nb, xt, 1, o) : panel_tile(TYPE_Q8, g, nb, xt, 1, o); break;
+        case 1: if (type == TYPE_Q4) panel_tile(TYPE_Q4, g, nb, xt, 1, o); else panel_tile(TYPE_Q8, g, nb, xt, 1, o); break;
         case 2: panel_tile(type, g, nb, xt, 2, o); break;
         case 3: panel_tile(type, g, nb, xt, 3, o); break;
         case 4: panel_tile(type, g, nb, xt, 4, o); break;
@@ -1461,8 +1461,8 @@ static void fold_block(float acc[8][16], const float s[64], const float v[8][64]
 }
 
 // Threads claim whole jobs (one head of W_UK each). A job walks its matrix in memory order, a panel of 16 rows at a
-// time (a block of columns at a time across the panels strode 4.6 KB, and waited on memory: 8% of generation for 1%
-// of its weight bytes), for PREFILL_CHUNK tokens at once. y = Σ_i (x_i d_i) q_i is summed in four partial sums per column
+// time (a block of columns at a time across the panels strode 4.6 KB in V2-Lite q4 and waited on memory: 8% of
+// generation for 1% of its weight bytes), for PREFILL_CHUNK tokens at once. y = Σ_i (x_i d_i) q_i is summed in four partial sums per column
 // (rows 4 m + r, r = 0..3) so that the 16 rows' multiply-adds are not one chain; every n adds in the same order,
 // so batched and token-by-token results agree.
 static void matmul_t_task(void *ctx, int thread, int n_threads) {
