@@ -1358,7 +1358,7 @@ typedef struct {
     int n_jobs;
     int chunk_panels;     // panels per chunk (matmuls_t: floats of scratch per thread)
     atomic_int next;      // next unclaimed chunk (matmuls_t: job)
-    float *x_t;           // matmuls_t: per thread, a job's x by panel rows and its sums
+    float *sums;          // matmuls_t: per thread, a job's sums and its x by panel rows
 } MatmulBatch;
 
 static int job_panels(const MatmulJob *job) { return (job->w.lane0 + job->w.rows + PANEL_ROWS - 1) / PANEL_ROWS; }
@@ -1406,7 +1406,7 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-static struct { BlockX8 *xq; size_t cap; float *x_t; size_t x_t_cap; } scratch;  // grown on demand
+static struct { BlockX8 *xq; size_t cap; float *sums; size_t sums_cap; } scratch;  // grown on demand
 
 // Runs all jobs in one dispatch. Jobs that follow each other with the same
 // input share its quantization.
@@ -1469,7 +1469,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
     (void)n_threads;
     MatmulBatch *batch = ctx;
     int n = batch->jobs[0].n, nb = blocks(batch->jobs[0].w.cols);  // the jobs have one shape
-    float *acc = batch->x_t + (size_t)thread * (size_t)batch->chunk_panels;  // (PREFILL_CHUNK, nb, 8, 16) as v below
+    float *acc = batch->sums + (size_t)thread * (size_t)batch->chunk_panels;  // (PREFILL_CHUNK, nb, 8, 16) as v below
     float *x16 = acc + (size_t)PREFILL_CHUNK * nb * 128;  // (panels, n, 16) x by the panels' rows, 0 outside W
     for (;;) {
         int j = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
@@ -1511,8 +1511,8 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
 // copy. The jobs (heads) have one shape.
 static void matmuls_t(MatmulJob *jobs, int n_jobs) {
     size_t per_thread = (size_t)(PREFILL_CHUNK * blocks(jobs[0].w.cols) * 128 + jobs[0].n * (jobs[0].w.rows + 32));  // acc, x16
-    scratch.x_t = grow(scratch.x_t, &scratch.x_t_cap, per_thread * (size_t)pool.n_threads, sizeof(float));
-    MatmulBatch batch = {jobs, n_jobs, (int)per_thread, 0, scratch.x_t};
+    scratch.sums = grow(scratch.sums, &scratch.sums_cap, per_thread * (size_t)pool.n_threads, sizeof(float));
+    MatmulBatch batch = {jobs, n_jobs, (int)per_thread, 0, scratch.sums};
     pool_run(matmul_t_task, &batch, (double)n_jobs * jobs[0].n * jobs[0].w.rows * jobs[0].w.cols);
 }
 
