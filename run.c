@@ -47,6 +47,9 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+// Kernels written for a constant size (tokens, vectors) get it by inlining, so their accumulators live in
+// registers (gcc will not inline this much by itself).
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 // a*b+c stays two roundings unless a kernel asks for an FMA: clang contracts by default, gcc in ISO C mode
 // does not, and the difference grows to 1e-2 in the logits of a long random-weight test (--cache-type bf16).
 #ifdef __clang__
@@ -274,8 +277,8 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n
 static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
 static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
 static float bf16_to_f32(uint16_t h);
-static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp);  // S (n, Hp) = R Q
-static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n);
+static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C);  // S (n, C) = R Q
+static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
 static void use_copy(int start, int wait);  // the loader's copy of the weights in huge pages replaces their mapping
 
@@ -294,9 +297,9 @@ typedef struct {          // mla_attention's scratch
     float *kv_a;          // (chunk, r+dr) [c_KV raw; k_pe], then the row the cache stores
     float *q_absorbed;    // (chunk, H, r+dr) per head [W_UK^T q_nope; q_pe], against cached [c; k_pe]
     float *att;           // (chunk, H, 2+r) per query: max score m, l = Σ exp(s-m), u = Σ exp(s-m) c_t
-    float *att_blocks;    // (context / ATTN_BLOCK + 1, H, 2+r) the same per block of one token's positions
-    float *q_t;           // (r+dr, Hp) one token's q_absorbed transposed, a column per head, Hp = H padded to 16 with 0
-    float *att_scratch;   // (threads, ATTN_BLOCK (r+dr) + (ATTN_BLOCK+2) Hp) a block widened to f32 or gathered, scores
+    float *att_blocks;    // (context / ATTN_BLOCK + 1, J, H, 2+r) the same per block of the joint tokens' positions
+    float *q_t;           // (r+dr, C) joint tokens' q_absorbed transposed, a column per head, C: attn_columns
+    float *att_scratch;   // (threads, ATTN_BLOCK (r+dr) + (ATTN_BLOCK+2) C) a block widened to f32 or gathered, scores
     float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
     float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
     float *rope_sin;      // (chunk, dr/2)
@@ -383,9 +386,7 @@ static void softmax(float *x, int n) {
 static float silu(float z) { return z / (1.0f + expf(-z)); }
 
 // YaRN's attention-temperature term: mscale(s, m) = 0.1 m ln s + 1 for s > 1.
-static double yarn_mscale(double s, double m) {
-    return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0;
-}
+static double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0; }
 
 // Dimension index (in the d-wide rope vector) at which a frequency completes
 // n_rot full turns over the original context L0 (YaRN's find_correction_dim).
@@ -410,22 +411,16 @@ static void init_rope(Rope *rope, const Config *c) {
     for (int i = 0; i < half; i++) rope->theta[i] = pow(base, -2.0 * i / d);
     if (c->rope_type == ROPE_YARN) {
         double s = c->rope_factor, L0 = c->rope_orig_max_pos;
-        double low = floor(yarn_correction_dim(c->rope_beta_fast, d, base, L0));
-        double high = ceil(yarn_correction_dim(c->rope_beta_slow, d, base, L0));
-        if (low < 0) low = 0;
-        if (high > d - 1) high = d - 1;
+        double low = fmax(0.0, floor(yarn_correction_dim(c->rope_beta_fast, d, base, L0)));
+        double high = fmin(d - 1.0, ceil(yarn_correction_dim(c->rope_beta_slow, d, base, L0)));
         if (low == high) high += 0.001;  // avoid a zero-width ramp
         for (int i = 0; i < half; i++) {
             // ramp 0: pair keeps its frequency (extrapolation); ramp 1: divided by s (interpolation).
-            double ramp = ((double)i - low) / (high - low);
-            if (ramp < 0) ramp = 0;
-            if (ramp > 1) ramp = 1;
-            double f = rope->theta[i];
+            double ramp = fmin(1.0, fmax(0.0, ((double)i - low) / (high - low))), f = rope->theta[i];
             rope->theta[i] = (f / s) * ramp + f * (1.0 - ramp);
         }
         rope->cs_mult = (float)(yarn_mscale(s, c->rope_mscale) / yarn_mscale(s, c->rope_mscale_all_dim));
-        double m = yarn_mscale(s, c->rope_mscale_all_dim);
-        scale *= m * m;
+        scale *= yarn_mscale(s, c->rope_mscale_all_dim) * yarn_mscale(s, c->rope_mscale_all_dim);
     }
     rope->softmax_scale = (float)scale;
 }
@@ -473,22 +468,32 @@ static float exp_nonpositive(float x) {
     return e * x;
 }
 
-// The summary (H, 2+r) of n cached rows (n, r+dr) for one token's queries q_t (r+dr, Hp); p (n+2, Hp) is
-// scratch: scores, then exp(score - max), then each head's max and sum. Loops over heads run across a row.
-static void attend_block(const Model *m, const float *rows, int n, const float *q_t, float *p, float *out) {
-    int H = m->config.n_heads, Hp = (H + 15) / 16 * 16, r = m->config.kv_lora_rank, w = r + m->config.qk_rope_head_dim;
-    float *max = p + (size_t)n * Hp, *sum = max + Hp;
-    attention_scores(p, rows, n, w, q_t, Hp);
-    for (int h = 0; h < Hp; h++) max[h] = -INFINITY, sum[h] = 0.0f;
-    for (int t = 0; t < n; t++)
-        for (int h = 0; h < Hp; h++) {
-            float x = p[(size_t)t * Hp + h] *= m->rope.softmax_scale;
-            max[h] = x > max[h] ? x : max[h];
-        }
-    for (int t = 0; t < n; t++)
-        for (int h = 0; h < Hp; h++) sum[h] += p[(size_t)t * Hp + h] = exp_nonpositive(p[(size_t)t * Hp + h] - max[h]);
-    for (int h = 0; h < H; h++) out[(size_t)h * (2 + r)] = max[h], out[(size_t)h * (2 + r) + 1] = sum[h];
-    attention_values(out + 2, 2 + r, p, Hp, H, rows, w, r, n);
+// Tokens whose queries pass over the cached rows together, heads side by side in C columns (padded to 16): a row is
+// read once for all of them, and 32 columns make attention_scores' faster tile. A token with its own selection: alone.
+static int joint_tokens(const Config *c) { return c->index_n_heads || c->n_heads > 16 ? 1 : 32 / c->n_heads; }
+static int attn_columns(int H, int J) { return (J * H + 15) / 16 * 16; }
+
+// The summaries (J, H, 2+r) of n cached rows (n, r+dr) for J consecutive tokens' queries q (r+dr, C), the first
+// at row `first` (token j sees rows up to first + j; none if that is negative). p (n+2, C) is scratch: scores, then
+// exp(score - max), then each head's max and sum. Loops over heads run across a row.
+static void attend_block(const Model *m, const float *rows, int n, int J, int first, const float *q, float *p, float *out) {
+    int H = m->config.n_heads, C = attn_columns(H, J), r = m->config.kv_lora_rank, w = r + m->config.qk_rope_head_dim;
+    float *max = p + (size_t)n * C, *sum = max + C;
+    attention_scores(p, rows, n, w, q, C);
+    for (int j = first < 0 ? -first : 0; j < J; j++) {
+        int seen = first + j + 1 < n ? first + j + 1 : n;
+        float *pj = p + j * H, *mj = max + j * H, *sj = sum + j * H, *o = out + (size_t)j * H * (2 + r);
+        for (int h = 0; h < H; h++) mj[h] = -INFINITY, sj[h] = 0.0f;
+        for (int t = 0; t < seen; t++)
+            for (int h = 0; h < H; h++) {
+                float x = pj[(size_t)t * C + h] *= m->rope.softmax_scale;
+                mj[h] = x > mj[h] ? x : mj[h];
+            }
+        for (int t = 0; t < seen; t++)
+            for (int h = 0; h < H; h++) sj[h] += pj[(size_t)t * C + h] = exp_nonpositive(pj[(size_t)t * C + h] - mj[h]);
+        for (int h = 0; h < H; h++) o[(size_t)h * (2 + r)] = mj[h], o[(size_t)h * (2 + r) + 1] = sj[h];
+        attention_values(o + 2, 2 + r, pj, C, H, rows, w, r, seen);
+    }
 }
 
 // a = a ⊕ b for H summaries, each rescaled by exp(its max - the larger max).
@@ -501,18 +506,18 @@ static void attend_fold(float *a, const float *b, int H, int r) {
 }
 
 // next: block to claim; selected: NULL, or the positions token t attends to (lightning_indexer; pos: the last's index)
-typedef struct { const Model *m; RunState *s; int layer, pos, t; const int *selected; atomic_int next; } AttendBatch;
+typedef struct { const Model *m; RunState *s; int layer, pos, t, J; const int *selected; atomic_int next; } AttendBatch;
 
-// The blocks of token t of the chunk (at position pos) over the threads: block 0's summary goes to the token's,
-// the others' to att_blocks, which mla_attention folds into it in block order. Prefill runs this token by
-// token, so it agrees with decoding bit for bit, whatever the threads.
+// The blocks of tokens t .. t+J-1 of the chunk (the last at position pos) over the threads: block 0's summaries go
+// to the tokens', the others' to att_blocks, which mla_attention folds into them in block order. A token's summary
+// of a block is the one it gets alone, so prefill agrees with decoding bit for bit, whatever the threads.
 static void attend_task(void *ctx, int thread, int n_threads) {
     (void)n_threads;
     AttendBatch *a = ctx;
     const RunState *s = a->s;
     const Config *c = &a->m->config;
-    int H = c->n_heads, Hp = (H + 15) / 16 * 16, r = c->kv_lora_rank, w = r + c->qk_rope_head_dim;
-    float *rows = s->mla.att_scratch + (size_t)thread * (ATTN_BLOCK * (w + Hp) + 2 * Hp), *p = rows + (size_t)ATTN_BLOCK * w;
+    int H = c->n_heads, C = attn_columns(H, joint_tokens(c)), r = c->kv_lora_rank, w = r + c->qk_rope_head_dim;
+    float *rows = s->mla.att_scratch + (size_t)thread * (ATTN_BLOCK * (w + C) + 2 * C), *p = rows + (size_t)ATTN_BLOCK * w;
     for (int blk; (blk = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed)) <= a->pos / ATTN_BLOCK;) {
         int p0 = blk * ATTN_BLOCK, n = a->pos - p0 < ATTN_BLOCK ? a->pos - p0 + 1 : ATTN_BLOCK;
         size_t layer0 = (size_t)a->layer * s->context * w, summary = (size_t)H * (2 + r);
@@ -520,8 +525,8 @@ static void attend_task(void *ctx, int thread, int n_threads) {
         for (int i = 0; block == rows && i < n; i++)  // widened from bf16, or gathered from the selection
             for (size_t k = 0, at = layer0 + (size_t)(a->selected ? a->selected[p0 + i] : p0 + i) * w; k < (size_t)w; k++)
                 rows[(size_t)i * w + k] = s->cache_bf16 ? bf16_to_f32(((const uint16_t *)cache)[at + k]) : cache[at + k];
-        float *out = blk ? s->mla.att_blocks + (size_t)blk * summary : s->mla.att + (size_t)a->t * summary;
-        attend_block(a->m, block, n, s->mla.q_t, p, out);
+        float *out = blk ? s->mla.att_blocks + (size_t)blk * a->J * summary : s->mla.att + (size_t)a->t * summary;
+        attend_block(a->m, block, n, a->J, a->pos - (a->J - 1) - p0, s->mla.q_t, p, out);
     }
 }
 
@@ -548,7 +553,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     const LayerWeights *lw = &m->weights.layers[layer];
     MLABuffers *b = &s->mla;
     int H = c->n_heads, r = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank, Hp = (H + 15) / 16 * 16;
+    int dv = c->v_head_dim, qk = dn + dr, half = dr / 2, rq = c->q_lora_rank;
     size_t row = (size_t)r + (size_t)dr;
 
     // Query: plain projection, or low-rank c_Q -> RMSNorm -> up-projection, and the key/value latent (one batch
@@ -586,14 +591,16 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
 
     // Each token's summary (blocked attention, above; all positions, or the indexer's selection), then u / l.
     if (c->index_n_heads) lightning_indexer(m, s, layer, pos0, n);
-    for (int t = 0; t < n; t++) {
-        int sparse = c->index_n_heads && pos0 + t >= c->index_topk, last = sparse ? c->index_topk - 1 : pos0 + t;
-        AttendBatch batch = {m, s, layer, last, t, sparse ? b->selected + (size_t)t * s->context : NULL, 0};
-        for (int h = 0; h < H; h++)  // heads as columns, for attention_scores; padding columns stay 0
-            for (size_t k = 0; k < row; k++) b->q_t[k * Hp + h] = b->q_absorbed[((size_t)t * H + h) * row + k];
-        pool_run(attend_task, &batch, last < ATTN_BLOCK ? 0 : (double)(last + 1) * H * (double)(r + row));
-        for (int blk = 1; blk <= last / ATTN_BLOCK; blk++)
-            attend_fold(b->att + (size_t)t * H * (2 + r), b->att_blocks + (size_t)blk * H * (2 + r), H, r);
+    for (int t = 0, J, C; t < n; t += J) {
+        J = n - t < joint_tokens(c) ? n - t : joint_tokens(c), C = attn_columns(H, J);
+        int sparse = c->index_n_heads && pos0 + t >= c->index_topk, last = sparse ? c->index_topk - 1 : pos0 + t + J - 1;
+        AttendBatch batch = {m, s, layer, last, t, J, sparse ? b->selected + (size_t)t * s->context : NULL, 0};
+        for (size_t k = 0; k < row; k++)  // heads as columns, for attention_scores; padding columns 0
+            for (int h = 0; h < C; h++) b->q_t[k * C + h] = h < J * H ? b->q_absorbed[((size_t)t * H + h) * row + k] : 0.0f;
+        pool_run(attend_task, &batch, last < ATTN_BLOCK ? 0 : (double)(last + 1) * J * H * (double)(r + row));
+        for (int j = 0; j < J; j++)
+            for (int blk = 1; blk <= (last - J + 1 + j) / ATTN_BLOCK; blk++)
+                attend_fold(b->att + (size_t)(t + j) * H * (2 + r), b->att_blocks + ((size_t)blk * J + j) * H * (2 + r), H, r);
     }
     for (int i = 0; i < n * H; i++)
         for (int j = 0; j < r; j++) b->att[(size_t)i * (2 + r) + 2 + j] /= b->att[(size_t)i * (2 + r) + 1];
@@ -638,17 +645,12 @@ static int argmax_finite(const float *x, int n) {
 // HF modeling_deepseek.py's MoEGate takes the max), or the sum of its two best biased scores (noaux_tc, DeepSeek-V3;
 // inference/model.py's Gate: topk(2).sum()).
 static float group_score(const float *choice, int size, int method) {
-    if (method == TOPK_GROUP_LIMITED_GREEDY) {
-        float m = choice[0];
-        for (int i = 1; i < size; i++) if (choice[i] > m) m = choice[i];
-        return m;
-    }
     float a = -INFINITY, b = -INFINITY;  // a >= b: the two largest
     for (int i = 0; i < size; i++) {
         if (choice[i] > a) { b = a; a = choice[i]; }
         else if (choice[i] > b) b = choice[i];
     }
-    return a + b;
+    return method == TOPK_GROUP_LIMITED_GREEDY ? a : a + b;
 }
 
 // The router of one token: fills topk_idx / topk_w (K) from its router logits (E), W_gate x in fp32 (HF casts both to
@@ -664,9 +666,7 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
     if (c->scoring_func == SCORE_SOFTMAX) softmax(scores, E);
     else for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
 
-    for (int e = 0; e < E; e++) choice[e] = scores[e];
-    if (c->topk_method == TOPK_NOAUX_TC)
-        for (int e = 0; e < E; e++) choice[e] += lw->router_bias[e];
+    for (int e = 0; e < E; e++) choice[e] = c->topk_method == TOPK_NOAUX_TC ? scores[e] + lw->router_bias[e] : scores[e];
 
     if (c->topk_method != TOPK_GREEDY && G > 1) {
         int size = E / G;
@@ -724,15 +724,11 @@ static void moe(const Model *m, RunState *s, int layer, int n) {
     int count = 0;
     for (int e = 0; e < E; e++) {
         if (first[e + 1] == first[e]) continue;
-        FFNCall call = {&lw->experts[e], b->expert_in + (size_t)first[e] * D, b->expert_out + (size_t)first[e] * D,
-                        first[e + 1] - first[e]};
-        b->calls[count++] = call;
+        b->calls[count++] = (FFNCall){&lw->experts[e], b->expert_in + (size_t)first[e] * D,
+                                      b->expert_out + (size_t)first[e] * D, first[e + 1] - first[e]};
     }
     float *shared_out = b->expert_out + (size_t)pairs * D;  // (n, D)
-    if (lw->has_shared) {
-        FFNCall call = {&lw->shared, s->xn, shared_out, n};
-        b->calls[count++] = call;
-    }
+    if (lw->has_shared) b->calls[count++] = (FFNCall){&lw->shared, s->xn, shared_out, n};
     swiglu(s, b->calls, count);
     for (size_t i = 0; i < (size_t)n * D; i++) s->block_out[i] = lw->has_shared ? shared_out[i] : 0.0f;
     for (int p = 0; p < pairs; p++) {
@@ -1054,37 +1050,47 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-// Attention's products (attend_block): S (n, Hp) = R (n, w) Q (w, Hp) scores n cached rows against Hp
+// Attention's products (attend_block): S (n, C) = R (n, w) Q (w, C) scores n cached rows against C
 // queries (a column each), u_h (r) = Σ_t P[t][h] R[t][0:r] mixes them. Each output is one chain of fused
-// multiply-adds in row order, so the AVX-512 tiles (16 heads x 8 rows, 8 heads x 32 values) and the plain
+// multiply-adds in row order, so the AVX-512 tiles (32 columns x 8 rows, 8 heads x 32 values) and the plain
 // loops beside them (any other machine, and the edges) give the same bits.
-static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int Hp) {
-    for (int h = 0; h < Hp; h += 16)
+#if defined(__AVX512F__)
+// 8 rows x 16 v columns of S (v = 1 or 2 vectors): with two, a broadcast row value feeds two FMAs and the tile is no
+// longer bound by its loads (V2-Lite's prefill, two tokens' heads as 32 columns: 6 layers, pp512 @ d4096 +8-16%).
+static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const float *Q, int C, const int v) {
+    __m512 acc[2][8], q[2];
+    for (int i = 0; i < 8; i++) acc[0][i] = acc[1][i] = _mm512_setzero_ps();
+    for (int k = 0; k < w; k++) {
+        for (int j = 0; j < v; j++) q[j] = _mm512_loadu_ps(Q + (size_t)k * C + 16 * j);
+        // the next tile's rows: eight streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
+        for (int i = 0; k % 16 == 0 && i < 8; i++) __builtin_prefetch(R + (size_t)(8 + i) * w + k);
+        for (int i = 0; i < 8; i++)
+            for (int j = 0; j < v; j++) acc[j][i] = _mm512_fmadd_ps(_mm512_set1_ps(R[(size_t)i * w + k]), q[j], acc[j][i]);
+    }
+    for (int i = 0; i < 8 * v; i++) _mm512_storeu_ps(S + (size_t)(i % 8) * C + 16 * (i / 8), acc[i / 8][i % 8]);
+}
+#endif
+
+static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C) {
+    for (int h = 0, width; h < C; h += width) {
+        width = C - h >= 32 ? 32 : 16;
         for (int t = 0; t < n; t += 8) {
 #if defined(__AVX512F__)
-            if (n - t >= 8) {
-                __m512 acc[8];
-                for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_ps();
-                for (int k = 0; k < w; k++) {
-                    __m512 q = _mm512_loadu_ps(Q + (size_t)k * Hp + h);
-                    // the next tile's rows: eight streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
-                    for (int i = 0; k % 16 == 0 && i < 8; i++) __builtin_prefetch(R + (size_t)(t + 8 + i) * w + k);
-                    for (int i = 0; i < 8; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(R[(size_t)(t + i) * w + k]), q, acc[i]);
-                }
-                for (int i = 0; i < 8; i++) _mm512_storeu_ps(S + (size_t)(t + i) * Hp + h, acc[i]);
-                continue;
-            }
+            if (n - t >= 8 && width == 32) scores_tile(S + (size_t)t * C + h, R + (size_t)t * w, w, Q + h, C, 2);
+            else if (n - t >= 8) scores_tile(S + (size_t)t * C + h, R + (size_t)t * w, w, Q + h, C, 1);
+            if (n - t >= 8) continue;
 #endif
             for (int i = t; i < n && i < t + 8; i++) {
-                float *y = S + (size_t)i * Hp + h;
-                for (int j = 0; j < 16; j++) y[j] = 0.0f;
+                float *y = S + (size_t)i * C + h;
+                for (int j = 0; j < width; j++) y[j] = 0.0f;
                 for (int k = 0; k < w; k++)
-                    for (int j = 0; j < 16; j++) y[j] = fmaf(R[(size_t)i * w + k], Q[(size_t)k * Hp + h + j], y[j]);
+                    for (int j = 0; j < width; j++) y[j] = fmaf(R[(size_t)i * w + k], Q[(size_t)k * C + h + j], y[j]);
             }
         }
+    }
 }
 
-static void attention_values(float *u, int stride, const float *P, int Hp, int H, const float *R, int w, int r, int n) {
+static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n) {
     for (int h = 0; h < H; h += 8)
         for (int k = 0; k < r; k += 32) {
 #if defined(__AVX512F__)
@@ -1093,7 +1099,7 @@ static void attention_values(float *u, int stride, const float *P, int Hp, int H
                 for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
                 for (int t = 0; t < n; t++)
                     for (int i = 0; i < 16; i++)
-                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)t * Hp + h + i / 2]),
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)t * C + h + i / 2]),
                                                  _mm512_loadu_ps(R + (size_t)t * w + k + 16 * (i % 2)), acc[i]);
                 for (int i = 0; i < 16; i++) _mm512_storeu_ps(u + (size_t)(h + i / 2) * stride + k + 16 * (i % 2), acc[i]);
                 continue;
@@ -1104,7 +1110,7 @@ static void attention_values(float *u, int stride, const float *P, int Hp, int H
                 int kn = r - k < 32 ? r - k : 32;
                 for (int j = 0; j < kn; j++) y[j] = 0.0f;
                 for (int t = 0; t < n; t++)
-                    for (int j = 0; j < kn; j++) y[j] = fmaf(P[(size_t)t * Hp + i], R[(size_t)t * w + k + j], y[j]);
+                    for (int j = 0; j < kn; j++) y[j] = fmaf(P[(size_t)t * C + i], R[(size_t)t * w + k + j], y[j]);
             }
         }
 }
@@ -1157,9 +1163,6 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 // (6-layer V2-Lite q4, tg128: +2-5% over T0).
 #define PREFETCH_AHEAD 4096
 #define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
-// The kernel is written for constant T; inlining makes it constant, so the
-// accumulators live in registers (gcc will not inline this much by itself).
-#define ALWAYS_INLINE inline __attribute__((always_inline))
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 
 // vpdpbusd takes unsigned weight bytes: Q4's nibbles are, Q8's q + 128 are (q ^ 0x80); s starts at -offset * Σ x, so
@@ -1570,8 +1573,7 @@ static void validate_config(const Config *c) {
     check_range("q_lora_rank", c->q_lora_rank, c->index_n_heads > 0, MAX_DIM);  // the V3.2 indexer queries from c_Q
     check_range("kv_lora_rank", c->kv_lora_rank, 1, MAX_DIM);
     check_range("qk_nope_head_dim", c->qk_nope_head_dim, 1, 1 << 16);
-    // RoPE rotates pairs, so the rope part must have an even width.
-    check_range("qk_rope_head_dim", c->qk_rope_head_dim, 2, 1 << 16);
+    check_range("qk_rope_head_dim", c->qk_rope_head_dim, 2, 1 << 16);  // RoPE rotates pairs: an even width
     if (c->qk_rope_head_dim % 2) die("model file: config qk_rope_head_dim = %d must be even", c->qk_rope_head_dim);
     check_range("v_head_dim", c->v_head_dim, 1, 1 << 16);
     check_range("n_routed_experts", c->n_routed_experts, 0, 1 << 16);
@@ -1581,8 +1583,7 @@ static void validate_config(const Config *c) {
     int has_dense = 0, has_moe = 0;
     for (int l = 0; l < c->n_layers + c->n_mtp_layers; l++) *(is_moe_layer(c, l) ? &has_moe : &has_dense) = 1;
     check_range("intermediate_size", c->intermediate_size, has_dense ? 1 : 0, MAX_DIM);
-    // Checked even without MoE layers, because buffer sizes are derived from them.
-    check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);
+    check_range("moe_intermediate_size", c->moe_intermediate_size, 0, MAX_DIM);  // also without MoE layers: buffers
     check_range("n_shared_experts", c->n_shared_experts, 0, 1 << 10);
     check_range("num_experts_per_tok", c->num_experts_per_tok, 0, 1 << 16);
     check_range("n_group", c->n_group, 0, 1 << 16);
@@ -1604,8 +1605,7 @@ static void validate_config(const Config *c) {
         if (c->topk_method != TOPK_GREEDY && (long long)c->topk_group * group_size < c->num_experts_per_tok)
             die("model file: config topk_group %d x group size %d < num_experts_per_tok %d",
                 c->topk_group, group_size, c->num_experts_per_tok);
-        // noaux_tc scores a group by the sum of its two best experts.
-        if (c->topk_method == TOPK_NOAUX_TC && c->n_group > 1 && group_size < 2)
+        if (c->topk_method == TOPK_NOAUX_TC && c->n_group > 1 && group_size < 2)  // a group scores its two best
             die("model file: config noaux_tc needs >= 2 experts per group (got %d)", group_size);
     }
     check_float("rope_theta", c->rope_theta, 1.0001f, 1e30f);
@@ -1965,7 +1965,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, F = sizeof(float);
     size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
     if (chunk > context) chunk = context;
-    size_t n = (size_t)chunk, Hp = (H + 15) / 16 * 16;  // heads padded to attention_scores' tiles of 16
+    size_t n = (size_t)chunk, C = (size_t)attn_columns(c->n_heads, joint_tokens(c));
     memset(s, 0, sizeof *s);
     size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
                       n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
@@ -1981,9 +1981,9 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     a->kv_a = state_buffer(s, n, cache_row, F);
     a->q_absorbed = state_buffer(s, n * H, cache_row, F);
     a->att = state_buffer(s, n * H, r + 2, F);
-    a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * H, r + 2, F);
-    a->q_t = state_buffer(s, cache_row, Hp, F);
-    a->att_scratch = state_buffer(s, (size_t)pool.n_threads, ATTN_BLOCK * (cache_row + Hp) + 2 * Hp, F);
+    a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * (size_t)joint_tokens(c) * H, r + 2, F);
+    a->q_t = state_buffer(s, cache_row, C, F);
+    a->att_scratch = state_buffer(s, (size_t)pool.n_threads, ATTN_BLOCK * (cache_row + C) + 2 * C, F);
     a->o = state_buffer(s, n * H, (size_t)c->v_head_dim, F);
     a->rope_cos = state_buffer(s, n, half, F);
     a->rope_sin = state_buffer(s, n, half, F);

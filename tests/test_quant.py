@@ -293,11 +293,12 @@ def test_threads_agree(dtype, quant_logits):
 
 @pytest.mark.parametrize("dtype,cache", [("f32", "f32"), ("q8", "f32"), ("q4", "bf16")])
 def test_blocked_attention_bit_identical(dtype, cache, run_bin, exported, workdir):
-    """150 positions span three blocks of run.c's blocked attention (ATTN_BLOCK = 64). Decoding
-    spreads a token's blocks over the threads and folds their summaries afterwards; prefill spreads
-    the tokens and folds each block as it is read. Both fold the same blocks in the same order, so
-    chunks of 64 and of 7, token-by-token decoding, 1 and 3 threads (--threads forces every product
-    onto them) and the default thread choice by work size give bit-identical logits."""
+    """150 positions span three blocks of run.c's blocked attention (ATTN_BLOCK = 64). A token's
+    blocks are spread over the threads and their summaries folded afterwards, in block order; prefill
+    takes up to 32 / n_heads tokens over each block at once (this variant: 8), each seeing only the
+    rows up to its own position. So chunks of 64 and of 7, token-by-token decoding, 1 and 3 threads
+    (--threads forces every product onto them) and the default thread choice by work size give
+    bit-identical logits."""
     model = exported("v3", dtype)
     toks = np.random.default_rng(3).integers(0, n_tokens_of(model), 150).tolist()
     V = read_model_file(model)["ints"][2]
