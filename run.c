@@ -67,20 +67,15 @@ static char *temp_path;  // a file being written (--dump-logits): a failed or ki
 
 // Every way a run can fail ends here: one line on stderr, exit status 1.
 static void die(const char *fmt, ...) {
+    char msg[8192];  // formatted for the fuzz harnesses too: its arguments must be valid
     va_list ap;
     va_start(ap, fmt);
-#ifdef SEEK_FUZZ
-    if (fuzz_on_error) {  // format the message anyway: its arguments must be valid too
-        char msg[1024];
-        vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        longjmp(*fuzz_on_error, 1);
-    }
-#endif
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+#ifdef SEEK_FUZZ
+    if (fuzz_on_error) longjmp(*fuzz_on_error, 1);
+#endif
+    fprintf(stderr, "error: %s\n", msg);
     if (temp_path) unlink(temp_path);
     exit(1);
 }
@@ -147,36 +142,29 @@ typedef struct {
     int n_routed_experts;       // E, 0 = no MoE
     int n_shared_experts;       // S
     int num_experts_per_tok;    // K
-    int n_group;
-    int topk_group;
+    int n_group, topk_group;    // expert groups, and how many of them a token's experts may come from
     int topk_method;            // TOPK_*
     int scoring_func;           // SCORE_*
     int norm_topk_prob;
     float routed_scaling_factor;
-    int first_k_dense_replace;
-    int moe_layer_freq;
+    int first_k_dense_replace, moe_layer_freq;
     float rope_theta;
     int rope_type;              // ROPE_*
     float rope_factor;          // YaRN s
     int rope_orig_max_pos;      // YaRN L0
-    float rope_beta_fast;
-    float rope_beta_slow;
-    float rope_mscale;
-    float rope_mscale_all_dim;
+    float rope_beta_fast, rope_beta_slow;  // YaRN β, α
+    float rope_mscale, rope_mscale_all_dim;
     float rms_norm_eps;
     int max_position_embeddings;
     int bos_token_id;           // -1 = none
     int eos_token_id;           // -1 = none
     int n_mtp_layers;           // num_nextn_predict_layers stored: 0, or 1 MTP module (DeepSeek-V3 §2.2)
     int n_tokens;               // real tokenizer size; ids >= n_tokens are padding
-    uint32_t tokenizer_hash_lo;
-    uint32_t tokenizer_hash_hi;
+    uint32_t tokenizer_hash_lo, tokenizer_hash_hi;
     int index_n_heads;          // lightning indexer heads (DeepSeek-V3.2), 0 = none
     int index_head_dim;         // d_I, its rope part first
     int index_topk;             // positions MLA keeps per query
-    int eos_token_id_2;         // more ids that end generation (eos_token_id lists), -1 = none
-    int eos_token_id_3;
-    int eos_token_id_4;
+    int eos_token_id_2, eos_token_id_3, eos_token_id_4;  // more ids that end generation (eos_token_id lists), -1 = none
 } Config;
 
 // ----------------------------------------------------------------------------
@@ -194,9 +182,8 @@ typedef struct {
 } Tensor;
 
 typedef struct {
-    Tensor gate;   // (hidden, D)
-    Tensor up;     // (hidden, D)
-    Tensor down;   // (D, hidden)
+    Tensor gate, up;  // (hidden, D)
+    Tensor down;      // (D, hidden)
 } MLPWeights;
 
 typedef struct {
@@ -1413,6 +1400,21 @@ static void matmul_task(void *ctx, int thread, int n_threads) {
 
 static struct { BlockX8 *xq; size_t cap; float *sums; size_t sums_cap; } scratch;  // grown on demand
 
+// Quantizes the activation rows of the jobs that do not share the previous job's, claimed a row at a time.
+static void quantize_task(void *ctx, int thread, int n_threads) {
+    (void)thread; (void)n_threads;
+    MatmulBatch *batch = ctx;
+    int mine = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
+    for (int j = 0, row = 0; j < batch->n_jobs; j++) {
+        const MatmulJob *job = &batch->jobs[j];
+        for (int t = 0; job->xq && (j == 0 || batch->jobs[j - 1].xq != job->xq) && t < job->n; t++, row++)
+            if (row == mine) {
+                quantize_row((BlockX8 *)job->xq + (size_t)t * blocks(job->w.cols), job->x + (size_t)t * job->x_stride, job->w.cols);
+                mine = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
+            }
+    }
+}
+
 // Runs all jobs in one dispatch. Jobs that follow each other with the same input share its quantization.
 static void matmuls(MatmulJob *jobs, int n_jobs) {
     size_t need = 0;
@@ -1422,24 +1424,22 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
     size_t used = 0;
     for (int j = 0; j < n_jobs; j++) {
         MatmulJob *job = &jobs[j];
-        if (!is_quantized(job->w.type)) continue;
+        if (!is_quantized(job->w.type) || job->n == 0) continue;  // (no rows: no xq, so the next job's is its own)
         const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
         if (prev && prev->xq && prev->x == job->x && prev->n == job->n && prev->x_stride == job->x_stride &&
             prev->w.cols == job->w.cols) {
             job->xq = prev->xq;
             continue;
         }
-        int nb = blocks(job->w.cols);
-        BlockX8 *xq = scratch.xq + used;
-        for (int t = 0; t < job->n; t++) quantize_row(xq + (size_t)t * nb, job->x + (size_t)t * job->x_stride, job->w.cols);
-        job->xq = xq;
-        used += (size_t)job->n * (size_t)nb;
+        job->xq = scratch.xq + used;
+        used += (size_t)job->n * (size_t)blocks(job->w.cols);
     }
-    // About 16 chunks per thread over the whole batch.
+    MatmulBatch rows = {jobs, n_jobs, 0, 0, NULL};
+    pool_run(quantize_task, &rows, (double)used * QK * 8);  // a value costs about as much as 8 multiply-adds
     long long panels = 0;
     double work = 0;  // multiply-adds
     for (int j = 0; j < n_jobs; j++) { panels += job_panels(&jobs[j]); work += (double)jobs[j].w.rows * jobs[j].w.cols * jobs[j].n; }
-    long long chunk = panels / (16LL * pool.n_threads);
+    long long chunk = panels / (16LL * pool.n_threads);  // about 16 chunks per thread over the whole batch
     MatmulBatch batch = {jobs, n_jobs, (int)(chunk < 1 ? 1 : chunk), 0, NULL};
     pool_run(matmul_task, &batch, work);
 }
