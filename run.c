@@ -251,7 +251,7 @@ typedef struct {
     Tensor w;           // (rows, cols)
     const float *x;     // (n, x_stride): row t holds W.cols inputs
     int n, x_stride, y_stride;
-    const BlockX8 *xq;  // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
+    BlockX8 *xq;        // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
 } MatmulJob;
 
 static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
@@ -1409,7 +1409,7 @@ static void quantize_task(void *ctx, int thread, int n_threads) {
         const MatmulJob *job = &batch->jobs[j];
         for (int t = 0; job->xq && (j == 0 || batch->jobs[j - 1].xq != job->xq) && t < job->n; t++, row++)
             if (row == mine) {
-                quantize_row((BlockX8 *)job->xq + (size_t)t * blocks(job->w.cols), job->x + (size_t)t * job->x_stride, job->w.cols);
+                quantize_row(job->xq + (size_t)t * blocks(job->w.cols), job->x + (size_t)t * job->x_stride, job->w.cols);
                 mine = atomic_fetch_add_explicit(&batch->next, 1, memory_order_relaxed);
             }
     }
