@@ -851,9 +851,7 @@ static float *mtp_forward(const Model *m, RunState *s, const int *next, int n, i
 }
 
 // One token at position pos; returns its logits (V).
-static float *forward(const Model *m, RunState *s, int token, int pos) {
-    return forward_chunk(m, s, &token, 1, pos, 0);
-}
+static float *forward(const Model *m, RunState *s, int token, int pos) { return forward_chunk(m, s, &token, 1, pos, 0); }
 
 // Feeds tokens (n >= 1) at positions pos0 .. pos0+n-1 a chunk at a time; returns the logits (V) after the last one.
 static float *prefill(const Model *m, RunState *s, const int *tokens, int n, int pos0) {
@@ -1144,10 +1142,10 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 
 // The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
 // out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
-// PREFETCH_AHEAD bytes ahead of use (a thread's panels are contiguous, so this runs on into the next panel): with two
-// threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8, 2 threads: pp64 +8-10%, tg32
-// about +5%, measured from 1 KB to 16 KB ahead; 512 B was slower). Non-temporal: weights are read once per token
-// (6-layer V2-Lite q4, tg128: +2-5% over T0).
+// PREFETCH_AHEAD bytes and (AVX-512) twice that ahead of use (a thread's panels are contiguous, so this runs on into the
+// next panel): with two threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%;
+// 512 B was slower; non-temporal, as weights are read once per token: q4 tg128 +2-5% over T0). The second request took
+// q4 matrices streamed by 2 threads from 55 to 64 GB/s (either distance alone: at most 58), V2-Lite q4 tg32 36-37 -> 40.
 #define PREFETCH_AHEAD 4096
 #define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -1162,6 +1160,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
         __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
         for (int j = 0; j < quant_bytes(type) / 4; j++) {
             _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_NTA);
+            _mm_prefetch((const char *)piece + 64 * j + 2 * PREFETCH_AHEAD, _MM_HINT_NTA);
             __m512i v = _mm512_loadu_si512(piece + 64 * j);
             if (type == TYPE_Q8) w[j] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
             else {
