@@ -1142,11 +1142,13 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 
 // The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
 // out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
-// PREFETCH_AHEAD bytes and twice that ahead of use (a thread's panels are contiguous, so this runs on into the next
+// 4 KB and 8 KB ahead of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next
 // panel): with two threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%; 512 B
 // was slower; non-temporal, as weights are read once per token: q4 tg128 +2-5% over T0). The second request: q4 matrices
 // streamed by 2 threads 55 -> 64 GB/s (either distance alone: at most 58), by 1 thread 29 -> 35 (AVX2: 27 -> 29).
-#define PREFETCH_AHEAD 4096
+static ALWAYS_INLINE void prefetch_weights(const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
+    __builtin_prefetch(p + 4096, 0, 0), __builtin_prefetch(p + 8192, 0, 0);
+}
 #define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 
@@ -1159,8 +1161,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
     for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
         __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
         for (int j = 0; j < quant_bytes(type) / 4; j++) {
-            _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_NTA);
-            _mm_prefetch((const char *)piece + 64 * j + 2 * PREFETCH_AHEAD, _MM_HINT_NTA);
+            prefetch_weights(piece + 64 * j);
             __m512i v = _mm512_loadu_si512(piece + 64 * j);
             if (type == TYPE_Q8) w[j] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
             else {
@@ -1203,8 +1204,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
         for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
             __m256i w[8];
             for (int j = 0; j < quant_bytes(type) / 4; j++) {
-                _mm_prefetch((const char *)piece + 64 * j + PREFETCH_AHEAD, _MM_HINT_NTA);
-                _mm_prefetch((const char *)piece + 64 * j + 2 * PREFETCH_AHEAD, _MM_HINT_NTA);
+                prefetch_weights(piece + 64 * j);
                 __m256i v = _mm256_loadu_si256((const __m256i *)(piece + 64 * j));
                 if (type == TYPE_Q8) w[j] = v;
                 else {
