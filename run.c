@@ -102,9 +102,7 @@ static double now_seconds(void) {
 }
 
 // A little-endian u32 from bytes in the model and tokenizer files.
-static uint32_t read_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+static uint32_t read_u32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
 // p resized to hold at least `need` elements (doubling), *cap updated.
 static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
@@ -254,9 +252,7 @@ typedef struct {
     BlockX8 *xq;        // (n, ceil(cols / QK)) x quantized, filled in by matmuls for Q8/Q4
 } MatmulJob;
 
-static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) {
-    return (MatmulJob){y, w, x, n, w.cols, w.rows, NULL};
-}
+static MatmulJob matmul_job(float *y, Tensor w, const float *x, int n) { return (MatmulJob){y, w, x, n, w.cols, w.rows, NULL}; }
 
 static void matmuls(MatmulJob *jobs, int n_jobs);    // every job's y = x W^T, in one dispatch
 static void matmuls_t(MatmulJob *jobs, int n_jobs);  // every job's y = x W (the transpose), in one dispatch
@@ -968,8 +964,7 @@ static void pool_stop(void) {
 // nb scales, block by block, then block by block the 16 rows' bytes in 4-byte pieces, piece j of row k at 64 j
 // + 4 k (8 pieces a block for Q8, 4 for Q4). So one aligned 64-byte load brings four bytes of each of 16 rows,
 // a row per 32-bit lane: the operand of vpdpbusd, which adds to each lane the dot product of its 4 bytes with 4
-// activation bytes broadcast to every lane (the idea of ik_llama.cpp's repacked Q8_0_R8/Q4_0_R8). Version-1
-// files kept each row's blocks back to back.
+// activation bytes broadcast to every lane (the idea of ik_llama.cpp's repacked Q8_0_R8/Q4_0_R8).
 //
 // They are multiplied llama.cpp-style: the activation row is quantized once to int8 per block (scale d_x); each
 // block's dot product is an exact int32 sum s; then s * (d_w * d_x) is added to the (row, token) sum in fp32,
@@ -1279,9 +1274,7 @@ static ALWAYS_INLINE void quantized_tile(int type, const uint8_t *g, int nb, con
 }
 
 // Bytes of one row (quantized: a sixteenth of a panel).
-static size_t row_bytes(const Tensor *w) {
-    return (size_t)(is_quantized(w->type) ? blocks(w->cols) : w->cols) * (size_t)unit_bytes(w->type);
-}
+static size_t row_bytes(const Tensor *w) { return (size_t)(is_quantized(w->type) ? blocks(w->cols) : w->cols) * (size_t)unit_bytes(w->type); }
 
 // Row `row` of w: f32/bf16, its bytes; quantized, its panel (with *lane set to its lane).
 static const uint8_t *row_data(const Tensor *w, int row, int *lane) {
@@ -1354,19 +1347,25 @@ typedef struct {
 } MatmulBatch;
 
 static int job_panels(const MatmulJob *job) { return (job->w.lane0 + job->w.rows + PANEL_ROWS - 1) / PANEL_ROWS; }
-static int job_chunks(const MatmulBatch *b, int j) {
-    return (job_panels(&b->jobs[j]) + b->chunk_panels - 1) / b->chunk_panels;
+static int job_chunks(const MatmulBatch *b, int j) { return (job_panels(&b->jobs[j]) + b->chunk_panels - 1) / b->chunk_panels; }
+
+// A mapped model file sits in the page cache in 4 KB pages (seldom 2 MB ones): streaming its weights walks the page
+// tables every 4 KB, and each walk stalls the stream. Touching a line of every page of a chunk and the next one first
+// lets the walks overlap (V2-Lite q4 mapped, tokens in turn with a huge-page copy in one process: 7% -> 2% behind it).
+static void touch_pages(const uint8_t *p, size_t n) {
+    for (uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095; a < (uintptr_t)p + n; a += 4096) __builtin_prefetch((const void *)a, 0, 3);
 }
 
 // Panels [g0, g1) of one job's matrix for all its activation rows, a panel at
 // a time for all tokens: the panel's weights stay in cache while the tokens pass.
 static void matmul_rows(const MatmulJob *job, int g0, int g1) {
     const Tensor *w = &job->w;
-    int nb = blocks(w->cols), n = job->n;
+    int nb = blocks(w->cols), n = job->n, lane, g2 = 2 * g1 - g0 < job_panels(job) ? 2 * g1 - g0 : job_panels(job);
+    if (is_quantized(w->type)) touch_pages(row_data(w, g0 * PANEL_ROWS - w->lane0, &lane), (size_t)(g2 - g0) * PANEL_ROWS * row_bytes(w));
     for (int g = g0; g < g1; g++)
         for (int t0 = 0; t0 < n; t0 += PREFILL_CHUNK) {
             float out[PREFILL_CHUNK * PANEL_ROWS];
-            int T = n - t0 < PREFILL_CHUNK ? n - t0 : PREFILL_CHUNK, lane;
+            int T = n - t0 < PREFILL_CHUNK ? n - t0 : PREFILL_CHUNK;
             const uint8_t *panel = is_quantized(w->type) ? row_data(w, g * PANEL_ROWS - w->lane0, &lane) : NULL;
             if (panel && w->type == TYPE_Q4) quantized_tile(TYPE_Q4, panel, nb, job->xq + (size_t)t0 * nb, T, out);
             else if (panel) quantized_tile(TYPE_Q8, panel, nb, job->xq + (size_t)t0 * nb, T, out);
@@ -1561,9 +1560,7 @@ static void check_float(const char *name, float v, float lo, float hi) {
 
 // Layer l has a routed-expert FFN iff experts exist, it is past the leading dense layers and it is on the
 // moe_layer_freq grid (HF modeling_deepseek.py's DeepseekV2DecoderLayer).
-static int is_moe_layer(const Config *c, int l) {
-    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
-}
+static int is_moe_layer(const Config *c, int l) { return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0; }
 
 static void validate_config(const Config *c) {
     check_range("dim", c->dim, 1, MAX_DIM);
