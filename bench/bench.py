@@ -5,7 +5,8 @@ Writes the random-weight models (bench/gen_model.py) to $BENCH_MODEL_DIR (defaul
 unless they exist, measures read bandwidth (bench/bandwidth), then for each weight type, thread count
 and loading runs `./run <model> --bench -p 64,512 -n 32 -d 0,4096` (llama-bench's tests: pp64, tg32,
 pp512 and tg32 at depth 0 and 4096). Prints a table and writes it, with the commands, between the
-bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token / bandwidth.
+bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token / bandwidth, against the
+probe's best pass and against its median one (tg32 itself is a mean, not a best run).
 
 If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
 shape), it runs the same tests on it for comparison (IK_LLAMA_BENCH likewise, for ik_llama.cpp, with
@@ -38,13 +39,15 @@ def run(cmd: list) -> str:
     return r.stdout
 
 
-def bandwidth(threads: int) -> float:
-    """Best of 3 probe runs (each already the best of 7 passes): the host is shared and noisy."""
-    best = 0.0
+def bandwidth(threads: int) -> tuple:
+    """3 probe runs of 7 passes each: (the best pass, the median of the runs' median passes), bytes/s.
+    The host is shared: passes of one run differ by up to a third, so the best one is a lucky moment."""
+    best, medians = 0.0, []
     for _ in range(3):
         out = run([os.path.join(BENCH, "bandwidth"), str(threads), "2048"])
         best = max(best, float(re.search(r"gbps=([0-9.]+)", out).group(1)) * 1e9)
-    return best
+        medians.append(float(re.search(r"median=([0-9.]+)", out).group(1)) * 1e9)
+    return best, sorted(medians)[1]
 
 
 def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
@@ -109,7 +112,7 @@ def main() -> None:
     model_dir = os.environ.get("BENCH_MODEL_DIR") or os.path.join(BENCH, "models")
     os.makedirs(model_dir, exist_ok=True)
     head = "| engine | weights | threads | loading | " + " | ".join(
-        t + (f" @ d{d}" if d else "") for t, d in TESTS) + " | TTFT ms | GB/token | probe GB/s | tg32 x GB/token / GB/s |"
+        t + (f" @ d{d}" if d else "") for t, d in TESTS) + " | TTFT ms | GB/token | probe GB/s, best / median pass | tg32 x GB/token / GB/s, best / median |"
     rows, commands = [head, "|" + "---|" * (head.count("|") - 1)], []
     alternating = ["| model | threads | seek.c tg32 | llama.cpp tg32 | ratio of the sums |", "|---|---|---|---|---|"]
     for dtype in args.dtypes.split(","):
@@ -121,9 +124,9 @@ def main() -> None:
                 bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
                 res, ttft, wb, cmd = seek(model, t, loading == "no-mmap", args.reps)
                 commands.append(cmd)
-                frac = res[("tg32", 0)][0] * wb / bw
+                frac = [res[("tg32", 0)][0] * wb / b for b in bw]
                 rows.append(f"| seek.c | {dtype} | {t} | {loading} | " + " | ".join(cell(res, k) for k in TESTS) +
-                            f" | {ttft:.0f} | {wb / 1e9:.3f} | {bw / 1e9:.1f} | {frac:.0%} |")
+                            f" | {ttft:.0f} | {wb / 1e9:.3f} | {bw[0] / 1e9:.1f} / {bw[1] / 1e9:.1f} | {frac[0]:.0%} / {frac[1]:.0%} |")
                 print(rows[-1], flush=True)
             for env, name in (("LLAMA_BENCH", "llama.cpp"), ("IK_LLAMA_BENCH", "ik_llama.cpp")):
                 gguf = os.environ.get(f"LLAMA_GGUF_{dtype.upper()}")
