@@ -1352,8 +1352,9 @@ static int job_chunks(const MatmulBatch *b, int j) { return (job_panels(&b->jobs
 // A mapped model file sits in the page cache in 4 KB pages (seldom 2 MB ones): streaming its weights walks the page
 // tables every 4 KB, and each walk stalls the stream. Touching a line of every page of a chunk and the next one first
 // lets the walks overlap (V2-Lite q4 mapped, tokens in turn with a huge-page copy in one process: 7% -> 2% behind it).
-static void touch_pages(const uint8_t *p, size_t n) {
-    for (uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095; a < (uintptr_t)p + n; a += 4096) __builtin_prefetch((const void *)a, 0, 3);
+// prefetch_range asks for a line every `step` bytes of [p, p + n) (step a power of two).
+static void prefetch_range(const uint8_t *p, size_t n, size_t step) {
+    for (uintptr_t a = (uintptr_t)p & ~(uintptr_t)(step - 1); a < (uintptr_t)p + n; a += step) __builtin_prefetch((const void *)a, 0, 3);
 }
 
 // Panels [g0, g1) of one job's matrix for all its activation rows, a panel at
@@ -1361,7 +1362,7 @@ static void touch_pages(const uint8_t *p, size_t n) {
 static void matmul_rows(const MatmulJob *job, int g0, int g1) {
     const Tensor *w = &job->w;
     int nb = blocks(w->cols), n = job->n, lane, g2 = 2 * g1 - g0 < job_panels(job) ? 2 * g1 - g0 : job_panels(job);
-    if (is_quantized(w->type)) touch_pages(row_data(w, g0 * PANEL_ROWS - w->lane0, &lane), (size_t)(g2 - g0) * PANEL_ROWS * row_bytes(w));
+    if (is_quantized(w->type)) prefetch_range(row_data(w, g0 * PANEL_ROWS - w->lane0, &lane), (size_t)(g2 - g0) * PANEL_ROWS * row_bytes(w), 4096);
     for (int g = g0; g < g1; g++)
         for (int t0 = 0; t0 < n; t0 += PREFILL_CHUNK) {
             float out[PREFILL_CHUNK * PANEL_ROWS];
@@ -1480,8 +1481,7 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
         const MatmulJob *job = &batch->jobs[j];
         const Tensor *w = &job->w;
         int panels = job_panels(job);  // heads may start mid-panel
-        for (size_t at = 0; at < (size_t)panels * PANEL_ROWS * row_bytes(w); at += 64)  // the misses overlap: -15%
-            __builtin_prefetch((const char *)w->data + at);
+        prefetch_range(w->data, (size_t)panels * PANEL_ROWS * row_bytes(w), 64);  // every line: the misses overlap, -15%
         for (int i = 0; i < panels * PANEL_ROWS; i++)
             for (int t = 0, row = i - w->lane0; t < n; t++)
                 x16[((size_t)(i / PANEL_ROWS) * n + t) * PANEL_ROWS + i % PANEL_ROWS] =
