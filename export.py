@@ -1886,6 +1886,29 @@ def check_output(path: str, inputs: list) -> None:
             fail(f"output path {path} is the input file {p}")
 
 
+class WholePieces:
+    """A file writer that hands the file whole 2 MB pieces at 2 MB offsets (the rest at close). Linux (6.x, ext4)
+    then keeps the written file in its page cache in 2 MB folios, which run.c maps with 2 MB pages; written in
+    smaller pieces it stays in 4 KB pages until evicted, and generating from such a mapping was about 8% slower
+    (V2-Lite q4: every page walk of the weights' stream misses the TLB)."""
+    PIECE = 2 << 20
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.pending = bytearray()
+
+    def write(self, data) -> None:
+        self.pending += data
+        if len(self.pending) >= 8 * self.PIECE:
+            n = len(self.pending) // self.PIECE * self.PIECE
+            self.f.write(memoryview(self.pending)[:n])
+            del self.pending[:n]
+
+    def close(self) -> None:
+        self.f.write(self.pending)
+        self.pending = bytearray()
+
+
 def write_atomically(path: str, write, inputs: list = ()) -> None:
     """Call write(f) on a temporary file next to `path`, then rename it to `path`. On any
     error, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed and `path` is left untouched."""
@@ -1904,7 +1927,9 @@ def write_atomically(path: str, write, inputs: list = ()) -> None:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files
-                write(f)
+                pieces = WholePieces(f)
+                write(pieces)
+                pieces.close()
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:  # a full disk, a file size limit, an I/O error

@@ -1833,10 +1833,10 @@ static uint8_t *map_aligned(size_t span, int fd) {
     return at;
 }
 
-// Generating reads gigabytes of weights per token: in 4 KB pieces when the page cache holds the file in small
-// folios (it does after ordinary reads), with far more TLB misses than in 2 MB pages (measured: a V2-Lite q4
-// generated 17% faster read into memory than mapped, q8 44%). So --no-mmap reads the file into huge-page memory
-// first, and in chat a thread reads it while run.c waits for the user (copier, below).
+// Generating reads gigabytes of weights per token: in 4 KB pieces when the page cache holds the file in small folios
+// (after cp, or writes of less than 2 MB), with far more TLB misses than in 2 MB pages (V2-Lite q4 generated 8-17%
+// faster read into memory than mapped, q8 44%; mapped from 2 MB folios, as fast). So --no-mmap reads the file into
+// huge-page memory first, and in chat a thread reads it while run.c waits for the user (copier, below).
 static uint8_t *read_into_memory(int fd, uint64_t size, size_t span, const char *path, atomic_int *stop) {
     uint8_t *p = map_aligned(span, -1);
     if (!p && !stop) die("out of memory reading %s into memory (%zu bytes)", path, span);
