@@ -1424,11 +1424,11 @@ def test_full_tmpfs_names_the_file(tmp_path):
 def test_output_is_written_in_whole_2mb_pieces():
     """export.py hands the file 2 MB pieces at 2 MB offsets (so Linux caches it in 2 MB folios, which run.c maps
     with 2 MB pages), whatever sizes the tensors come in; the bytes are the ones given, in order."""
-    class Recorder(io.BytesIO):
-        sizes: list = []
+    sizes = []
 
+    class Recorder(io.BytesIO):
         def write(self, b):
-            self.sizes.append(len(b))
+            sizes.append(len(b))
             return super().write(b)
 
     f = Recorder()
@@ -1439,4 +1439,4 @@ def test_output_is_written_in_whole_2mb_pieces():
         w.write(p)
     w.close()
     assert f.getvalue() == b"".join(parts)
-    assert len(f.sizes) > 3 and all(n % (2 << 20) == 0 for n in f.sizes[:-1]), f.sizes
+    assert len(sizes) > 3 and all(n % (2 << 20) == 0 for n in sizes[:-1]), sizes
