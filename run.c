@@ -1294,13 +1294,19 @@ static Tensor row_slice(const Tensor *w, int row0, int n) {
     return t;
 }
 
-// Block b of a panel's 16 rows as f32, in the order of its pieces: v[s][16 m + 4 r + i] is q of element 4 s + i of row
-// 4 m + r (Q8: piece s; Q4: piece s % 4, low nibbles for s < 4, high ones after); d[k] is row k's scale.
-static void panel_values(float v[8][64], float d[PANEL_ROWS], int type, const uint8_t *g, int nb, int b) {
-    const uint8_t *p = g + 2 * PANEL_ROWS * nb + (size_t)b * PANEL_ROWS * quant_bytes(type);
+// Block b of a panel: d[k] is row k's scale; returns where the block's quantized piece starts.
+static const uint8_t *panel_scales(float d[PANEL_ROWS], int type, const uint8_t *g, int nb, int b) {
     uint16_t h[PANEL_ROWS];
+    uint32_t u[PANEL_ROWS];  // whole arrays, so that it is vectorised (a value at a time: a third of the W_UK fold)
     memcpy(h, g + 2 * PANEL_ROWS * b, sizeof h);
-    for (int k = 0; k < PANEL_ROWS; k++) d[k] = bf16_to_f32(h[k]);
+    for (int k = 0; k < PANEL_ROWS; k++) u[k] = (uint32_t)h[k] << 16;
+    memcpy(d, u, sizeof u);
+    return g + 2 * PANEL_ROWS * nb + (size_t)b * PANEL_ROWS * quant_bytes(type);
+}
+
+// A piece's q as f32, in the order of its bytes: v[s][16 m + 4 r + i] is q of element 4 s + i of row 4 m + r
+// (Q8: bytes 64 s..; Q4: bytes 64 (s % 4).., low nibbles for s < 4, high ones after).
+static void piece_values(float v[8][64], int type, const uint8_t *p) {
     for (int s = 0; s < 4; s++)
         for (int u = 0; u < 64; u++) {
             const uint8_t *q = p + 64 * s + u;
@@ -1309,12 +1315,12 @@ static void panel_values(float v[8][64], float d[PANEL_ROWS], int type, const ui
         }
 }
 
-// Columns c0 .. c0 + 31 of rows i0 .. i0 + 15 of w in panel_values' order (the weights are d * v): a panel block when
+// Columns c0 .. c0 + 31 of rows i0 .. i0 + 15 of w in piece_values' order (the weights are d * v): a panel block when
 // quantized, else the rows < W.rows and columns < W.cols, zero beyond them (d = 1).
 static void block_values(float v[8][64], float d[PANEL_ROWS], const Tensor *w, int i0, int c0) {
     int lane;
     if (is_quantized(w->type)) {
-        panel_values(v, d, w->type, row_data(w, i0, &lane), blocks(w->cols), c0 / QK);
+        piece_values(v, w->type, panel_scales(d, w->type, row_data(w, i0, &lane), blocks(w->cols), c0 / QK));
         return;
     }
     for (int u = 0; u < 8 * 64; u++) {
@@ -1451,17 +1457,29 @@ static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
 }
 
 // acc[e][l] += Σ_m s[16 m + l] v[e][16 m + l], m = 0..3 in order, with fused multiply-adds: the same bits on every path.
-static void fold_block(float acc[8][16], const float s[64], const float v[8][64]) {
-    for (int e = 0; e < 8; e++) {
-#if defined(__AVX512F__)
+// Given a quantized piece q, v is its piece_values (AVX-512: made in registers; int8 -> f32 is exact).
+static void fold_block(float acc[8][16], const float s[64], const float v[8][64], int type, const uint8_t *q) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    for (int e = 0; q && e < 8; e++) {
+        __m512i p = _mm512_loadu_si512(q + 64 * (type == TYPE_Q8 ? e : e % 4));  // a 16-byte quarter for each m
+        if (type == TYPE_Q4) p = _mm512_sub_epi8(_mm512_and_si512(e < 4 ? p : _mm512_srli_epi16(p, 4), _mm512_set1_epi8(15)), _mm512_set1_epi8(8));
+        __m512 a = _mm512_loadu_ps(acc[e]);
+        for (int m = 0; m < 4; m++, p = _mm512_alignr_epi32(p, p, 4))
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * m), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(p))), a);
+        _mm512_storeu_ps(acc[e], a);
+    }
+    for (int e = 0; !q && e < 8; e++) {
         __m512 a = _mm512_loadu_ps(acc[e]);
         for (int m = 0; m < 4; m++) a = _mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * m), _mm512_loadu_ps(v[e] + 16 * m), a);
         _mm512_storeu_ps(acc[e], a);
+    }
 #else
+    float u[8][64];
+    if (q) piece_values(u, type, q), v = (const float (*)[64])u;
+    for (int e = 0; e < 8; e++)
         for (int m = 0; m < 4; m++)
             for (int l = 0; l < 16; l++) acc[e][l] = fmaf(s[16 * m + l], v[e][16 * m + l], acc[e][l]);
 #endif
-    }
 }
 
 // Threads claim whole jobs (one head of W_UK each). A job walks its matrix in memory order, a panel of 16 rows at a
@@ -1492,12 +1510,14 @@ static void matmul_t_task(void *ctx, int thread, int n_threads) {
             for (int g = 0; g < panels; g++)
                 for (int b = 0; b < nb; b++) {
                     float v[8][64], d[PANEL_ROWS], s[64];  // s[4 k + i] = x_k d_k
-                    block_values(v, d, w, g * PANEL_ROWS - w->lane0, b * QK);
+                    int lane;  // one token: the fold reads the piece itself (unpacked into v for one use: 2% of generation)
+                    const uint8_t *q = T > 1 || !is_quantized(w->type) ? NULL : panel_scales(d, w->type, row_data(w, g * PANEL_ROWS - w->lane0, &lane), nb, b);
+                    if (!q) block_values(v, d, w, g * PANEL_ROWS - w->lane0, b * QK);
                     for (int t = 0; t < T; t++) {
                         const float *x = x16 + ((size_t)g * n + t0 + t) * PANEL_ROWS;
                         for (int k = 0; k < PANEL_ROWS; k++)
                             for (int i = 0; i < 4; i++) s[4 * k + i] = x[k] * d[k];
-                        fold_block((float (*)[16])(acc + ((size_t)t * nb + b) * 128), s, v);
+                        fold_block((float (*)[16])(acc + ((size_t)t * nb + b) * 128), s, v, w->type, q);
                     }
                 }
             for (int t = 0; t < T; t++)
