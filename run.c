@@ -104,6 +104,11 @@ static double now_seconds(void) {
 // A little-endian u32 from bytes in the model and tokenizer files.
 static uint32_t read_u32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
+// A float's IEEE-754 bits and back (a union, as the aliasing rules allow); a bf16 is a float's top 16 bits.
+static uint32_t f32_bits(float f) { return (union { float f; uint32_t u; }){f}.u; }
+static float bits_f32(uint32_t u) { return (union { uint32_t u; float f; }){u}.f; }
+static float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
 // p resized to hold at least `need` elements (doubling), *cap updated.
 static void *grow(void *p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return p;
@@ -259,7 +264,6 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs);  // every job's y = x W (the
 static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n, W.rows) = x (n, W.cols) W^T
 static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
 static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
-static float bf16_to_f32(uint16_t h);
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C);  // S (n, C) = R Q
 static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
@@ -374,11 +378,7 @@ static float exp_nonpositive(float x) {
     float kf = x * 1.44269504f + 12582912.0f, k = kf - 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
     float f = x - k * 0.693145752f - k * 1.42860677e-6f, e = 1.0f;  // ln 2 in two parts: k ln2 exact
     for (int i = 7; i > 0; i--) e = 1.0f + f * e * (1.0f / (float)i);  // 1 + f (1 + f/2 (1 + ... f/7))
-    uint32_t bits;
-    memcpy(&bits, &kf, 4);
-    bits = (bits - 0x4B400000u + 127u) << 23;  // kf's low bits hold k: 2^k
-    memcpy(&x, &bits, 4);
-    return e * x;
+    return e * bits_f32((f32_bits(kf) - 0x4B400000u + 127u) << 23);  // kf's low bits hold k: 2^k
 }
 
 // SiLU z σ(z) = z / (1 + e^-z), with e = e^-|z| so that the loop vectorises: z / (1 + e) for z >= 0, z e / (1 + e)
@@ -518,12 +518,9 @@ static void attend_task(void *ctx, int thread, int n_threads) {
 static void head_jobs(MatmulJob *jobs, const Config *c, const Tensor *kv_b_proj, int row0, int rows, float *y,
                       int y_width, const float *x, int x_width, int n) {
     int H = c->n_heads, per_head = c->qk_nope_head_dim + c->v_head_dim;
-    for (int h = 0; h < H; h++) {
-        jobs[h] = matmul_job(y + (size_t)h * y_width, row_slice(kv_b_proj, h * per_head + row0, rows),
-                             x + (size_t)h * x_width, n);
-        jobs[h].x_stride = H * x_width;
-        jobs[h].y_stride = H * y_width;
-    }
+    for (int h = 0; h < H; h++)
+        jobs[h] = (MatmulJob){.y = y + (size_t)h * y_width, .w = row_slice(kv_b_proj, h * per_head + row0, rows),
+                              .x = x + (size_t)h * x_width, .n = n, .x_stride = H * x_width, .y_stride = H * y_width};
 }
 
 // Multi-head Latent Attention for n tokens at positions pos0 .. pos0+n-1: DeepSeek-V2 §2.1.2 (low-rank key-value
@@ -558,8 +555,7 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
         rope_rotate(kv + r, kv + r, cos_t, sin_t, half, 0);
         size_t at = ((size_t)layer * (size_t)s->context + (size_t)(pos0 + t)) * row;
         for (size_t i = 0; i < row; i++) {  // f32, or bf16 rounded to nearest even
-            uint32_t u;
-            memcpy(&u, &kv[i], 4);
+            uint32_t u = f32_bits(kv[i]);
             if (s->cache_bf16) ((uint16_t *)s->latent_cache)[at + i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
             else ((float *)s->latent_cache)[at + i] = kv[i];
         }
@@ -705,11 +701,10 @@ static void moe(const Model *m, RunState *s, int layer, int n) {
         memcpy(b->expert_in + (size_t)slot * D, s->xn + (size_t)t * D, (size_t)D * sizeof(float));
     }
     int count = 0;
-    for (int e = 0; e < E; e++) {
-        if (first[e + 1] == first[e]) continue;
-        b->calls[count++] = (FFNCall){&lw->experts[e], b->expert_in + (size_t)first[e] * D,
-                                      b->expert_out + (size_t)first[e] * D, first[e + 1] - first[e]};
-    }
+    for (int e = 0; e < E; e++)
+        if (first[e + 1] > first[e])  // chosen: its pairs run as one call
+            b->calls[count++] = (FFNCall){&lw->experts[e], b->expert_in + (size_t)first[e] * D,
+                                          b->expert_out + (size_t)first[e] * D, first[e + 1] - first[e]};
     float *shared_out = b->expert_out + (size_t)pairs * D;  // (n, D)
     if (lw->has_shared) b->calls[count++] = (FFNCall){&lw->shared, s->xn, shared_out, n};
     swiglu(s, b->calls, count);
@@ -776,8 +771,7 @@ static void lightning_indexer(const Model *m, RunState *s, int layer, int pos0, 
         for (int p = 0; p < keys.rows; p++) {
             float score = 0.0f;  // +0, so a sum of ±0 terms is +0: one key for equal scores
             for (int h = 0; h < H; h++) score += w[h] * fmaxf(logit[(size_t)h * keys.rows + p], 0.0f);
-            uint32_t u;
-            memcpy(&u, &score, 4);
+            uint32_t u = f32_bits(score);
             sel[p] = (int)(u >> 31 ? ~u : u | 0x80000000u);  // larger float, larger key
         }
         top_positions((const uint32_t *)sel, keys.rows, c->index_topk, sel);
@@ -996,13 +990,6 @@ struct BlockX8 { float d; int32_t sum; int8_t q[QK]; };
 // Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane (vector kernels only).
 static __attribute__((unused)) int x_word(const BlockX8 *xb, int j) { return (int)read_u32((const uint8_t *)xb->q + 4 * j); }
 
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 // Inner loops keep DOT_LANES independent partial sums so gcc/clang vectorise them without -ffast-math (a single
 // running sum would forbid reassociation): 32 lanes are four AVX2 (or two AVX-512) vectors whose multiply-adds do not
 // wait for each other.
@@ -1102,14 +1089,10 @@ static void attention_values(float *u, int stride, const float *P, int C, int H,
 static void quantize_block(BlockX8 *out, const float *v) {
     uint32_t amax_bits = 0;  // max |v| as bits: for non-negative floats, integer order is float order
     for (int k = 0; k < QK; k++) {
-        uint32_t u;
-        memcpy(&u, &v[k], 4);
-        u &= 0x7fffffffu;
+        uint32_t u = f32_bits(v[k]) & 0x7fffffffu;
         amax_bits = u > amax_bits ? u : amax_bits;
     }
-    float amax;
-    memcpy(&amax, &amax_bits, 4);
-    float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    float amax = bits_f32(amax_bits), d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
     float y[QK];
     for (int k = 0; k < QK; k++) y[k] = v[k] * inv;
     if (!(amax_bits < 0x7f800000u && amax >= 1e-30f))
@@ -1245,10 +1228,8 @@ static void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, con
                                 (p[4 * k + 2] >> 4) * h[2] + (p[4 * k + 3] >> 4) * h[3];
             }
             for (int k = 0; k < PANEL_ROWS; k++) {
-                uint16_t h;
-                memcpy(&h, g + 2 * (PANEL_ROWS * b + k), 2);
-                float p = (float)s[k] * (bf16_to_f32(h) * xb->d);  // two statements: no fused multiply-add
-                out[PANEL_ROWS * t + k] += p;
+                float p = (float)s[k] * (bf16_to_f32(((const uint16_t *)g)[PANEL_ROWS * b + k]) * xb->d);
+                out[PANEL_ROWS * t + k] += p;  // two statements: no fused multiply-add
             }
         }
 }
@@ -1984,8 +1965,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     if (chunk > context) chunk = context;
     size_t n = (size_t)chunk, C = (size_t)attn_columns(c->n_heads, joint_tokens(c));
     memset(s, 0, sizeof *s);
-    size_t moe_rows = n * (size_t)K * (size_t)c->moe_intermediate_size +
-                      n * (size_t)c->n_shared_experts * (size_t)c->moe_intermediate_size;
+    size_t moe_rows = n * ((size_t)K + (size_t)c->n_shared_experts) * (size_t)c->moe_intermediate_size;
     size_t ffn_rows = n * (size_t)c->intermediate_size > moe_rows ? n * (size_t)c->intermediate_size : moe_rows;
     s->context = context;
     s->chunk = chunk;
