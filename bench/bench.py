@@ -10,8 +10,9 @@ probe's best pass and against its median one (tg32 itself is a mean, not a best 
 
 If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
 shape), it runs the same tests on it for comparison (IK_LLAMA_BENCH likewise, for ik_llama.cpp, with
-its default flags), then tg32 alone on both engines in turn (--pairs times), because generation speed
-follows the shared host's bandwidth, which drifts within minutes. Nothing here builds either engine.
+its default flags), then tg32 alone on both engines in turn (--pairs times, each seek.c run right after a
+probe run, so that its bandwidth fraction is also taken in one minute), because generation speed follows
+the shared host's bandwidth, which drifts within minutes. Nothing here builds either engine.
 """
 from __future__ import annotations
 
@@ -39,15 +40,17 @@ def run(cmd: list) -> str:
     return r.stdout
 
 
+def probe(threads: int) -> tuple:
+    """One bench/bandwidth run of 7 passes: (its best pass, its median pass), bytes/s."""
+    out = run([os.path.join(BENCH, "bandwidth"), str(threads), "2048"])
+    return tuple(float(re.search(key + r"=([0-9.]+)", out).group(1)) * 1e9 for key in ("gbps", "median"))
+
+
 def bandwidth(threads: int) -> tuple:
-    """3 probe runs of 7 passes each: (the best pass, the median of the runs' median passes), bytes/s.
-    The host is shared: passes of one run differ by up to a third, so the best one is a lucky moment."""
-    best, medians = 0.0, []
-    for _ in range(3):
-        out = run([os.path.join(BENCH, "bandwidth"), str(threads), "2048"])
-        best = max(best, float(re.search(r"gbps=([0-9.]+)", out).group(1)) * 1e9)
-        medians.append(float(re.search(r"median=([0-9.]+)", out).group(1)) * 1e9)
-    return best, sorted(medians)[1]
+    """3 probe runs: (the best pass, the median of the runs' median passes), bytes/s. The host is
+    shared: passes of one run differ by up to a third, so the best one is a lucky moment."""
+    runs = [probe(threads) for _ in range(3)]
+    return max(b for b, _ in runs), sorted(m for _, m in runs)[1]
 
 
 def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
@@ -80,16 +83,22 @@ def llama(binary: str, gguf: str, threads: int, reps: int, prompts: str = "64,51
 
 def alternating_tg32(model: str, binary: str, gguf: str, threads: int, pairs: int) -> str:
     """tg32 alone, seek.c then llama-bench, `pairs` times over: a drift of the host's bandwidth (it moves
-    by 20-40% within minutes) then falls on both engines alike. -> a row of the second table."""
-    ours, theirs = [], []
+    by 20-40% within minutes) then falls on both engines alike. Each seek.c run comes right after a probe
+    run, so its tg32 x weight_bytes_per_token is also given against the median pass of the same minute.
+    -> a row of the second table."""
+    ours, theirs, fracs = [], [], []
     for _ in range(pairs):
+        median = probe(threads)[1]
         out = run([os.path.join(ROOT, "run"), model, "--bench", "-p", "0", "-n", "32",
                    "-r", "3", "--threads", str(threads)])
-        ours.append(float(re.search(r"bench test=tg32 depth=0 tok_s=([0-9.]+)", out).group(1)))
+        m = re.search(r"bench test=tg32 depth=0 tok_s=([0-9.]+) \S+ weight_bytes_per_token=([0-9]+)", out)
+        ours.append(float(m.group(1)))
+        fracs.append(ours[-1] * float(m.group(2)) / median)
         theirs.append(llama(binary, gguf, threads, 3, "0", "0")[0][("tg32", 0)][0])
     ratio = sum(ours) / sum(theirs)
     return (f"| {os.path.basename(model)} | {threads} | " + ", ".join(f"{x:.2f}" for x in ours) + " | " +
-            ", ".join(f"{x:.2f}" for x in theirs) + f" | {ratio:.2f}x |")
+            ", ".join(f"{x:.0%}" for x in fracs) + " | " + ", ".join(f"{x:.2f}" for x in theirs) +
+            f" | {ratio:.2f}x |")
 
 
 def cell(res: dict, key: tuple) -> str:
@@ -114,7 +123,8 @@ def main() -> None:
     head = "| engine | weights | threads | loading | " + " | ".join(
         t + (f" @ d{d}" if d else "") for t, d in TESTS) + " | TTFT ms | GB/token | probe GB/s, best / median pass | tg32 x GB/token / GB/s, best / median |"
     rows, commands = [head, "|" + "---|" * (head.count("|") - 1)], []
-    alternating = ["| model | threads | seek.c tg32 | llama.cpp tg32 | ratio of the sums |", "|---|---|---|---|---|"]
+    alternating = ["| model | threads | seek.c tg32 | x GB/token / probe median just before | llama.cpp tg32 | "
+                   "ratio of the sums |", "|---|---|---|---|---|---|"]
     for dtype in args.dtypes.split(","):
         model = os.path.join(model_dir, f"v2lite-{dtype}.bin")
         if not os.path.exists(model):
@@ -142,8 +152,8 @@ def main() -> None:
                 print(alternating[-1], flush=True)
     table = "\n".join(rows)
     if len(alternating) > 2:
-        table += (f"\n\ntg32 alone, seek.c (`--bench -p 0 -n 32 -r 3`) and llama.cpp (`-p 0 -n 32 -d 0 -r 3`) "
-                  f"in turn, {args.pairs} times:\n\n" + "\n".join(alternating))
+        table += (f"\n\ntg32 alone, seek.c (`--bench -p 0 -n 32 -r 3`, right after a probe run) and llama.cpp "
+                  f"(`-p 0 -n 32 -d 0 -r 3`) in turn, {args.pairs} times:\n\n" + "\n".join(alternating))
     print("\n" + table)
     if args.no_readme:
         return
