@@ -353,18 +353,21 @@ def kernel_builds(workdir):
 @pytest.mark.parametrize("dtype", ["q8", "q4"])
 @pytest.mark.parametrize("variant", ["v2", "k2rp", "v2lite"])
 def test_kernel_paths_agree_bitwise(variant, dtype, kernel_builds, run_bin, exported, workdir):
-    """The batched prefill of a 100-token prompt, every path against ./run (whatever path it has): equal
-    bits. v2's heads (dn 16, dv 24) start mid-panel, k2rp's rows (vocab 333) end mid-panel; v2lite's
+    """The batched prefill of a 100-token prompt, and the same tokens decoded one at a time (-ub 1: the
+    W_UK fold then reads the quantized bytes itself), every path against ./run (whatever path it has):
+    equal bits. v2's heads (dn 16, dv 24) start mid-panel, k2rp's rows (vocab 333) end mid-panel; v2lite's
     16 heads and rank 72 fill the attention tiles and cut them, over two blocks of positions."""
     path = exported(variant, dtype)
     toks = ",".join(map(str, prompt_ids(n_tokens_of(path), 100)))
     got = {}
     for name, binary in {"run": run_bin, **kernel_builds}.items():
-        out = os.path.join(workdir, f"paths-{variant}-{dtype}-{name}.f32")
-        r = subprocess.run([binary, path, "--tokens", toks, "--dump-logits", out], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        got[name] = open(out, "rb").read()
-    assert len(got) >= 2 and len(set(got.values())) == 1, {k: hash(v) for k, v in got.items()}
+        for opts in ([], ["-ub", "1"]):
+            out = os.path.join(workdir, f"paths-{variant}-{dtype}-{name}.f32")
+            r = subprocess.run([binary, path, "--tokens", toks, "--dump-logits", out] + opts, capture_output=True,
+                               text=True)
+            assert r.returncode == 0, r.stderr
+            got[name + " " + " ".join(opts)] = open(out, "rb").read()
+    assert len(got) >= 4 and len(set(got.values())) == 1, {k: hash(v) for k, v in got.items()}
 
 
 def as_version1(src: str, dst: str) -> str:
