@@ -1279,7 +1279,7 @@ static Tensor row_slice(const Tensor *w, int row0, int n) {
 static const uint8_t *panel_scales(float d[PANEL_ROWS], int type, const uint8_t *g, int nb, int b) {
     uint16_t h[PANEL_ROWS];
     memcpy(h, g + 2 * PANEL_ROWS * b, sizeof h);
-    for (int k = 0; k < PANEL_ROWS; k++) d[k] = bf16_to_f32(h[k]);  // vectorised (not, with a memcpy pun: 1/3 of the fold)
+    for (int k = 0; k < PANEL_ROWS; k++) d[k] = bf16_to_f32(h[k]);  // vectorised (with a memcpy pun it was not: 1/3 of the fold)
     return g + 2 * PANEL_ROWS * nb + (size_t)b * PANEL_ROWS * quant_bytes(type);
 }
 
@@ -1454,7 +1454,10 @@ static void fold_block(float acc[8][16], const float s[64], const float v[8][64]
     }
 #else
     float u[8][64];
-    if (q) piece_values(u, type, q), v = (const float (*)[64])u;
+    if (q) {
+        piece_values(u, type, q);
+        v = (const float (*)[64])u;
+    }
     for (int e = 0; e < 8; e++)
         for (int m = 0; m < 4; m++)
             for (int l = 0; l < 16; l++) acc[e][l] = fmaf(s[16 * m + l], v[e][16 * m + l], acc[e][l]);
