@@ -1402,7 +1402,11 @@ static void quantize_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-// Runs all jobs in one dispatch. Jobs that follow each other with the same input share its quantization.
+static int same_rows(const MatmulJob *a, const MatmulJob *b) {  // decoding: a token's chosen experts all read row 0
+    return a->rows == b->rows || (a->rows && b->rows && !memcmp(a->rows, b->rows, (size_t)a->n * sizeof(int)));
+}
+
+// Runs all jobs in one dispatch. Jobs that follow each other with the same input (x and rows) share its quantization.
 static void matmuls(MatmulJob *jobs, int n_jobs) {
     size_t need = 0;
     for (int j = 0; j < n_jobs; j++)
@@ -1413,8 +1417,8 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
         MatmulJob *job = &jobs[j];
         if (!is_quantized(job->w.type) || job->n == 0) continue;  // (no rows: no xq, so the next job's is its own)
         const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
-        if (prev && prev->xq && prev->x == job->x && prev->rows == job->rows && prev->n == job->n && prev->x_stride == job->x_stride &&
-            prev->w.cols == job->w.cols) {
+        if (prev && prev->xq && prev->x == job->x && prev->n == job->n && prev->x_stride == job->x_stride &&
+            prev->w.cols == job->w.cols && same_rows(prev, job)) {
             job->xq = prev->xq;
             continue;
         }
@@ -1904,8 +1908,7 @@ static void use_copy(int start, int wait) {
     if (copier.copy && mremap(copier.copy, copier.span, copier.span, MREMAP_MAYMOVE | MREMAP_FIXED, copier.map) == MAP_FAILED)
         munmap(copier.copy, copier.span);
 #endif
-    close(copier.fd);
-    copier.fd = -1;
+    close(copier.fd); copier.fd = -1;
 }
 
 // A copy of the model in memory must fit with room to spare (mapped, the OS pages in only the chosen experts).
@@ -1942,8 +1945,7 @@ static void load_model(Model *m, const char *path, int loading) {
 #endif
     fclose(file);
     parse_model(m, f, size, path);
-    m->span = span;
-    m->copied = loading == 1;
+    m->span = span; m->copied = loading == 1;
 }
 
 static void free_model(Model *m) {
@@ -3509,8 +3511,7 @@ static int tokenizer_tool(const Options *o) {
         }
         free(ids.ids);
     }
-    free(in); free(o->stops);
-    free_tokenizer(t);
+    free(in); free(o->stops); free_tokenizer(t);
     if (o->model_path) free_model(&model);
     return 0;
 }
