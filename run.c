@@ -689,7 +689,7 @@ static void moe(const Model *m, RunState *s, int layer, int n) {
     const Config *c = &m->config;
     const LayerWeights *lw = &m->weights.layers[layer];
     MoEBuffers *b = &s->moe;
-    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K;
+    int D = c->dim, E = c->n_routed_experts, K = c->num_experts_per_tok, pairs = n * K, count = 0;
     matmul_n(b->router_logits, &lw->router, s->xn, n);
     for (int t = 0; t < n; t++) route(c, lw, b, b->router_logits + (size_t)t * E, b->topk_idx + t * K, b->topk_w + t * K);
     long long *load = b->expert_load + (size_t)layer * E;  // (E)
@@ -702,7 +702,6 @@ static void moe(const Model *m, RunState *s, int layer, int n) {
         b->pair_token[slot] = p / K;  // an expert reads its tokens' rows of xn in place (no copy: prefill +1.4%)
         b->pair_weight[slot] = b->topk_w[p];
     }
-    int count = 0;
     for (int e = 0; e < E; e++)
         if (first[e + 1] > first[e])  // chosen: its pairs run as one call
             b->calls[count++] = (FFNCall){&lw->experts[e], s->xn, b->expert_out + (size_t)first[e] * D, first[e + 1] - first[e],
@@ -1402,8 +1401,10 @@ static void quantize_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-static int same_rows(const MatmulJob *a, const MatmulJob *b) {  // decoding: a token's chosen experts all read row 0
-    return a->rows == b->rows || (a->rows && b->rows && !memcmp(a->rows, b->rows, (size_t)a->n * sizeof(int)));
+static int same_rows(const MatmulJob *a, const MatmulJob *b) {  // decoding: all of a token's experts read row 0 of xn
+    int same = a->n == b->n;
+    for (int t = 0; same && t < a->n; t++) same = job_x(a, t) == job_x(b, t);
+    return same;
 }
 
 // Runs all jobs in one dispatch. Jobs that follow each other with the same input (x and rows) share its quantization.
@@ -1417,8 +1418,7 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
         MatmulJob *job = &jobs[j];
         if (!is_quantized(job->w.type) || job->n == 0) continue;  // (no rows: no xq, so the next job's is its own)
         const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
-        if (prev && prev->xq && prev->x == job->x && prev->n == job->n && prev->x_stride == job->x_stride &&
-            prev->w.cols == job->w.cols && same_rows(prev, job)) {
+        if (prev && prev->xq && prev->w.cols == job->w.cols && same_rows(prev, job)) {
             job->xq = prev->xq;
             continue;
         }
