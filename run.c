@@ -1361,7 +1361,9 @@ static void matmul_rows(const MatmulJob *job, int g0, int g1) {
             for (int t = 0; t < T; t++) {  // a run of each token's y row (one store, not 16 down a column: pp +10-20%)
                 float *y = job->y + (size_t)(t0 + t) * job->y_stride + row0 + k0;
                 const float *x = job_x(job, t0 + t);
-                if (panel) memcpy(y, out + PANEL_ROWS * t + k0, (size_t)(k1 - k0) * sizeof(float));
+                if (panel && k1 - k0 == PANEL_ROWS)  // a whole panel: of constant size, the copy is inlined (pp512 +1-4%)
+                    memcpy(y, out + PANEL_ROWS * t, sizeof(float) * PANEL_ROWS);
+                else if (panel) memcpy(y, out + PANEL_ROWS * t + k0, (size_t)(k1 - k0) * sizeof(float));
                 for (int k = k0; !panel && k < k1; k++) {
                     const uint8_t *r = row_data(w, row0 + k, &lane);
                     y[k - k0] = w->type == TYPE_F32 ? dot_f32((const float *)r, x, w->cols) : dot_bf16((const uint16_t *)r, x, w->cols);
@@ -1418,12 +1420,9 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
         MatmulJob *job = &jobs[j];
         if (!is_quantized(job->w.type) || job->n == 0) continue;  // (no rows: no xq, so the next job's is its own)
         const MatmulJob *prev = j > 0 ? &jobs[j - 1] : NULL;
-        if (prev && prev->xq && prev->w.cols == job->w.cols && same_rows(prev, job)) {
-            job->xq = prev->xq;
-            continue;
-        }
-        job->xq = scratch.xq + used;
-        used += (size_t)job->n * (size_t)blocks(job->w.cols);
+        int shared = prev && prev->xq && prev->w.cols == job->w.cols && same_rows(prev, job);
+        job->xq = shared ? prev->xq : scratch.xq + used;
+        used += shared ? 0 : (size_t)job->n * (size_t)blocks(job->w.cols);
     }
     MatmulBatch rows = {jobs, n_jobs, 0, 0, NULL};
     pool_run(quantize_task, &rows, (double)used * QK * 8);  // a value costs about as much as 8 multiply-adds
