@@ -1020,35 +1020,55 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
 
 // Attention's products (attend_block): S (n, C) = R (n, w) Q (w, C) scores n cached rows against C
 // queries (a column each), u_h (r) = Σ_t P[t][h] R[t][0:r] mixes them. Each output is one chain of fused
-// multiply-adds in row order, so the AVX-512 tiles (32 columns x 8 rows, 8 heads x 32 values) and the plain
-// loops beside them (any other machine, and the edges) give the same bits.
+// multiply-adds in row order, so the vector tiles (AVX-512: 8 rows x 32 columns, 8 heads x 32 values; AVX2: 4 rows x
+// 16 columns, 4 heads x 16 values, as it has half the registers) and the plain loops beside them (any other machine,
+// and the edges) give the same bits.
 #if defined(__AVX512F__)
-// 8 rows x 16 v columns of S (v = 1 or 2 vectors): with two, a broadcast row value feeds two FMAs and the tile is no
+typedef __m512 vec;
+enum { VEC_LANES = 16, TILE_ROWS = 8 };
+static ALWAYS_INLINE vec vec_zero(void) { return _mm512_setzero_ps(); }
+static ALWAYS_INLINE vec vec_load(const float *p) { return _mm512_loadu_ps(p); }
+static ALWAYS_INLINE void vec_store(float *p, vec v) { _mm512_storeu_ps(p, v); }
+static ALWAYS_INLINE vec vec_fmadd(float a, vec b, vec c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 vec;
+enum { VEC_LANES = 8, TILE_ROWS = 4 };
+static ALWAYS_INLINE vec vec_zero(void) { return _mm256_setzero_ps(); }
+static ALWAYS_INLINE vec vec_load(const float *p) { return _mm256_loadu_ps(p); }
+static ALWAYS_INLINE void vec_store(float *p, vec v) { _mm256_storeu_ps(p, v); }
+static ALWAYS_INLINE vec vec_fmadd(float a, vec b, vec c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c); }
+#else
+enum { VEC_LANES = 16, TILE_ROWS = 8 };  // the plain loops' steps
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// TILE_ROWS rows x v vectors of columns of S: with two, a broadcast row value feeds two FMAs and the tile is no
 // longer bound by its loads (V2-Lite's prefill, two tokens' heads as 32 columns: 6 layers, pp512 @ d4096 +8-16%).
 static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const float *Q, int C, const int v) {
-    __m512 acc[2][8], q[2];
-    for (int i = 0; i < 8; i++) acc[0][i] = acc[1][i] = _mm512_setzero_ps();
+    vec acc[2][TILE_ROWS], q[2];
+    for (int i = 0; i < TILE_ROWS; i++) acc[0][i] = acc[1][i] = vec_zero();
     for (int k = 0; k < w; k++) {
-        for (int j = 0; j < v; j++) q[j] = _mm512_loadu_ps(Q + (size_t)k * C + 16 * j);
-        // the next tile's rows: eight streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
-        for (int i = 0; k % 16 == 0 && i < 8; i++) __builtin_prefetch(R + (size_t)(8 + i) * w + k);
-        for (int i = 0; i < 8; i++)
-            for (int j = 0; j < v; j++) acc[j][i] = _mm512_fmadd_ps(_mm512_set1_ps(R[(size_t)i * w + k]), q[j], acc[j][i]);
+        for (int j = 0; j < v; j++) q[j] = vec_load(Q + (size_t)k * C + VEC_LANES * j);
+        // the next tile's rows: streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
+        for (int i = 0; k % 16 == 0 && i < TILE_ROWS; i++) __builtin_prefetch(R + (size_t)(TILE_ROWS + i) * w + k);
+        for (int i = 0; i < TILE_ROWS; i++)
+            for (int j = 0; j < v; j++) acc[j][i] = vec_fmadd(R[(size_t)i * w + k], q[j], acc[j][i]);
     }
-    for (int i = 0; i < 8 * v; i++) _mm512_storeu_ps(S + (size_t)(i % 8) * C + 16 * (i / 8), acc[i / 8][i % 8]);
+    for (int i = 0; i < TILE_ROWS; i++)
+        for (int j = 0; j < v; j++) vec_store(S + (size_t)i * C + VEC_LANES * j, acc[j][i]);
 }
 #endif
 
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C) {
     for (int h = 0, width; h < C; h += width) {
-        width = C - h >= 32 ? 32 : 16;
-        for (int t = 0; t < n; t += 8) {
-#if defined(__AVX512F__)
-            if (n - t >= 8 && width == 32) scores_tile(S + (size_t)t * C + h, R + (size_t)t * w, w, Q + h, C, 2);
-            else if (n - t >= 8) scores_tile(S + (size_t)t * C + h, R + (size_t)t * w, w, Q + h, C, 1);
-            if (n - t >= 8) continue;
+        width = C - h >= 2 * VEC_LANES ? 2 * VEC_LANES : VEC_LANES;
+        for (int t = 0; t < n; t += TILE_ROWS) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+            const float *Rt = R + (size_t)t * w;
+            if (n - t >= TILE_ROWS && width == 2 * VEC_LANES) scores_tile(S + (size_t)t * C + h, Rt, w, Q + h, C, 2);
+            else if (n - t >= TILE_ROWS) scores_tile(S + (size_t)t * C + h, Rt, w, Q + h, C, 1);
+            if (n - t >= TILE_ROWS) continue;
 #endif
-            for (int i = t; i < n && i < t + 8; i++) {
+            for (int i = t; i < n && i < t + TILE_ROWS; i++) {
                 float *y = S + (size_t)i * C + h;
                 for (int j = 0; j < width; j++) y[j] = 0.0f;
                 for (int k = 0; k < w; k++)
@@ -1059,23 +1079,22 @@ static void attention_scores(float *S, const float *R, int n, int w, const float
 }
 
 static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n) {
-    for (int h = 0; h < H; h += 8)
-        for (int k = 0; k < r; k += 32) {
-#if defined(__AVX512F__)
-            if (H - h >= 8 && r - k >= 32) {
-                __m512 acc[16];  // head h + i/2, values k + 16 (i%2) ...
-                for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (int h = 0; h < H; h += TILE_ROWS)
+        for (int k = 0; k < r; k += 2 * VEC_LANES) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+            if (H - h >= TILE_ROWS && r - k >= 2 * VEC_LANES) {
+                vec acc[2 * TILE_ROWS];  // head h + i/2, values k + VEC_LANES (i%2) ...
+                for (int i = 0; i < 2 * TILE_ROWS; i++) acc[i] = vec_zero();
                 for (int t = 0; t < n; t++)
-                    for (int i = 0; i < 16; i++)
-                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)t * C + h + i / 2]),
-                                                 _mm512_loadu_ps(R + (size_t)t * w + k + 16 * (i % 2)), acc[i]);
-                for (int i = 0; i < 16; i++) _mm512_storeu_ps(u + (size_t)(h + i / 2) * stride + k + 16 * (i % 2), acc[i]);
+                    for (int i = 0; i < 2 * TILE_ROWS; i++)
+                        acc[i] = vec_fmadd(P[(size_t)t * C + h + i / 2], vec_load(R + (size_t)t * w + k + VEC_LANES * (i % 2)), acc[i]);
+                for (int i = 0; i < 2 * TILE_ROWS; i++) vec_store(u + (size_t)(h + i / 2) * stride + k + VEC_LANES * (i % 2), acc[i]);
                 continue;
             }
 #endif
-            for (int i = h; i < H && i < h + 8; i++) {
+            for (int i = h; i < H && i < h + TILE_ROWS; i++) {
                 float *y = u + (size_t)i * stride + k;
-                int kn = r - k < 32 ? r - k : 32;
+                int kn = r - k < 2 * VEC_LANES ? r - k : 2 * VEC_LANES;
                 for (int j = 0; j < kn; j++) y[j] = 0.0f;
                 for (int t = 0; t < n; t++)
                     for (int j = 0; j < kn; j++) y[j] = fmaf(P[(size_t)t * C + i], R[(size_t)t * w + k + j], y[j]);
@@ -1128,8 +1147,8 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 static ALWAYS_INLINE void prefetch_weights(const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
     __builtin_prefetch(p + 4096, 0, 0), __builtin_prefetch(p + 8192, 0, 0);
 }
-#define TILE_TOKENS 8  // tokens per tile, the accumulators of the AVX-512 kernel
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define TILE_TOKENS 8  // tokens per tile, their accumulators in registers
 
 // vpdpbusd takes unsigned weight bytes: Q4's nibbles are, Q8's q + 128 are (q ^ 0x80); s starts at -offset * Σ x, so
 // it ends as the exact Σ q x, summed in two chains (exact, so in any order; prompts' tiles in L2: +11-13%).
@@ -1161,6 +1180,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
     for (int t = 0; t < T; t++) _mm512_storeu_ps(out + PANEL_ROWS * t, acc[t]);
 }
 #elif defined(__AVX2__)
+#define TILE_TOKENS 4  // half AVX-512's registers: with 8 the sums spilled (V2-Lite q4, 4 layers, pp64 200-219 -> 241-245)
 
 // Σ over each lane's 4 bytes of w x, added to s; Q8 as |w| times x with w's
 // sign, so that maddubs's pairs fit int16 (127 * 127 * 2; Q4: 15 * 127 * 2).
@@ -1177,7 +1197,7 @@ static ALWAYS_INLINE __m256i dot4(int type, __m256i s, __m256i w, __m256i x) {
 // The panel's rows in two halves of 8 lanes (the low and high 32 bytes of each piece).
 static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
     for (int h = 0; h < 2; h++) {
-        __m256 acc[TILE_TOKENS];
+        __m256 acc[8];  // TILE_TOKENS of them used; 8 for the sizes quantized_tile's switch names
         for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
         const uint8_t *piece = g + 2 * PANEL_ROWS * nb + 32 * h;
         for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
@@ -1196,6 +1216,13 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
             for (int t = 0; t < T; t++) {
                 const BlockX8 *xb = x + (size_t)t * nb + b;
                 __m256i s = _mm256_set1_epi32(type == TYPE_Q8 ? 0 : -8 * xb->sum);
+#if !defined(__AVXVNNI__)
+                if (type == TYPE_Q4) {  // a block's pair sums fit int16 (8 x 2 x 15 x 127 < 2^15): one widening, not 8
+                    __m256i p = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(x_word(xb, 0)));
+                    for (int j = 1; j < 8; j++) p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(x_word(xb, j))));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                } else
+#endif
                 for (int j = 0; j < 8; j++) s = dot4(type, s, w[j], _mm256_set1_epi32(x_word(xb, j)));
                 __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xb->d)));
                 acc[t] = _mm256_add_ps(acc[t], p);
@@ -1205,6 +1232,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
     }
 }
 #else
+#define TILE_TOKENS 8
 // The same sums in plain C (arm64 runs this), written so that compilers
 // vectorise the loops over a piece's 16 rows (arm64: ld4, smlal).
 static void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
@@ -1460,6 +1488,23 @@ static void fold_block(float acc[8][16], const float xd[PANEL_ROWS], const float
         for (int m = 0; m < 4; m++) a = _mm512_fmadd_ps(s[m], _mm512_loadu_ps(v[e] + 16 * m), a);
         _mm512_storeu_ps(acc[e], a);
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 s[4][2];  // s[m][h] lane i: xd[4 m + 2 h + i / 4]
+    for (int m = 0; m < 4; m++)
+        for (int h = 0; h < 2; h++)
+            s[m][h] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xd + 8 * (m / 2)), _mm256_add_epi32(
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_set1_epi32(4 * (m % 2) + 2 * h)));
+    for (int e = 0; e < 8; e++)
+        for (int h = 0; h < 2; h++) {
+            __m256 a = _mm256_loadu_ps(acc[e] + 8 * h);
+            for (int m = 0; m < 4; m++) {  // q: 8 bytes of the piece as f32 (exact), as piece_values makes them
+                const uint8_t *p = q ? q + 64 * (type == TYPE_Q8 ? e : e % 4) + 16 * m + 8 * h : NULL;
+                __m128i b = p ? _mm_loadl_epi64((const void *)p) : _mm_setzero_si128();
+                if (p && type == TYPE_Q4) b = _mm_sub_epi8(_mm_and_si128(e < 4 ? b : _mm_srli_epi16(b, 4), _mm_set1_epi8(15)), _mm_set1_epi8(8));
+                a = _mm256_fmadd_ps(s[m][h], p ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)) : _mm256_loadu_ps(v[e] + 16 * m + 8 * h), a);
+            }
+            _mm256_storeu_ps(acc[e] + 8 * h, a);
+        }
 #else
     float u[8][64];
     if (q) {
