@@ -57,8 +57,7 @@
 #endif
 
 #ifdef SEEK_FUZZ
-// The fuzz harnesses (tests/fuzz/) compile this file in and point this at a
-// jmp_buf, so that a rejected input returns to the harness instead of exiting.
+// The fuzz harnesses (tests/fuzz/) compile this file in and point this at a jmp_buf: a rejected input returns to them.
 #include <setjmp.h>
 static jmp_buf *fuzz_on_error;
 #endif
@@ -137,18 +136,13 @@ typedef struct {
     int n_heads;                // H
     int q_lora_rank;            // rq, 0 = plain q_proj
     int kv_lora_rank;           // r, the latent size that gets cached
-    int qk_nope_head_dim;       // dn
-    int qk_rope_head_dim;       // dr
-    int v_head_dim;             // dv
+    int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;  // dn, dr, dv
     int intermediate_size;      // I, dense MLP
     int moe_intermediate_size;  // Ie, per expert
     int n_routed_experts;       // E, 0 = no MoE
-    int n_shared_experts;       // S
-    int num_experts_per_tok;    // K
+    int n_shared_experts, num_experts_per_tok;  // S, K
     int n_group, topk_group;    // expert groups, and how many of them a token's experts may come from
-    int topk_method;            // TOPK_*
-    int scoring_func;           // SCORE_*
-    int norm_topk_prob;
+    int topk_method, scoring_func, norm_topk_prob;  // TOPK_*, SCORE_*, 1: the top-K weights normalised
     float routed_scaling_factor;
     int first_k_dense_replace, moe_layer_freq;
     float rope_theta;
@@ -159,8 +153,7 @@ typedef struct {
     float rope_mscale, rope_mscale_all_dim;
     float rms_norm_eps;
     int max_position_embeddings;
-    int bos_token_id;           // -1 = none
-    int eos_token_id;           // -1 = none
+    int bos_token_id, eos_token_id;  // -1 = none
     int n_mtp_layers;           // num_nextn_predict_layers stored: 0, or 1 MTP module (DeepSeek-V3 §2.2)
     int n_tokens;               // real tokenizer size; ids >= n_tokens are padding
     uint32_t tokenizer_hash_lo, tokenizer_hash_hi;
@@ -173,8 +166,7 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // Weights
 //
-// A Tensor is a typed view into the mapped file. Matrices are [rows, cols]
-// row-major in PyTorch's nn.Linear layout: y = W x with W [out, in].
+// A Tensor is a typed view into the mapped file. Matrices are row-major [rows, cols] as nn.Linear's: y = W x, W [out, in].
 
 typedef struct {
     const void *data;
@@ -265,7 +257,7 @@ static void matmuls(MatmulJob *jobs, int n_jobs);    // every job's y = x W^T, i
 static void matmuls_t(MatmulJob *jobs, int n_jobs);  // every job's y = x W (the transpose), in one dispatch
 static void matmul_n(float *y, const Tensor *w, const float *x, int n);  // y (n, W.rows) = x (n, W.cols) W^T
 static Tensor row_slice(const Tensor *w, int row0, int n);  // rows [row0, row0 + n) of w
-static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32
+static void dequantize_row(float *y, const Tensor *w, int row);  // y (W.cols) = row `row` of W, as f32 (embedding lookup)
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C);  // S (n, C) = R Q
 static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n);
 static void pool_run(void (*task)(void *ctx, int thread, int n_threads), void *ctx, double work);  // task on every thread
@@ -290,8 +282,7 @@ typedef struct {          // mla_attention's scratch
     float *q_t;           // (r+dr, C) joint tokens' q_absorbed transposed, a column per head, C: attn_columns
     float *att_scratch;   // (threads, ATTN_BLOCK (r+dr) + (ATTN_BLOCK+2) C) a block widened to f32 or gathered, scores
     float *o;             // (chunk, H, dv) per-head attention output, input of o_proj
-    float *rope_cos;      // (chunk, dr/2) cos(p θ_i) * YaRN cos/sin multiplier
-    float *rope_sin;      // (chunk, dr/2)
+    float *rope_cos, *rope_sin;  // (chunk, dr/2) cos(p θ_i), sin(p θ_i), times YaRN's cos/sin multiplier
     float *index_q;       // (chunk, n_I, d_I) lightning indexer queries, rope part first (DeepSeek-V3.2)
     float *index_w;       // (chunk, n_I) its head weights
     float *index_logits;  // (n_I, context) one query's q_j · k_s
@@ -327,8 +318,7 @@ typedef struct {          // moe's scratch; swiglu's hidden and up serve the den
 } MoEBuffers;
 
 typedef struct {
-    int context;          // max positions held by the cache
-    int chunk;            // max tokens per forward pass
+    int context, chunk;   // max positions held by the cache, max tokens per forward pass
     float *x;             // (chunk, D) residual stream
     float *xn;            // (chunk, D) normalised residual, input of a block
     float *block_out;     // (chunk, D) output of attention or FFN before the residual add
@@ -365,9 +355,8 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
 }
 
 static void softmax(float *x, int n) {
-    float max = x[0];
+    float max = x[0], sum = 0.0f;
     for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
-    float sum = 0.0f;
     for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
@@ -390,8 +379,7 @@ static float silu(float z) { float e = exp_nonpositive(-fabsf(z)); return z * (z
 // YaRN's attention-temperature term: mscale(s, m) = 0.1 m ln s + 1 for s > 1.
 static double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0; }
 
-// Dimension index (in the d-wide rope vector) at which a frequency completes
-// n_rot full turns over the original context L0 (YaRN's find_correction_dim).
+// YaRN's find_correction_dim: the dimension index whose frequency makes n_rot full turns over the original context L0.
 static double yarn_correction_dim(double n_rot, int d, double base, double L0) {
     return (double)d * log(L0 / (n_rot * 2.0 * 3.14159265358979323846)) / (2.0 * log(base));
 }
@@ -406,9 +394,8 @@ static double yarn_correction_dim(double n_rot, int d, double base, double L0) {
 // mscale) multiplies the softmax scale by mscale(s, mscale_all_dim)². YaRN applies from position 0, as in HF.
 static void init_rope(Rope *rope, const Config *c) {
     int d = c->qk_rope_head_dim, half = d / 2;
-    double base = c->rope_theta;
+    double base = c->rope_theta, scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
     rope->theta = xcalloc((size_t)half, sizeof(double));
-    double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
     rope->cs_mult = 1.0f;
     for (int i = 0; i < half; i++) rope->theta[i] = pow(base, -2.0 * i / d);
     if (c->rope_type == ROPE_YARN) {
@@ -592,9 +579,8 @@ static void mla_attention(const Model *m, RunState *s, int layer, int pos0, int 
     matmul_n(s->block_out, &lw->o_proj, b->o, n);
 }
 
-// SwiGLU MLPs (Shazeer 2020), out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) for each call (every expert of
-// DeepSeek-V2 §2.2 and the dense layers: HF modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch,
-// then all down products.
+// SwiGLU MLPs (Shazeer 2020): out (n, D) = W_down (silu(W_gate x) ⊙ W_up x) per call, every expert of DeepSeek-V2 §2.2 and
+// the dense layers (HF modeling_deepseek.py's DeepseekV2MLP): all gate/up products in one batch, then all down products.
 static void swiglu(RunState *s, const FFNCall *calls, int count) {
     MatmulJob *jobs = s->jobs;
     float *hidden = s->moe.hidden, *up = s->moe.up;
@@ -618,8 +604,7 @@ static void swiglu(RunState *s, const FFNCall *calls, int count) {
 // Index of the largest of x[0..n), lowest index on ties; -1 if all are -inf.
 static int argmax_finite(const float *x, int n) {
     int best = -1;
-    for (int i = 0; i < n; i++)
-        if (x[i] != -INFINITY && (best < 0 || x[i] > x[best])) best = i;
+    for (int i = 0; i < n; i++) if (x[i] != -INFINITY && (best < 0 || x[i] > x[best])) best = i;
     return best;
 }
 
@@ -663,8 +648,7 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
             b->group_scores[best] = -INFINITY;
         }
         for (int g = 0; g < G; g++)
-            if (!b->group_kept[g])
-                for (int i = 0; i < size; i++) choice[g * size + i] = -INFINITY;
+            if (!b->group_kept[g]) for (int i = 0; i < size; i++) choice[g * size + i] = -INFINITY;
     }
 
     float sum = 0.0f;
@@ -673,8 +657,7 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
         if (e < 0) die("router: fewer than %d selectable experts (non-finite router scores)", K);
         choice[e] = -INFINITY;
         topk_idx[k] = e;
-        topk_w[k] = scores[e];
-        sum += scores[e];
+        sum += topk_w[k] = scores[e];
     }
     for (int k = 0; k < K; k++) {
         if (c->norm_topk_prob && K > 1) topk_w[k] /= sum + 1e-20f;
@@ -738,8 +721,7 @@ static void top_positions(const uint32_t *keys, int n, int k, int *out) {
         kth |= (uint32_t)byte << shift;
         mask |= 255u << shift;
     }
-    for (int i = 0; i < n; i++)
-        if (keys[i] > kth || (keys[i] == kth && equal-- > 0)) out[m++] = i;
+    for (int i = 0; i < n; i++) if (keys[i] > kth || (keys[i] == kth && equal-- > 0)) out[m++] = i;
 }
 
 // Caches the keys of n tokens at pos0.., then selects the positions of each query that has more
@@ -914,8 +896,7 @@ static void pool_run(void (*task)(void *, int, int), void *ctx, double work) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     task(ctx, 0, pool.n_threads);
-    // Spin briefly, then yield: if the machine has fewer free cores than threads,
-    // the workers we wait for may need this core.
+    // Spin briefly, then yield: with fewer free cores than threads, the workers we wait for may need this core.
     for (int i = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; i++) {
         if (i < POOL_SPIN) cpu_relax();
         else sched_yield();
@@ -1339,7 +1320,6 @@ static void block_values(float v[8][64], float d[PANEL_ROWS], const Tensor *w, i
     }
 }
 
-// y (W.cols) = row `row` of W, as f32 (the embedding lookup).
 static void dequantize_row(float *y, const Tensor *w, int row) {
     int lane;
     row_data(w, row, &lane);
@@ -1462,7 +1442,6 @@ static void matmuls(MatmulJob *jobs, int n_jobs) {
     pool_run(matmul_task, &batch, work);
 }
 
-// y (n, W.rows) = x (n, W.cols) W^T
 static void matmul_n(float *y, const Tensor *w, const float *x, int n) {
     MatmulJob job = matmul_job(y, *w, x, n);
     matmuls(&job, 1);
@@ -1584,8 +1563,7 @@ static void matmuls_t(MatmulJob *jobs, int n_jobs) {
 #define TENSOR_ENTRY_BYTES 128
 #define TENSOR_NAME_BYTES 96
 #define TENSOR_ALIGN 64
-// Upper bound for any single dimension; keeps every derived product (rows of
-// q_b_proj, kv_b_proj, ...) far inside int range so shape math cannot overflow.
+// Upper bound of every dimension: derived products (rows of q_b_proj, kv_b_proj, ...) stay far inside int range.
 #define MAX_DIM (1 << 24)
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the model file's numbers are read in place, which needs a little-endian host"
@@ -1698,8 +1676,7 @@ typedef struct {
     char prefix[64];             // of the names being walked, e.g. "model.layers.3."
 } TableWalker;
 
-// What an entry may hold: weight matrices take the export dtype (F32, BF16, Q8
-// or Q4); norms, the router and its bias stay F32; the tokenizer is bytes.
+// Entry kinds: matrices in the export dtype (F32, BF16, Q8 or Q4); norms, the router, its bias in F32; the tokenizer U8.
 enum { KIND_MATRIX, KIND_F32, KIND_U8 };
 
 static const char *type_name(uint32_t type) {
@@ -1717,7 +1694,7 @@ static const char *printable_name(char *buf, const uint8_t *name) {
 
 // Checks one entry, named tw->prefix + suffix, and returns it, pointing into the file. rows x cols is the
 // expected shape (cols = 0 for a 1-D tensor of length rows); kind: KIND_MATRIX, or KIND_F32 for the router.
-static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_t rows, uint64_t cols) {
+static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, unsigned long long rows, unsigned long long cols) {
     char name[256], shown[TENSOR_NAME_BYTES];
     snprintf(name, sizeof name, "%s%s", tw->prefix, suffix);
     if (tw->next >= tw->n_tensors) die("model file: tensor table has %u entries, missing '%s'", tw->n_tensors, name);
@@ -1727,12 +1704,11 @@ static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_
     if (strcmp((const char *)e, name) != 0)
         die("model file: tensor %u is '%s', expected '%s'", idx, printable_name(shown, e), name);
     uint32_t type = read_u32(e + 96), ndim = read_u32(e + 100), r = read_u32(e + 104), c = read_u32(e + 108);
-    uint64_t offset = read_u64(e + 112), nbytes = read_u64(e + 120);
+    unsigned long long offset = read_u64(e + 112), nbytes = read_u64(e + 120);
     uint32_t want_ndim = cols ? 2 : 1;
     if (ndim != want_ndim) die("model file: tensor '%s' has ndim %u, expected %u", name, ndim, want_ndim);
     if (r != rows || c != (cols ? cols : 1))
-        die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c,
-            (unsigned long long)rows, (unsigned long long)(cols ? cols : 1));
+        die("model file: tensor '%s' has shape [%u, %u], expected [%llu, %llu]", name, r, c, rows, cols ? cols : 1);
     if (kind != KIND_MATRIX && type != (kind == KIND_U8 ? TYPE_U8 : TYPE_F32))
         die("model file: tensor '%s' has type %s, expected %s", name, type_name(type), kind == KIND_U8 ? "U8" : "F32");
     if (kind == KIND_MATRIX && (type == 2 || type == 3))
@@ -1740,16 +1716,14 @@ static Tensor walk_tensor(TableWalker *tw, const char *suffix, int kind, uint64_
     if (kind == KIND_MATRIX && type != TYPE_F32 && type != TYPE_BF16 && !is_quantized((int)type))
         die("model file: tensor '%s' has type %s (%u), expected F32, BF16, Q8 or Q4", name, type_name(type), type);
     // r and c are u32, so r*c < 2^64; check before multiplying by the unit size.
-    uint64_t elems = tensor_units((int)type, r, c), esize = (uint64_t)unit_bytes((int)type);
+    unsigned long long elems = tensor_units((int)type, r, c), esize = (unsigned long long)unit_bytes((int)type);
     if (elems > UINT64_MAX / esize || elems * esize != nbytes)
-        die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name,
-            (unsigned long long)nbytes, (unsigned long long)elems, (unsigned long long)esize);
-    if (offset % TENSOR_ALIGN) die("model file: tensor '%s' offset %llu is not %d-byte aligned", name,
-                                   (unsigned long long)offset, TENSOR_ALIGN);
+        die("model file: tensor '%s' has nbytes %llu, expected %llu x %llu bytes", name, nbytes, elems, esize);
+    if (offset % TENSOR_ALIGN) die("model file: tensor '%s' offset %llu is not %d-byte aligned", name, offset, TENSOR_ALIGN);
     if (offset < tw->data_end) die("model file: tensor '%s' overlaps the header or the previous tensor", name);
     if (offset > tw->file_size || nbytes > tw->file_size - offset)
         die("model file: tensor '%s' (offset %llu, %llu bytes) runs past the end of the file (%llu bytes)", name,
-            (unsigned long long)offset, (unsigned long long)nbytes, (unsigned long long)tw->file_size);
+            offset, nbytes, (unsigned long long)tw->file_size);
     tw->data_end = offset + nbytes;
     return (Tensor){.data = tw->file + offset, .type = (int)type, .rows = (int)rows, .cols = (int)cols};
 }
@@ -1848,8 +1822,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         die("model file: %llu trailing bytes after the last tensor", (unsigned long long)(tw->file_size - tw->data_end));
 }
 
-// Validates the whole file held in f[0..size) (header, config, every table
-// entry) and points the weights into it. The fuzz harness calls this directly.
+// Validates all of f[0..size) (header, config, table entries) and points the weights into it. The fuzz harness calls it.
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
     m->file = f;
     m->file_size = (size_t)size;
@@ -2008,8 +1981,7 @@ static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
 }
 
 static void alloc_run_state(RunState *s, const Config *c, int context, int chunk, int cache_bf16) {
-    int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
-    int K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
+    int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1, K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
     int G = c->n_group > 0 ? c->n_group : 1, layers = c->n_layers + c->n_mtp_layers;  // the MTP block has its own cache rows
     size_t D = (size_t)c->dim, H = (size_t)c->n_heads, r = (size_t)c->kv_lora_rank, F = sizeof(float);
     size_t cache_row = r + (size_t)c->qk_rope_head_dim, half = (size_t)c->qk_rope_head_dim / 2;
@@ -2068,10 +2040,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     }
 }
 
-static void free_run_state(RunState *s) {
-    for (int i = 0; i < s->n_buffers; i++) free(s->buffers[i]);
-    s->n_buffers = 0;
-}
+static void free_run_state(RunState *s) { for (int i = 0; i < s->n_buffers; i++) free(s->buffers[i]); s->n_buffers = 0; }
 
 // A latent cache row (r + dr values) and its size: /save, /load and --trace reach the cache only through these.
 static size_t cache_row_bytes(const RunState *s, const Config *c) {
@@ -2215,10 +2184,7 @@ static int is_v2_punct(uint32_t c) {
 static int is_v2_cjk(uint32_t c) { return (c >= 0x0800 && c <= 0x9FA5) || (c >= 0xAC00 && c <= 0xD7FF); }
 
 // End of the run of characters in class `in` that starts at i (i itself if there is none).
-static int run_end(const uint32_t *c, int i, int end, int (*in)(uint32_t)) {
-    while (i < end && in(c[i])) i++;
-    return i;
-}
+static int run_end(const uint32_t *c, int i, int end, int (*in)(uint32_t)) { while (i < end && in(c[i])) i++; return i; }
 
 // Each matcher returns the end of the regex match that starts exactly at i within the piece [.., end),
 // or -1. The piece is the whole subject string: lookaheads and $ see its end as the end of the text.
@@ -2246,8 +2212,7 @@ static int match_contraction(const uint32_t *c, int i, int end) {
 static int match_spaces(const uint32_t *c, int i, int end) {
     if (!is_space(c[i])) return -1;
     int j = run_end(c, i, end, is_space);
-    // \s*[\r\n]+: \s* gives back characters until a newline follows, so the match ends after the last
-    // newline of the whitespace run.
+    // \s*[\r\n]+: \s* gives back characters until a newline follows: the match ends after the run's last newline.
     for (int q = j - 1; q >= i; q--) if (is_newline(c[q])) return q + 1;
     // \s+(?!\S): the whole run if it ends the piece, else all but its last character (which then starts
     // the next match, e.g. " world"), else \s+ takes the single character.
@@ -2340,14 +2305,12 @@ static int match_v2_trailing_space(const uint32_t *c, int i, int end) {
     return run_end(c, i, end, is_space) == end ? end : -1;
 }
 
-// The Split stages of each pre-tokenizer (the file's pre_tokenizer code), in order; export.py tells them
-// apart by their regex strings.
+// Each pre-tokenizer's Split stages in order (the file's pre_tokenizer code; export.py tells them apart by their regexes).
 enum { PRETOK_V3 = 1, PRETOK_V2 = 2, PRETOK_GLM = 3, PRETOK_KIMI = 4 };
 typedef int (*Matcher)(const uint32_t *c, int i, int end);
 static const Matcher pre_tokenizer_stages[][7] = {
     [PRETOK_V3] = {match_digits, match_v3_cjk, match_v3_words},
-    [PRETOK_V2] = {match_v2_newline, match_v2_letters, match_v2_punct, match_v2_trailing_space, match_v2_cjk,
-                   match_v2_digit},
+    [PRETOK_V2] = {match_v2_newline, match_v2_letters, match_v2_punct, match_v2_trailing_space, match_v2_cjk, match_v2_digit},
     [PRETOK_GLM] = {match_glm},
     [PRETOK_KIMI] = {match_kimi},
 };
@@ -2380,10 +2343,7 @@ typedef struct {
 
 typedef struct { int *ids; int n; size_t cap; } IdList;
 
-static void push_id(IdList *l, int id) {
-    l->ids = grow(l->ids, &l->cap, (size_t)l->n + 1, sizeof(int));
-    l->ids[l->n++] = id;
-}
+static void push_id(IdList *l, int id) { l->ids = grow(l->ids, &l->cap, (size_t)l->n + 1, sizeof(int)); l->ids[l->n++] = id; }
 
 static uint32_t token_len(const Tokenizer *t, int id) { return t->offsets[id + 1] - t->offsets[id]; }
 static const uint8_t *token_bytes(const Tokenizer *t, int id) { return t->pool + t->offsets[id]; }
@@ -3001,7 +2961,6 @@ static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, c
     free(tmp);
 }
 
-// Whether id ends generation: eos_token_id or another id of the config's eos_token_id list.
 static int is_eos(const Config *c, int id) {
     return id == c->eos_token_id || id == c->eos_token_id_2 || id == c->eos_token_id_3 || id == c->eos_token_id_4;
 }
@@ -3118,8 +3077,7 @@ static void save_chat(const Model *m, const RunState *s, const int *tokens, int 
     else fprintf(stderr, "(cannot write %s: %s)\n", path, strerror(errno)), remove(tmp);
 }
 
-// Returns the loaded conversation's length: pos when the file is refused before anything changed, 0 (a new
-// conversation) when it breaks off midway.
+// The loaded conversation's length: pos if the file is refused before anything changed, 0 (a new one) if it breaks off.
 static int load_chat(const Model *m, RunState *s, int *tokens, int pos, const char *path) {
     ChatHeader h, want = chat_header(m, s, 0);
     FILE *f = fopen(path, "rb");
@@ -3166,8 +3124,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
     int *tokens = xcalloc((size_t)s->context, sizeof(int));  // (context) the token at each cached position
     FILE *dump = o->dump_logits ? fopen(o->dump_logits, "wb") : NULL;
     if (o->dump_logits && !dump) die("cannot open %s for writing: %s", o->dump_logits, strerror(errno));
-    struct sigaction sa = {.sa_handler = on_interrupt, .sa_flags = SA_RESTART};
-    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGINT, &(struct sigaction){.sa_handler = on_interrupt, .sa_flags = SA_RESTART}, NULL);
     while (!full) {
         fflush(NULL);  // --dump-logits and --trace too: Ctrl-C at the prompt ends the chat without returning
         chat_state = 2;
@@ -3306,8 +3263,7 @@ static void perplexity(const Model *m, RunState *s, Tokenizer *tok, const char *
 // ----------------------------------------------------------------------------
 // Benchmark
 
-// tok/s of one test at positions depth..: a prompt of n tokens in one prefill
-// (pp), or n tokens decoded one at a time, each the argmax of the last (tg).
+// tok/s of one test at depth: n prompt tokens in one prefill (pp), or n tokens decoded in turn, each the last's argmax (tg).
 static double bench_test(const Model *m, RunState *s, const int *tokens, int n, int depth, int pp) {
     double t0 = now_seconds();
     if (pp) prefill(m, s, tokens + depth, n, depth);
@@ -3453,8 +3409,7 @@ static int *parse_ints(const char *flag, const char *v, long long lo, long long 
     return l.ids;
 }
 
-// Every value is read as written first (the last of a flag counts), then converted and checked: so the
-// meaning of one flag may depend on another that comes after it.
+// Values are read as written first (a flag's last counts), then converted and checked: so one flag may depend on a later one.
 static void parse_options(Options *o, int argc, char **argv) {
     *o = (Options){.steps = 256, .temperature = 1.0f, .topp = 0.9f, .repeat_penalty = 1.0f, .repeat_last_n = 64,
                    .chunk = PREFILL_CHUNK, .trace_layer = -1, .mode = "generate", .threads = sysconf(_SC_NPROCESSORS_ONLN),
