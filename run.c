@@ -1001,9 +1001,9 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
 
 // Attention's products (attend_block): S (n, C) = R (n, w) Q (w, C) scores n cached rows against C
 // queries (a column each), u_h (r) = Σ_t P[t][h] R[t][0:r] mixes them. Each output is one chain of fused
-// multiply-adds in row order, so the vector tiles (AVX-512: 8 rows x 32 columns, 8 heads x 32 values; AVX2: 4 rows x
-// 16 columns, 4 heads x 16 values, as it has half the registers) and the plain loops beside them (any other machine,
-// and the edges) give the same bits.
+// multiply-adds in row order, so the vector tiles (AVX-512: 8 rows x 32 columns, 8 heads x 32 values; AVX2: 6 x 16 and
+// 6 x 16, as it has half the registers; 4 rows or heads at the edges) and the plain loops beside them (any other
+// machine, and the rest) give the same bits.
 #if defined(__AVX512F__)
 typedef __m512 vec;
 enum { VEC_LANES = 16, TILE_ROWS = 8 };
@@ -1013,7 +1013,9 @@ static ALWAYS_INLINE void vec_store(float *p, vec v) { _mm512_storeu_ps(p, v); }
 static ALWAYS_INLINE vec vec_fmadd(float a, vec b, vec c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
-enum { VEC_LANES = 8, TILE_ROWS = 4 };
+// 12 sums: FMA's latency (4 cycles) times its 2 ports needs 8 in flight, and 8 left the two ports idle at every stall
+// (4-layer V2-Lite q4, pp64 @ d2048: samples in the scores tile -17%, in the values tile -35%, with 6 rows against 4)
+enum { VEC_LANES = 8, TILE_ROWS = 6 };
 static ALWAYS_INLINE vec vec_zero(void) { return _mm256_setzero_ps(); }
 static ALWAYS_INLINE vec vec_load(const float *p) { return _mm256_loadu_ps(p); }
 static ALWAYS_INLINE void vec_store(float *p, vec v) { _mm256_storeu_ps(p, v); }
@@ -1021,35 +1023,57 @@ static ALWAYS_INLINE vec vec_fmadd(float a, vec b, vec c) { return _mm256_fmadd_
 #else
 enum { VEC_LANES = 16, TILE_ROWS = 8 };  // the plain loops' steps
 #endif
+static int tile_rows(int left) { return left >= TILE_ROWS ? TILE_ROWS : left >= 4 ? 4 : left; }
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-// TILE_ROWS rows x v vectors of columns of S: with two, a broadcast row value feeds two FMAs and the tile is no
+// `rows` rows x v vectors of columns of S: with two, a broadcast row value feeds two FMAs and the tile is no
 // longer bound by its loads (V2-Lite's prefill, two tokens' heads as 32 columns: 6 layers, pp512 @ d4096 +8-16%).
-static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const float *Q, int C, const int v) {
+static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const float *Q, int C, const int v, const int rows) {
     vec acc[2][TILE_ROWS], q[2];
-    for (int i = 0; i < TILE_ROWS; i++) acc[0][i] = acc[1][i] = vec_zero();
+    for (int i = 0; i < rows; i++) acc[0][i] = acc[1][i] = vec_zero();
     for (int k = 0; k < w; k++) {
         for (int j = 0; j < v; j++) q[j] = vec_load(Q + (size_t)k * C + VEC_LANES * j);
         // the next tile's rows: streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
-        for (int i = 0; k % 16 == 0 && i < TILE_ROWS; i++) __builtin_prefetch(R + (size_t)(TILE_ROWS + i) * w + k);
-        for (int i = 0; i < TILE_ROWS; i++)
+        for (int i = 0; k % 16 == 0 && i < rows; i++) __builtin_prefetch(R + (size_t)(rows + i) * w + k);
+        for (int i = 0; i < rows; i++)
             for (int j = 0; j < v; j++) acc[j][i] = vec_fmadd(R[(size_t)i * w + k], q[j], acc[j][i]);
     }
-    for (int i = 0; i < TILE_ROWS; i++)
+    for (int i = 0; i < rows; i++)
         for (int j = 0; j < v; j++) vec_store(S + (size_t)i * C + VEC_LANES * j, acc[j][i]);
+}
+
+// Heads h .. h+rows-1 of u, values 0 .. 2 VEC_LANES-1: a cached row's two vectors, loaded once, feed 2 rows FMAs.
+static ALWAYS_INLINE void values_tile(float *u, int stride, const float *P, int C, const float *R, int w, int n, const int rows) {
+    vec acc[2][TILE_ROWS];
+    for (int i = 0; i < rows; i++) acc[0][i] = acc[1][i] = vec_zero();
+    for (int t = 0; t < n; t++) {
+        vec r0 = vec_load(R + (size_t)t * w), r1 = vec_load(R + (size_t)t * w + VEC_LANES);
+        for (int i = 0; i < rows; i++)
+            acc[0][i] = vec_fmadd(P[(size_t)t * C + i], r0, acc[0][i]), acc[1][i] = vec_fmadd(P[(size_t)t * C + i], r1, acc[1][i]);
+    }
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < 2; j++) vec_store(u + (size_t)i * stride + VEC_LANES * j, acc[j][i]);
+}
+
+// Each tile shape compiled with constant bounds, so its sums stay in registers, in functions of their own: inlined into
+// the loops below, gcc kept the row offsets on the stack and fused each row load into every FMA that used it.
+static __attribute__((noinline)) void scores_tiles(float *S, const float *R, int w, const float *Q, int C, int v, int rows) {
+    if (rows == TILE_ROWS) v == 2 ? scores_tile(S, R, w, Q, C, 2, TILE_ROWS) : scores_tile(S, R, w, Q, C, 1, TILE_ROWS);
+    else v == 2 ? scores_tile(S, R, w, Q, C, 2, 4) : scores_tile(S, R, w, Q, C, 1, 4);
+}
+static __attribute__((noinline)) void values_tiles(float *u, int stride, const float *P, int C, const float *R, int w, int n, int rows) {
+    rows == TILE_ROWS ? values_tile(u, stride, P, C, R, w, n, TILE_ROWS) : values_tile(u, stride, P, C, R, w, n, 4);
 }
 #endif
 
 static void attention_scores(float *S, const float *R, int n, int w, const float *Q, int C) {
     for (int h = 0, width; h < C; h += width) {
         width = C - h >= 2 * VEC_LANES ? 2 * VEC_LANES : VEC_LANES;
-        for (int t = 0; t < n; t += TILE_ROWS) {
+        for (int t = 0, rows; t < n; t += rows) {
+            rows = tile_rows(n - t);
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-            const float *Rt = R + (size_t)t * w;
-            if (n - t >= TILE_ROWS && width == 2 * VEC_LANES) scores_tile(S + (size_t)t * C + h, Rt, w, Q + h, C, 2);
-            else if (n - t >= TILE_ROWS) scores_tile(S + (size_t)t * C + h, Rt, w, Q + h, C, 1);
-            if (n - t >= TILE_ROWS) continue;
+            if (rows >= 4) { scores_tiles(S + (size_t)t * C + h, R + (size_t)t * w, w, Q + h, C, width / VEC_LANES, rows); continue; }
 #endif
-            for (int i = t; i < n && i < t + TILE_ROWS; i++) {
+            for (int i = t; i < t + rows; i++) {
                 float *y = S + (size_t)i * C + h;
                 for (int j = 0; j < width; j++) y[j] = 0.0f;
                 for (int k = 0; k < w; k++)
@@ -1060,20 +1084,13 @@ static void attention_scores(float *S, const float *R, int n, int w, const float
 }
 
 static void attention_values(float *u, int stride, const float *P, int C, int H, const float *R, int w, int r, int n) {
-    for (int h = 0; h < H; h += TILE_ROWS)
-        for (int k = 0; k < r; k += 2 * VEC_LANES) {
+    for (int k = 0; k < r; k += 2 * VEC_LANES)  // heads inner: the n rows' 2 VEC_LANES values stay in L1
+        for (int h = 0, rows; h < H; h += rows) {
+            rows = tile_rows(H - h);
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-            if (H - h >= TILE_ROWS && r - k >= 2 * VEC_LANES) {
-                vec acc[2 * TILE_ROWS];  // head h + i/2, values k + VEC_LANES (i%2) ...
-                for (int i = 0; i < 2 * TILE_ROWS; i++) acc[i] = vec_zero();
-                for (int t = 0; t < n; t++)
-                    for (int i = 0; i < 2 * TILE_ROWS; i++)
-                        acc[i] = vec_fmadd(P[(size_t)t * C + h + i / 2], vec_load(R + (size_t)t * w + k + VEC_LANES * (i % 2)), acc[i]);
-                for (int i = 0; i < 2 * TILE_ROWS; i++) vec_store(u + (size_t)(h + i / 2) * stride + k + VEC_LANES * (i % 2), acc[i]);
-                continue;
-            }
+            if (rows >= 4 && r - k >= 2 * VEC_LANES) { values_tiles(u + (size_t)h * stride + k, stride, P + h, C, R + k, w, n, rows); continue; }
 #endif
-            for (int i = h; i < H && i < h + TILE_ROWS; i++) {
+            for (int i = h; i < h + rows; i++) {
                 float *y = u + (size_t)i * stride + k;
                 int kn = r - k < 2 * VEC_LANES ? r - k : 2 * VEC_LANES;
                 for (int j = 0; j < kn; j++) y[j] = 0.0f;
