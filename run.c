@@ -84,8 +84,7 @@ static void on_fatal_signal(int sig) {
     static const char msg[] = "error: the model file changed or was truncated while running\n";
     if (temp_path) unlink(temp_path);
     if (sig == SIGBUS) { (void)!write(2, msg, sizeof msg - 1); _exit(1); }
-    signal(sig, SIG_DFL);
-    raise(sig);
+    signal(sig, SIG_DFL); raise(sig);
 }
 
 static void *xcalloc(size_t n, size_t size) {
@@ -888,8 +887,7 @@ static void *pool_worker(void *arg) {  // arg: the thread's index
 // Runs task(ctx, i, n) for i = 0 .. n-1, one per thread (below pool_min_work this one alone); returns when all are done.
 static void pool_run(void (*task)(void *, int, int), void *ctx, double work) {
     if (pool.n_threads == 1 || work < pool_min_work) { task(ctx, 0, 1); return; }
-    pool.task = task;
-    pool.ctx = ctx;
+    pool.task = task; pool.ctx = ctx;
     atomic_store_explicit(&pool.pending, pool.n_threads - 1, memory_order_relaxed);
     pthread_mutex_lock(&pool.lock);
     atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
@@ -1828,8 +1826,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
         // Its length is only known from its own entry: read it first, then walk_tensor checks it as any 1-D tensor.
         if (tw->next >= tw->n_tensors) die("model file: tokenizer hash is set but the tokenizer tensor is missing");
         uint64_t len = read_u32(tw->table + (uint64_t)tw->next * TENSOR_ENTRY_BYTES + 104);
-        w->tokenizer = walk_tensor(tw, "tokenizer", KIND_U8, len, 0).data;
-        w->tokenizer_bytes = len;
+        w->tokenizer = walk_tensor(tw, "tokenizer", KIND_U8, len, 0).data; w->tokenizer_bytes = len;
         if (fnv1a64(w->tokenizer, len) != hash) die("model file: embedded tokenizer does not match its hash");
     }
     if (tw->next != tw->n_tensors)
@@ -1841,8 +1838,7 @@ static void walk_weights(Weights *w, const Config *c, TableWalker *tw) {
 
 // Validates all of f[0..size) (header, config, table entries) and points the weights into it. The fuzz harness calls it.
 static void parse_model(Model *m, const uint8_t *f, uint64_t size, const char *path) {
-    m->file = f;
-    m->file_size = (size_t)size;
+    m->file = f; m->file_size = (size_t)size;
     if (size < 16) die("%s is too small to be a model file (%llu bytes)", path, (unsigned long long)size);
     if (memcmp(f, "SEEK", 4) != 0) die("%s is not a seek.c model file (bad magic)", path);
     uint32_t version = read_u32(f + 4), n_config = read_u32(f + 8), want = version == 1 ? 40 : 64;
@@ -2007,8 +2003,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     memset(s, 0, sizeof *s);
     size_t moe_rows = n * ((size_t)K + (size_t)c->n_shared_experts) * (size_t)c->moe_intermediate_size;
     size_t ffn_rows = n * (size_t)c->intermediate_size > moe_rows ? n * (size_t)c->intermediate_size : moe_rows;
-    s->context = context;
-    s->chunk = chunk;
+    s->context = context; s->chunk = chunk;
     s->x = state_buffer(s, n, D, F);
     s->xn = state_buffer(s, n, D, F);
     s->block_out = state_buffer(s, n, D, F);
@@ -2471,8 +2466,7 @@ static void init_tokenizer(Tokenizer *t, const uint8_t *data, size_t size, const
             die("%s: token offsets are not increasing from 0", what);
     }
     if (t->offsets[n_vocab] != pool_len) die("%s: token offsets do not end at the pool size", what);
-    t->flags = p;  // (n_vocab), then the pool
-    t->pool = p + n_vocab;
+    t->flags = p; t->pool = p + n_vocab;  // flags (n_vocab), then the pool
     p += n_vocab + (size_t)pool_len;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     uint32_t n_flagged_added = 0;
@@ -2599,8 +2593,7 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
     for (int k = 0; k < n && v >= 0; k++) v = trie_child(t, v, s[k]);
     if (n == 1 || (v >= 0 && t->trie[v].token >= 0)) { push_id(out, n == 1 ? t->byte_id[s[0]] : t->trie[v].token); return; }
     t->sym = grow(t->sym, &t->cap_sym, 3 * (size_t)n, sizeof(int));
-    t->prev = t->sym + n;
-    t->next = t->prev + n;
+    t->prev = t->sym + n; t->next = t->prev + n;
     t->heap = grow(t->heap, &t->cap_heap, 3 * (size_t)n, sizeof(MergeCandidate));
     int n_heap = 0;
     for (int i = 0; i < n; i++) {
@@ -2613,12 +2606,10 @@ static void bpe_piece(Tokenizer *t, const uint8_t *s, int n, IdList *out) {
         MergeCandidate m = heap_pop(t->heap, &n_heap);
         int pos = (int)(uint32_t)m.key;
         if (t->sym[pos] != m.left_id || t->next[pos] != m.right || t->sym[m.right] != m.right_id) continue;
-        t->sym[pos] = m.result;
-        t->sym[m.right] = -1;
+        t->sym[pos] = m.result; t->sym[m.right] = -1;
         t->next[pos] = t->next[m.right];
         if (t->next[pos] >= 0) t->prev[t->next[pos]] = pos;
-        push_pair(t, &n_heap, t->prev[pos]);
-        push_pair(t, &n_heap, pos);
+        push_pair(t, &n_heap, t->prev[pos]); push_pair(t, &n_heap, pos);
     }
     for (int i = 0; i >= 0; i = t->next[i]) push_id(out, t->sym[i]);
 }
@@ -2632,8 +2623,7 @@ static void split_piece(Tokenizer *t, const Matcher *stage, const uint8_t *s, in
     for (int i = a; i < b;) {
         int e = (*stage)(t->cp, i, b);
         if (e < 0) { i++; continue; }
-        split_piece(t, stage + 1, s, gap, i, out);
-        split_piece(t, stage + 1, s, i, e, out);
+        split_piece(t, stage + 1, s, gap, i, out); split_piece(t, stage + 1, s, i, e, out);
         i = gap = e;
     }
     split_piece(t, stage + 1, s, gap, b, out);
@@ -2661,8 +2651,7 @@ static void encode_span(Tokenizer *t, const uint8_t *s, size_t a, size_t b, int 
     if (set == 2) { encode_ordinary(t, s, a, b, out); return; }
     size_t at = 0, len = 0;
     for (int id; (id = find_added(t, set, s, a, b, &at, &len)) >= 0; a = at + len) {
-        encode_span(t, s, a, at, set + 1, out);
-        push_id(out, id);
+        encode_span(t, s, a, at, set + 1, out); push_id(out, id);
     }
     encode_span(t, s, a, b, set + 1, out);
 }
@@ -2710,15 +2699,13 @@ static int decode_piece(const Tokenizer *t, Decoder *d, int id, FILE *f) {
     }
     if (stop <= n) { fwrite(d->held, 1, stop, f); d->n_held = 0; return 1; }
     fwrite(d->held, 1, n - keep, f);
-    memmove(d->held, d->held + n - keep, keep);
-    d->n_held = keep;
+    memmove(d->held, d->held + n - keep, keep); d->n_held = keep;
     return 0;
 }
 
 static void flush_decoder(Decoder *d, FILE *f) {
     if (d->n_held) fwrite(d->held, 1, d->n_held, f);
-    free(d->held);
-    d->held = NULL, d->n_held = d->cap = 0;
+    free(d->held); d->held = NULL, d->n_held = d->cap = 0;
 }
 
 // The whole of a regular file, or of stdin for "-", NUL-terminated; `what` names it in errors.
@@ -2748,8 +2735,7 @@ static void model_tokenizer(Tokenizer *t, const Model *m, const char *path) {
     } else {
         size_t n;
         uint8_t *data = read_file(path, &n, "tokenizer file");
-        init_tokenizer(t, data, n, path);
-        t->owned = data;
+        init_tokenizer(t, data, n, path); t->owned = data;
         uint64_t want = m ? ((uint64_t)m->config.tokenizer_hash_hi << 32) | m->config.tokenizer_hash_lo : 0;
         if (want && fnv1a64(data, n) != want) die("%s is not this model's tokenizer (its hash differs from the one in the model file)", path);
     }
@@ -2794,9 +2780,7 @@ typedef struct {
 
 // In [0, 1): the top 24 bits of xorshift64*, small, fast and reproducible for a given seed.
 static float random_f32(uint64_t *state) {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
+    *state ^= *state >> 12; *state ^= *state << 25; *state ^= *state >> 27;
     return (float)((*state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
 }
 
@@ -2974,8 +2958,7 @@ static void dump_logits(const Model *m, RunState *s, const int *tokens, int n, c
         if (fwrite(logits, sizeof(float), count, f) != count) die("write to %s failed: %s", path, strerror(errno));
     }
     if (fclose(f) != 0 || rename(tmp, path) != 0) die("write to %s failed: %s", path, strerror(errno));
-    temp_path = NULL;
-    free(tmp);
+    temp_path = NULL; free(tmp);
 }
 
 static int is_eos(const Config *c, int id) {
@@ -3027,8 +3010,7 @@ static void generate(const Model *m, RunState *s, Sampler *sp, const Options *o,
         }
     }
     flush_decoder(&text, stdout);
-    printf("\n");
-    fflush(stdout);
+    printf("\n"); fflush(stdout);
     double t2 = now_seconds();
     fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generated: %d tokens, %.2f tok/s\n", n_prompt,
             n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), generated, (generated > 0 ? generated - 1 : 0) / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
@@ -3180,8 +3162,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
             fflush(stdout);
             logits = forward(m, s, token, pos++);
         }
-        flush_decoder(&d, stdout);
-        printf("\n");
+        flush_decoder(&d, stdout); printf("\n");
         // The template closes every assistant turn with the end-of-sentence token (sampled, not yet fed). R1's
         // also drops the thinking: the cache is rewritten from its first changed token, where "<think>" was.
         int start = pos;
@@ -3189,8 +3170,7 @@ static void chat(const Model *m, RunState *s, Sampler *sp, Tokenizer *tok, const
         push_id(&tail, eos);
         if (!(full = full || start + tail.n > s->context)) {
             memcpy(tokens + start, tail.ids, (size_t)tail.n * sizeof(int));
-            prefill(m, s, tail.ids, tail.n, start);
-            pos = start + tail.n;
+            prefill(m, s, tail.ids, tail.n, start); pos = start + tail.n;
         }
         free(tail.ids);
     }
@@ -3219,8 +3199,7 @@ static void print_expert_load(const Model *m, const RunState *s) {
         const long long *n = s->moe.expert_load + (size_t)l * E;  // (E)
         long long total = 0, max = n[0], min = n[0], used = 0;
         for (int e = 0; e < E; e++) {
-            total += n[e];
-            used += n[e] > 0;
+            total += n[e]; used += n[e] > 0;
             if (n[e] > max) max = n[e];
             if (n[e] < min) min = n[e];
         }
@@ -3443,8 +3422,7 @@ static void parse_options(Options *o, int argc, char **argv) {
         if (flags[f].kind == 'h') usage(stdout, 0);
         if (flags[f].kind == 'v') { printf("seek.c: model file formats 1-2, tokenizer formats 1-2; built with %s\n", __VERSION__); exit(0); }
         if (flags[f].value && i + 1 == argc) die("option %s needs a value", a);
-        given[f] = a;
-        value[f] = flags[f].value ? argv[++i] : "";
+        given[f] = a; value[f] = flags[f].value ? argv[++i] : "";
         if (flags[f].kind == 'S') o->stops[n_stops++] = argv[i];
     }
     if (value[find_flag("--threads")]) pool_min_work = 0;  // every product split, as asked (tests of the thread split)
@@ -3609,8 +3587,6 @@ int main(int argc, char **argv) {
     if (trace.f && fclose(trace.f) != 0) die("write to %s failed: %s", o.trace, strerror(errno));
     free(trace.p); free(prompt.ids); free(o.stops); free(o.plan.pp); free(o.plan.tg); free(o.plan.depth);
     if (have_tok) free_tokenizer(&tok);
-    free_run_state(&state);
-    pool_stop();
-    free_model(&model);
+    free_run_state(&state); pool_stop(); free_model(&model);
     return 0;
 }
