@@ -19,7 +19,7 @@ CHAT ?= ROMEO: What light through yonder window breaks?
 SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
            -std=c11 -D_POSIX_C_SOURCE=200809L
 FUZZ_CC ?= clang
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 20
 FUZZ = tests/fuzz
 HARNESSES = model config tokenizer
 
@@ -63,13 +63,24 @@ endif
 	$(MAKE) --no-print-directory test-asan fuzz-replay fuzz-smoke fuzz-export
 	$(PYTHON) -m pytest -q tests
 
-# The tests that drive the C binary, again against ./run-asan; the matmul tests also against ./run-asan-simd.
+# The tests that drive the C binary, again against ./run-asan; the kernel tests also against ./run-asan-simd.
+# Skipped under both: no C run (export layout, controls, bf16 top-1 on the bf16 test's run) or nothing new (same shapes).
+ASAN_SKIP = export_header or export_tensors or export_blocks or bf16_top1 or control_without or other_seeds or \
+            blocked_attention_bit_identical[q8 or shakespeare_quant_accuracy
+# The SIMD pass: the tests that run the matmul and attention kernels.
+ASAN_SIMD_TESTS = f32_logits_match_reference or greedy_continuation or bf16_logits_match or bf16_cache_logits or \
+            long_sequence or single_token or quant_logits_match or quant_error or batched_prefill or threads_agree or \
+            blocked_attention or kernel_paths
 test-asan: run-asan run-asan-simd
+# Portable build: all but ASAN_SKIP; the kernel-path test and most single-token q8/q4 variants only in the SIMD pass.
 	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_bad_input.py tests/test_engine.py tests/test_tokenizer.py tests/test_ppl.py \
 		tests/test_quant.py tests/test_shakespeare.py::test_engine_greedy_matches_pytorch tests/test_cli.py \
 		tests/test_mtp.py::test_mtp_logits_match_pytorch tests/test_mtp.py::test_greedy_acceptance_matches_the_fixture \
-		tests/test_mtp.py::test_mtp_stops_where_plain_generation_stops tests/test_mtp.py::test_missing_or_corrupt_mtp_section_is_one_error
-	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py
+		tests/test_mtp.py::test_mtp_stops_where_plain_generation_stops tests/test_mtp.py::test_missing_or_corrupt_mtp_section_is_one_error \
+		-k "not ($(ASAN_SKIP) or kernel_paths or (quant_logits_match and not ([glm or [v3fp8 or [v32-)))"
+# SIMD build: only ASAN_SIMD_TESTS; the rest run the same kernels on the same shapes, or none.
+	ASAN_OPTIONS=detect_leaks=1 SEEK_RUN=$(CURDIR)/run-asan-simd $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_engine.py \
+		-k "($(ASAN_SIMD_TESTS)) and not ($(ASAN_SKIP))"
 
 # Replays the seed corpora and every past crasher (tests/fuzz/regressions) through the harnesses,
 # built with $(CC)'s sanitizers and a plain driver, so no libFuzzer is needed.
@@ -107,14 +118,20 @@ FUZZ_EXPORT_SEED ?= 0
 fuzz-export: run
 	$(PYTHON) $(FUZZ)/fuzz_export.py --seconds $(FUZZ_EXPORT_SECONDS) --seed $(FUZZ_EXPORT_SEED) --run ./run
 
-# The portable (non-AVX2) kernels, as an arm64 laptop runs them: engine logits, quantized and batched paths.
+# The portable (non-AVX2) kernels, as an arm64 laptop runs them: f32/bf16 logits and greedy decode of every variant, the
+# bf16-cache, q8/q4 (exact on 3 variants, bit for bit vs x86 on 3 others), batched, threads and blocked-attention tests.
+ARM64_TESTS = f32_logits_match_reference or greedy_continuation or bf16_logits_match or bf16_cache_logits[k2rp] or \
+              bf16_cache_logits[v32] or quant_logits_match_emulating_reference[glm or \
+              quant_logits_match_emulating_reference[v3fp8 or quant_logits_match_emulating_reference[v32- or \
+              quant_error or batched_prefill or threads_agree or blocked_attention_bit_identical[f32 or \
+              blocked_attention_bit_identical[q4 or kernel_paths
 test-arm64:
 	@mkdir -p build
 	$(ARM64_CC) -O3 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -static -o build/run-arm64 run.c -lm -lpthread
 	printf '#!/bin/sh\nexec $(QEMU_ARM64) "$(CURDIR)/build/run-arm64" "$$@"\n' > build/run-arm64.sh
 	chmod +x build/run-arm64.sh
 	SEEK_RUN="$(CURDIR)/build/run-arm64.sh" $(PYTHON) -m pytest -q tests/test_engine.py tests/test_quant.py \
-		-k "logits or greedy or quant or batched or threads"
+		-k "$(ARM64_TESTS)"
 
 # DeepSeek-V2-Lite-shaped random models (q8 16.7 GB, q4 8.9 GB) in $(BENCH_MODEL_DIR), default bench/models/.
 bench: run bench/bandwidth
@@ -124,4 +141,4 @@ bench/bandwidth: bench/bandwidth.c
 	$(CC) $(CFLAGS) -o $@ $< -lpthread
 
 clean:
-	rm -rf run run-asan bench/bandwidth build
+	rm -rf run run-asan run-asan-simd bench/bandwidth build
