@@ -1012,7 +1012,7 @@ static ALWAYS_INLINE vec vec_fmadd(float a, vec b, vec c) { return _mm512_fmadd_
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
 // 12 sums: FMA's latency (4 cycles) times its 2 ports needs 8 in flight, and 8 left the two ports idle at every stall
-// (4-layer V2-Lite q4, pp64 @ d2048: samples in the scores tile -17%, in the values tile -35%, with 6 rows against 4)
+// (4-layer V2-Lite q4, -p 64 -d 2048, one thread: samples in the scores tile -17% with 6 rows against 4)
 enum { VEC_LANES = 8, TILE_ROWS = 6 };
 static ALWAYS_INLINE vec vec_zero(void) { return _mm256_setzero_ps(); }
 static ALWAYS_INLINE vec vec_load(const float *p) { return _mm256_loadu_ps(p); }
@@ -1039,7 +1039,7 @@ static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const flo
         for (int j = 0; j < v; j++) vec_store(S + (size_t)i * C + VEC_LANES * j, acc[j][i]);
 }
 
-// Heads h .. h+rows-1 of u, values 0 .. 2 VEC_LANES-1: a cached row's two vectors, loaded once, feed 2 rows FMAs.
+// Heads h .. h+rows-1 of u, values 0 .. 2 VEC_LANES-1: a cached row's two vectors, loaded once, feed 2 x rows FMAs.
 static ALWAYS_INLINE void values_tile(float *u, int stride, const float *P, int C, const float *R, int w, int n, const int rows) {
     vec acc[2][TILE_ROWS];
     for (int i = 0; i < rows; i++) acc[0][i] = acc[1][i] = vec_zero();
