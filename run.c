@@ -1055,11 +1055,14 @@ static ALWAYS_INLINE void values_tile(float *u, int stride, const float *P, int 
 // Each tile shape compiled with constant bounds, so its sums stay in registers, in functions of their own: inlined into
 // the loops below, gcc kept the row offsets on the stack and fused each row load into every FMA that used it.
 static __attribute__((noinline)) void scores_tiles(float *S, const float *R, int w, const float *Q, int C, int v, int rows) {
-    if (rows == TILE_ROWS) v == 2 ? scores_tile(S, R, w, Q, C, 2, TILE_ROWS) : scores_tile(S, R, w, Q, C, 1, TILE_ROWS);
-    else v == 2 ? scores_tile(S, R, w, Q, C, 2, 4) : scores_tile(S, R, w, Q, C, 1, 4);
+    if (rows == TILE_ROWS && v == 2) scores_tile(S, R, w, Q, C, 2, TILE_ROWS);
+    else if (rows == TILE_ROWS) scores_tile(S, R, w, Q, C, 1, TILE_ROWS);
+    else if (v == 2) scores_tile(S, R, w, Q, C, 2, 4);
+    else scores_tile(S, R, w, Q, C, 1, 4);
 }
 static __attribute__((noinline)) void values_tiles(float *u, int stride, const float *P, int C, const float *R, int w, int n, int rows) {
-    rows == TILE_ROWS ? values_tile(u, stride, P, C, R, w, n, TILE_ROWS) : values_tile(u, stride, P, C, R, w, n, 4);
+    if (rows == TILE_ROWS) values_tile(u, stride, P, C, R, w, n, TILE_ROWS);
+    else values_tile(u, stride, P, C, R, w, n, 4);
 }
 #endif
 
