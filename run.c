@@ -643,8 +643,7 @@ static void route(const Config *c, const LayerWeights *lw, MoEBuffers *b, const 
         for (int k = 0; k < c->topk_group; k++) {
             int best = argmax_finite(b->group_scores, G);
             if (best < 0) break;
-            b->group_kept[best] = 1;
-            b->group_scores[best] = -INFINITY;
+            b->group_kept[best] = 1, b->group_scores[best] = -INFINITY;
         }
         for (int g = 0; g < G; g++)
             if (!b->group_kept[g]) for (int i = 0; i < size; i++) choice[g * size + i] = -INFINITY;
@@ -717,8 +716,7 @@ static void top_positions(const uint32_t *keys, int n, int k, int *out) {
         int count[256] = {0}, byte = 255;
         for (int i = 0; i < n; i++) if ((keys[i] & mask) == kth) count[keys[i] >> shift & 255]++;
         for (; count[byte] < equal; byte--) equal -= count[byte];
-        kth |= (uint32_t)byte << shift;
-        mask |= 255u << shift;
+        kth |= (uint32_t)byte << shift, mask |= 255u << shift;
     }
     for (int i = 0; i < n; i++) if (keys[i] > kth || (keys[i] == kth && equal-- > 0)) out[m++] = i;
 }
@@ -964,8 +962,8 @@ static uint64_t tensor_units(int type, uint64_t rows, uint64_t cols) {
     return (rows + PANEL_ROWS - 1) / PANEL_ROWS * PANEL_ROWS * (uint64_t)blocks((int)cols);
 }
 
-// An activation block: values d * q, and sum = Σ q, which pays for the weights' offsets.
-struct BlockX8 { float d; int32_t sum; int8_t q[QK]; };
+// An activation block: values d * q, and -8 Σ q for Q4's nibbles, q + 8 (broadcast from memory: AVX2 q4 in L2 +3-7%).
+struct BlockX8 { float d; int32_t offset; int8_t q[QK]; };
 
 // Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane (vector kernels only).
 static __attribute__((unused)) int x_word(const BlockX8 *xb, int j) { return (int)read_u32((const uint8_t *)xb->q + 4 * j); }
@@ -1123,7 +1121,7 @@ static void quantize_block(BlockX8 *out, const float *v) {
         sum += q;
     }
     out->d = d;
-    out->sum = sum;
+    out->offset = -8 * sum;
 }
 
 // x (n) -> ceil(n / QK) blocks; the padding of the last block is 0.
@@ -1139,12 +1137,19 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 
 // The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
 // out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
-// 4 KB and 8 KB ahead of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next
+// A and 2A ahead of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next
 // panel): with two threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%; 512 B
 // was slower; non-temporal, as weights are read once per token: q4 tg128 +2-5% over T0). The second request: q4 matrices
 // streamed by 2 threads 55 -> 64 GB/s (either distance alone: at most 58), by 1 thread 29 -> 35 (AVX2: 27 -> 29).
+// A is the machine's; the instruction set stands in for it. Zen5 (AVX-512): 4 KB (8 KB: 0.96x as fast). A Zen3 VM (AVX2):
+// 8 KB, V2-Lite tokens in turn in one process taking 0.91x (q4), 0.93x (q8) the time (12, 16 KB or a third: no better).
+#if defined(__AVX512F__)
+enum { PREFETCH_AHEAD = 4096 };
+#else
+enum { PREFETCH_AHEAD = 8192 };
+#endif
 static ALWAYS_INLINE void prefetch_weights(const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
-    __builtin_prefetch(p + 4096, 0, 0), __builtin_prefetch(p + 8192, 0, 0);
+    __builtin_prefetch(p + PREFETCH_AHEAD, 0, 0), __builtin_prefetch(p + 2 * PREFETCH_AHEAD, 0, 0);
 }
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define TILE_TOKENS 8  // tokens per tile, their accumulators in registers
@@ -1170,7 +1175,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
         __m512 dw = _mm512_castsi512_ps(_mm512_slli_epi32(dbits, 16));
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
-            __m512i s[2] = {_mm512_set1_epi32((type == TYPE_Q8 ? -128 : -8) * xb->sum), _mm512_setzero_si512()};
+            __m512i s[2] = {_mm512_set1_epi32((type == TYPE_Q8 ? 16 : 1) * xb->offset), _mm512_setzero_si512()};
             for (int j = 0; j < 8; j++) s[j % 2] = _mm512_dpbusd_epi32(s[j % 2], w[j], _mm512_set1_epi32(x_word(xb, j)));
             __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s[0], s[1])), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)));
             acc[t] = _mm512_add_ps(acc[t], p);
@@ -1214,7 +1219,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
             __m256 dw = _mm256_castsi256_ps(_mm256_slli_epi32(dbits, 16));
             for (int t = 0; t < T; t++) {
                 const BlockX8 *xb = x + (size_t)t * nb + b;
-                __m256i s = _mm256_set1_epi32(type == TYPE_Q8 ? 0 : -8 * xb->sum);
+                __m256i s = _mm256_set1_epi32(type == TYPE_Q8 ? 0 : xb->offset);
 #if !defined(__AVXVNNI__)
                 if (type == TYPE_Q4) {  // a block's pair sums fit int16 (8 x 2 x 15 x 127 < 2^15): one widening, not 8
                     __m256i p = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(x_word(xb, 0)));
@@ -1241,7 +1246,7 @@ static void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, con
         for (int t = 0; t < T; t++) {
             const BlockX8 *xb = x + (size_t)t * nb + b;
             int32_t s[PANEL_ROWS];
-            for (int k = 0; k < PANEL_ROWS; k++) s[k] = type == TYPE_Q8 ? 0 : -8 * xb->sum;
+            for (int k = 0; k < PANEL_ROWS; k++) s[k] = type == TYPE_Q8 ? 0 : xb->offset;
             for (int j = 0; j < quant_bytes(type) / 4; j++) {
                 const uint8_t *p = piece + 64 * j;
                 const int8_t *a = xb->q + 4 * j, *h = a + QK / 2;  // Q4: low nibbles meet a, high ones h
