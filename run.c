@@ -962,7 +962,7 @@ static uint64_t tensor_units(int type, uint64_t rows, uint64_t cols) {
     return (rows + PANEL_ROWS - 1) / PANEL_ROWS * PANEL_ROWS * (uint64_t)blocks((int)cols);
 }
 
-// An activation block: values d * q, and -8 Σ q for Q4's nibbles, q + 8 (broadcast from memory: AVX2 q4 in L2 +3-7%).
+// An activation block: values d * q, and offset = -8 Σ q, which pays for Q4's nibbles being q + 8 (AVX-512's Q8: 16 x).
 struct BlockX8 { float d; int32_t offset; int8_t q[QK]; };
 
 // Bytes 4j..4j+3 of an activation block's q as one word, to broadcast to every lane (vector kernels only).
