@@ -1024,12 +1024,13 @@ static int tile_rows(int left) { return left >= TILE_ROWS ? TILE_ROWS : left >= 
 static ALWAYS_INLINE void scores_tile(float *S, const float *R, int w, const float *Q, int C, const int v, const int rows) {
     vec acc[2][TILE_ROWS], q[2];
     for (int i = 0; i < rows; i++) acc[0][i] = acc[1][i] = vec_zero();
-    for (int k = 0; k < w; k++) {
-        for (int j = 0; j < v; j++) q[j] = vec_load(Q + (size_t)k * C + VEC_LANES * j);
-        // the next tile's rows: streams 2.3 KB apart (V2) that the hardware prefetcher does not follow
-        for (int i = 0; k % 16 == 0 && i < rows; i++) __builtin_prefetch(R + (size_t)(rows + i) * w + k);
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < v; j++) acc[j][i] = vec_fmadd(R[(size_t)i * w + k], q[j], acc[j][i]);
+    for (int k0 = 0; k0 < w; k0 += 16) {  // the next tile's rows, a line each per 16 k (a k % 16 test per k: 1.25x the time)
+        for (int i = 0; i < rows; i++) __builtin_prefetch(R + (size_t)(rows + i) * w + k0);  // 2.3 KB apart (V2): streams the hardware misses
+        for (int k = k0; k < k0 + 16 && k < w; k++) {
+            for (int j = 0; j < v; j++) q[j] = vec_load(Q + (size_t)k * C + VEC_LANES * j);
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < v; j++) acc[j][i] = vec_fmadd(R[(size_t)i * w + k], q[j], acc[j][i]);
+        }
     }
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < v; j++) vec_store(S + (size_t)i * C + VEC_LANES * j, acc[j][i]);
@@ -3548,8 +3549,7 @@ static IdList prompt_ids(const Options *o, const Config *c, Tokenizer *tok) {
 int main(int argc, char **argv) {
     int signals[] = {SIGBUS, SIGHUP, SIGINT, SIGTERM};
     for (int i = 0; i < 4; i++) signal(signals[i], on_fatal_signal);
-    Options o;
-    parse_options(&o, argc, argv);
+    Options o; parse_options(&o, argc, argv);
     if (o.tokenizer_mode) return tokenizer_tool(&o);
 
     Model model;
