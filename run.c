@@ -1137,20 +1137,21 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 }
 
 // The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
-// out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested
-// A and 2A ahead of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next
-// panel): with two threads streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%; 512 B
-// was slower; non-temporal, as weights are read once per token: q4 tg128 +2-5% over T0). The second request: q4 matrices
-// streamed by 2 threads 55 -> 64 GB/s (either distance alone: at most 58), by 1 thread 29 -> 35 (AVX2: 27 -> 29).
-// A is the machine's; the instruction set stands in for it. Zen5 (AVX-512): 4 KB (8 KB: 0.96x as fast). A Zen3 VM (AVX2):
-// 8 KB, V2-Lite tokens in turn in one process taking 0.91x (q4), 0.93x (q8) the time (12, 16 KB or a third: no better).
+// out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested A and 2A ahead
+// of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next panel): with two threads
+// streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%; non-temporal, as weights are
+// read once per token: q4 tg128 +2-5% over T0). The second request: q4 matrices streamed by 2 threads 55 -> 64 GB/s
+// (either alone: at most 58). A is the machine's (the instruction set stands in for it). Zen5 (AVX-512): 4 KB (8 KB:
+// 0.96x as fast). A Zen3 VM (AVX2), V2-Lite tokens in turn in one process: 8 KB took 0.91x (q4), 0.93x (q8) the time of
+// 4 KB; q8, which streams faster, 0.91-0.93x that at 12 KB (10 KB 0.91x, 16 KB 1.01x; q4 level from 6 to 12 KB).
 #if defined(__AVX512F__)
-enum { PREFETCH_AHEAD = 4096 };
+enum { PREFETCH_AHEAD = 4096, PREFETCH_AHEAD_Q8 = 4096 };
 #else
-enum { PREFETCH_AHEAD = 8192 };
+enum { PREFETCH_AHEAD = 8192, PREFETCH_AHEAD_Q8 = 12288 };
 #endif
-static ALWAYS_INLINE void prefetch_weights(const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
-    __builtin_prefetch(p + PREFETCH_AHEAD, 0, 0), __builtin_prefetch(p + 2 * PREFETCH_AHEAD, 0, 0);
+static ALWAYS_INLINE void prefetch_weights(int type, const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
+    int a = type == TYPE_Q8 ? PREFETCH_AHEAD_Q8 : PREFETCH_AHEAD;
+    __builtin_prefetch(p + a, 0, 0), __builtin_prefetch(p + 2 * a, 0, 0);
 }
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define TILE_TOKENS 8  // tokens per tile, their accumulators in registers
@@ -1164,7 +1165,7 @@ static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const B
     for (int b = 0; b < nb; b++, piece += PANEL_ROWS * quant_bytes(type)) {
         __m512i w[8];  // w[j]: bytes 4j..4j+3 of each row's 32 q
         for (int j = 0; j < quant_bytes(type) / 4; j++) {
-            prefetch_weights(piece + 64 * j);
+            prefetch_weights(type, piece + 64 * j);
             __m512i v = _mm512_loadu_si512(piece + 64 * j);
             w[j] = type == TYPE_Q8 ? _mm512_xor_si512(v, _mm512_set1_epi8(-128)) : _mm512_and_si512(v, _mm512_set1_epi8(15));
             if (type == TYPE_Q4) w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
@@ -1200,7 +1201,7 @@ static ALWAYS_INLINE __m256i dot4(int type, __m256i s, __m256i w, __m256i x) {
 static ALWAYS_INLINE __m256 half_weights(int type, const uint8_t *g, int nb, int b, int h, int prefetch, __m256i w[8]) {
     const uint8_t *piece = g + 2 * PANEL_ROWS * nb + (size_t)b * PANEL_ROWS * quant_bytes(type) + 32 * h;
     for (int j = 0; j < quant_bytes(type) / 4; j++) {
-        if (prefetch) prefetch_weights(piece + 64 * j);
+        if (prefetch) prefetch_weights(type, piece + 64 * j);
         __m256i v = _mm256_loadu_si256((const __m256i *)(piece + 64 * j));
         w[j] = type == TYPE_Q8 ? v : _mm256_and_si256(v, _mm256_set1_epi8(15));
         if (type == TYPE_Q4) w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15));
@@ -2028,8 +2029,7 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     MLABuffers *a = &s->mla;
     a->q_latent = state_buffer(s, n, (size_t)(c->q_lora_rank > 0 ? c->q_lora_rank : 1), F);
     a->q = state_buffer(s, n * H, (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim), F);
-    a->kv_a = state_buffer(s, n, cache_row, F);
-    a->q_absorbed = state_buffer(s, n * H, cache_row, F);
+    a->kv_a = state_buffer(s, n, cache_row, F), a->q_absorbed = state_buffer(s, n * H, cache_row, F);
     a->att = state_buffer(s, n * H, r + 2, F);
     a->att_blocks = state_buffer(s, ((size_t)context / ATTN_BLOCK + 1) * (size_t)joint_tokens(c) * H, r + 2, F);
     a->q_t = state_buffer(s, cache_row, C, F);
