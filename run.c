@@ -2055,9 +2055,9 @@ static void alloc_run_state(RunState *s, const Config *c, int context, int chunk
     s->latent_cache = state_buffer(s, (size_t)layers * (size_t)context, cache_row, cache_bf16 ? 2 : F);
     s->cache_bf16 = cache_bf16;
     if (c->index_n_heads) {
-        a->index_q = state_buffer(s, n * (size_t)c->index_n_heads, (size_t)c->index_head_dim, F), a->index_w = state_buffer(s, n, (size_t)c->index_n_heads, F);
-        a->index_logits = state_buffer(s, (size_t)c->index_n_heads, (size_t)context, F);
-        a->selected = state_buffer(s, n, (size_t)context, sizeof(int));
+        a->index_q = state_buffer(s, n * (size_t)c->index_n_heads, (size_t)c->index_head_dim, F);
+        a->index_w = state_buffer(s, n, (size_t)c->index_n_heads, F);
+        a->index_logits = state_buffer(s, (size_t)c->index_n_heads, (size_t)context, F), a->selected = state_buffer(s, n, (size_t)context, sizeof(int));
         s->index_cache = state_buffer(s, (size_t)layers * (size_t)context, (size_t)c->index_head_dim, F);
     }
 }
