@@ -1225,7 +1225,7 @@ static ALWAYS_INLINE __m256 half_dot(int type, const __m256i w[8], __m256 dw, co
 }
 
 // Several tokens take one half after the other (their sums fill the registers); one token takes both in one pass: with
-// two passes over each panel, V2-Lite tokens (in turn in one process) took 1/0.90-0.92 the time at q8, 1/0.94 at q4.
+// two passes over each panel, V2-Lite tokens (in turn in one process) took 1/0.90-0.91 the time at q8, 1/0.93-0.94 at q4.
 static ALWAYS_INLINE void panel_tile(int type, const uint8_t *g, int nb, const BlockX8 *x, const int T, float *out) {
     __m256i w[8];
     if (T == 1) {
