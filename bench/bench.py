@@ -2,17 +2,18 @@
 """`make bench`: the DeepSeek-V2-Lite-shaped benchmark end to end, written into README.md.
 
 Writes the random-weight models (bench/gen_model.py) to $BENCH_MODEL_DIR (default bench/models/)
-unless they exist, measures read bandwidth (bench/bandwidth), then for each weight type, thread count
-and loading runs `./run <model> --bench -p 64,512 -n 32 -d 0,4096` (llama-bench's tests: pp64, tg32,
-pp512 and tg32 at depth 0 and 4096). Prints a table and writes it, with the commands, between the
-bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token / bandwidth, against the
-probe's best pass and against its median one (tg32 itself is a mean, not a best run).
+unless they exist, then for each weight type, thread count and loading runs llama-bench's tests (pp64,
+tg32, pp512, and pp512 and tg32 at depth 4096) as three `./run <model> --bench` commands (GROUPS), with a
+read-bandwidth probe (bench/bandwidth) just before the tg32 one. Prints a table and writes it, with the
+commands, between the bench markers of README.md. The tg32 fraction is tg x weight_bytes_per_token /
+bandwidth, against the probe's best pass and against its median one (tg32 itself is a mean, not a best run).
 
 If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
-shape), it runs the same tests on it for comparison (IK_LLAMA_BENCH likewise, for ik_llama.cpp, with
-its default flags), then tg32 alone on both engines in turn (--pairs times, each seek.c run right after a
-probe run, so that its bandwidth fraction is also taken in one minute), because generation speed follows
-the shared host's bandwidth, which drifts within minutes. Nothing here builds either engine.
+shape), each seek.c command is followed by the same tests on it (IK_LLAMA_BENCH likewise, for ik_llama.cpp,
+with its default flags), so that the two engines' rows of a test come minutes apart at most: the shared
+host's bandwidth, which generation speed follows, drifts by a third within minutes. Then tg32 alone on both
+engines in turn (--pairs times, each seek.c run right after a probe run, so that its bandwidth fraction is
+also taken in one minute). Nothing here builds either engine.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ ROOT = os.path.dirname(BENCH)
 README = os.path.join(ROOT, "README.md")
 BEGIN, END = "<!-- bench.py: begin -->", "<!-- bench.py: end -->"
 TESTS = [("pp64", 0), ("tg32", 0), ("pp512", 0), ("pp512", 4096), ("tg32", 4096)]
+# The tests as three commands, (prompts, generated, depths) each: tg32 at depth 0 alone, so that its probe and
+# the other engine's tg32 come right before and after it; the depth-4096 tests together, as the fill is slow.
+TG32 = ("0", "32", "0")
+GROUPS = [("64,512", "0", "0"), TG32, ("512", "32", "4096")]
 
 
 def run(cmd: list) -> str:
@@ -53,9 +58,10 @@ def bandwidth(threads: int) -> tuple:
     return max(b for b, _ in runs), sorted(m for _, m in runs)[1]
 
 
-def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
-    """-> ({(test, depth): (tok/s, sd)}, ttft_ms, weight_bytes_per_token, command)"""
-    cmd = ["./run", os.path.relpath(model, ROOT), "--bench", "-p", "64,512", "-n", "32", "-d", "0,4096",
+def seek(model: str, threads: int, no_mmap: bool, reps: int, group: tuple) -> tuple:
+    """One group of tests: -> ({(test, depth): (tok/s, sd)}, ttft_ms, weight_bytes_per_token, command)"""
+    prompts, gens, depths = group
+    cmd = ["./run", os.path.relpath(model, ROOT), "--bench", "-p", prompts, "-n", gens, "-d", depths,
            "-r", str(reps), "--threads", str(threads)] + (["--no-mmap"] if no_mmap else [])
     out = run([os.path.join(ROOT, "run")] + cmd[1:])
     res, legacy = {}, {}
@@ -68,9 +74,10 @@ def seek(model: str, threads: int, no_mmap: bool, reps: int) -> tuple:
     return res, float(legacy["ttft_ms"]), float(legacy["weight_bytes_per_token"]), " ".join(cmd)
 
 
-def llama(binary: str, gguf: str, threads: int, reps: int, prompts: str = "64,512", depths: str = "0,4096") -> tuple:
+def llama(binary: str, gguf: str, threads: int, reps: int, group: tuple) -> tuple:
     """The same tests on llama-bench (its default flags, mmap): -> ({(test, depth): (tok/s, sd)}, command)"""
-    cmd = [binary, "-m", gguf, "-p", prompts, "-n", "32", "-d", depths, "-t", str(threads), "-r", str(reps),
+    prompts, gens, depths = group
+    cmd = [binary, "-m", gguf, "-p", prompts, "-n", gens, "-d", depths, "-t", str(threads), "-r", str(reps),
            "-o", "jsonl"]
     res = {}
     for line in run(cmd).splitlines():
@@ -94,7 +101,7 @@ def alternating_tg32(model: str, binary: str, gguf: str, threads: int, pairs: in
         m = re.search(r"bench test=tg32 depth=0 tok_s=([0-9.]+) \S+ weight_bytes_per_token=([0-9]+)", out)
         ours.append(float(m.group(1)))
         fracs.append(ours[-1] * float(m.group(2)) / median)
-        theirs.append(llama(binary, gguf, threads, 3, "0", "0")[0][("tg32", 0)][0])
+        theirs.append(llama(binary, gguf, threads, 3, TG32)[0][("tg32", 0)][0])
     ratio = sum(ours) / sum(theirs)
     return (f"| {os.path.basename(model)} | {threads} | " + ", ".join(f"{x:.2f}" for x in ours) + " | " +
             ", ".join(f"{x:.0%}" for x in fracs) + " | " + ", ".join(f"{x:.2f}" for x in theirs) +
@@ -129,26 +136,33 @@ def main() -> None:
         model = os.path.join(model_dir, f"v2lite-{dtype}.bin")
         if not os.path.exists(model):
             run([sys.executable, os.path.join(BENCH, "gen_model.py"), dtype, model])
+        gguf = os.environ.get(f"LLAMA_GGUF_{dtype.upper()}")
+        engines = (("LLAMA_BENCH", "llama.cpp"), ("IK_LLAMA_BENCH", "ik_llama.cpp"))
+        others = [(os.environ[env], name) for env, name in engines if os.environ.get(env) and gguf]
         for t in map(int, args.threads.split(",")):
-            for loading in args.loading.split(","):
-                bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
-                res, ttft, wb, cmd = seek(model, t, loading == "no-mmap", args.reps)
-                commands.append(cmd)
-                frac = [res[("tg32", 0)][0] * wb / b for b in bw]
-                rows.append(f"| seek.c | {dtype} | {t} | {loading} | " + " | ".join(cell(res, k) for k in TESTS) +
+            for i, loading in enumerate(args.loading.split(",")):
+                ours, ttft, theirs = {}, None, {name: {} for _, name in others}
+                for group in GROUPS:
+                    if group == TG32:
+                        bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
+                    res, ttft_ms, wb, cmd = seek(model, t, loading == "no-mmap", args.reps, group)
+                    ours.update(res)
+                    ttft = ttft_ms if ttft is None else ttft
+                    commands.append(cmd)
+                    for binary, name in others if i == 0 else []:  # once per thread count, beside the first loading
+                        res, cmd = llama(binary, gguf, t, args.reps, group)
+                        theirs[name].update(res)
+                        commands.append(cmd)
+                frac = [ours[("tg32", 0)][0] * wb / b for b in bw]
+                rows.append(f"| seek.c | {dtype} | {t} | {loading} | " + " | ".join(cell(ours, k) for k in TESTS) +
                             f" | {ttft:.0f} | {wb / 1e9:.3f} | {bw[0] / 1e9:.1f} / {bw[1] / 1e9:.1f} | {frac[0]:.0%} / {frac[1]:.0%} |")
                 print(rows[-1], flush=True)
-            for env, name in (("LLAMA_BENCH", "llama.cpp"), ("IK_LLAMA_BENCH", "ik_llama.cpp")):
-                gguf = os.environ.get(f"LLAMA_GGUF_{dtype.upper()}")
-                if os.environ.get(env) and gguf:
-                    res, cmd = llama(os.environ[env], gguf, t, args.reps)
-                    commands.append(cmd)
+                for name, res in theirs.items() if i == 0 else []:
                     rows.append(f"| {name} | {dtype} | {t} | mmap | " + " | ".join(cell(res, k) for k in TESTS) +
                                 " | - | - | - | - |")
                     print(rows[-1], flush=True)
-            if args.pairs and os.environ.get("LLAMA_BENCH") and os.environ.get(f"LLAMA_GGUF_{dtype.upper()}"):
-                alternating.append(alternating_tg32(model, os.environ["LLAMA_BENCH"],
-                                                    os.environ[f"LLAMA_GGUF_{dtype.upper()}"], t, args.pairs))
+            if args.pairs and os.environ.get("LLAMA_BENCH") and gguf:
+                alternating.append(alternating_tg32(model, os.environ["LLAMA_BENCH"], gguf, t, args.pairs))
                 print(alternating[-1], flush=True)
     table = "\n".join(rows)
     if len(alternating) > 2:
