@@ -141,7 +141,8 @@ def main() -> None:
         others = [(os.environ[env], name) for env, name in engines if os.environ.get(env) and gguf]
         for t in map(int, args.threads.split(",")):
             for i, loading in enumerate(args.loading.split(",")):
-                ours, ttft, theirs = {}, None, {name: {} for _, name in others}
+                paired = others if i == 0 else []  # the other engines once per thread count, beside the first loading
+                ours, ttft, theirs = {}, None, {name: {} for _, name in paired}
                 for group in GROUPS:
                     if group == TG32:
                         bw = bandwidth(t)  # just before the run it is compared with: the host's bandwidth drifts
@@ -149,7 +150,7 @@ def main() -> None:
                     ours.update(res)
                     ttft = ttft_ms if ttft is None else ttft
                     commands.append(cmd)
-                    for binary, name in others if i == 0 else []:  # once per thread count, beside the first loading
+                    for binary, name in paired:
                         res, cmd = llama(binary, gguf, t, args.reps, group)
                         theirs[name].update(res)
                         commands.append(cmd)
@@ -157,7 +158,7 @@ def main() -> None:
                 rows.append(f"| seek.c | {dtype} | {t} | {loading} | " + " | ".join(cell(ours, k) for k in TESTS) +
                             f" | {ttft:.0f} | {wb / 1e9:.3f} | {bw[0] / 1e9:.1f} / {bw[1] / 1e9:.1f} | {frac[0]:.0%} / {frac[1]:.0%} |")
                 print(rows[-1], flush=True)
-                for name, res in theirs.items() if i == 0 else []:
+                for name, res in theirs.items():
                     rows.append(f"| {name} | {dtype} | {t} | mmap | " + " | ".join(cell(res, k) for k in TESTS) +
                                 " | - | - | - | - |")
                     print(rows[-1], flush=True)
