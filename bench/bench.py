@@ -11,7 +11,8 @@ bandwidth, against the probe's best pass and against its median one (tg32 itself
 If LLAMA_BENCH points at a llama-bench binary (and LLAMA_GGUF_Q8 / LLAMA_GGUF_Q4 at GGUFs of the same
 shape), each seek.c command is followed by the same tests on it (IK_LLAMA_BENCH likewise, for ik_llama.cpp,
 with its default flags), so that the two engines' rows of a test come minutes apart at most: the shared
-host's bandwidth, which generation speed follows, drifts by a third within minutes. Then tg32 alone on both
+host's bandwidth, which generation speed follows, drifts by a third within minutes; the GGUF is read through
+the page cache before each of its commands (read_through), as seek.c's run evicts it. Then tg32 alone on both
 engines in turn (--pairs times, each seek.c run right after a probe run, so that its bandwidth fraction is
 also taken in one minute). Nothing here builds either engine.
 """
@@ -74,8 +75,20 @@ def seek(model: str, threads: int, no_mmap: bool, reps: int, group: tuple) -> tu
     return res, float(legacy["ttft_ms"]), float(legacy["weight_bytes_per_token"]), " ".join(cmd)
 
 
+def read_through(path: str) -> None:
+    """Reads a file once so that the page cache holds it. On a 24 GB machine, seek.c's run before (its q8
+    file, 16.7 GB, and the copy of it in memory) leaves llama.cpp's GGUF mostly on disk, and llama-bench maps
+    it: its repetitions then fault pages in from disk, which no user with the file cached would see."""
+    buf = bytearray(64 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
 def llama(binary: str, gguf: str, threads: int, reps: int, group: tuple) -> tuple:
-    """The same tests on llama-bench (its default flags, mmap): -> ({(test, depth): (tok/s, sd)}, command)"""
+    """The same tests on llama-bench (its default flags, mmap; its GGUF read through the page cache first):
+    -> ({(test, depth): (tok/s, sd)}, command)"""
+    read_through(gguf)
     prompts, gens, depths = group
     cmd = [binary, "-m", gguf, "-p", prompts, "-n", gens, "-d", depths, "-t", str(threads), "-r", str(reps),
            "-o", "jsonl"]
