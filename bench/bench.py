@@ -85,19 +85,21 @@ def read_through(path: str) -> None:
             pass
 
 
-def llama(binary: str, gguf: str, threads: int, reps: int, group: tuple) -> tuple:
+def llama(binary: str, gguf: str, threads: int, reps: int, group: tuple, ik: bool = False) -> tuple:
     """The same tests on llama-bench (its default flags, mmap; its GGUF read through the page cache first):
-    -> ({(test, depth): (tok/s, sd)}, command)"""
+    -> ({(test, depth): (tok/s, sd)}, command). ik_llama.cpp's llama-bench has no -d: at depth it runs only
+    generation, as -gp <depth>,<n> (generated after a prompt of <depth> tokens)."""
     read_through(gguf)
     prompts, gens, depths = group
-    cmd = [binary, "-m", gguf, "-p", prompts, "-n", gens, "-d", depths, "-t", str(threads), "-r", str(reps),
-           "-o", "jsonl"]
+    tests = ["-p", prompts, "-n", gens] + (["-d", depths] if not ik else [])
+    if ik and depths != "0":
+        tests = ["-p", "0", "-n", "0", "-gp", f"{depths},{gens}"]
+    cmd = [binary, "-m", gguf] + tests + ["-t", str(threads), "-r", str(reps), "-o", "json"]
     res = {}
-    for line in run(cmd).splitlines():
-        if line.startswith("{"):
-            j = json.loads(line)
-            test = f"pp{j['n_prompt']}" if j["n_prompt"] else f"tg{j['n_gen']}"
-            res[(test, int(j.get("n_depth", 0)))] = (float(j["avg_ts"]), float(j["stddev_ts"]))
+    for j in json.loads(run(cmd)):
+        test = f"tg{j['n_gen']}" if j["n_gen"] else f"pp{j['n_prompt']}"
+        depth = j["n_prompt"] if j["n_gen"] and j["n_prompt"] else j.get("n_depth", 0)  # -gp: after n_prompt tokens
+        res[(test, int(depth))] = (float(j["avg_ts"]), float(j["stddev_ts"]))
     return res, " ".join(os.path.basename(c) if c == binary else c for c in cmd)
 
 
@@ -164,7 +166,7 @@ def main() -> None:
                     ttft = ttft_ms if ttft is None else ttft
                     commands.append(cmd)
                     for binary, name in paired:
-                        res, cmd = llama(binary, gguf, t, args.reps, group)
+                        res, cmd = llama(binary, gguf, t, args.reps, group, ik=name == "ik_llama.cpp")
                         theirs[name].update(res)
                         commands.append(cmd)
                 frac = [ours[("tg32", 0)][0] * wb / b for b in bw]
