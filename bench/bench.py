@@ -91,9 +91,10 @@ def llama(binary: str, gguf: str, threads: int, reps: int, group: tuple, ik: boo
     generation, as -gp <depth>,<n> (generated after a prompt of <depth> tokens)."""
     read_through(gguf)
     prompts, gens, depths = group
-    tests = ["-p", prompts, "-n", gens] + (["-d", depths] if not ik else [])
     if ik and depths != "0":
         tests = ["-p", "0", "-n", "0", "-gp", f"{depths},{gens}"]
+    else:
+        tests = ["-p", prompts, "-n", gens] + ([] if ik else ["-d", depths])
     cmd = [binary, "-m", gguf] + tests + ["-t", str(threads), "-r", str(reps), "-o", "json"]
     res = {}
     for j in json.loads(run(cmd)):
