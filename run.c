@@ -1139,19 +1139,19 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 // The tile kernel: the 16 rows of panel g (nb blocks each) times T activation rows (row t at x + t * nb blocks),
 // out[16 t + k] = row k · row t. Each weight block is unpacked once for the T tokens. Loads are requested A and 2A ahead
 // of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next panel): with two threads
-// streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%; non-temporal, as weights are
-// read once per token: q4 tg128 +2-5% over T0). The second request: q4 matrices streamed by 2 threads 55 -> 64 GB/s
-// (either alone: at most 58). A is the machine's (the instruction set stands in for it). Zen5 (AVX-512): 4 KB (8 KB:
-// 0.96x as fast). A Zen3 VM (AVX2), V2-Lite tokens in turn in one process: 8 KB took 0.91x (q4), 0.93x (q8) the time of
-// 4 KB; q8, which streams faster, 0.91-0.93x that at 12 KB (10 KB 0.91x, 16 KB 1.01x; q4 level from 6 to 12 KB).
+// streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%). Into L2 (prefetcht2), not
+// non-temporal: on an Intel Xeon VM prefetchnta made 4-layer V2-Lite tg64 2.2-2.5x slower (q4 41 -> 99, q8 19 -> 49
+// tok/s; AVX2 build alike), while on Zen5 it had been only 2-5% ahead of T0. A is the machine's (the instruction set
+// stands in for it). AVX-512: 4 KB, q8 2 KB (Xeon: q8 tg +8% over 4 KB; Zen5 had 8 KB 0.96x as fast as 4 KB). AVX2:
+// a Zen3 VM, tokens in turn: q4 8 KB took 0.91x the time of 4 KB; q8 0.91-0.93x that at 12 KB (16 KB 1.01x).
 #if defined(__AVX512F__)
-enum { PREFETCH_AHEAD = 4096, PREFETCH_AHEAD_Q8 = 4096 };
+enum { PREFETCH_AHEAD = 4096, PREFETCH_AHEAD_Q8 = 2048 };
 #else
 enum { PREFETCH_AHEAD = 8192, PREFETCH_AHEAD_Q8 = 12288 };
 #endif
-static ALWAYS_INLINE void prefetch_weights(int type, const uint8_t *p) {  // locality 0: non-temporal (prefetchnta on x86)
+static ALWAYS_INLINE void prefetch_weights(int type, const uint8_t *p) {  // locality 1: prefetcht2 on x86
     int a = type == TYPE_Q8 ? PREFETCH_AHEAD_Q8 : PREFETCH_AHEAD;
-    __builtin_prefetch(p + a, 0, 0), __builtin_prefetch(p + 2 * a, 0, 0);
+    __builtin_prefetch(p + a, 0, 1), __builtin_prefetch(p + 2 * a, 0, 1);
 }
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define TILE_TOKENS 8  // tokens per tile, their accumulators in registers
