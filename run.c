@@ -1142,7 +1142,7 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 // streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%). Into L2 (prefetcht2), not
 // non-temporal: on an Intel Xeon VM, prefetchnta made V2-Lite q4 tokens 1.85x slower (9.5 against 17.6 tok/s; q8 and
 // prompts, AVX2 build alike), while on Zen5 it had been only 2-5% ahead of T0. A is the machine's (the instruction set
-// stands in for it). AVX-512: 4 KB, q8 2 KB (Xeon: q8 tg +5-10% over 4 KB; Zen5 had 8 KB 0.96x as fast as 4 KB). AVX2:
+// stands in for it). AVX-512: 4 KB, q8 2 KB (Xeon: q8 tg +5-12% over 4 KB; Zen5 had 8 KB 0.96x as fast as 4 KB). AVX2:
 // a Zen3 VM, tokens in turn: q4 8 KB took 0.91x the time of 4 KB; q8 0.91-0.93x that at 12 KB (16 KB 1.01x).
 #if defined(__AVX512F__)
 enum { PREFETCH_AHEAD = 4096, PREFETCH_AHEAD_Q8 = 2048 };
