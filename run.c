@@ -68,9 +68,7 @@ static char *temp_path;  // a file being written (--dump-logits): a failed or ki
 static void die(const char *fmt, ...) {
     char msg[8192];  // formatted for the fuzz harnesses too: its arguments must be valid
     va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
+    va_start(ap, fmt); vsnprintf(msg, sizeof msg, fmt, ap); va_end(ap);
 #ifdef SEEK_FUZZ
     if (fuzz_on_error) longjmp(*fuzz_on_error, 1);
 #endif
@@ -94,8 +92,7 @@ static void *xcalloc(size_t n, size_t size) {
 }
 
 static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -176,8 +173,7 @@ typedef struct {
 } Tensor;
 
 typedef struct {
-    Tensor gate, up;  // (hidden, D)
-    Tensor down;      // (D, hidden)
+    Tensor gate, up, down;  // gate and up (hidden, D), down (D, hidden)
 } MLPWeights;
 
 typedef struct {
@@ -195,12 +191,11 @@ typedef struct {
     const float *index_k_norm, *index_k_bias;  // (d_I) its LayerNorm's weight and bias
     Tensor index_weights;        // (n_I, D) weights_proj, always F32
     const float *post_norm;      // (D) pre-FFN RMSNorm
-    int is_moe;
+    int is_moe, has_shared;      // a MoE layer (else a dense FFN); with shared experts
     MLPWeights mlp;              // dense FFN, hidden = I
     Tensor router;               // (E, D), always F32
     const float *router_bias;    // (E) e_score_correction_bias, noaux_tc only
     MLPWeights *experts;         // (E) routed experts, hidden = Ie
-    int has_shared;
     MLPWeights shared;           // fused shared experts, hidden = S*Ie
 } LayerWeights;
 
@@ -1141,7 +1136,7 @@ static void quantize_row(BlockX8 *out, const float *x, int n) {
 // of use (prefetch_weights; a thread's panels are contiguous, so this runs on into the next panel): with two threads
 // streaming, the hardware prefetcher alone left bandwidth unused (V2-Lite q8 pp64 +8-10%). Into L2 (prefetcht2), not
 // non-temporal: on an Intel Xeon VM, prefetchnta made V2-Lite q4 tokens 1.85x slower (9.5 against 17.6 tok/s; q8 and
-// prompts, AVX2 build alike), while on Zen5 it had been only 2-5% ahead of T0. A is the machine's (the instruction set
+// prompts, AVX2 build alike); on Zen5 it is at most 5% ahead of T2 (q8 tokens; q4 level). A is the machine's (its ISA
 // stands in for it). AVX-512: 4 KB, q8 2 KB (Xeon: q8 tg +5-12% over 4 KB; Zen5 had 8 KB 0.96x as fast as 4 KB). AVX2:
 // a Zen3 VM, tokens in turn: q4 8 KB took 0.91x the time of 4 KB; q8 0.91-0.93x that at 12 KB (16 KB 1.01x).
 #if defined(__AVX512F__)
@@ -2006,11 +2001,16 @@ static void free_model(Model *m) {
 }
 
 // A zeroed buffer of a x b elements of `size` bytes, kept in s->buffers for free_run_state. It starts a cache line: calloc's
-// start, 16 bytes into a page, made half of a row's 32-byte loads cross lines (depth 4096: the values tile took 1.2x).
+// start, 16 bytes into a page, made half of a row's 32-byte loads cross lines (depth 4096: values 1.2x). Huge pages:
+// in 4 KB ones the scores tile's reads of the latent cache missed the TLB (V2-Lite q4 @ d4096: a block took 1.5x).
 static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
     if (b && a > (SIZE_MAX - 64) / size / b) die("out of memory (%zu x %zu x %zu bytes)", a, b, size);
     if (s->n_buffers == (int)(sizeof s->buffers / sizeof s->buffers[0])) die("internal error: too many run-state buffers");
-    uint8_t *p = s->buffers[s->n_buffers++] = xcalloc((a * b > 0 ? a * b : 1) * size + 64, 1);
+    size_t bytes = (a * b > 0 ? a * b : 1) * size, huge = (size_t)2 << 20;
+    uint8_t *p = s->buffers[s->n_buffers++] = xcalloc(bytes + 64, 1), *at = p + (huge - (uintptr_t)p % huge) % huge;
+#ifdef MADV_HUGEPAGE
+    if (bytes > 2 * huge) madvise(at, (bytes - (size_t)(at - p)) / huge * huge, MADV_HUGEPAGE);
+#endif
     return p + (64 - (uintptr_t)p % 64) % 64;
 }
 
