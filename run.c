@@ -2006,10 +2006,10 @@ static void free_model(Model *m) {
 static void *state_buffer(RunState *s, size_t a, size_t b, size_t size) {
     if (b && a > (SIZE_MAX - 64) / size / b) die("out of memory (%zu x %zu x %zu bytes)", a, b, size);
     if (s->n_buffers == (int)(sizeof s->buffers / sizeof s->buffers[0])) die("internal error: too many run-state buffers");
-    size_t bytes = (a * b > 0 ? a * b : 1) * size, huge = (size_t)2 << 20;
-    uint8_t *p = s->buffers[s->n_buffers++] = xcalloc(bytes + 64, 1), *at = p + (huge - (uintptr_t)p % huge) % huge;
+    size_t bytes = (a * b > 0 ? a * b : 1) * size; uint8_t *p = s->buffers[s->n_buffers++] = xcalloc(bytes + 64, 1);
 #ifdef MADV_HUGEPAGE
-    if (bytes > 2 * huge) madvise(at, (bytes - (size_t)(at - p)) / huge * huge, MADV_HUGEPAGE);
+    size_t huge = (size_t)2 << 20, skip = (huge - (uintptr_t)p % huge) % huge;  // to the first 2 MB boundary
+    if (bytes > 2 * huge) madvise(p + skip, (bytes - skip) / huge * huge, MADV_HUGEPAGE);
 #endif
     return p + (64 - (uintptr_t)p % 64) % 64;
 }
